@@ -1,0 +1,23 @@
+/* rvsfit.h: public API of librvsfit, the library the rvsfit-cl command is built on. */
+#ifndef RVSFIT_H
+#define RVSFIT_H
+
+#include "rvsfit/opencl.h"
+#include "rvsfit/status.h"
+#include "rvsfit/log.h"
+#include "rvsfit/device.h"
+#include "rvsfit/context.h"
+#include "rvsfit/gemm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The library's version string, e.g. "0.1.0". */
+const char *rvs_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,34 @@
+/* rvsfit/gemm.h: one GEMM call with two back ends (CLBlast on GPUs, OpenBLAS on CPU devices). */
+#ifndef RVSFIT_GEMM_H
+#define RVSFIT_GEMM_H
+
+#include <stddef.h>
+
+#include "rvsfit/context.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum rvs_transpose { RVS_NO_TRANS = 0, RVS_TRANS = 1 };
+
+/* C = alpha * op(A) * op(B) + beta * C, row-major, on device buffers with element offsets.
+ * op(A) is m x k, op(B) is k x n, C is m x n. Enqueued on ctx->queue (in order); with the OpenBLAS
+ * back end the call waits for the queue and returns when C is written. */
+int rvs_gemm_f32(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_transpose trans_b,
+                 size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t a_offset, size_t lda,
+                 cl_mem b, size_t b_offset, size_t ldb, float beta, cl_mem c, size_t c_offset,
+                 size_t ldc);
+int rvs_gemm_f64(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_transpose trans_b,
+                 size_t m, size_t n, size_t k, double alpha, cl_mem a, size_t a_offset, size_t lda,
+                 cl_mem b, size_t b_offset, size_t ldb, double beta, cl_mem c, size_t c_offset,
+                 size_t ldc);
+
+/* "CLBlast" or "OpenBLAS". */
+const char *rvs_gemm_backend_name(enum rvs_gemm_backend backend);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

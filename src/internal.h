@@ -1,0 +1,99 @@
+/* internal.h: helpers shared by librvsfit's modules (not installed). */
+#ifndef RVS_INTERNAL_H
+#define RVS_INTERNAL_H
+
+#include <stddef.h>
+
+#include "rvsfit.h"
+
+/* Evaluates a status expression; on failure stores it in `status` and jumps to `cleanup`.
+ * Every function that uses it declares `int status` and has one `cleanup:` label. */
+#define RVS_TRY(expr)                                                                              \
+    do {                                                                                           \
+        int rvs_try_status_ = (expr);                                                              \
+        if (rvs_try_status_ != RVS_OK) {                                                           \
+            status = rvs_try_status_;                                                              \
+            goto cleanup;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* Runs an OpenCL call that returns cl_int; a failure is logged with the call's text, file and
+ * line (like hashcat's wrappers), then handled as RVS_TRY. */
+#define RVS_CL_TRY(call)                                                                           \
+    do {                                                                                           \
+        cl_int rvs_cl_err_ = (call);                                                               \
+        if (rvs_cl_err_ != CL_SUCCESS) {                                                           \
+            rvs_cl_log_failure(rvs_cl_err_, #call, __FILE__, __LINE__);                            \
+            status = rvs_cl_err_;                                                                  \
+            goto cleanup;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* For OpenCL calls that report through an out-parameter: `obj = clCreateX(..., &err)`. */
+#define RVS_CL_CHECK_ERR(err, what)                                                                \
+    do {                                                                                           \
+        if ((err) != CL_SUCCESS) {                                                                 \
+            rvs_cl_log_failure((err), (what), __FILE__, __LINE__);                                 \
+            status = (err);                                                                        \
+            goto cleanup;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+void rvs_cl_log_failure(int err, const char *call, const char *file, int line);
+
+/* Allocation helpers that log on failure. */
+void *rvs_malloc(size_t size);
+void *rvs_calloc(size_t count, size_t size);
+char *rvs_strdup(const char *s);
+
+/* snprintf in the C locale, so numbers in kernel build options never get a decimal comma. */
+int rvs_snprintf_c(char *buf, size_t size, const char *fmt, ...) RVS_PRINTF_LIKE(3, 4);
+
+/* Embedded kernel sources (generated at build time from cl/). */
+struct rvs_embedded_source {
+    const char *name; /* "common.clh", "selftest.cl", ... */
+    const unsigned char *data;
+    size_t size;
+};
+extern const struct rvs_embedded_source rvs_embedded_sources[];
+extern const size_t rvs_embedded_source_count;
+
+/* Kernel sources: cl/<name> from $RVSFIT_CL_KERNEL_DIR when it holds that file, else embedded.
+ * *text is NUL-terminated and owned by the caller; *origin is a static description. */
+int rvs_kernel_source_load(const char *file_name, char **text, size_t *size, char *origin,
+                           size_t origin_size);
+
+/* SHA-256 (FIPS 180-4), used for cache keys and cache-entry checksums. */
+struct rvs_sha256 {
+    unsigned int state[8];
+    unsigned long long length;
+    unsigned char block[64];
+    size_t fill;
+};
+void rvs_sha256_init(struct rvs_sha256 *h);
+void rvs_sha256_update(struct rvs_sha256 *h, const void *data, size_t size);
+void rvs_sha256_final(struct rvs_sha256 *h, unsigned char digest[32]);
+void rvs_sha256_hex(const unsigned char digest[32], char hex[65]);
+
+/* Program-binary cache (src/program_cache.c). */
+int rvs_program_cache_enabled(void);
+/* Directory of cache files, created on demand; NULL when no usable location exists. */
+const char *rvs_program_cache_dir(void);
+/* Loads the binary stored for `key`; RVS_ERR_CACHE when absent, removes a corrupt entry. */
+int rvs_program_cache_load(const char *program_name, const unsigned char key[32],
+                           unsigned char **binary, size_t *size, int *was_corrupt);
+int rvs_program_cache_store(const char *program_name, const unsigned char key[32],
+                            const unsigned char *binary, size_t size);
+void rvs_program_cache_remove(const char *program_name, const unsigned char key[32]);
+
+/* Built programs owned by a context (src/program.c). */
+void rvs_program_entries_free(struct rvs_program_entry *entries);
+
+/* clFFT's process-wide setup, reference counted (src/fft.c). */
+int rvs_fft_acquire(void);
+void rvs_fft_release(void);
+
+/* Known-answer self-test of the built kernels (src/selftest.c). */
+int rvs_selftest_run(struct rvs_context *ctx);
+
+#endif
