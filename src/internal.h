@@ -86,6 +86,16 @@ int rvs_program_cache_store(const char *program_name, const unsigned char key[32
                             const unsigned char *binary, size_t size);
 void rvs_program_cache_remove(const char *program_name, const unsigned char key[32]);
 
+/* Where common.clh and the kernel file sit in the source given to the compiler. */
+struct rvs_source_lines {
+    unsigned common_last; /* composed lines 2..common_last hold common.clh */
+    unsigned body_first;  /* composed line of the kernel file's line 1 */
+};
+/* Rewrites "<kernel>:N:" references (compilers that ignore #line) to "name.cl:M:" or
+ * "common.clh:M:". Returns a new string (caller frees) or NULL without memory. */
+char *rvs_program_translate_log(const char *log, const char *name,
+                                const struct rvs_source_lines *lines);
+
 /* Built programs owned by a context (src/program.c). */
 void rvs_program_entries_free(struct rvs_program_entry *entries);
 

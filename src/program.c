@@ -35,7 +35,16 @@ static double now_seconds(void)
 
 /* Source given to the compiler: common.clh, then the kernel file; #line keeps the compiler's
  * messages pointing at the right file and line. */
-static int compose_source(const char *name, char **source, char *origin, size_t origin_size)
+static unsigned count_lines(const char *s)
+{
+    unsigned n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static int compose_source(const char *name, char **source, char *origin, size_t origin_size,
+                          struct rvs_source_lines *lines)
 {
     int status = RVS_OK;
     char *common = NULL, *body = NULL, *text = NULL;
@@ -52,6 +61,8 @@ static int compose_source(const char *name, char **source, char *origin, size_t 
         goto cleanup;
     }
     snprintf(text, n, "#line 1 \"common.clh\"\n%s\n#line 1 \"%s\"\n%s", common, file, body);
+    lines->common_last = 1 + count_lines(common) + 1;
+    lines->body_first = lines->common_last + 2;
     *source = text;
     text = NULL;
 cleanup:
@@ -78,8 +89,42 @@ static void cache_key(const struct rvs_context *ctx, const char *source, unsigne
     rvs_sha256_final(&h, key);
 }
 
+/* Some compilers (NVIDIA's) ignore #line and report "<kernel>:N:" in the composed source;
+ * rewrite those references to "file.cl:M:" / "common.clh:M:" so the log points at real files. */
+char *rvs_program_translate_log(const char *log, const char *name,
+                                const struct rvs_source_lines *lines)
+{
+    static const char tag[] = "<kernel>:";
+    size_t cap = strlen(log) * 2 + 256, len = 0;
+    char *out = rvs_malloc(cap);
+    if (!out)
+        return NULL;
+    const char *p = log;
+    while (*p) {
+        char *end;
+        unsigned long n;
+        if (strncmp(p, tag, sizeof tag - 1) == 0 &&
+            (n = strtoul(p + sizeof tag - 1, &end, 10)) > 0 && *end == ':' && len + 128 < cap) {
+            if (n >= lines->body_first)
+                len += (size_t)snprintf(out + len, cap - len, "%s.cl:%lu", name,
+                                        n - lines->body_first + 1);
+            else if (n >= 2 && n <= lines->common_last)
+                len += (size_t)snprintf(out + len, cap - len, "common.clh:%lu", n - 1);
+            else
+                len += (size_t)snprintf(out + len, cap - len, "<kernel>:%lu", n);
+            p = end;
+            continue;
+        }
+        if (len + 2 >= cap)
+            break;
+        out[len++] = *p++;
+    }
+    out[len] = '\0';
+    return out;
+}
+
 static void log_build_failure(const struct rvs_context *ctx, cl_program program, const char *name,
-                              const char *origin)
+                              const char *origin, const struct rvs_source_lines *lines)
 {
     size_t log_size = 0;
     char *log = NULL;
@@ -92,10 +137,13 @@ static void log_build_failure(const struct rvs_context *ctx, cl_program program,
     } else if (log) {
         snprintf(log, log_size + 1, "(no build log)");
     }
+    char *readable = log ? rvs_program_translate_log(log, name, lines) : NULL;
     rvs_log(RVS_LOG_ERROR, "kernels",
             "kernel '%s' (%s source) failed to compile for %s with options '%s'.\n"
             "--- compiler log ---\n%s\n--- end of compiler log ---",
-            name, origin, ctx->caps.device_name, ctx->build_options, log ? log : "(no build log)");
+            name, origin, ctx->caps.device_name, ctx->build_options,
+            readable ? readable : log ? log : "(no build log)");
+    free(readable);
     free(log);
 }
 
@@ -166,7 +214,8 @@ static int build_program(struct rvs_context *ctx, const char *name, cl_program *
     unsigned char key[32];
     double t0 = now_seconds();
 
-    RVS_TRY(compose_source(name, &source, origin, sizeof origin));
+    struct rvs_source_lines lines;
+    RVS_TRY(compose_source(name, &source, origin, sizeof origin, &lines));
     int use_cache = rvs_program_cache_enabled();
     cache_key(ctx, source, key);
     if (use_cache && build_from_cache(ctx, name, key, &program) == RVS_OK) {
@@ -183,7 +232,7 @@ static int build_program(struct rvs_context *ctx, const char *name, cl_program *
     RVS_CL_CHECK_ERR(err, "clCreateProgramWithSource");
     err = clBuildProgram(program, 1, &ctx->caps.device, ctx->build_options, NULL, NULL);
     if (err == CL_BUILD_PROGRAM_FAILURE || err == CL_INVALID_BUILD_OPTIONS) {
-        log_build_failure(ctx, program, name, origin);
+        log_build_failure(ctx, program, name, origin, &lines);
         status = RVS_ERR_KERNEL_BUILD;
         goto cleanup;
     }

@@ -27,7 +27,7 @@ static int test_failures;
 
 /* A context on the device the test run selects ($RVSFIT_CL_DEVICE or the default). Exits 77
  * only when OpenCL has no platform or device at all. */
-static struct rvs_context *test_context(int skip_selftest)
+static inline struct rvs_context *test_context(int skip_selftest)
 {
     struct rvs_device_list list;
     if (rvs_device_list_query(&list) != RVS_OK) {
@@ -50,7 +50,7 @@ static struct rvs_context *test_context(int skip_selftest)
 static uint64_t test_rng_state = 0x9e3779b97f4a7c15ULL;
 
 /* Uniform in [lo, hi) from xorshift64*: reproducible across platforms. */
-static double test_uniform(double lo, double hi)
+static inline double test_uniform(double lo, double hi)
 {
     test_rng_state ^= test_rng_state >> 12;
     test_rng_state ^= test_rng_state << 25;
@@ -60,12 +60,12 @@ static double test_uniform(double lo, double hi)
 }
 
 /* |got - want| <= abs_tol + rel_tol * |want| */
-static int test_near(double got, double want, double abs_tol, double rel_tol)
+static inline int test_near(double got, double want, double abs_tol, double rel_tol)
 {
     return fabs(got - want) <= abs_tol + rel_tol * fabs(want);
 }
 
-static int test_finish(const char *name)
+static inline int test_finish(const char *name)
 {
     if (test_failures) {
         fprintf(stderr, "%s: %d check(s) failed\n", name, test_failures);
