@@ -22,6 +22,7 @@ struct gemm_args {
     double alpha, beta;
     cl_mem a, b, c;
     size_t a_off, b_off, c_off, lda, ldb, ldc;
+    size_t a_stride, b_stride, c_stride, batch; /* batch >= 1 */
 };
 
 /* Maps each distinct buffer once (A, B and C may alias) for the OpenBLAS path. */
@@ -51,20 +52,21 @@ static int gemm_openblas(struct rvs_context *ctx, const struct gemm_args *g)
                                      NULL, NULL, &err);
         RVS_CL_CHECK_ERR(err, "clEnqueueMapBuffer");
     }
-    {
-        enum CBLAS_TRANSPOSE ta = g->ta == RVS_TRANS ? CblasTrans : CblasNoTrans;
-        enum CBLAS_TRANSPOSE tb = g->tb == RVS_TRANS ? CblasTrans : CblasNoTrans;
+    enum CBLAS_TRANSPOSE ta = g->ta == RVS_TRANS ? CblasTrans : CblasNoTrans;
+    enum CBLAS_TRANSPOSE tb = g->tb == RVS_TRANS ? CblasTrans : CblasNoTrans;
+    for (size_t i = 0; i < g->batch; i++) {
+        size_t ao = g->a_off + i * g->a_stride, bo = g->b_off + i * g->b_stride;
+        size_t co = g->c_off + i * g->c_stride;
         if (g->is_double)
             cblas_dgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k,
-                        g->alpha, (const double *)maps[owner[0]] + g->a_off, (blasint)g->lda,
-                        (const double *)maps[owner[1]] + g->b_off, (blasint)g->ldb, g->beta,
-                        (double *)maps[owner[2]] + g->c_off, (blasint)g->ldc);
+                        g->alpha, (const double *)maps[owner[0]] + ao, (blasint)g->lda,
+                        (const double *)maps[owner[1]] + bo, (blasint)g->ldb, g->beta,
+                        (double *)maps[owner[2]] + co, (blasint)g->ldc);
         else
             cblas_sgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k,
-                        (float)g->alpha, (const float *)maps[owner[0]] + g->a_off,
-                        (blasint)g->lda, (const float *)maps[owner[1]] + g->b_off,
-                        (blasint)g->ldb, (float)g->beta, (float *)maps[owner[2]] + g->c_off,
-                        (blasint)g->ldc);
+                        (float)g->alpha, (const float *)maps[owner[0]] + ao, (blasint)g->lda,
+                        (const float *)maps[owner[1]] + bo, (blasint)g->ldb, (float)g->beta,
+                        (float *)maps[owner[2]] + co, (blasint)g->ldc);
     }
 cleanup:
     for (int i = 0; i < 3; i++)
@@ -83,7 +85,18 @@ static int gemm_clblast(struct rvs_context *ctx, const struct gemm_args *g)
     CLBlastTranspose ta = g->ta == RVS_TRANS ? CLBlastTransposeYes : CLBlastTransposeNo;
     CLBlastTranspose tb = g->tb == RVS_TRANS ? CLBlastTransposeYes : CLBlastTransposeNo;
     CLBlastStatusCode s;
-    if (g->is_double)
+    if (g->batch > 1 && g->is_double)
+        s = CLBlastDgemmStridedBatched(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k, g->alpha,
+                                       g->a, g->a_off, g->lda, g->a_stride, g->b, g->b_off,
+                                       g->ldb, g->b_stride, g->beta, g->c, g->c_off, g->ldc,
+                                       g->c_stride, g->batch, &ctx->queue, NULL);
+    else if (g->batch > 1)
+        s = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k,
+                                       (float)g->alpha, g->a, g->a_off, g->lda, g->a_stride, g->b,
+                                       g->b_off, g->ldb, g->b_stride, (float)g->beta, g->c,
+                                       g->c_off, g->ldc, g->c_stride, g->batch, &ctx->queue,
+                                       NULL);
+    else if (g->is_double)
         s = CLBlastDgemm(CLBlastLayoutRowMajor, ta, tb, g->m, g->n, g->k, g->alpha, g->a,
                          g->a_off, g->lda, g->b, g->b_off, g->ldb, g->beta, g->c, g->c_off, g->ldc,
                          &ctx->queue, NULL);
@@ -92,8 +105,9 @@ static int gemm_clblast(struct rvs_context *ctx, const struct gemm_args *g)
                          g->a_off, g->lda, g->b, g->b_off, g->ldb, (float)g->beta, g->c, g->c_off,
                          g->ldc, &ctx->queue, NULL);
     if (s != CLBlastSuccess) {
-        rvs_log(RVS_LOG_ERROR, "gemm", "CLBlast%cgemm(m=%zu, n=%zu, k=%zu) failed: %s (%d)",
-                g->is_double ? 'D' : 'S', g->m, g->n, g->k, rvs_strerror(s), (int)s);
+        rvs_log(RVS_LOG_ERROR, "gemm",
+                "CLBlast%cgemm(m=%zu, n=%zu, k=%zu, batch=%zu) failed: %s (%d)",
+                g->is_double ? 'D' : 'S', g->m, g->n, g->k, g->batch, rvs_strerror(s), (int)s);
         return s;
     }
     return RVS_OK;
@@ -101,7 +115,7 @@ static int gemm_clblast(struct rvs_context *ctx, const struct gemm_args *g)
 
 static int gemm_dispatch(struct rvs_context *ctx, const struct gemm_args *g)
 {
-    if (g->m == 0 || g->n == 0)
+    if (g->m == 0 || g->n == 0 || g->batch == 0)
         return RVS_OK;
     if (g->k == 0) {
         rvs_log(RVS_LOG_ERROR, "gemm", "inner dimension k must be positive");
@@ -120,9 +134,8 @@ int rvs_gemm_f32(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_t
                  cl_mem b, size_t b_offset, size_t ldb, float beta, cl_mem c, size_t c_offset,
                  size_t ldc)
 {
-    struct gemm_args g = {0,     trans_a, trans_b,  m,        n, k,        alpha, beta, a,
-                          b,     c,       a_offset, b_offset, c_offset, lda,   ldb,  ldc};
-    return gemm_dispatch(ctx, &g);
+    return rvs_gemm_batched(ctx, 0, trans_a, trans_b, m, n, k, alpha, a, a_offset, lda, 0, b,
+                            b_offset, ldb, 0, beta, c, c_offset, ldc, 0, 1);
 }
 
 int rvs_gemm_f64(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_transpose trans_b,
@@ -130,7 +143,29 @@ int rvs_gemm_f64(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_t
                  cl_mem b, size_t b_offset, size_t ldb, double beta, cl_mem c, size_t c_offset,
                  size_t ldc)
 {
-    struct gemm_args g = {1,     trans_a, trans_b,  m,        n, k,        alpha, beta, a,
-                          b,     c,       a_offset, b_offset, c_offset, lda,   ldb,  ldc};
+    return rvs_gemm_batched(ctx, 1, trans_a, trans_b, m, n, k, alpha, a, a_offset, lda, 0, b,
+                            b_offset, ldb, 0, beta, c, c_offset, ldc, 0, 1);
+}
+
+int rvs_gemm_batched(struct rvs_context *ctx, int is_double, enum rvs_transpose trans_a,
+                     enum rvs_transpose trans_b, size_t m, size_t n, size_t k, double alpha,
+                     cl_mem a, size_t a_offset, size_t lda, size_t a_stride, cl_mem b,
+                     size_t b_offset, size_t ldb, size_t b_stride, double beta, cl_mem c,
+                     size_t c_offset, size_t ldc, size_t c_stride, size_t batch)
+{
+    struct gemm_args g = {.is_double = is_double, .ta = trans_a, .tb = trans_b, .m = m, .n = n,
+                          .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c,
+                          .a_off = a_offset, .b_off = b_offset, .c_off = c_offset, .lda = lda,
+                          .ldb = ldb, .ldc = ldc, .a_stride = a_stride, .b_stride = b_stride,
+                          .c_stride = c_stride, .batch = batch};
     return gemm_dispatch(ctx, &g);
+}
+
+int rvs_gemm_real(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_transpose trans_b,
+                  size_t m, size_t n, size_t k, double alpha, cl_mem a, size_t a_offset,
+                  size_t lda, cl_mem b, size_t b_offset, size_t ldb, double beta, cl_mem c,
+                  size_t c_offset, size_t ldc)
+{
+    return rvs_gemm_batched(ctx, ctx->use_fp64, trans_a, trans_b, m, n, k, alpha, a, a_offset,
+                            lda, 0, b, b_offset, ldb, 0, beta, c, c_offset, ldc, 0, 1);
 }

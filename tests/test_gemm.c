@@ -114,6 +114,56 @@ static void run_aliased(struct rvs_context *ctx)
     clReleaseMemObject(dc);
 }
 
+/* Three independent products in one call, with strides, against the plain-C reference. */
+static void run_batched(struct rvs_context *ctx, int is_double)
+{
+    enum { M = 5, N = 3, K = 4, BATCH = 3, SA = M * K + 2, SB = K * N + 1, SC = M * N + 3 };
+    double a[BATCH * SA], b[BATCH * SB], c[BATCH * SC], ref[BATCH * SC];
+    float af[BATCH * SA], bf[BATCH * SB], cf[BATCH * SC];
+    for (int i = 0; i < BATCH * SA; i++)
+        af[i] = (float)(a[i] = (float)test_uniform(-1, 1));
+    for (int i = 0; i < BATCH * SB; i++)
+        bf[i] = (float)(b[i] = (float)test_uniform(-1, 1));
+    for (int i = 0; i < BATCH * SC; i++)
+        cf[i] = (float)(c[i] = ref[i] = (float)test_uniform(-1, 1));
+    for (int t = 0; t < BATCH; t++)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double acc = 0;
+                for (int l = 0; l < K; l++)
+                    acc += a[t * SA + i * K + l] * b[t * SB + l * N + j];
+                ref[t * SC + i * N + j] = 2.0 * acc + 0.5 * c[t * SC + i * N + j];
+            }
+    size_t es = is_double ? sizeof(double) : sizeof(float);
+    cl_int err;
+    cl_mem da = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, sizeof af * es / 4,
+                               is_double ? (void *)a : (void *)af, &err);
+    cl_mem db = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, sizeof bf * es / 4,
+                               is_double ? (void *)b : (void *)bf, &err);
+    cl_mem dc = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, sizeof cf * es / 4,
+                               is_double ? (void *)c : (void *)cf, &err);
+    int status = rvs_gemm_batched(ctx, is_double, RVS_NO_TRANS, RVS_NO_TRANS, M, N, K, 2.0, da, 0,
+                                  K, SA, db, 0, N, SB, 0.5, dc, 0, N, SC, BATCH);
+    CHECK(status == RVS_OK, "batched gemm: %s", rvs_strerror(status));
+    err = clEnqueueReadBuffer(ctx->queue, dc, CL_TRUE, 0, sizeof cf * es / 4,
+                              is_double ? (void *)c : (void *)cf, 0, NULL, NULL);
+    CHECK(err == CL_SUCCESS, "read back: %s", rvs_strerror(err));
+    double max_err = 0;
+    for (int i = 0; i < BATCH * SC; i++) {
+        double got = is_double ? c[i] : cf[i];
+        max_err = fmax(max_err, fabs(got - ref[i]));
+    }
+    double tol = is_double ? 1e-14 : 2e-6;
+    CHECK(max_err <= tol, "%s batched %s gemm: max error %.3g > %.3g",
+          rvs_gemm_backend_name(ctx->gemm_backend), is_double ? "f64" : "f32", max_err, tol);
+    printf("%-8s %s batched x%d max abs error %.2e (tol %.0e)\n",
+           rvs_gemm_backend_name(ctx->gemm_backend), is_double ? "f64" : "f32", BATCH, max_err,
+           tol);
+    clReleaseMemObject(da);
+    clReleaseMemObject(db);
+    clReleaseMemObject(dc);
+}
+
 static void run_backend(const char *backend)
 {
     static const struct shape shapes[] = {{1, 1, 1}, {7, 5, 3}, {64, 64, 64}, {37, 53, 29},
@@ -127,6 +177,9 @@ static void run_backend(const char *backend)
                 run_case(ctx, 1, shapes[i], t & 1, t >> 1);
         }
     run_aliased(ctx);
+    run_batched(ctx, 0);
+    if (ctx->caps.has_fp64)
+        run_batched(ctx, 1);
     rvs_context_destroy(&ctx);
 }
 

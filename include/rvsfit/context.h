@@ -56,6 +56,27 @@ int rvs_context_program(struct rvs_context *ctx, const char *name, cl_program *p
 int rvs_context_kernel(struct rvs_context *ctx, const char *program_name, const char *kernel_name,
                        cl_kernel *kernel);
 
+/* Bytes per rvs_real element on the device: 8 with fp64 accumulation, else 4. */
+size_t rvs_context_real_size(const struct rvs_context *ctx);
+
+/* Device-memory helpers that log what failed (with the size) and return a status. */
+int rvs_buffer_create(struct rvs_context *ctx, cl_mem_flags flags, size_t bytes,
+                      const void *host, cl_mem *buffer);
+int rvs_buffer_write(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
+                     const void *host);
+int rvs_buffer_read(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
+                    void *host);
+/* Releases *buffer if set and clears it. */
+void rvs_buffer_release(cl_mem *buffer);
+/* Sets argument `index` of a kernel, logging the kernel name and index on failure. */
+int rvs_kernel_arg(cl_kernel kernel, cl_uint index, size_t size, const void *value);
+/* Enqueues a 1-D launch over n items: local = min(local_hint, device limit) (0: the preferred
+ * work-group multiple), global rounded up to a multiple of local; kernels check their bound. */
+int rvs_kernel_launch_1d(struct rvs_context *ctx, cl_kernel kernel, size_t n, size_t local_hint);
+/* 2-D launch: n0 x n1 items, local0 x local1 work-groups (0 means 1 for local1), rounded up. */
+int rvs_kernel_launch_2d(struct rvs_context *ctx, cl_kernel kernel, size_t n0, size_t n1,
+                         size_t local0, size_t local1);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,6 +24,21 @@ int rvs_gemm_f64(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_t
                  cl_mem b, size_t b_offset, size_t ldb, double beta, cl_mem c, size_t c_offset,
                  size_t ldc);
 
+/* batch independent GEMMs C_i = alpha op(A_i) op(B_i) + beta C_i, where X_i starts at
+ * x_offset + i * x_stride (elements); one CLBlast strided-batched launch on GPUs. is_double
+ * selects f64 (the device must have fp64). */
+int rvs_gemm_batched(struct rvs_context *ctx, int is_double, enum rvs_transpose trans_a,
+                     enum rvs_transpose trans_b, size_t m, size_t n, size_t k, double alpha,
+                     cl_mem a, size_t a_offset, size_t lda, size_t a_stride, cl_mem b,
+                     size_t b_offset, size_t ldb, size_t b_stride, double beta, cl_mem c,
+                     size_t c_offset, size_t ldc, size_t c_stride, size_t batch);
+
+/* GEMM on rvs_real buffers: f64 when ctx->use_fp64, else f32 (see rvs_context_real_size). */
+int rvs_gemm_real(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_transpose trans_b,
+                  size_t m, size_t n, size_t k, double alpha, cl_mem a, size_t a_offset,
+                  size_t lda, cl_mem b, size_t b_offset, size_t ldb, double beta, cl_mem c,
+                  size_t c_offset, size_t ldc);
+
 /* "CLBlast" or "OpenBLAS". */
 const char *rvs_gemm_backend_name(enum rvs_gemm_backend backend);
 

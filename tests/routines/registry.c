@@ -1,0 +1,11 @@
+/* registry.c: every kernel routine, for the benchmark's list (one line per family). */
+#include <config.h>
+
+#include "routine.h"
+
+extern const struct rvs_routine rvs_routine_gemm;
+
+const struct rvs_routine *const rvs_routines[] = {
+    &rvs_routine_gemm,
+    NULL,
+};

@@ -1,0 +1,17 @@
+/* tolerances.h: every kernel test's tolerance, in one place, against its plain-C reference.
+ * Issue #3 fixes the first three; the rest follow from the precision of each path. */
+#ifndef RVS_TOLERANCES_H
+#define RVS_TOLERANCES_H
+
+/* fp64 device paths (spline, rotation, resolution, chi^2) vs fp64 reference: relative */
+#define RVS_TOL_FP64_REL 1e-10
+/* NN log-flux in fp32 vs an OpenBLAS fp32 reference: relative (of max |log-flux|) */
+#define RVS_TOL_NN_FP32_REL 1e-5
+/* chi^2 in forced-fp32 mode on values ~1e4: absolute */
+#define RVS_TOL_CHISQ_FP32_ABS 1e-3
+/* other fp32 paths (spline, rotation, resolution) vs the fp64 reference: relative to the
+ * largest magnitude of the output (a few ulp of float, times the operation's depth) */
+#define RVS_TOL_FP32_REL 2e-6
+/* GEMM: eps * 4k relative to the scale of the inputs (see tests/test_gemm.c) */
+
+#endif
