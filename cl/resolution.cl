@@ -31,7 +31,7 @@ __kernel void rvs_resolution_apply(__global const float *rdata, const uint ndiag
     const uint width = 2 * he + 1;
     const uint halo_len = T + 2 * he;
     const uint e_begin = get_group_id(1) * per_group;
-    const uint e_end = min(E, e_begin + per_group);
+    const uint e_end = E - e_begin > per_group ? e_begin + per_group : E; /* no overflow */
     int staged = -1; /* spectrum whose coefficients rtile holds */
 
     for (uint e = e_begin; e < e_end; e++) {
