@@ -127,9 +127,10 @@ static int check_desc(const struct rvs_nn_desc *d)
 /* Layer l's weights with the BatchNorm that follows the previous layer's SiLU folded in
  * (when there is one): BN(h) = a h + c per channel with a = gamma / sqrt(var + eps),
  * c = beta - mean a (torch.nn.BatchNorm1d in eval mode), so W (a h + c) + b =
- * (W diag(a)) h + (b + W c). Computed in double, rounded to float once. */
-static int fold_layer(const struct rvs_nn_desc *d, size_t l, size_t in, size_t out, float *w,
-                      float *b)
+ * (W diag(a)) h + (b + W c). Computed in double, rounded to float once. ac holds 2 x in
+ * doubles of scratch. */
+static int fold_layer(const struct rvs_nn_desc *d, size_t l, size_t in, size_t out, double *ac,
+                      float *w, float *b)
 {
     const float *w0 = d->lin[l].weight, *b0 = d->lin[l].bias;
     int has_bn = d->with_batchnorm && l >= 2 && l - 1 <= d->nlayers;
@@ -139,19 +140,22 @@ static int fold_layer(const struct rvs_nn_desc *d, size_t l, size_t in, size_t o
         return RVS_OK;
     }
     const struct rvs_nn_batchnorm *bn = &d->bn[l - 1];
+    double *a = ac, *c = ac + in;
+    for (size_t k = 0; k < in; k++) {
+        a[k] = (double)bn->weight[k] / sqrt((double)bn->running_var[k] + bn->eps);
+        c[k] = (double)bn->bias[k] - (double)bn->running_mean[k] * a[k];
+    }
     for (size_t o = 0; o < out; o++) {
         double acc = b0[o];
         for (size_t k = 0; k < in; k++) {
-            double a = (double)bn->weight[k] / sqrt((double)bn->running_var[k] + bn->eps);
-            double c = (double)bn->bias[k] - (double)bn->running_mean[k] * a;
             double wk = w0[o * in + k];
-            w[o * in + k] = (float)(wk * a);
-            acc += wk * c;
+            w[o * in + k] = (float)(wk * a[k]);
+            acc += wk * c[k];
             if (!isfinite(w[o * in + k])) {
                 rvs_log(RVS_LOG_ERROR, "nn",
                         "folding BatchNorm %zu into layer %zu overflows float (weight %g times "
                         "gamma/sqrt(var+eps) = %g); running_var is too small",
-                        l - 1, l, wk, a);
+                        l - 1, l, wk, a[k]);
                 return RVS_ERR_INVALID_ARGUMENT;
             }
         }
@@ -203,6 +207,7 @@ int rvs_nn_create(struct rvs_context *ctx, const struct rvs_nn_desc *desc, struc
     int status = RVS_OK;
     struct rvs_nn *nn = NULL;
     float *w = NULL, *b = NULL;
+    double *ac = NULL;
     if (!out)
         return RVS_ERR_INVALID_ARGUMENT;
     *out = NULL;
@@ -252,13 +257,14 @@ int rvs_nn_create(struct rvs_context *ctx, const struct rvs_nn_desc *desc, struc
     }
     w = rvs_malloc(max_w * sizeof *w);
     b = rvs_malloc(max_b * sizeof *b);
-    if (!w || !b) {
+    ac = rvs_malloc(2 * (desc->width > desc->indim ? desc->width : desc->indim) * sizeof *ac);
+    if (!w || !b || !ac) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
     for (size_t l = 0; l < nn->nlin; l++) {
         struct nn_layer *layer = &nn->lin[l];
-        RVS_TRY(fold_layer(desc, l, layer->in, layer->out, w, b));
+        RVS_TRY(fold_layer(desc, l, layer->in, layer->out, ac, w, b));
         RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, layer->in * layer->out * sizeof *w, w,
                                   &layer->weight));
         RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, layer->out * sizeof *b, b,
@@ -288,6 +294,7 @@ cleanup:
     rvs_nn_destroy(&nn);
     free(w);
     free(b);
+    free(ac);
     return status;
 }
 
@@ -336,7 +343,8 @@ static int check_call(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params,
         rvs_log(RVS_LOG_ERROR, "nn", "the network was created on another context");
         return RVS_ERR_INVALID_ARGUMENT;
     }
-    if (count > UINT32_MAX || count > SIZE_MAX / out_bytes_per_row) {
+    /* row counts reach OpenBLAS as a 32-bit int and the kernels as uint */
+    if (count > INT32_MAX || count > SIZE_MAX / out_bytes_per_row) {
         rvs_log(RVS_LOG_ERROR, "nn", "batch of %zu parameter vectors is too large", count);
         return RVS_ERR_INVALID_ARGUMENT;
     }
