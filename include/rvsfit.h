@@ -9,6 +9,7 @@
 #include "rvsfit/context.h"
 #include "rvsfit/gemm.h"
 #include "rvsfit/resolution.h"
+#include "rvsfit/nn.h"
 
 #ifdef __cplusplus
 extern "C" {

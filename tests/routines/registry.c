@@ -4,10 +4,12 @@
 #include "routine.h"
 
 extern const struct rvs_routine rvs_routine_gemm;
+extern const struct rvs_routine rvs_routine_nn;
 extern const struct rvs_routine rvs_routine_resolution;
 
 const struct rvs_routine *const rvs_routines[] = {
     &rvs_routine_gemm,
+    &rvs_routine_nn,
     &rvs_routine_resolution,
     NULL,
 };
