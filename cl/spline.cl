@@ -31,7 +31,12 @@
 #define RVS_SPLINE_LD (RVS_SPLINE_TILE + 1)
 #define RVS_SPLINE_LO (4 * RVS_SPLINE_TILE + 1)
 
-#define RVS_SPLINE_C_KMS 299792.458 /* rvspecfit spec_fit.SPEED_OF_LIGHT */
+/* rvspecfit spec_fit.SPEED_OF_LIGHT; a float literal where doubles may be absent */
+#if RVS_HAVE_FP64
+#define RVS_SPLINE_C_KMS 299792.458
+#else
+#define RVS_SPLINE_C_KMS 299792.458f
+#endif
 
 /* One natural spline per work-item (template t = global id). templates: T rows of N values;
  * coeffs: the layout above. Port of spliner.c construct(), with the grid-only parts (h, 1/h,
@@ -135,12 +140,13 @@ rvs_spline_construct(__global const rvs_real *geom, const int N, __global const 
 
 /* out[e * n + j] = spline template_index[e] at lam[j] sqrt((1 - b) / (1 + b)), b = v[e] / c
  * (rvspecfit spec_fit.evalRV), NaN outside [xs[0], xs[N-1]) or for a bad template index.
- * Work-item (j, e). Port of spliner.c evaler(): pos = (int)(log(x / x0) / logstep) (log grid)
- * or (int)((x - x0) / step), then A dxl^3 + B dxr^3 + C dxl + D dxr. Two refinements, both
- * below fp64 rounding of the result: dxl is formed as (lam - xs[pos]) + lam (f - 1), which keeps
+ * Work-item (j, e). Port of spliner.c evaler(): pos = (int)((log(x) - log(x0)) / logstep) (log
+ * grid) or (int)((x - x0) / step), then A dxl^3 + B dxr^3 + C dxl + D dxr. Two refinements,
+ * both below fp64 rounding of the result: dxl is formed as (lam - xs[pos]) + lam (f - 1), which keeps
  * the shift's digits that x = lam f would round away (this matters in fp32, where ulp(x) is
  * ~2e-3 of a DESI template pixel), and when rounding put pos one interval off near a knot, pos moves
- * to the interval that holds x (evaler would extrapolate the neighbour's cubic there). */
+ * to the interval that holds x (evaler would extrapolate the neighbour's cubic there); that
+ * also lets the index come from a float log, which is cheap on every device. */
 __kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const int log_step,
                               const rvs_real x0, const rvs_real step,
                               __global const rvs_real *coeffs, const int T,
@@ -198,15 +204,17 @@ __kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const 
         out[o] = (rvs_real)NAN;
         return;
     }
-    const rvs_real u = log_step ? log(x / x0) / step : (x - x0) / step;
+    /* evaler's index in float (a fast log is plenty: the loops below settle pos on the
+     * interval that holds x, which is what evaler's formula gives up to rounding) */
+    const float u = log_step ? native_log((float)(x / x0)) / (float)step : (float)((x - x0) / step);
     int pos = clamp((int)u, 0, N - 2);
     rvs_real dxl = ((l - xs[pos]) + sh) + sl;
-    if (dxl < 0 && pos > 0) {
+    while (dxl < 0 && pos > 0) {
         pos--;
         dxl = ((l - xs[pos]) + sh) + sl;
     }
     rvs_real dxr = ((xs[pos + 1] - l) - sh) - sl;
-    if (dxr < 0 && pos < N - 2) {
+    while (dxr < 0 && pos < N - 2) {
         pos++;
         dxl = ((l - xs[pos]) + sh) + sl;
         dxr = ((xs[pos + 1] - l) - sh) - sl;
