@@ -10,6 +10,7 @@
 #include "rvsfit/gemm.h"
 #include "rvsfit/resolution.h"
 #include "rvsfit/nn.h"
+#include "rvsfit/spline.h"
 
 #ifdef __cplusplus
 extern "C" {

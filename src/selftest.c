@@ -11,6 +11,7 @@
 #include "internal.h"
 #include "rvsfit/resolution.h"
 #include "rvsfit/nn.h"
+#include "rvsfit/spline.h"
 
 /* Uploads host data into a new read-write buffer. */
 static int upload(struct rvs_context *ctx, const void *data, size_t size, cl_mem *buf)
@@ -194,6 +195,7 @@ static const struct selftest_case selftest_cases[] = {
     {"double-precision GEMM", check_gemm_f64},
     {"resolution-matrix kernel", rvs_resolution_selftest},
     {"NN emulator (tiny network)", rvs_nn_selftest},
+    {"natural spline (linear template, shifted)", rvs_spline_selftest},
 };
 
 int rvs_selftest_run(struct rvs_context *ctx)

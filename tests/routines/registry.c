@@ -6,10 +6,14 @@
 extern const struct rvs_routine rvs_routine_gemm;
 extern const struct rvs_routine rvs_routine_nn;
 extern const struct rvs_routine rvs_routine_resolution;
+extern const struct rvs_routine rvs_routine_spline_construct;
+extern const struct rvs_routine rvs_routine_spline_eval;
 
 const struct rvs_routine *const rvs_routines[] = {
     &rvs_routine_gemm,
     &rvs_routine_nn,
     &rvs_routine_resolution,
+    &rvs_routine_spline_construct,
+    &rvs_routine_spline_eval,
     NULL,
 };

@@ -1,0 +1,228 @@
+/* spline.cl: batched natural cubic splines as rvspecfit's py/rvspecfit/src/spliner.c defines
+ * them: coefficients by the Thomas algorithm (construct), evaluation at Doppler-shifted
+ * wavelengths with the knot index from the uniform (log-)step (evaler).
+ *
+ * The knot grid is shared by all templates of an arm, so the host (src/spline.c) computes the
+ * template-independent parts of the sweep once per grid. `geom` holds RVS_SPLINE_SECTIONS arrays
+ * of N rvs_real each, in the order of the RVS_SPLINE_* section numbers below (must match
+ * src/spline.c).
+ *
+ * Coefficient layout (private to this module): template t, interval i has A, B, C, D at
+ * coeffs[4 * (t * (N - 1) + i) + 0..3], so one evaluation reads one aligned 4-vector and
+ * neighbouring pixels read neighbouring vectors. The construct kernel also keeps its Thomas
+ * intermediate dd' in the first N - 2 slots of the template's own region before overwriting
+ * them with the coefficients (no scratch buffer). */
+
+#define RVS_SPLINE_XS 0   /* knots xs[i] */
+#define RVS_SPLINE_H 1    /* h[i] = xs[i+1] - xs[i]; spliner.c's off-diagonal cc[i] = h[i+1] */
+#define RVS_SPLINE_HINV 2 /* 1 / h[i] */
+#define RVS_SPLINE_CCD 3  /* cc'[i] of the Thomas sweep, i < N-3; cc'[N-3] = 0 */
+#define RVS_SPLINE_PIV 4  /* pivots: bb[0], then bb[i] - cc[i-1] cc'[i-1] */
+#define RVS_SPLINE_T1 5   /* hinv[i] / 6 */
+#define RVS_SPLINE_T2 6   /* h[i] / 6 */
+
+/* Templates per work-group of the construct kernel and knots per tile: the group moves tiles of
+ * its templates through local memory so that global reads and writes are contiguous runs even
+ * though each work-item sweeps one template. Must match src/spline.c. */
+#define RVS_SPLINE_GROUP 32
+#define RVS_SPLINE_TILE 16
+/* Odd strides in local memory (in rvs_real units) avoid bank conflicts between work-items. */
+#define RVS_SPLINE_LY (RVS_SPLINE_TILE + 3)
+#define RVS_SPLINE_LD (RVS_SPLINE_TILE + 1)
+#define RVS_SPLINE_LO (4 * RVS_SPLINE_TILE + 1)
+
+/* rvspecfit spec_fit.SPEED_OF_LIGHT; a float literal where doubles may be absent */
+#if RVS_HAVE_FP64
+#define RVS_SPLINE_C_KMS 299792.458
+#else
+#define RVS_SPLINE_C_KMS 299792.458f
+#endif
+
+/* One natural spline per work-item (template t = global id). templates: T rows of N values;
+ * coeffs: the layout above. Port of spliner.c construct(), with the grid-only parts (h, 1/h,
+ * cc', pivots, h/6, 1/(6h)) read from geom; the remaining arithmetic is spliner.c's, in the same
+ * order. */
+__kernel __attribute__((reqd_work_group_size(RVS_SPLINE_GROUP, 1, 1))) void
+rvs_spline_construct(__global const rvs_real *geom, const int N, __global const rvs_real *templates,
+                     const int T, __global rvs_real *coeffs)
+{
+    __local rvs_real ly[RVS_SPLINE_GROUP * RVS_SPLINE_LY];
+    __local rvs_real ld[RVS_SPLINE_GROUP * RVS_SPLINE_LD];
+    __local rvs_real lo[RVS_SPLINE_GROUP * RVS_SPLINE_LO];
+    const int lid = (int)get_local_id(0);
+    const int g0 = (int)get_group_id(0) * RVS_SPLINE_GROUP; /* first template of the group */
+    const int t = g0 + lid;
+    const int N1 = N - 1, N2 = N - 2;
+    const size_t region = 4 * (size_t)N1; /* rvs_real per template in coeffs */
+    __global const rvs_real *h = geom + RVS_SPLINE_H * (size_t)N;
+    __global const rvs_real *hinv = geom + RVS_SPLINE_HINV * (size_t)N;
+    __global const rvs_real *ccd = geom + RVS_SPLINE_CCD * (size_t)N;
+    __global const rvs_real *piv = geom + RVS_SPLINE_PIV * (size_t)N;
+    __global const rvs_real *t1 = geom + RVS_SPLINE_T1 * (size_t)N;
+    __global const rvs_real *t2 = geom + RVS_SPLINE_T2 * (size_t)N;
+
+    /* Forward sweep: dd'[i] = (dd[i] - cc[i-1] dd'[i-1]) / pivot[i], dd[i] = 6 (bs[i+1] - bs[i]),
+     * bs[i] = (y[i+1] - y[i]) / h[i]; tiles of RVS_SPLINE_TILE rows i need y[i0 .. i0+TILE+1]. */
+    rvs_real ddp = 0;
+    for (int i0 = 0; i0 < N2; i0 += RVS_SPLINE_TILE) {
+        const int width = min(RVS_SPLINE_TILE + 2, N - i0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int idx = lid; idx < RVS_SPLINE_GROUP * width; idx += RVS_SPLINE_GROUP) {
+            const int r = idx / width, c = idx - r * width;
+            if (g0 + r < T)
+                ly[r * RVS_SPLINE_LY + c] = templates[(size_t)(g0 + r) * N + i0 + c];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        const int rows = min(RVS_SPLINE_TILE, N2 - i0);
+        if (t < T) {
+            __local const rvs_real *y = ly + lid * RVS_SPLINE_LY;
+            for (int k = 0; k < rows; k++) {
+                const int i = i0 + k;
+                const rvs_real bs0 = (y[k + 1] - y[k]) * hinv[i];
+                const rvs_real bs1 = (y[k + 2] - y[k + 1]) * hinv[i + 1];
+                const rvs_real dd = 6 * (bs1 - bs0);
+                ddp = i == 0 ? dd / piv[0] : (dd - h[i] * ddp) / piv[i];
+                ld[lid * RVS_SPLINE_LD + k] = ddp;
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int idx = lid; idx < RVS_SPLINE_GROUP * rows; idx += RVS_SPLINE_GROUP) {
+            const int r = idx / rows, c = idx - r * rows;
+            if (g0 + r < T)
+                coeffs[(size_t)(g0 + r) * region + i0 + c] = ld[r * RVS_SPLINE_LD + c];
+        }
+    }
+
+    /* Backward sweep over intervals i = N-2 .. 0: z[i] = dd'[i-1] - cc'[i-1] z[i+1] with
+     * z[0] = z[N-1] = 0 (cc'[N-3] = 0 gives spliner.c's z[N-2] = dd'[N-3]), then the interval's
+     * A, B, C, D. A tile's coefficient block [4 i0, 4 i0 + 4 TILE) only overwrites dd' slots at
+     * or above 4 i0, which no lower tile reads (it needs slots below i0 - 1). */
+    rvs_real zr = 0; /* z[i+1] */
+    for (int i0 = (N1 - 1) / RVS_SPLINE_TILE * RVS_SPLINE_TILE; i0 >= 0; i0 -= RVS_SPLINE_TILE) {
+        const int rows = min(RVS_SPLINE_TILE, N1 - i0);
+        /* global fence: dd' was stored by other work-items of the group */
+        barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE);
+        for (int idx = lid; idx < RVS_SPLINE_GROUP * (rows + 1); idx += RVS_SPLINE_GROUP) {
+            const int r = idx / (rows + 1), c = idx - r * (rows + 1);
+            if (g0 + r < T)
+                ly[r * RVS_SPLINE_LY + c] = templates[(size_t)(g0 + r) * N + i0 + c];
+        }
+        for (int idx = lid; idx < RVS_SPLINE_GROUP * rows; idx += RVS_SPLINE_GROUP) {
+            const int r = idx / rows, c = idx - r * rows;
+            const int j = i0 - 1 + c; /* dd' index used by interval i0 + c */
+            if (g0 + r < T && j >= 0 && j < N2)
+                ld[r * RVS_SPLINE_LD + c] = coeffs[(size_t)(g0 + r) * region + j];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (t < T) {
+            __local const rvs_real *y = ly + lid * RVS_SPLINE_LY;
+            __local rvs_real *o = lo + lid * RVS_SPLINE_LO;
+            for (int k = rows - 1; k >= 0; k--) {
+                const int i = i0 + k;
+                const rvs_real zl = i == 0 ? 0 : ld[lid * RVS_SPLINE_LD + k] - ccd[i - 1] * zr;
+                const rvs_real tmp1 = t1[i], tmp2 = t2[i], hi = hinv[i];
+                o[4 * k + 0] = zr * tmp1;
+                o[4 * k + 1] = zl * tmp1;
+                o[4 * k + 2] = y[k + 1] * hi - zr * tmp2;
+                o[4 * k + 3] = y[k] * hi - zl * tmp2;
+                zr = zl;
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        const int width = 4 * rows;
+        for (int idx = lid; idx < RVS_SPLINE_GROUP * width; idx += RVS_SPLINE_GROUP) {
+            const int r = idx / width, c = idx - r * width;
+            if (g0 + r < T)
+                coeffs[(size_t)(g0 + r) * region + 4 * (size_t)i0 + c] = lo[r * RVS_SPLINE_LO + c];
+        }
+    }
+}
+
+/* out[e * n + j] = spline template_index[e] at lam[j] sqrt((1 - b) / (1 + b)), b = v[e] / c
+ * (rvspecfit spec_fit.evalRV), NaN outside [xs[0], xs[N-1]) or for a bad template index.
+ * Work-item (j, e). Port of spliner.c evaler(): pos = (int)((log(x) - log(x0)) / logstep) (log
+ * grid) or (int)((x - x0) / step), then A dxl^3 + B dxr^3 + C dxl + D dxr. Two refinements,
+ * both below fp64 rounding of the result: dxl is formed as (lam - xs[pos]) + lam (f - 1), which keeps
+ * the shift's digits that x = lam f would round away (this matters in fp32, where ulp(x) is
+ * ~2e-3 of a DESI template pixel), and when rounding put pos one interval off near a knot, pos moves
+ * to the interval that holds x (evaler would extrapolate the neighbour's cubic there); that
+ * also lets the index come from a float log, which is cheap on every device. */
+__kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const int log_step,
+                              const rvs_real x0, const rvs_real step,
+                              __global const rvs_real *coeffs, const int T,
+                              __global const int *template_index,
+                              __global const rvs_real *velocity, const int E,
+                              __global const rvs_real *lam, const int n, __global rvs_real *out)
+{
+    const int j = (int)get_global_id(0), e = (int)get_global_id(1);
+    if (j >= n || e >= E)
+        return;
+    __global const rvs_real *xs = geom + RVS_SPLINE_XS * (size_t)N;
+    const size_t o = (size_t)e * n + j;
+    const int t = template_index[e];
+    const rvs_real v = velocity[e];
+    const rvs_real beta = v / (rvs_real)RVS_SPLINE_C_KMS;
+    const rvs_real f = sqrt((1 - beta) / (1 + beta));
+    const rvs_real l = lam[j];
+    const rvs_real x = l * f;
+    /* The shift lam (f - 1) = sh + sl, to be added to lam - xs[pos] (exact: both are close). */
+    rvs_real sh, sl;
+#if RVS_HAVE_FP64
+    /* f - 1 = (f^2 - 1) / (f + 1) = -2 b / ((1 + b) (f + 1)): no cancellation */
+    sh = l * (-2 * beta / ((1 + beta) * (f + 1)));
+    sl = 0;
+#else
+    {
+        /* In float, one rounding of b or of lam (f - 1) moves the point by ~1e-6 A at 1000
+         * km/s, 5e-6 of a DESI template pixel. So b = v / c is carried as a float pair
+         * (1/c = ic_hi + ic_lo), f - 1 = -b (1 + g1) with the series
+         * f = (1 - b)(1 - b^2)^(-1/2) = 1 - b + b^2/2 - b^3/2 + 3b^4/8 - 3b^5/8 + 5b^6/16
+         * - 5b^7/16 + 35b^8/128 - 35b^9/128 + O(b^10) (truncation < 3e-10 relative for
+         * |b| < 0.1, i.e. |v| < 30000 km/s), and lam (f - 1) as an exact product pair (fma).
+         * Beyond that the closed form. */
+#pragma OPENCL FP_CONTRACT OFF
+        const float ic_hi = 0x1.bfb3cp-19f, ic_lo = 0x1.a316p-47f;
+        const float b_hi = v * ic_hi;
+        const float b_lo = fma(v, ic_hi, -b_hi) + v * ic_lo;
+        float fm1_hi, fm1_lo;
+        if (fabs(b_hi) < 0.1f) {
+            const float b = b_hi;
+            const float g1 =
+                b * (-0.5f + b * (0.5f + b * (-0.375f + b * (0.375f + b * (-0.3125f +
+                b * (0.3125f + b * (-0.2734375f + b * 0.2734375f)))))));
+            fm1_hi = -b_hi;
+            fm1_lo = -b_lo - b_hi * g1;
+        } else {
+            fm1_hi = -2 * beta / ((1 + beta) * (f + 1));
+            fm1_lo = 0;
+        }
+        sh = l * fm1_hi;
+        sl = fma(l, fm1_hi, -sh) + l * fm1_lo;
+    }
+#endif
+    if (t < 0 || t >= T || !(x >= xs[0]) || !(x < xs[N - 1])) {
+        out[o] = (rvs_real)NAN;
+        return;
+    }
+    /* evaler's index in float (a fast log is plenty: the loops below settle pos on the
+     * interval that holds x, which is what evaler's formula gives up to rounding) */
+    const float u = log_step ? native_log((float)(x / x0)) / (float)step : (float)((x - x0) / step);
+    int pos = clamp((int)u, 0, N - 2);
+    rvs_real dxl = ((l - xs[pos]) + sh) + sl;
+    while (dxl < 0 && pos > 0) {
+        pos--;
+        dxl = ((l - xs[pos]) + sh) + sl;
+    }
+    rvs_real dxr = ((xs[pos + 1] - l) - sh) - sl;
+    while (dxr < 0 && pos < N - 2) {
+        pos++;
+        dxl = ((l - xs[pos]) + sh) + sl;
+        dxr = ((xs[pos + 1] - l) - sh) - sl;
+    }
+#if RVS_HAVE_FP64
+    const double4 c = vload4((size_t)t * (N - 1) + pos, coeffs);
+#else
+    const float4 c = vload4((size_t)t * (N - 1) + pos, coeffs);
+#endif
+    out[o] = c.s0 * dxl * dxl * dxl + c.s1 * dxr * dxr * dxr + c.s2 * dxl + c.s3 * dxr;
+}

@@ -1,0 +1,66 @@
+/* rvsfit/spline.h: batched natural cubic splines on a template wavelength grid, as rvspecfit's
+ * spliner.c defines them (construct: Thomas algorithm; evaler: knot index from the uniform
+ * (log-)step), evaluated at Doppler-shifted data wavelengths. */
+#ifndef RVSFIT_SPLINE_H
+#define RVSFIT_SPLINE_H
+
+#include <stddef.h>
+
+#include "rvsfit/context.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Speed of light in km/s, as rvspecfit's spec_fit.SPEED_OF_LIGHT. */
+#define RVS_SPEED_OF_LIGHT_KMS 299792.458
+
+/* One knot grid (the template wavelengths of one arm) on the device, with the parts of the
+ * tridiagonal solve that depend only on the knots. Private layout. */
+struct rvs_spline_grid;
+
+/* Validates xs (n >= 3 knots, strictly increasing, uniform in log when log_step != 0, else
+ * uniform; the step test is spliner.c's: the first two steps agree within 1e-10) and uploads
+ * the grid. Returns RVS_ERR_INVALID_ARGUMENT with a logged reason for a bad grid. */
+int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, int log_step,
+                           struct rvs_spline_grid **grid);
+/* Releases the grid; accepts NULL and sets *grid to NULL. */
+void rvs_spline_grid_destroy(struct rvs_spline_grid **grid);
+/* Number of knots of the grid. */
+size_t rvs_spline_grid_size(const struct rvs_spline_grid *grid);
+
+/* Bytes of the coefficient buffer for ntemplates splines on this grid (rvs_real storage; the
+ * layout is private to the module). */
+size_t rvs_spline_coeffs_bytes(const struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                               size_t ntemplates);
+
+/* Coefficients of T natural splines, one launch: templates holds T rows of N rvs_real (row
+ * t = the values at the knots), coeffs at least rvs_spline_coeffs_bytes(ctx, grid, T). Enqueued
+ * on ctx->queue; returns without waiting. */
+int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                         cl_mem templates, size_t T, cl_mem coeffs);
+
+/* E evaluations, one launch: request e evaluates spline template_index[e] (cl_int, < T) at
+ * lam[j] * sqrt((1 - b) / (1 + b)), b = velocity[e] / c (velocity in km/s, rvs_real), for the n
+ * wavelengths lam (rvs_real) into out[e * n + j] (rvs_real). Points outside [xs[0], xs[N-1])
+ * and requests with a template index outside [0, T) give NaN. Enqueued; returns without
+ * waiting. In forced fp32 the shift is carried in compensated float: values stay within a few
+ * 1e-7 of max|value| for |v| up to ~5000 km/s, degrading as v^2 beyond (1e-4 at 40000 km/s). */
+int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid, cl_mem coeffs,
+                    size_t T, cl_mem template_index, cl_mem velocity, size_t E, cl_mem lam,
+                    size_t n, cl_mem out);
+
+/* Reads T templates' coefficients back into abcd[(t * (N - 1) + i) * 4 + 0..3] = A, B, C, D of
+ * interval i (spliner.c's A, B, C, D), whatever the device layout; for tests and debugging. */
+int rvs_spline_coeffs_read(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                           cl_mem coeffs, size_t T, double *abcd);
+
+/* Known-answer check for src/selftest.c: a linear template (reproduced exactly by a natural
+ * spline) evaluated at a known velocity. */
+int rvs_spline_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

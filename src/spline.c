@@ -1,0 +1,339 @@
+/* spline.c: batched natural cubic splines (rvspecfit py/rvspecfit/src/spliner.c) on OpenCL:
+ * grid validation and the template-independent half of the Thomas sweep on the host, one
+ * launch that builds the coefficients of many templates, one launch that evaluates many
+ * (template, velocity) requests at the data wavelengths of an arm (cl/spline.cl). */
+#include <config.h>
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "rvsfit/spline.h"
+
+/* Must match cl/spline.cl. */
+enum {
+    SPLINE_XS,
+    SPLINE_H,
+    SPLINE_HINV,
+    SPLINE_CCD,
+    SPLINE_PIV,
+    SPLINE_T1,
+    SPLINE_T2,
+    SPLINE_SECTIONS
+};
+#define SPLINE_GROUP 32
+
+/* spliner.c evaler()'s step-consistency threshold */
+#define SPLINE_STEP_TOL 1e-10
+
+struct rvs_spline_grid {
+    size_t n;
+    int log_step;
+    double x0, step; /* step: log(xs[1]/xs[0]) for log grids, xs[1] - xs[0] otherwise */
+    cl_mem geom;     /* SPLINE_SECTIONS arrays of n rvs_real */
+    cl_kernel construct, eval;
+};
+
+size_t rvs_spline_grid_size(const struct rvs_spline_grid *grid) { return grid ? grid->n : 0; }
+
+void rvs_spline_grid_destroy(struct rvs_spline_grid **grid)
+{
+    if (!grid || !*grid)
+        return;
+    rvs_buffer_release(&(*grid)->geom);
+    if ((*grid)->construct)
+        clReleaseKernel((*grid)->construct);
+    if ((*grid)->eval)
+        clReleaseKernel((*grid)->eval);
+    free(*grid);
+    *grid = NULL;
+}
+
+/* Knots as spliner.c requires them: n >= 3, finite, increasing, and (log-)uniform. spliner.c
+ * compares only the first two steps; every step is compared here, because evaler's index
+ * formula is wrong anywhere the step drifts. */
+static int grid_validate(const double *xs, size_t n, int log_step)
+{
+    if (n < 3 || n > INT_MAX / 8) {
+        rvs_log(RVS_LOG_ERROR, "spline",
+                "a spline grid needs 3 to %d knots, got %zu; check the template wavelength grid",
+                INT_MAX / 8, n);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(xs[i]) || (log_step && xs[i] <= 0) || (i > 0 && !(xs[i] > xs[i - 1]))) {
+            rvs_log(RVS_LOG_ERROR, "spline",
+                    "knot %zu (%.17g) is not finite%s or not above the previous one; the "
+                    "template wavelength grid must increase strictly",
+                    i, xs[i], log_step ? ", positive" : "");
+            return RVS_ERR_INVALID_ARGUMENT;
+        }
+    double step = log_step ? log(xs[1] / xs[0]) : xs[1] - xs[0];
+    for (size_t i = 1; i + 1 < n; i++) {
+        double s = log_step ? log(xs[i + 1] / xs[i]) : xs[i + 1] - xs[i];
+        if (fabs(s - step) > SPLINE_STEP_TOL) {
+            rvs_log(RVS_LOG_ERROR, "spline",
+                    "the knots are not uniformly spaced in %s: step %zu is %.17g, step 0 is "
+                    "%.17g (tolerance %g, as rvspecfit's spliner.c); resample the templates "
+                    "or pass the right grid kind",
+                    log_step ? "log(wavelength)" : "wavelength", i, s, step, SPLINE_STEP_TOL);
+            return RVS_ERR_INVALID_ARGUMENT;
+        }
+    }
+    return RVS_OK;
+}
+
+/* Stores v at element i of an rvs_real array. */
+static void put_real(const struct rvs_context *ctx, void *base, size_t i, double v)
+{
+    if (ctx->use_fp64)
+        ((double *)base)[i] = v;
+    else
+        ((float *)base)[i] = (float)v;
+}
+
+int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, int log_step,
+                           struct rvs_spline_grid **out)
+{
+    int status = RVS_OK;
+    struct rvs_spline_grid *grid = NULL;
+    double *x = NULL, *sec = NULL;
+    void *host = NULL;
+    *out = NULL;
+    RVS_TRY(grid_validate(xs, n, log_step));
+    grid = rvs_calloc(1, sizeof *grid);
+    x = rvs_malloc(n * sizeof *x);
+    sec = rvs_calloc(SPLINE_SECTIONS * n, sizeof *sec);
+    host = rvs_malloc(SPLINE_SECTIONS * n * rvs_context_real_size(ctx));
+    if (!grid || !x || !sec || !host) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    grid->n = n;
+    grid->log_step = log_step != 0;
+    /* The device sees the knots rounded to rvs_real; the rest is derived in double from those
+     * rounded knots, so h matches the xs the evaluation subtracts. */
+    for (size_t i = 0; i < n; i++)
+        x[i] = ctx->use_fp64 ? xs[i] : (double)(float)xs[i];
+    grid->x0 = x[0];
+    grid->step = log_step ? log(xs[1] / xs[0]) : xs[1] - xs[0];
+
+    /* spliner.c construct(): h, hinv, diagonal bb[i] = 2 (h[i+1] + h[i]), off-diagonal
+     * cc[i] = h[i+1], cc'[i] and the pivots bb[i] - cc[i-1] cc'[i-1] of the symmetric Thomas
+     * sweep: all independent of the template values. */
+    double *h = sec + SPLINE_H * n, *hinv = sec + SPLINE_HINV * n, *ccd = sec + SPLINE_CCD * n;
+    double *piv = sec + SPLINE_PIV * n, *t1 = sec + SPLINE_T1 * n, *t2 = sec + SPLINE_T2 * n;
+    const size_t n1 = n - 1, n2 = n - 2, n3 = n - 3;
+    memcpy(sec + SPLINE_XS * n, x, n * sizeof *x);
+    for (size_t i = 0; i < n1; i++) {
+        h[i] = x[i + 1] - x[i];
+        hinv[i] = 1. / h[i];
+        t1[i] = hinv[i] * (1. / 6);
+        t2[i] = h[i] * (1. / 6);
+    }
+    piv[0] = 2 * (h[1] + h[0]);
+    if (n3 > 0)
+        ccd[0] = h[1] / piv[0];
+    for (size_t i = 1; i < n2; i++) {
+        piv[i] = 2 * (h[i + 1] + h[i]) - h[i] * ccd[i - 1];
+        if (i < n3)
+            ccd[i] = h[i + 1] / piv[i];
+    }
+    ccd[n3] = 0; /* makes z[N-2] = dd'[N-3] - 0 * z[N-1] exactly spliner.c's z[N-2] = dd'[N-3] */
+    for (size_t i = 0; i < SPLINE_SECTIONS * n; i++)
+        put_real(ctx, host, i, sec[i]);
+
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, SPLINE_SECTIONS * n * rvs_context_real_size(ctx),
+                              host, &grid->geom));
+    RVS_TRY(rvs_context_kernel(ctx, "spline", "rvs_spline_construct", &grid->construct));
+    RVS_TRY(rvs_context_kernel(ctx, "spline", "rvs_spline_eval", &grid->eval));
+    size_t wg = 0;
+    RVS_CL_TRY(clGetKernelWorkGroupInfo(grid->construct, ctx->caps.device,
+                                        CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL));
+    if (wg < SPLINE_GROUP) {
+        rvs_log(RVS_LOG_ERROR, "spline",
+                "%s runs at most %zu work-items of rvs_spline_construct per group; it needs %d",
+                ctx->caps.device_name, wg, SPLINE_GROUP);
+        status = RVS_ERR_UNSUPPORTED;
+        goto cleanup;
+    }
+    *out = grid;
+    grid = NULL;
+cleanup:
+    rvs_spline_grid_destroy(&grid);
+    free(x);
+    free(sec);
+    free(host);
+    return status;
+}
+
+size_t rvs_spline_coeffs_bytes(const struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                               size_t ntemplates)
+{
+    /* A, B, C, D per interval and template (cl/spline.cl's layout) */
+    return ntemplates * 4 * (grid->n - 1) * rvs_context_real_size(ctx);
+}
+
+/* The buffer must hold at least `need` bytes. */
+static int check_size(cl_mem buffer, size_t need, const char *what)
+{
+    size_t size = 0;
+    cl_int err = clGetMemObjectInfo(buffer, CL_MEM_SIZE, sizeof size, &size, NULL);
+    if (err != CL_SUCCESS) {
+        rvs_cl_log_failure(err, "clGetMemObjectInfo(CL_MEM_SIZE)", __FILE__, __LINE__);
+        return err;
+    }
+    if (size < need) {
+        rvs_log(RVS_LOG_ERROR, "spline", "the %s buffer holds %zu bytes, %zu needed", what, size,
+                need);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    return RVS_OK;
+}
+
+int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                         cl_mem templates, size_t T, cl_mem coeffs)
+{
+    int status = RVS_OK;
+    if (T == 0)
+        return RVS_OK;
+    if (T > INT_MAX - SPLINE_GROUP) {
+        rvs_log(RVS_LOG_ERROR, "spline", "%zu templates in one launch is too many", T);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    size_t es = rvs_context_real_size(ctx);
+    RVS_TRY(check_size(templates, T * grid->n * es, "template"));
+    RVS_TRY(check_size(coeffs, rvs_spline_coeffs_bytes(ctx, grid, T), "spline coefficient"));
+    cl_int n = (cl_int)grid->n, nt = (cl_int)T;
+    RVS_TRY(rvs_kernel_arg(grid->construct, 0, sizeof(cl_mem), &grid->geom));
+    RVS_TRY(rvs_kernel_arg(grid->construct, 1, sizeof n, &n));
+    RVS_TRY(rvs_kernel_arg(grid->construct, 2, sizeof(cl_mem), &templates));
+    RVS_TRY(rvs_kernel_arg(grid->construct, 3, sizeof nt, &nt));
+    RVS_TRY(rvs_kernel_arg(grid->construct, 4, sizeof(cl_mem), &coeffs));
+    /* the kernel requires exactly SPLINE_GROUP work-items per group; checked at grid creation */
+    size_t local = SPLINE_GROUP, global = (T + SPLINE_GROUP - 1) / SPLINE_GROUP * SPLINE_GROUP;
+    RVS_CL_TRY(clEnqueueNDRangeKernel(ctx->queue, grid->construct, 1, NULL, &global, &local, 0,
+                                      NULL, NULL));
+cleanup:
+    return status;
+}
+
+int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid, cl_mem coeffs,
+                    size_t T, cl_mem template_index, cl_mem velocity, size_t E, cl_mem lam,
+                    size_t n, cl_mem out)
+{
+    int status = RVS_OK;
+    if (E == 0 || n == 0)
+        return RVS_OK;
+    if (T > INT_MAX || E > INT_MAX || n > INT_MAX) {
+        rvs_log(RVS_LOG_ERROR, "spline", "evaluation sizes T=%zu E=%zu n=%zu exceed the int range",
+                T, E, n);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    size_t es = rvs_context_real_size(ctx);
+    RVS_TRY(check_size(coeffs, rvs_spline_coeffs_bytes(ctx, grid, T), "spline coefficient"));
+    RVS_TRY(check_size(template_index, E * sizeof(cl_int), "template index"));
+    RVS_TRY(check_size(velocity, E * es, "velocity"));
+    RVS_TRY(check_size(lam, n * es, "wavelength"));
+    RVS_TRY(check_size(out, E * n * es, "spline output"));
+    cl_int nk = (cl_int)grid->n, logs = grid->log_step, nt = (cl_int)T, ne = (cl_int)E,
+           nn = (cl_int)n;
+    double x0 = grid->x0, step = grid->step;
+    float x0f = (float)x0, stepf = (float)step;
+    cl_kernel k = grid->eval;
+    RVS_TRY(rvs_kernel_arg(k, 0, sizeof(cl_mem), &grid->geom));
+    RVS_TRY(rvs_kernel_arg(k, 1, sizeof nk, &nk));
+    RVS_TRY(rvs_kernel_arg(k, 2, sizeof logs, &logs));
+    RVS_TRY(rvs_kernel_arg(k, 3, es, ctx->use_fp64 ? (const void *)&x0 : (const void *)&x0f));
+    RVS_TRY(rvs_kernel_arg(k, 4, es, ctx->use_fp64 ? (const void *)&step : (const void *)&stepf));
+    RVS_TRY(rvs_kernel_arg(k, 5, sizeof(cl_mem), &coeffs));
+    RVS_TRY(rvs_kernel_arg(k, 6, sizeof nt, &nt));
+    RVS_TRY(rvs_kernel_arg(k, 7, sizeof(cl_mem), &template_index));
+    RVS_TRY(rvs_kernel_arg(k, 8, sizeof(cl_mem), &velocity));
+    RVS_TRY(rvs_kernel_arg(k, 9, sizeof ne, &ne));
+    RVS_TRY(rvs_kernel_arg(k, 10, sizeof(cl_mem), &lam));
+    RVS_TRY(rvs_kernel_arg(k, 11, sizeof nn, &nn));
+    RVS_TRY(rvs_kernel_arg(k, 12, sizeof(cl_mem), &out));
+    /* pixels along dimension 0: neighbouring work-items read neighbouring wavelengths and
+     * coefficient vectors and write neighbouring outputs */
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k, n, E, 64, 1));
+cleanup:
+    return status;
+}
+
+int rvs_spline_coeffs_read(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                           cl_mem coeffs, size_t T, double *abcd)
+{
+    int status = RVS_OK;
+    size_t count = T * 4 * (grid->n - 1), bytes = rvs_spline_coeffs_bytes(ctx, grid, T);
+    void *host = rvs_malloc(bytes ? bytes : 1);
+    if (!host)
+        return RVS_ERR_NOMEM;
+    RVS_TRY(rvs_buffer_read(ctx, coeffs, 0, bytes, host));
+    /* the device layout is already [t][i][A,B,C,D]; only the element type changes */
+    for (size_t i = 0; i < count; i++)
+        abcd[i] = ctx->use_fp64 ? ((double *)host)[i] : ((float *)host)[i];
+cleanup:
+    free(host);
+    return status;
+}
+
+/* y = 2 + 3e-3 x on 9 log-uniform knots is reproduced exactly by a natural spline (its second
+ * derivatives solve to zero), so the evaluation at v = 150 km/s must give 2 + 3e-3 lam f; a
+ * point shifted below the first knot must give NaN. */
+int rvs_spline_selftest(struct rvs_context *ctx, char *detail, size_t detail_size)
+{
+    enum { N = 9, M = 4 };
+    int status = RVS_OK;
+    struct rvs_spline_grid *grid = NULL;
+    cl_mem dy = NULL, dc = NULL, didx = NULL, dv = NULL, dl = NULL, dout = NULL;
+    double xs[N], y[N], lam[M] = {5000.0, 5003.0, 5004.0, 5005.5}, v = 150.0;
+    double f = sqrt((1 - v / RVS_SPEED_OF_LIGHT_KMS) / (1 + v / RVS_SPEED_OF_LIGHT_KMS));
+    unsigned char hy[N * sizeof(double)], hv[sizeof(double)], hl[M * sizeof(double)],
+        hout[M * sizeof(double)];
+    cl_int idx = 0;
+    size_t es = rvs_context_real_size(ctx);
+    for (int i = 0; i < N; i++) {
+        xs[i] = 5000.0 * exp(1e-4 * i);
+        y[i] = 2 + 3e-3 * xs[i];
+        put_real(ctx, hy, (size_t)i, y[i]);
+    }
+    for (int j = 0; j < M; j++)
+        put_real(ctx, hl, (size_t)j, lam[j]);
+    put_real(ctx, hv, 0, v);
+    RVS_TRY(rvs_spline_grid_create(ctx, xs, N, 1, &grid));
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, N * es, hy, &dy));
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, rvs_spline_coeffs_bytes(ctx, grid, 1), NULL,
+                              &dc));
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, sizeof idx, &idx, &didx));
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, es, hv, &dv));
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, M * es, hl, &dl));
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_WRITE_ONLY, M * es, NULL, &dout));
+    RVS_TRY(rvs_spline_construct(ctx, grid, dy, 1, dc));
+    RVS_TRY(rvs_spline_eval(ctx, grid, dc, 1, didx, dv, 1, dl, M, dout));
+    RVS_TRY(rvs_buffer_read(ctx, dout, 0, M * es, hout));
+    /* lam[0] f < xs[0]: outside; the others lie inside. fp32: a few ulp of ~17 */
+    double tol = ctx->use_fp64 ? 1e-12 : 1e-5;
+    for (int j = 0; j < M; j++) {
+        double got = ctx->use_fp64 ? ((double *)hout)[j] : ((float *)hout)[j];
+        double want = j == 0 ? NAN : 2 + 3e-3 * lam[j] * f;
+        int ok = j == 0 ? isnan(got) : fabs(got - want) <= tol * fabs(want);
+        if (!ok) {
+            snprintf(detail, detail_size, "linear spline at %.1f A, v = %g km/s gave %.17g, "
+                     "expected %.17g", lam[j], v, got, want);
+            status = RVS_ERR_SELFTEST;
+            break;
+        }
+    }
+cleanup:
+    rvs_buffer_release(&dy);
+    rvs_buffer_release(&dc);
+    rvs_buffer_release(&didx);
+    rvs_buffer_release(&dv);
+    rvs_buffer_release(&dl);
+    rvs_buffer_release(&dout);
+    rvs_spline_grid_destroy(&grid);
+    return status;
+}
