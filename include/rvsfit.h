@@ -8,6 +8,9 @@
 #include "rvsfit/device.h"
 #include "rvsfit/context.h"
 #include "rvsfit/gemm.h"
+#include "rvsfit/desi.h"
+#include "rvsfit/select.h"
+#include "rvsfit/prepare.h"
 
 #ifdef __cplusplus
 extern "C" {
