@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char desi_test_scratch[4096];
+static char desi_test_scratch[1024];
 
 static inline const char *desi_test_srcdir(void)
 {
@@ -56,7 +56,7 @@ static inline const char *desi_test_edr_dir(void)
 /* Runs tests/desi_craft.py MODE ARGS with Debian's interpreter (numpy + astropy). */
 static inline void desi_test_craft(const char *mode, const char *a1, const char *a2)
 {
-    char cmd[12800];
+    char cmd[3 * 8192 + 4096];
     const char *py = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
     snprintf(cmd, sizeof cmd, "mkdir -p '%s' && %s '%s/tests/desi_craft.py' %s '%s' %s%s%s",
              a2 ? a2 : a1, py, desi_test_srcdir(), mode, a1, a2 ? "'" : "", a2 ? a2 : "",

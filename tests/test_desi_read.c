@@ -39,7 +39,7 @@ static void check_edr(const char *edr, const char *ref, const char *stem)
     CHECK(strcmp(fm->survey, "sv3") == 0 && strcmp(fm->desi_target_column, "SV3_DESI_TARGET") == 0
               && fm->desi_target,
           "%s: survey %s column %s", stem, fm->survey, fm->desi_target_column);
-    CHECK(fm->target_ra && fm->target_dec && fm->ref_id && fm->ref_cat || !coadd,
+    CHECK((fm->target_ra && fm->target_dec && fm->ref_id && fm->ref_cat) || !coadd,
           "%s: TARGET_RA/DEC/REF_ID/REF_CAT", stem);
     CHECK(strcmp(rvs_desi_scores_sn_source(f) ? rvs_desi_scores_sn_source(f) : "",
                  coadd ? "MEDIAN_COADD_SNR" : "MEDIAN_CALIB_SNR") == 0,
@@ -199,7 +199,7 @@ int main(void)
 {
     const char *edr = desi_test_edr_dir();
     const char *tmp = desi_test_scratch_dir("test_desi_read");
-    char ref[8192], bad[8192];
+    char ref[2048], bad[2048];
     snprintf(ref, sizeof ref, "%s/ref", tmp);
     snprintf(bad, sizeof bad, "%s/bad", tmp);
     desi_test_craft("read-ref", edr, ref);
