@@ -193,6 +193,82 @@ static void check_bad(const char *bad)
     }
     rvs_desi_close(&f);
     rvs_desi_close(NULL);
+
+    /* Every arm unusable (b all masked, r NaN flux, z zero ivar): each target is flagged
+     * BAD_SPECTRUM by the preparation; the file itself is fine. */
+    snprintf(path, sizeof path, "%s/bad-arms.fits", bad);
+    CHECK(rvs_desi_open(path, RVS_DESI_ARMS_ALL, &f) == RVS_OK, "bad-arms opens");
+    if (f) {
+        size_t rows[5] = {0, 1, 2, 3, 4};
+        struct rvs_desi_spectra sp;
+        struct rvs_prepared pr;
+        struct rvs_prepare_options o;
+        rvs_desi_spectra_init(&sp);
+        rvs_prepared_init(&pr);
+        rvs_prepare_options_init(&o);
+        o.use_resolution = 1;
+        const double *w[3] = {rvs_desi_wavelength(f, 0), rvs_desi_wavelength(f, 1),
+                              rvs_desi_wavelength(f, 2)};
+        CHECK(rvs_desi_read_spectra(f, rows, 5, RVS_DESI_READ_RESOLUTION, &sp) == RVS_OK &&
+                  rvs_prepare_batch(&sp, w, &o, &pr) == RVS_OK,
+              "bad-arms read and prepared");
+        for (size_t t = 0; t < pr.ntargets; t++)
+            CHECK(pr.bad_spectrum[t] == 1, "bad-arms target %zu flagged", t);
+        rvs_prepared_free(&pr);
+        rvs_desi_spectra_free(&sp);
+        rvs_desi_close(&f);
+    }
+}
+
+/* Real resolution matrices through the --resolution-matrix preparation: finite, the edges
+ * masked, rows summing to about one away from the edges. */
+static void check_edr_prepare(const char *edr)
+{
+    char path[8192];
+    struct rvs_desi_file *f = NULL;
+    snprintf(path, sizeof path, "%s/coadd-5-169-thru20210419.fits", edr);
+    CHECK(rvs_desi_open(path, RVS_DESI_ARMS_ALL, &f) == RVS_OK, "open for prepare");
+    if (!f)
+        return;
+    size_t rows[5] = {0, 1, 2, 3, 4};
+    struct rvs_desi_spectra sp;
+    struct rvs_prepared pr;
+    struct rvs_prepare_options o;
+    rvs_desi_spectra_init(&sp);
+    rvs_prepared_init(&pr);
+    rvs_prepare_options_init(&o);
+    o.use_resolution = 1;
+    const double *w[3] = {rvs_desi_wavelength(f, 0), rvs_desi_wavelength(f, 1),
+                          rvs_desi_wavelength(f, 2)};
+    CHECK(rvs_desi_read_spectra(f, rows, 5, RVS_DESI_READ_RESOLUTION, &sp) == RVS_OK &&
+              rvs_prepare_batch(&sp, w, &o, &pr) == RVS_OK,
+          "EDR prepared with the resolution matrix");
+    size_t nused = 0, nonfinite = 0;
+    double worst = 0;
+    for (int a = 0; a < 3; a++)
+        for (size_t t = 0; t < pr.ntargets; t++) {
+            if (!pr.used[a][t])
+                continue;
+            nused++;
+            size_t nw = pr.nwave[a], nd = pr.ndiag[a];
+            const double *R = pr.resolution[a] + t * nd * nw;
+            for (size_t k = 0; k < nd * nw; k++)
+                nonfinite += !isfinite(R[k]);
+            CHECK(pr.bad[a][t * nw] && pr.bad[a][t * nw + 4] && pr.bad[a][t * nw + nw - 1],
+                  "edge pixels masked");
+            for (size_t i = 20; i + 20 < nw; i += 97) {
+                double sum = 0; /* row i of R: data[h - d][i + d] */
+                for (size_t d = 0; d < nd; d++)
+                    sum += R[d * nw + i + nd / 2 - d];
+                worst = fabs(sum - 1) > worst ? fabs(sum - 1) : worst;
+            }
+        }
+    CHECK(nused > 0 && nonfinite == 0, "%zu arms used, %zu non-finite R values", nused,
+          nonfinite);
+    printf("EDR --resolution-matrix: %zu arms prepared, max |row sum - 1| %.3g\n", nused, worst);
+    rvs_prepared_free(&pr);
+    rvs_desi_spectra_free(&sp);
+    rvs_desi_close(&f);
 }
 
 int main(void)
@@ -215,5 +291,6 @@ int main(void)
     for (size_t i = 0; i < 4; i++)
         check_edr(edr, ref, edr_files[i]);
     check_bad(bad);
+    check_edr_prepare(edr);
     return test_finish("test_desi_read");
 }
