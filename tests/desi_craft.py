@@ -8,6 +8,7 @@ Run by tests/test_desi_read, test_select and test_prepare with Debian's /usr/bin
   select OUT            crafted FIBERMAP/SCORES/redrock files, plus S/N references
   prepare OUT           crafted spectra and the expected prepared arrays (a numpy port of
                         rvspecfit's get_specdata written for this test)
+  big SRC N OUT         a coadd of N rows tiled from SRC, for benchmarks/bench_io
 """
 import gzip
 import os
@@ -448,6 +449,31 @@ def prepare(out):
                 write(os.path.join(out, name + '.out'), *arrays)
 
 
+# ----------------------------------------------------------------------------- big (benchmarks)
+def big(src, n, out):
+    """A coadd of n rows made by tiling the rows of `src` (TARGETIDs made unique, every fiber
+    good): the input of benchmarks/bench_io at realistic sizes."""
+    h = fits.open(src)
+    n0 = len(h['FIBERMAP'].data)
+    idx = np.arange(n) % n0
+    hdus = [h[0].copy()]
+    for hdu in h[1:]:
+        name = hdu.name
+        if isinstance(hdu, fits.BinTableHDU) and name in ('FIBERMAP', 'SCORES'):
+            t = hdu.data[idx].copy()
+            t['TARGETID'] = np.arange(n) + 1
+            if name == 'FIBERMAP':
+                t['OBJTYPE'] = 'TGT'
+                t['COADD_FIBERSTATUS' if 'COADD_FIBERSTATUS' in t.columns.names
+                  else 'FIBERSTATUS'] = 0
+            hdus.append(fits.BinTableHDU(t, name=name))
+        elif name.endswith(('_FLUX', '_IVAR', '_MASK', '_RESOLUTION')):
+            hdus.append(fits.ImageHDU(hdu.data[idx], name=name))
+        elif name != 'EXP_FIBERMAP':
+            hdus.append(hdu.copy())
+    fits.HDUList(hdus).writeto(out, overwrite=True)
+
+
 if __name__ == '__main__':
     mode = sys.argv[1]
     if mode == 'read-ref':
@@ -458,5 +484,7 @@ if __name__ == '__main__':
         select(sys.argv[2])
     elif mode == 'prepare':
         prepare(sys.argv[2])
+    elif mode == 'big':
+        big(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         sys.exit('unknown mode ' + mode)
