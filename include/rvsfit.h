@@ -11,6 +11,9 @@
 #include "rvsfit/resolution.h"
 #include "rvsfit/nn.h"
 #include "rvsfit/spline.h"
+#include "rvsfit/desi.h"
+#include "rvsfit/select.h"
+#include "rvsfit/prepare.h"
 
 #ifdef __cplusplus
 extern "C" {
