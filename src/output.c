@@ -625,16 +625,23 @@ static int write_rvtab_hdu(fitsfile *out, const char *file, fitsfile *in,
         FITS_CHECK(file, "write %s of HDU RVTAB", key);
     }
 
+    /* One string buffer per row, as wide as the widest string column. */
+    size_t swidth = RVS_OUTPUT_RR_LEN;
+    for (int i = 0; i < ncols; i++)
+        if ((cols[i].kind == COL_COPY && cols[i].datatype == TSTRING) ||
+            cols[i].kind == COL_RR_STRING)
+            if ((size_t)cols[i].width > swidth)
+                swidth = (size_t)cols[i].width;
     if (n > 0) {
         values = rvs_malloc(n * 8);
         strings = rvs_malloc(n * sizeof(*strings));
-        string_store = rvs_malloc(n * (FLEN_VALUE + 1));
+        string_store = rvs_malloc(n * (swidth + 1));
         if (!values || !strings || !string_store) {
             status = RVS_ERR_NOMEM;
             goto cleanup;
         }
         for (size_t k = 0; k < n; k++)
-            strings[k] = string_store + k * (FLEN_VALUE + 1);
+            strings[k] = string_store + k * (swidth + 1);
     }
     for (int i = 0; i < ncols && n > 0; i++) {
         const struct rvtab_col *c = &cols[i];
@@ -677,7 +684,7 @@ static int write_rvtab_hdu(fitsfile *out, const char *file, fitsfile *in,
             case COL_RR_STRING:
                 datatype = TSTRING;
                 array = strings;
-                snprintf(strings[k], FLEN_VALUE + 1, "%.*s", RVS_OUTPUT_RR_LEN,
+                snprintf(strings[k], swidth + 1, "%.*s", RVS_OUTPUT_RR_LEN,
                          (const char *)(base + c->offset));
                 for (char *p = strings[k]; *p; p++)
                     if ((unsigned char)*p < 32 || (unsigned char)*p > 126)

@@ -27,6 +27,15 @@
 #include "rvsfit.h"
 #include "testutil.h"
 
+/* snprintf into an array, failing the test outright if the text does not fit. */
+#define FMT(buf, ...)                                                                              \
+    do {                                                                                           \
+        if (snprintf((buf), sizeof(buf), __VA_ARGS__) >= (int)sizeof(buf)) {                      \
+            fprintf(stderr, "FAIL: path too long at %s:%d\n", __FILE__, __LINE__);                 \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
 static char scratch[4096];
 static char srcdir[4096];
 static const char *python = "/usr/bin/python3";
@@ -36,7 +45,10 @@ static char *path_join(const char *a, const char *b)
     static char buf[8][4096];
     static int slot;
     char *p = buf[slot++ % 8];
-    snprintf(p, 4096, "%s/%s", a, b);
+    if (snprintf(p, 4096, "%s/%s", a, b) >= 4096) {
+        fprintf(stderr, "FAIL: path too long: %s/%s\n", a, b);
+        exit(1);
+    }
     return p;
 }
 
@@ -122,8 +134,8 @@ static void test_names(void)
     CHECK(getcwd(cwd, sizeof(cwd)) != NULL, "getcwd");
     const char *last = strrchr(cwd, '/') + 1;
     n.output_dir = "o";
-    snprintf(want_t, sizeof(want_t), "o/%s/sub/rvtab_f.fits", last);
-    snprintf(want_m, sizeof(want_m), "o/%s/sub/rvmod_f.fits", last);
+    FMT(want_t, "o/%s/sub/rvtab_f.fits", last);
+    FMT(want_m, "o/%s/sub/rvmod_f.fits", last);
     expect_paths(&n, "sub/./dir/../f.fits", want_t, want_m);
 
     n.no_subdirs = 1;
@@ -318,7 +330,7 @@ static int make_truncated_input(const char *src, const char *dst)
     fitsfile *in = NULL, *out = NULL;
     int fst = 0, nhdu = 0, exp_hdu = 0;
     char name[4096];
-    snprintf(name, sizeof(name), "!%s", dst);
+    FMT(name, "!%s", dst);
     fits_open_file(&in, src, READONLY, &fst);
     fits_create_file(&out, name, &fst);
     fits_get_num_hdus(in, &nhdu, &fst);
@@ -354,7 +366,7 @@ static int make_vla_input(const char *src, const char *dst)
     fitsfile *in = NULL, *out = NULL;
     int fst = 0, ncols = 0;
     char name[4096];
-    snprintf(name, sizeof(name), "!%s", dst);
+    FMT(name, "!%s", dst);
     fits_open_file(&in, src, READONLY, &fst);
     fits_create_file(&out, name, &fst);
     fits_copy_file(in, out, 1, 1, 1, &fst);
@@ -371,8 +383,8 @@ static int make_vla_input(const char *src, const char *dst)
 static void test_with_data(const char *edr)
 {
     char coadd[4096], spectra[4096];
-    snprintf(coadd, sizeof(coadd), "%s/coadd-sv3-dark-26065.fits", edr);
-    snprintf(spectra, sizeof(spectra), "%s/spectra-sv3-dark-26065.fits", edr);
+    FMT(coadd, "%s/coadd-sv3-dark-26065.fits", edr);
+    FMT(spectra, "%s/spectra-sv3-dark-26065.fits", edr);
     struct rvs_output_naming naming;
     rvs_output_naming_init(&naming);
     naming.output_dir = path_join(scratch, "out");
@@ -387,7 +399,7 @@ static void test_with_data(const char *edr)
     char *last = strrchr(edr_abs, '/');
     *last = '\0';
     char *parent2 = strrchr(edr_abs, '/') + 1;
-    snprintf(want_tail, sizeof(want_tail), "/out/%s/%s/rvtab_coadd-sv3-dark-26065.fits", parent2,
+    FMT(want_tail, "/out/%s/%s/rvtab_coadd-sv3-dark-26065.fits", parent2,
              last + 1);
     CHECK(strstr(tab, want_tail) != NULL && !strcmp(strstr(tab, want_tail), want_tail),
           "coadd output %s does not end in %s", tab, want_tail);
@@ -401,7 +413,7 @@ static void test_with_data(const char *edr)
     CHECK(st == RVS_OK, "coadd write: %s", rvs_strerror(st));
     CHECK(rvs_output_exist(tab, mod) == 1, "coadd outputs exist (skipexisting sees them)");
     char dir[4096];
-    snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(tab, '/') - tab), tab);
+    FMT(dir, "%.*s", (int)(strrchr(tab, '/') - tab), tab);
     CHECK(count_entries(dir, 0) == 2 && count_entries(dir, 1) == 0,
           "exactly the two outputs in %s, no temporary files", dir);
     CHECK(run_schema_check(coadd, tab, mod, "--rows 0,2,3,4 --bad 3 --values") == 0,
@@ -420,7 +432,7 @@ static void test_with_data(const char *edr)
 
     /* 3. A failed write over existing outputs leaves them as they were. */
     char truncated[4096];
-    snprintf(truncated, sizeof(truncated), "%s/truncated-coadd.fits", scratch);
+    FMT(truncated, "%s/truncated-coadd.fits", scratch);
     CHECK(make_truncated_input(coadd, truncated) == 0, "cannot craft the truncated input");
     old_tab = inode_of(tab);
     old_mod = inode_of(mod);
@@ -446,7 +458,7 @@ static void test_with_data(const char *edr)
     free(t2);
     free(m2);
     char vla[4096];
-    snprintf(vla, sizeof(vla), "%s/vla-coadd.fits", scratch);
+    FMT(vla, "%s/vla-coadd.fits", scratch);
     CHECK(make_vla_input(coadd, vla) == 0, "cannot craft the VLA input");
     CHECK(rvs_output_paths(&flat, vla, &t2, &m2) == RVS_OK, "paths");
     make_request(&req, &fs, vla, t2, m2, RVS_ARM_MASK_ALL);
@@ -473,7 +485,7 @@ static void test_with_data(const char *edr)
     /* 6. Unwritable output directory: a path through a regular file (fails even as root), and
      * a read-only directory when not root. */
     char blocker[4096];
-    snprintf(blocker, sizeof(blocker), "%s/blocker", scratch);
+    FMT(blocker, "%s/blocker", scratch);
     FILE *bf = fopen(blocker, "w");
     if (bf)
         fclose(bf);
@@ -486,7 +498,7 @@ static void test_with_data(const char *edr)
     free(m2);
     if (geteuid() != 0) {
         char ro[4096];
-        snprintf(ro, sizeof(ro), "%s/readonly", scratch);
+        FMT(ro, "%s/readonly", scratch);
         mkdir(ro, 0555);
         flat.output_dir = ro;
         CHECK(rvs_output_paths(&flat, coadd, &t2, &m2) == RVS_OK, "paths");
@@ -543,9 +555,9 @@ static void test_with_data(const char *edr)
 
     /* 9. A gzip-compressed input: names lose .gz, contents are the same. */
     char gzdir[4096], gz[8192], cmd[16384];
-    snprintf(gzdir, sizeof(gzdir), "%s/in/d1/d2", scratch);
-    snprintf(gz, sizeof(gz), "%s/coadd-sv3-dark-26065.fits.gz", gzdir);
-    snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && gzip -c '%s' > '%s'", gzdir, coadd, gz);
+    FMT(gzdir, "%s/in/d1/d2", scratch);
+    FMT(gz, "%s/coadd-sv3-dark-26065.fits.gz", gzdir);
+    FMT(cmd, "mkdir -p '%s' && gzip -c '%s' > '%s'", gzdir, coadd, gz);
     if (system(cmd) == 0) {
         naming.output_dir = path_join(scratch, "gzout");
         CHECK(rvs_output_paths(&naming, gz, &tab, &mod) == RVS_OK, "gz paths");
@@ -571,10 +583,10 @@ int main(void)
 {
     const char *builddir = getenv("top_builddir");
     const char *top_src = getenv("top_srcdir");
-    snprintf(srcdir, sizeof(srcdir), "%s", top_src ? top_src : ".");
-    snprintf(scratch, sizeof(scratch), "%s/tests/test_output.tmp", builddir ? builddir : ".");
+    FMT(srcdir, "%s", top_src ? top_src : ".");
+    FMT(scratch, "%s/tests/test_output.tmp", builddir ? builddir : ".");
     char cmd[8192];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", scratch, scratch);
+    FMT(cmd, "rm -rf '%s' && mkdir -p '%s'", scratch, scratch);
     if (system(cmd) != 0) {
         fprintf(stderr, "FAIL: cannot create %s\n", scratch);
         return 1;
@@ -593,11 +605,11 @@ int main(void)
         char probe[8192];
         if (!candidates[i])
             continue;
-        snprintf(probe, sizeof(probe), "%s/desi-edr/coadd-sv3-dark-26065.fits", candidates[i]);
+        FMT(probe, "%s/desi-edr/coadd-sv3-dark-26065.fits", candidates[i]);
         if (file_exists(probe))
-            snprintf(edr, sizeof(edr), "%s/desi-edr", candidates[i]);
+            FMT(edr, "%s/desi-edr", candidates[i]);
     }
-    snprintf(cmd, sizeof(cmd), "'%s' -c 'import astropy.io.fits, numpy' 2>/dev/null", python);
+    FMT(cmd, "'%s' -c 'import astropy.io.fits, numpy' 2>/dev/null", python);
     int have_python = system(cmd) == 0;
     if (!edr[0] || !have_python) {
         if (test_failures)
