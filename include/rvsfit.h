@@ -14,6 +14,7 @@
 #include "rvsfit/desi.h"
 #include "rvsfit/select.h"
 #include "rvsfit/prepare.h"
+#include "rvsfit/output.h"
 
 #ifdef __cplusplus
 extern "C" {

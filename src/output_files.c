@@ -1,0 +1,368 @@
+/* output_files.c: names of the rvtab/rvmod files (rvspecfit desi_fit.py, proc_many), the
+ * directories and temporary files that make their writing atomic, and the
+ * --process-status-file lines (update_process_status_file). */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "output_files.h"
+#include "rvsfit/output.h"
+
+void rvs_output_row_init(struct rvs_output_row *row, long input_row)
+{
+    memset(row, 0, sizeof(*row));
+    row->input_row = input_row;
+    double *nan_fields[] = {&row->vrad,    &row->vrad_err,    &row->vrad_skew, &row->vrad_kurt,
+                            &row->vsini,   &row->logg,        &row->logg_err,  &row->teff,
+                            &row->teff_err, &row->feh,        &row->feh_err,   &row->alphafe,
+                            &row->alphafe_err, &row->chisq_tot, &row->chisq_c_tot,
+                            &row->vrad_ccf, &row->rr_z};
+    for (size_t i = 0; i < sizeof(nan_fields) / sizeof(nan_fields[0]); i++)
+        *nan_fields[i] = NAN;
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        row->chisq[a] = NAN;
+        row->chisq_c[a] = NAN;
+        row->sn[a] = NAN;
+    }
+}
+
+void rvs_output_request_init(struct rvs_output_request *req)
+{
+    memset(req, 0, sizeof(*req));
+    req->arms = RVS_DESI_ARMS_ALL;
+    req->vrad_ccf = 1;
+}
+
+void rvs_output_naming_init(struct rvs_output_naming *naming)
+{
+    naming->output_dir = ".";
+    naming->tab_prefix = "rvtab";
+    naming->mod_prefix = "rvmod";
+    naming->no_subdirs = 0;
+}
+
+/* Absolute form of `path` with "." and ".." resolved lexically (like Python's os.path.abspath),
+ * so "./x.fits" or "../d/x.fits" still name two real parent directories, and a ".." never walks
+ * the output out of --output-dir. Symbolic links are kept as named. */
+static char *absolute_path(const char *path)
+{
+    char *joined = NULL, *result = NULL;
+    char **parts = NULL;
+    if (path[0] == '/') {
+        joined = rvs_strdup(path);
+    } else {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof(cwd))) {
+            rvs_log(RVS_LOG_ERROR, "output", "cannot read the current directory: %s",
+                    strerror(errno));
+            return NULL;
+        }
+        joined = rvs_malloc(strlen(cwd) + strlen(path) + 2);
+        if (joined)
+            sprintf(joined, "%s/%s", cwd, path);
+    }
+    if (!joined)
+        return NULL;
+    size_t len = strlen(joined);
+    parts = rvs_calloc(len / 2 + 2, sizeof(*parts));
+    result = rvs_malloc(len + 2);
+    if (!parts || !result) {
+        free(result);
+        result = NULL;
+        goto done;
+    }
+    size_t nparts = 0;
+    for (char *save = NULL, *tok = strtok_r(joined, "/", &save); tok;
+         tok = strtok_r(NULL, "/", &save)) {
+        if (strcmp(tok, ".") == 0)
+            continue;
+        if (strcmp(tok, "..") == 0) {
+            if (nparts > 0)
+                nparts--;
+            continue;
+        }
+        parts[nparts++] = tok;
+    }
+    char *p = result;
+    for (size_t i = 0; i < nparts; i++)
+        p += sprintf(p, "/%s", parts[i]);
+    if (nparts == 0)
+        strcpy(result, "/");
+done:
+    free(parts);
+    free(joined);
+    return result;
+}
+
+int rvs_output_paths(const struct rvs_output_naming *naming, const char *input_path,
+                     char **tab_path, char **mod_path)
+{
+    int status = RVS_OK;
+    char *abs = NULL, *tab = NULL, *mod = NULL;
+    *tab_path = NULL;
+    *mod_path = NULL;
+    if (!naming || !input_path || !*input_path || !naming->tab_prefix || !naming->mod_prefix) {
+        rvs_log(RVS_LOG_ERROR, "output", "output names need an input file name and prefixes");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    const char *dir = naming->output_dir && *naming->output_dir ? naming->output_dir : ".";
+    abs = absolute_path(input_path);
+    if (!abs) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    /* abs is "/c1/c2/.../base": the file name and up to two parents, from the end. */
+    char *base = strrchr(abs, '/');
+    if (!base || !base[1] || input_path[strlen(input_path) - 1] == '/') {
+        rvs_log(RVS_LOG_ERROR, "output", "input '%s' names no file", input_path);
+        status = RVS_ERR_INVALID_ARGUMENT;
+        goto cleanup;
+    }
+    *base++ = '\0';
+    size_t base_len = strlen(base);
+    if (base_len > 3 && strcmp(base + base_len - 3, ".gz") == 0)
+        base[base_len - 3] = '\0';
+    const char *sub = "";
+    if (!naming->no_subdirs) {
+        char *p1 = strrchr(abs, '/');
+        char *p2 = NULL;
+        if (p1 && p1 != abs) {
+            *p1 = '\0';
+            p2 = strrchr(abs, '/');
+            *p1 = '/';
+        }
+        if (!p1 || !p2 || p1 == abs) {
+            rvs_log(RVS_LOG_ERROR, "output",
+                    "input '%s' has fewer than two parent directories, which name the output "
+                    "subdirectories; use --no-subdirs to write into --output-dir directly",
+                    input_path);
+            status = RVS_ERR_INVALID_ARGUMENT;
+            goto cleanup;
+        }
+        sub = p2 + 1; /* "parent2/parent1" */
+    }
+    size_t dlen = strlen(dir);
+    while (dlen > 1 && dir[dlen - 1] == '/')
+        dlen--;
+    size_t cap = dlen + strlen(sub) + strlen(base) + 4 +
+                 (strlen(naming->tab_prefix) > strlen(naming->mod_prefix)
+                      ? strlen(naming->tab_prefix)
+                      : strlen(naming->mod_prefix));
+    tab = rvs_malloc(cap);
+    mod = rvs_malloc(cap);
+    if (!tab || !mod) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    const char *slash = (dlen == 1 && dir[0] == '/') ? "" : "/";
+    snprintf(tab, cap, "%.*s%s%s%s%s_%s", (int)dlen, dir, slash, sub, *sub ? "/" : "",
+             naming->tab_prefix, base);
+    snprintf(mod, cap, "%.*s%s%s%s%s_%s", (int)dlen, dir, slash, sub, *sub ? "/" : "",
+             naming->mod_prefix, base);
+    *tab_path = tab;
+    *mod_path = mod;
+    tab = mod = NULL;
+cleanup:
+    free(abs);
+    free(tab);
+    free(mod);
+    return status;
+}
+
+int rvs_output_exist(const char *tab_path, const char *mod_path)
+{
+    struct stat st;
+    return stat(tab_path, &st) == 0 && stat(mod_path, &st) == 0;
+}
+
+int rvs_output_mkdirs(const char *dir)
+{
+    int status = RVS_OK;
+    char *copy = rvs_strdup(dir);
+    if (!copy)
+        return RVS_ERR_NOMEM;
+    /* Create each prefix in turn; an existing one is fine when it is a directory. */
+    for (char *p = copy + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        struct stat st;
+        if (mkdir(copy, 0777) != 0 && errno != EEXIST) {
+            rvs_log(RVS_LOG_ERROR, "output",
+                    "cannot create output directory '%s': %s; choose a writable --output-dir",
+                    copy, strerror(errno));
+            status = RVS_ERR_IO;
+            goto cleanup;
+        }
+        if (stat(copy, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            rvs_log(RVS_LOG_ERROR, "output",
+                    "output path '%s' exists and is not a directory; choose another --output-dir",
+                    copy);
+            status = RVS_ERR_IO;
+            goto cleanup;
+        }
+        *p = saved;
+        if (saved == '\0')
+            break;
+    }
+cleanup:
+    free(copy);
+    return status;
+}
+
+int rvs_output_mkdirs_for(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return RVS_OK;
+    if (slash == path)
+        return RVS_OK; /* the root */
+    char *dir = rvs_malloc((size_t)(slash - path) + 1);
+    if (!dir)
+        return RVS_ERR_NOMEM;
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    int status = rvs_output_mkdirs(dir);
+    free(dir);
+    return status;
+}
+
+int rvs_output_reserve_tmp(const char *final_path, char **tmp_path)
+{
+    static atomic_uint counter;
+    *tmp_path = NULL;
+    const char *slash = strrchr(final_path, '/');
+    size_t dir_len = slash ? (size_t)(slash - final_path) + 1 : 0;
+    const char *base = final_path + dir_len;
+    size_t cap = strlen(final_path) + 64;
+    char *name = rvs_malloc(cap);
+    if (!name)
+        return RVS_ERR_NOMEM;
+    /* Hidden, in the destination directory (so rename() stays within one file system), unique
+     * per process and call; O_EXCL makes the reservation race-free against other writers. */
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned n = atomic_fetch_add(&counter, 1u);
+        snprintf(name, cap, "%.*s.%s.%ld.%u.tmp", (int)dir_len, final_path, base, (long)getpid(),
+                 n);
+        int fd = open(name, O_WRONLY | O_CREAT | O_EXCL, 0666);
+        if (fd >= 0) {
+            close(fd);
+            *tmp_path = name;
+            return RVS_OK;
+        }
+        if (errno != EEXIST) {
+            rvs_log(RVS_LOG_ERROR, "output",
+                    "cannot create a file in the directory of '%s': %s; check that the output "
+                    "directory is writable",
+                    final_path, strerror(errno));
+            free(name);
+            return RVS_ERR_IO;
+        }
+    }
+    rvs_log(RVS_LOG_ERROR, "output", "cannot find a free temporary name for '%s'", final_path);
+    free(name);
+    return RVS_ERR_IO;
+}
+
+int rvs_output_commit(const char *tmp_path, const char *final_path)
+{
+    /* fsync first: after a system crash the renamed file must not be empty. */
+    int fd = open(tmp_path, O_RDONLY);
+    if (fd < 0 || fsync(fd) != 0) {
+        rvs_log(RVS_LOG_ERROR, "output", "cannot flush '%s' to disk: %s", tmp_path,
+                strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return RVS_ERR_IO;
+    }
+    close(fd);
+    if (rename(tmp_path, final_path) != 0) {
+        rvs_log(RVS_LOG_ERROR, "output", "cannot rename '%s' to '%s': %s", tmp_path, final_path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    return RVS_OK;
+}
+
+int rvs_output_status_start(const char *status_path)
+{
+    int fd = open(status_path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+    if (fd < 0) {
+        rvs_log(RVS_LOG_ERROR, "output",
+                "cannot create process status file '%s': %s; check --process-status-file",
+                status_path, strerror(errno));
+        return RVS_ERR_IO;
+    }
+    if (close(fd) != 0) {
+        rvs_log(RVS_LOG_ERROR, "output", "cannot write process status file '%s': %s",
+                status_path, strerror(errno));
+        return RVS_ERR_IO;
+    }
+    return RVS_OK;
+}
+
+int rvs_output_status_append(const char *status_path, const char *input_path,
+                             enum rvs_output_status status_code, long nobj, double seconds)
+{
+    static const char *const names[] = {"SUCCESS", "FAILURE", "EXISTING"};
+    int status = RVS_OK;
+    char *line = NULL;
+    int fd = -1;
+    if (!status_path || !input_path || (unsigned)status_code > RVS_OUTPUT_EXISTING) {
+        rvs_log(RVS_LOG_ERROR, "output", "invalid process-status record");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    size_t cap = strlen(input_path) + 96;
+    line = rvs_malloc(cap);
+    if (!line)
+        return RVS_ERR_NOMEM;
+    /* rvspecfit: f'{processed_file} {status} {nobjects} {time_sec:.2f}' */
+    int len = rvs_snprintf_c(line, cap, "%s %s %ld %.2f\n", input_path, names[status_code], nobj,
+                             seconds);
+    if (len < 0 || (size_t)len >= cap) {
+        status = RVS_ERR_INVALID_ARGUMENT;
+        goto cleanup;
+    }
+    fd = open(status_path, O_WRONLY | O_CREAT | O_APPEND, 0666);
+    if (fd < 0) {
+        rvs_log(RVS_LOG_ERROR, "output",
+                "cannot open process status file '%s': %s; check --process-status-file",
+                status_path, strerror(errno));
+        status = RVS_ERR_IO;
+        goto cleanup;
+    }
+    /* One write() of the whole line: with O_APPEND, lines from concurrent processes never mix. */
+    ssize_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, line + done, (size_t)(len - done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rvs_log(RVS_LOG_ERROR, "output", "cannot append to process status file '%s': %s",
+                    status_path, n < 0 ? strerror(errno) : "short write");
+            status = RVS_ERR_IO;
+            goto cleanup;
+        }
+        done += n;
+    }
+cleanup:
+    if (fd >= 0 && close(fd) != 0 && status == RVS_OK) {
+        rvs_log(RVS_LOG_ERROR, "output", "cannot write process status file '%s': %s", status_path,
+                strerror(errno));
+        status = RVS_ERR_IO;
+    }
+    free(line);
+    return status;
+}

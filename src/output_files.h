@@ -1,0 +1,19 @@
+/* output_files.h: file-system helpers of the output writers (not installed): directories,
+ * reserved temporary names beside the destination, the final rename. */
+#ifndef RVS_OUTPUT_FILES_H
+#define RVS_OUTPUT_FILES_H
+
+/* Creates `dir` and its missing parents (mode 0777 less the umask). */
+int rvs_output_mkdirs(const char *dir);
+
+/* Creates the directory that will hold `path`. */
+int rvs_output_mkdirs_for(const char *path);
+
+/* Reserves a new, unique, empty file ".<basename>.<pid>.<n>.tmp" in the directory of
+ * `final_path` (O_EXCL, mode 0666 less the umask); *tmp_path is allocated. */
+int rvs_output_reserve_tmp(const char *final_path, char **tmp_path);
+
+/* Flushes `tmp_path` to disk and renames it to `final_path` (replacing it atomically). */
+int rvs_output_commit(const char *tmp_path, const char *final_path);
+
+#endif
