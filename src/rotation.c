@@ -21,11 +21,20 @@
 
 #include "rvsfit/rotation.h"
 
-/* Kernel length from which AUTO uses the FFT, per device type. Measured with
- * `benchmarks/bench_kernels --routine rotation` (m=1 direct, m=2 FFT) on T=4096 templates x
- * 6000 px, both precisions; see the table in rotation_default_threshold(). */
-#define ROTATION_FFT_MIN_CPU 41
-#define ROTATION_FFT_MIN_GPU 41
+/* Kernel length K = 2 km + 1 from which AUTO uses the FFT, per device type and precision.
+ * Measured on PoCL (2 shared cores, 2026-02; T=1024 x 6000 px, second call of each, s):
+ *                 K=5    13    17    25    31    41    45
+ *   fp64 direct  0.039 0.048 0.077 0.079 0.126 0.165 0.179   FFT (len 6144) 0.33-0.37 at every K
+ *   fp32 direct  0.088   -   0.22    -   0.34    -     -     FFT 0.18-0.29
+ * (fp32 direct with the TwoSum compensation). The direct cost grows ~3.2 ms (fp64) and ~9 ms
+ * (fp32) per weight, so the FFT wins from K ~ 95 in fp64 and K ~ 25 in fp32 here; rotation
+ * never needs K > 45 at DESI's sampling (vsini 500 km/s), so on CPUs fp64 stays direct.
+ * GPUs: not measured yet (no GPU build here); a direct launch reads K weights per output from
+ * cache while the FFT makes ~5 passes over memory, so the GPU default is set at the top of the
+ * DESI range until bench_kernels --routine rotation says otherwise. */
+#define ROTATION_FFT_MIN_CPU_FP64 97
+#define ROTATION_FFT_MIN_CPU_FP32 25
+#define ROTATION_FFT_MIN_GPU 45
 
 /* Templates per FFT launch: bounds the work buffers (rows x (len+2) reals, ~50 MB at DESI size in
  * double) and, with batch_bucket(), the number of distinct clFFT plans. */
@@ -139,7 +148,9 @@ int rvs_rotation_weights(double R, double eps, double *weights, size_t capacity,
 
 static size_t rotation_default_threshold(const struct rvs_context *ctx)
 {
-    return (ctx->caps.type & CL_DEVICE_TYPE_GPU) ? ROTATION_FFT_MIN_GPU : ROTATION_FFT_MIN_CPU;
+    if (ctx->caps.type & CL_DEVICE_TYPE_GPU)
+        return ROTATION_FFT_MIN_GPU;
+    return ctx->use_fp64 ? ROTATION_FFT_MIN_CPU_FP64 : ROTATION_FFT_MIN_CPU_FP32;
 }
 
 int rvs_rotation_create(struct rvs_context *ctx, size_t npix, struct rvs_rotation **out)
