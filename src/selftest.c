@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "rvsfit/chisq.h"
 
 /* Uploads host data into a new read-write buffer. */
 static int upload(struct rvs_context *ctx, const void *data, size_t size, cl_mem *buf)
@@ -190,6 +191,7 @@ static const struct selftest_case selftest_cases[] = {
     {"compensated-sum kernel", check_sum},
     {"single-precision GEMM", check_gemm_f32},
     {"double-precision GEMM", check_gemm_f64},
+    {"marginalised chi^2", rvs_chisq_selftest},
 };
 
 int rvs_selftest_run(struct rvs_context *ctx)

@@ -4,8 +4,10 @@
 #include "routine.h"
 
 extern const struct rvs_routine rvs_routine_gemm;
+extern const struct rvs_routine rvs_routine_chisq;
 
 const struct rvs_routine *const rvs_routines[] = {
     &rvs_routine_gemm,
+    &rvs_routine_chisq,
     NULL,
 };
