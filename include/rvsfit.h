@@ -16,6 +16,7 @@
 #include "rvsfit/prepare.h"
 #include "rvsfit/output.h"
 #include "rvsfit/rotation.h"
+#include "rvsfit/chisq.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -13,6 +13,7 @@
 #include "rvsfit/nn.h"
 #include "rvsfit/spline.h"
 #include "rvsfit/rotation.h"
+#include "rvsfit/chisq.h"
 
 /* Uploads host data into a new read-write buffer. */
 static int upload(struct rvs_context *ctx, const void *data, size_t size, cl_mem *buf)
@@ -198,6 +199,7 @@ static const struct selftest_case selftest_cases[] = {
     {"NN emulator (tiny network)", rvs_nn_selftest},
     {"natural spline (linear template, shifted)", rvs_spline_selftest},
     {"rotational broadening of an impulse", rvs_rotation_selftest},
+    {"marginalised chi^2", rvs_chisq_selftest},
 };
 
 int rvs_selftest_run(struct rvs_context *ctx)
