@@ -15,6 +15,8 @@
 #include "rvsfit/select.h"
 #include "rvsfit/prepare.h"
 #include "rvsfit/output.h"
+#include "rvsfit/train.h"
+#include "rvsfit/train_io.h"
 
 #ifdef __cplusplus
 extern "C" {
