@@ -573,7 +573,7 @@ int main(int argc, char **argv)
         double loss0;
         if ((status = rvs_trainer_pca_init(tr, &loss0)) != RVS_OK)
             goto done;
-        rvs_log(RVS_LOG_INFO, "train", "PCA initialisation: reconstruction loss %.6f", loss0);
+        rvs_log(RVS_LOG_INFO, "train", "PCA initialisation: reconstruction loss (L1 / spread0) %.3g", loss0);
     }
     struct report_state rs = {quiet};
     double final_train = NAN, final_val = NAN;
