@@ -83,8 +83,16 @@ run 1 "output is a file" -- "$train" --grid "$scratch/grid.fits" --setup toy_b \
 expect_in err "does not exist or is not writable" "output-is-a-file message"
 # shellcheck disable=SC2086
 run 1 "existing library without --force" -- "$train" --grid "$scratch/grid.fits" \
-    --out "$scratch/lib" $common --epochs 2
+    --out "$scratch/lib" $common --epochs 4 --checkpoint-every 2
 expect_in err "exists; remove it or use --force" "existing file message"
+# the failed write leaves the checkpoint of epoch 4; --resume continues from it
+[ -f "$scratch/lib/.rvsfit-cl-train_toy_b.ckpt" ] || fail "no checkpoint after a failed write"
+# shellcheck disable=SC2086
+run 0 "resume" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/lib" $common \
+    --epochs 6 --resume --force
+expect_in out "^epoch +5 " "resumed at epoch 5"
+expect_not_in out "^epoch +4 " "resumed run repeats epoch 4"
+[ -f "$scratch/lib/.rvsfit-cl-train_toy_b.ckpt" ] && fail "checkpoint left after success"
 run 2 "missing --out" -- "$train" --grid "$scratch/grid.fits" --setup toy_b
 expect_in err "are required" "required options message"
 run 2 "bad --width" -- "$train" --grid g --setup s --out o --width 0
