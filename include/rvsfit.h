@@ -17,6 +17,8 @@
 #include "rvsfit/output.h"
 #include "rvsfit/rotation.h"
 #include "rvsfit/chisq.h"
+#include "rvsfit/train.h"
+#include "rvsfit/train_io.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,0 +1,87 @@
+/* rvsfit/train_io.h: files of the NN trainer: the grid of spectra it reads (doc/trainer.md),
+ * the parameter mapping it derives from the grid, and the template library it writes
+ * (doc/template-library.md). Host-only (cfitsio). */
+#ifndef RVSFIT_TRAIN_IO_H
+#define RVSFIT_TRAIN_IO_H
+
+#include <stddef.h>
+
+#include "rvsfit/nn.h"
+#include "rvsfit/train.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RVS_TRAIN_NAME_MAX 16 /* PARAMS.NAME is 16A */
+
+struct rvs_train_grid {
+    size_t nspec, npix, nparam;
+    char names[RVS_NN_MAX_INPUTS][RVS_TRAIN_NAME_MAX + 1]; /* lower case, as requested */
+    double *params;   /* nspec x nparam, physical units */
+    float *logflux;   /* nspec x npix, natural log of the (normalised) flux */
+    double *wave;     /* npix, vacuum Angstrom, log-uniform */
+    double logstep;   /* (ln wave[N-1] - ln wave[0]) / (N - 1) */
+    char gridname[72];
+    char setup[72];   /* the grid's SETUP keyword, "" when absent */
+};
+
+/* Reads a grid file: parameter columns `names` (case-insensitive) of the PARAMS table, the FLUX
+ * image [nspec, npix] (FLUXTYPE 'LINEAR': flux, its log is taken; 'LOG': natural log) and WAVE.
+ * Every problem is reported with the file, HDU and column or pixel. */
+int rvs_train_grid_read(const char *path, const char *const *names, size_t nparam,
+                        struct rvs_train_grid *grid);
+void rvs_train_grid_free(struct rvs_train_grid *grid);
+
+/* rvspecfit's Mapper (nn/NNInterpolator.py) with the constants of train_interpolator.py getData:
+ * y = log10(theta) for flagged parameters, else theta; M = mean of y, S = standard deviation of
+ * y (numpy's, ddof 0) over the whole grid; x = (y - M) / S. */
+struct rvs_train_mapping {
+    size_t nparam;
+    int log10[RVS_NN_MAX_INPUTS];
+    double m[RVS_NN_MAX_INPUTS], s[RVS_NN_MAX_INPUTS];
+    double trainmin[RVS_NN_MAX_INPUTS], trainmax[RVS_NN_MAX_INPUTS];
+};
+/* Computes the mapping and the mapped grid (nspec x nparam doubles; and as floats, the network
+ * inputs, when inputs_f is not NULL). Fails on a parameter that is constant or not positive
+ * where log10 is asked for. */
+int rvs_train_mapping_compute(const struct rvs_train_grid *grid, const int *log10,
+                              struct rvs_train_mapping *map, double *mapped, float *inputs_f);
+
+/* A convex hull in the format's convention (doc/template-library.md sec. 5). */
+struct rvs_train_hull {
+    size_t n;
+    double *x, *y, *nx, *ny, *off;
+};
+/* Hull of points (px[i], py[i]) by Andrew's monotone chain: counter-clockwise, collinear points
+ * dropped, with outward unit normals and offsets. Fails when fewer than 3 vertices remain. */
+int rvs_train_hull_compute(const double *px, const double *py, size_t n,
+                           struct rvs_train_hull *hull);
+void rvs_train_hull_free(struct rvs_train_hull *hull);
+
+/* What the library records besides the network. */
+struct rvs_train_provenance {
+    const char *setup;    /* arm setup, names the file rvsfit_<setup>.fits */
+    const char *gridname; /* GRIDNAME */
+    const char *traincmd; /* TRAINCMD (may be NULL) */
+    const char *librev;   /* LIBREV (may be NULL: "") */
+    double train_loss;    /* TRNLOSS (NAN: not written) */
+    double val_loss;      /* VALERR: validation loss (NAN: not written) */
+    double err_median, err_p99; /* VALMED, VAL99: |dflux|/flux of held-out spectra (NAN: none) */
+    size_t ntrain, nval, epochs;
+};
+
+/* Writes <dir>/rvsfit_<setup>.fits (doc/template-library.md, version 1): WAVE, PARAMS, the
+ * trained weights (BatchNorm unfolded), hulls of the mapped grid points (pairs of parameters
+ * (0,1), (2,3), ... as rvspecfit's OutsideInterpolator), provenance and checksums; through a
+ * temporary file in dir and a rename. An existing file is replaced only with `force`. */
+int rvs_train_library_write(const char *dir, const struct rvs_train_grid *grid,
+                            const struct rvs_train_mapping *map, const double *mapped,
+                            const struct rvs_trained_net *net,
+                            const struct rvs_train_provenance *prov, int force);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

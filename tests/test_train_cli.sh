@@ -1,0 +1,105 @@
+#!/bin/sh
+# test_train_cli.sh: rvsfit-cl-train end to end on a toy grid (tests/train_check.py grid), with
+# and without BatchNorm: it trains, reports epochs and the held-out emulation error, writes a
+# library that tests/train_check.py check verifies (format, checksums, hulls, mapping, and the
+# numpy forward of the written weights against the trainer's own predictions). Then the errors:
+# missing grid, bad shapes, missing HDU, non-positive flux, unwritable output, existing file,
+# bad options.
+. "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+require_device
+py=${PYTHON3:-/usr/bin/python3}
+if ! "$py" -c 'import numpy, h5py, astropy' 2>"$scratch/import.err"; then
+    echo "SKIP: $py lacks numpy/h5py/astropy: $(cat "$scratch/import.err")" >&2
+    exit 77
+fi
+train="$top_builddir/rvsfit-cl-train"
+check="$top_srcdir/tests/train_check.py"
+
+run 0 "--help" -- "$train" --help
+expect_in out "^Usage: rvsfit-cl-train" "--help usage line"
+expect_in out "--pca-init" "--help lists --pca-init"
+run 0 "--version" -- "$train" --version
+expect_in out "^rvsfit-cl-train \(rvsfit-cl\) " "--version line"
+
+"$py" "$check" grid "$scratch/grid.fits" || fail "making the toy grid"
+for kind in shape nowave negflux noparam; do
+    "$py" "$check" grid "$scratch/bad_$kind.fits" "$kind" || fail "making grid $kind"
+done
+mkdir -p "$scratch/lib" "$scratch/libbn"
+
+common="--setup toy_b --width 32 --nlayers 2 --npc 10 --batch 32 --epochs 150 --lr 3e-3 --seed 7"
+# shellcheck disable=SC2086
+run 0 "training (PCA init)" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/lib" \
+    $common --pca-init --predictions "$scratch/pred.fits"
+expect_in out "^epoch +150 +train [0-9.]+ +val [0-9.]+" "per-epoch lines"
+expect_in out "emulation error on [0-9]+ held-out spectra" "emulation error line"
+expect_in out "wrote .*/rvsfit_toy_b.fits" "library written"
+cp "$scratch/out" "$scratch/train.out"
+"$py" "$check" check "$scratch/lib/rvsfit_toy_b.fits" "$scratch/grid.fits" "$scratch/pred.fits" \
+    || fail "library check (no BatchNorm)"
+ls -a "$scratch/lib" | grep -q 'tmp\|ckpt' && fail "temporary or checkpoint files left behind"
+
+# shellcheck disable=SC2086
+run 0 "training (BatchNorm)" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/libbn" \
+    $common --batchnorm --predictions "$scratch/predbn.fits"
+"$py" "$check" check "$scratch/libbn/rvsfit_toy_b.fits" "$scratch/grid.fits" \
+    "$scratch/predbn.fits" || fail "library check (BatchNorm)"
+
+# a bound on the toy emulation error: median below 1%
+med=$(sed -n 's/.*median \([0-9.]*\)%.*/\1/p' "$scratch/train.out")
+awk -v m="$med" 'BEGIN { exit !(m != "" && m < 1.0) }' \
+    || fail "toy held-out median |dflux|/flux = $med% (bound 1%)"
+echo "toy held-out median |dflux|/flux: $med%"
+
+# errors
+run 1 "missing grid" -- "$train" --grid "$scratch/none.fits" --setup toy_b --out "$scratch/lib"
+expect_in err "none.fits.*cannot open the grid" "missing grid message"
+run 1 "bad FLUX shape" -- "$train" --grid "$scratch/bad_shape.fits" --setup toy_b \
+    --out "$scratch/lib" --force
+expect_in err "HDU FLUX has shape" "shape message"
+run 1 "no WAVE" -- "$train" --grid "$scratch/bad_nowave.fits" --setup toy_b --out "$scratch/lib"
+expect_in err "no image HDU 'WAVE'" "missing WAVE message"
+run 1 "negative flux" -- "$train" --grid "$scratch/bad_negflux.fits" --setup toy_b \
+    --out "$scratch/lib"
+expect_in err "spectrum 8, pixel 12 .*positive" "negative flux message"
+run 1 "missing parameter column" -- "$train" --grid "$scratch/bad_noparam.fits" --setup toy_b \
+    --out "$scratch/lib"
+expect_in err "no column 'alpha'" "missing column message"
+run 1 "missing output directory" -- "$train" --grid "$scratch/grid.fits" --setup toy_b \
+    --out "$scratch/nodir"
+expect_in err "does not exist or is not writable" "output directory message"
+mkdir -p "$scratch/ro"
+chmod a-w "$scratch/ro"
+if ! touch "$scratch/ro/probe" 2>/dev/null; then
+    run 1 "unwritable output" -- "$train" --grid "$scratch/grid.fits" --setup toy_b \
+        --out "$scratch/ro"
+    expect_in err "not writable" "unwritable output message"
+else
+    rm -f "$scratch/ro/probe" # running as root: permissions do not stop us
+fi
+chmod u+w "$scratch/ro"
+run 1 "output is a file" -- "$train" --grid "$scratch/grid.fits" --setup toy_b \
+    --out "$scratch/grid.fits"
+expect_in err "does not exist or is not writable" "output-is-a-file message"
+# shellcheck disable=SC2086
+run 1 "existing library without --force" -- "$train" --grid "$scratch/grid.fits" \
+    --out "$scratch/lib" $common --epochs 4 --checkpoint-every 2
+expect_in err "exists; remove it or use --force" "existing file message"
+# the failed write leaves the checkpoint of epoch 4; --resume continues from it
+[ -f "$scratch/lib/.rvsfit-cl-train_toy_b.ckpt" ] || fail "no checkpoint after a failed write"
+# shellcheck disable=SC2086
+run 0 "resume" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/lib" $common \
+    --epochs 6 --resume --force
+expect_in out "^epoch +5 " "resumed at epoch 5"
+expect_not_in out "^epoch +4 " "resumed run repeats epoch 4"
+[ -f "$scratch/lib/.rvsfit-cl-train_toy_b.ckpt" ] && fail "checkpoint left after success"
+run 2 "missing --out" -- "$train" --grid "$scratch/grid.fits" --setup toy_b
+expect_in err "are required" "required options message"
+run 2 "bad --width" -- "$train" --grid g --setup s --out o --width 0
+run 2 "bad --val-frac" -- "$train" --grid g --setup s --out o --val-frac 1.5
+run 2 "unknown option" -- "$train" --frobnicate
+run 1 "npc larger than the grid allows with --pca-init" -- "$train" \
+    --grid "$scratch/grid.fits" --setup toy_b --out "$scratch/lib" --force --npc 500 \
+    --pca-init --epochs 1
+expect_in err "lower --npc" "PCA size message"
+finish
