@@ -8,6 +8,7 @@
 #include "rvsfit/device.h"
 #include "rvsfit/context.h"
 #include "rvsfit/gemm.h"
+#include "rvsfit/synth.h"
 
 #ifdef __cplusplus
 extern "C" {
