@@ -9,6 +9,7 @@
 #include "rvsfit/context.h"
 #include "rvsfit/gemm.h"
 #include "rvsfit/synth.h"
+#include "rvsfit/mkgrid.h"
 
 #ifdef __cplusplus
 extern "C" {

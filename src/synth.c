@@ -27,7 +27,7 @@ void rvs_synth_options_init(struct rvs_synth_options *o)
     memset(o, 0, sizeof *o);
     o->linelist_dir = NULL;
     o->lambda_min = 3470.0;
-    o->lambda_max = 9960.0;
+    o->lambda_max = 9975.0;
     o->resolution = 120000.0;
     o->vmic = -1.0;
     o->line_threshold = 1e-3;
@@ -96,6 +96,12 @@ size_t rvs_synth_npix(const struct rvs_synth *s) { return s->npix; }
 const double *rvs_synth_wavelength(const struct rvs_synth *s) { return s->wave; }
 size_t rvs_synth_line_count(const struct rvs_synth *s) { return s->list.count; }
 int rvs_synth_uses_linelist_files(const struct rvs_synth *s) { return s->list.from_files; }
+
+double rvs_synth_vmic(const struct rvs_synth *s, const struct rvs_synth_params *p)
+{
+    /* APOGEE DR12 calibration vmic = 2.478 - 0.325 log g (Holtzman et al. 2015, AJ 150, 148) */
+    return s->vmic >= 0 ? s->vmic : fmax(0.5, 2.478 - 0.325 * p->logg);
+}
 
 int rvs_synth_params_check(const struct rvs_synth_params *p, const char **why)
 {
@@ -469,7 +475,7 @@ int rvs_synth_spectrum(const struct rvs_synth *s, const struct rvs_synth_params 
         goto cleanup;
     }
     stark_init();
-    double vmic = s->vmic >= 0 ? s->vmic : fmax(0.5, 2.478 - 0.325 * p->logg);
+    double vmic = rvs_synth_vmic(s, p);
     RVS_TRY(rvs_synth_atmosphere_build(p, vmic, &atm));
 
     const size_t npix = s->npix, nl = RVS_SYNTH_NLAYER;

@@ -22,7 +22,7 @@ struct rvs_synth_params {
 struct rvs_synth_options {
     const char *linelist_dir; /* linemake MOOG files; NULL or "": the built-in strong-line list */
     double lambda_min;        /* vacuum Angstrom (default 3470) */
-    double lambda_max;        /* vacuum Angstrom (default 9960) */
+    double lambda_max;        /* vacuum Angstrom (default 9975) */
     double resolution;        /* internal sampling: d(ln lambda) = 1/resolution (default 120000) */
     double vmic;              /* microturbulence km/s; < 0: 2.478 - 0.325 log g, at least 0.5 */
     double line_threshold;    /* keep lines with peak line/continuum opacity above this (1e-3) */
@@ -57,6 +57,9 @@ int rvs_synth_uses_linelist_files(const struct rvs_synth *synth);
  * log g < 4 log10(Teff / 4000) (near the Eddington limit, where a hydrostatic grey model is
  * meaningless). Returns RVS_OK or RVS_ERR_INVALID_ARGUMENT; *why gets a static reason. */
 int rvs_synth_params_check(const struct rvs_synth_params *p, const char **why);
+
+/* Microturbulence [km/s] used for p: the option's value, or the log g relation. */
+double rvs_synth_vmic(const struct rvs_synth *synth, const struct rvs_synth_params *p);
 
 /* Emergent surface flux F_lambda [erg s^-1 cm^-2 A^-1] on the internal grid; `continuum`
  * (optional, may be NULL) gets the same without lines. Thread-safe for one `synth`. */
