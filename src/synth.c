@@ -7,6 +7,7 @@
  * equation with a source function B_lambda(T(tau)) exactly for a piecewise-linear source:
  * F = 2 pi int S E2 dtau. doc/mkgrid.md describes the approximations. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -219,12 +220,9 @@ struct line_layer {
 /* Student-t (nu = 3/2) as a mixture of Gaussians: precisions w ~ Gamma(3/4, rate 3/4),
  * discretised on a log grid (weights normalised to 1). */
 static double stark_w[N_STARK], stark_prec[N_STARK];
-static int stark_ready;
 
 static void stark_init(void)
 {
-    if (stark_ready)
-        return;
     double sum = 0.0;
     const double lo = log(10.0) * -3.5, hi = log(10.0) * 1.0;
     for (int k = 0; k < N_STARK; k++) {
@@ -238,7 +236,6 @@ static void stark_init(void)
     }
     for (int k = 0; k < N_STARK; k++)
         stark_w[k] /= sum;
-    stark_ready = 1; /* benign race: every thread writes the same values */
 }
 
 /* Profile value at pixel offset dx (normalised to unit area in pixels). */
@@ -341,12 +338,25 @@ static const double tio_bands[][4] = {
     {9209.0, 0.004, 0.125, 6}, /* epsilon (0,1) */
 };
 enum { N_TIO = sizeof tio_bands / sizeof tio_bands[0] };
+static double tio_head_vac[N_TIO]; /* set by tables_init() */
 #define TIO_DECAY 80.0 /* A */
 /* Smearing the band's lines into a continuum overestimates its absorption, since the real lines
  * saturate one by one; this factor scales the smeared opacity so that the 7054 A band depth of
  * Teff 3200-3800 K dwarfs falls in the range of M0-M4 dwarfs (TiO5-like ratio ~0.7-0.4). */
 #define TIO_SCALE 0.1
 #define TIO_B 0.535    /* rotational constant, cm^-1 */
+
+/* Constant tables, computed once before any thread runs (rvs_synth_create). */
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+static void tables_fill(void)
+{
+    stark_init();
+    for (int b = 0; b < N_TIO; b++)
+        tio_head_vac[b] = rvs_synth_air_to_vacuum(tio_bands[b][0]);
+}
+
+static void tables_init(void) { pthread_once(&tables_once, tables_fill); }
 
 static double tio_opacity(double lambda, double t, double n_tio, double u_tio)
 {
@@ -355,7 +365,7 @@ static double tio_opacity(double lambda, double t, double n_tio, double u_tio)
     double sum = 0.0;
     double qrot = RVS_K_B * t / (RVS_H * RVS_C * TIO_B);
     for (int b = 0; b < N_TIO; b++) {
-        double head = rvs_synth_air_to_vacuum(tio_bands[b][0]);
+        double head = tio_head_vac[b];
         double d = lambda - head;
         if (d < -2.0 || d > 8.0 * TIO_DECAY)
             continue;
@@ -478,7 +488,7 @@ int rvs_synth_spectrum(const struct rvs_synth *s, const struct rvs_synth_params 
         status = RVS_ERR_INVALID_ARGUMENT;
         goto cleanup;
     }
-    stark_init();
+    tables_init();
     double vmic = rvs_synth_vmic(s, p);
     RVS_TRY(rvs_synth_atmosphere_build(p, vmic, &atm));
 
