@@ -264,13 +264,14 @@ static int fits_fail(int fstatus, const char *path, const char *what)
     return RVS_ERR_IO;
 }
 
+/* Runs a cfitsio call (status in `fstatus`); on failure logs it and jumps to cleanup. Calling
+ * it with 0 checks the status left by a run of unchecked calls (cfitsio skips calls once the
+ * status is set, so a block of them fails as a whole). */
 #define FITS_TRY(call, what)                                                                      \
     do {                                                                                           \
-        int fs_ = 0;                                                                               \
         (void)(call);                                                                              \
         if (fstatus) {                                                                             \
-            fs_ = fstatus;                                                                         \
-            status = fits_fail(fs_, path, what);                                                   \
+            status = fits_fail(fstatus, path, what);                                               \
             goto cleanup;                                                                          \
         }                                                                                          \
     } while (0)

@@ -1,5 +1,5 @@
 /* synth.c: the synthetic spectrum. On a log-uniform vacuum-wavelength grid it sums, in every
- * layer of the grey model atmosphere (synth_atmosphere.c), the continuous opacity, the line
+ * layer of the model atmosphere (synth_atmosphere.c), the continuous opacity, the line
  * opacity of the selected atomic and molecular lines (Voigt profiles: thermal + microturbulent
  * Doppler width, radiative and Unsoeld van der Waals damping), the hydrogen Balmer and Paschen
  * lines (Doppler, radiative, self-broadening after Barklem, Piskunov & O'Mara 2000, and a

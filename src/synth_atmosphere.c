@@ -4,8 +4,7 @@
  * T^4 = 3/4 Teff^4 (tau + 2/3) lacks), in hydrostatic equilibrium dP/dtau_5000 = g rho /
  * kappa_5000 with the continuous opacity of synth_physics.c, and the electron density from
  * charge conservation with Saha ionization of the abundant elements (stages I-III) and H2
- * formation. Radiation pressure and turbulent pressure are ignored (doc/mkgrid.md). The
- * Rosseland-mean variant is kept for comparison (rvs_synth_rosseland). */
+ * formation. Radiation pressure and turbulent pressure are ignored (doc/mkgrid.md). */
 #include <math.h>
 
 #include "internal.h"
@@ -71,26 +70,6 @@ void rvs_synth_eos(const double *eps, double t, double pg, double *ne_out, doubl
     *nh2_out = nh2;
 }
 
-/* Rosseland mean of the continuum on a coarse log grid, 1500 A to 5 micron. */
-double rvs_synth_rosseland(double t, double ne, double nhi, double nhii, double nh2)
-{
-    enum { NR = 48 };
-    double num = 0.0, den = 0.0;
-    const double l0 = log(1500.0), l1 = log(50000.0);
-    for (int i = 0; i < NR; i++) {
-        double ll = l0 + (l1 - l0) * (i + 0.5) / NR;
-        double lam = exp(ll);
-        double x = RVS_H * RVS_C / (lam * 1e-8 * RVS_K_B * t);
-        /* dB/dT per unit ln lambda, without constant factors */
-        double ex = exp(-x);
-        double w = pow(x, 6) * ex / ((1.0 - ex) * (1.0 - ex)) / lam;
-        double k = rvs_synth_continuum_opacity(lam, t, ne, nhi, nhii, nh2);
-        num += w / k;
-        den += w;
-    }
-    return den / num;
-}
-
 /* Reference opacity: the continuum at 5000 A, the depth scale of the temperature law below. */
 static double layer_opacity(const double *eps, double t, double pg, double *ne, double *nhtot,
                             double *nhi, double *nhii, double *nh2)
@@ -132,24 +111,19 @@ int rvs_synth_atmosphere_build(const struct rvs_synth_params *p, double vmic,
     }
     /* top boundary: P = g tau / kappa(P), iterated (kappa grows with P, so it converges) */
     double ne, nhtot, nhi, nhii, nh2;
+    double mass = 0.0; /* amu per hydrogen nucleus */
+    for (int z = 1; z <= RVS_SYNTH_MAX_Z; z++)
+        mass += atm->eps[z] * rvs_synth_atomic_mass(z);
     double pg = g * atm->tau[0] * 1e2;
     for (int it = 0; it < 40; it++) {
         double k = layer_opacity(atm->eps, atm->t[0], pg, &ne, &nhtot, &nhi, &nhii, &nh2);
-        double rho = nhtot * RVS_AMU * 1.4; /* mass per H nucleus ~ 1.4 amu, refined below */
-        double mass = 0.0;
-        for (int z = 1; z <= RVS_SYNTH_MAX_Z; z++)
-            mass += atm->eps[z] * rvs_synth_atomic_mass(z);
-        rho = nhtot * RVS_AMU * mass;
-        double pnew = g * atm->tau[0] * rho / k;
+        double pnew = g * atm->tau[0] * nhtot * RVS_AMU * mass / k;
         if (fabs(pnew / pg - 1.0) < 1e-6) {
             pg = pnew;
             break;
         }
         pg = sqrt(pg * pnew); /* geometric damping */
     }
-    double mass = 0.0;
-    for (int z = 1; z <= RVS_SYNTH_MAX_Z; z++)
-        mass += atm->eps[z] * rvs_synth_atomic_mass(z);
     /* integrate d P / d ln tau = g tau rho / kappa with a predictor-corrector step */
     for (int i = 0; i < RVS_SYNTH_NLAYER; i++) {
         double k = layer_opacity(atm->eps, atm->t[i], pg, &ne, &nhtot, &nhi, &nhii, &nh2);

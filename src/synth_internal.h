@@ -111,7 +111,7 @@ int rvs_synth_parse_moog_line(const char *text, double *lambda_air, double *code
 #define RVS_SYNTH_NLAYER 28
 
 struct rvs_synth_atmosphere {
-    double logtau[RVS_SYNTH_NLAYER]; /* log10 of the reference (Rosseland continuum) depth */
+    double logtau[RVS_SYNTH_NLAYER]; /* log10 tau_5000 (continuum optical depth at 5000 A) */
     double tau[RVS_SYNTH_NLAYER];
     double t[RVS_SYNTH_NLAYER];
     double pg[RVS_SYNTH_NLAYER];     /* gas pressure, dyn cm^-2 */
@@ -120,12 +120,12 @@ struct rvs_synth_atmosphere {
     double nhi[RVS_SYNTH_NLAYER];    /* neutral atomic H */
     double nhii[RVS_SYNTH_NLAYER];
     double nh2[RVS_SYNTH_NLAYER];
-    double kref[RVS_SYNTH_NLAYER];   /* reference opacity, cm^-1 */
+    double kref[RVS_SYNTH_NLAYER];   /* continuum opacity at 5000 A, cm^-1 */
     double eps[RVS_SYNTH_MAX_Z + 1]; /* number abundances relative to H */
     double vmic;                     /* km/s */
 };
 
-/* Grey LTE atmosphere in hydrostatic equilibrium (synth_atmosphere.c). */
+/* Scaled-solar LTE atmosphere in hydrostatic equilibrium (synth_atmosphere.c). */
 int rvs_synth_atmosphere_build(const struct rvs_synth_params *p, double vmic,
                                struct rvs_synth_atmosphere *atm);
 /* Charge and particle balance at (T, Pg): fills ne, nhtot, nhi, nhii, nh2. */
@@ -133,8 +133,6 @@ void rvs_synth_eos(const double *eps, double t, double pg, double *ne, double *n
                    double *nhi, double *nhii, double *nh2);
 /* Ionization fractions of element z (stages I, II, III) at (T, ne). */
 void rvs_synth_ion_fractions(int z, double t, double ne, double frac[3]);
-/* Rosseland mean of the continuum [cm^-1], 1500 A - 5 micron. */
-double rvs_synth_rosseland(double t, double ne, double nhi, double nhii, double nh2);
 /* Continuum absorption coefficient [cm^-1] of one layer at lambda (vacuum Å). */
 double rvs_synth_continuum_opacity(double lambda_a, double t, double ne, double nhi,
                                    double nhii, double nh2);

@@ -1,5 +1,5 @@
 /* rvsfit/synth.h: the synthetic stellar-spectrum generator behind rvsfit-cl-mkgrid (issue #4):
- * LTE line formation in a grey model atmosphere, computed on a log-uniform wavelength grid,
+ * LTE line formation in a scaled-solar model atmosphere, computed on a log-uniform grid,
  * then degraded to the DESI arms. doc/mkgrid.md describes the physics and the output file. */
 #ifndef RVSFIT_SYNTH_H
 #define RVSFIT_SYNTH_H
@@ -54,8 +54,8 @@ size_t rvs_synth_line_count(const struct rvs_synth *synth);
 int rvs_synth_uses_linelist_files(const struct rvs_synth *synth);
 
 /* Checks parameters against the limits above and the unphysical corner
- * log g < 4 log10(Teff / 4000) (near the Eddington limit, where a hydrostatic grey model is
- * meaningless). Returns RVS_OK or RVS_ERR_INVALID_ARGUMENT; *why gets a static reason. */
+ * log g < 4 log10(Teff / 4000) (near the Eddington limit, where a static model without
+ * radiation pressure is meaningless). Returns RVS_OK or RVS_ERR_INVALID_ARGUMENT; *why gets a static reason. */
 int rvs_synth_params_check(const struct rvs_synth_params *p, const char **why);
 
 /* Microturbulence [km/s] used for p: the option's value, or the log g relation. */
