@@ -605,7 +605,8 @@ int rvs_synth_spectrum(const struct rvs_synth *s, const struct rvs_synth_params 
                  * profile of scale s reproduces the Holtsmark wing 1.5 beta^(-5/2) when
                  * s^(3/2) = 1.3266 <X^(3/2)> (C F0)^(3/2) */
                 double f0 = 2.603 * RVS_E * pow(ne, 2.0 / 3.0);
-                double c_unit = 1.5 * RVS_E * RVS_A0 * lcm * lcm / (RVS_H * RVS_C); /* cm/(esu/cm) */
+                /* displacement per unit field, cm per (statvolt/cm) */
+                double c_unit = 1.5 * RVS_E * RVS_A0 * lcm * lcm / (RVS_H * RVS_C);
                 double s_cm = pow(1.3266 * x15, 2.0 / 3.0) * c_unit * f0;
                 ll[l].k = k;
                 ll[l].dop = xi / RVS_C_KMS / s->dlnl;
