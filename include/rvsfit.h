@@ -19,6 +19,8 @@
 #include "rvsfit/chisq.h"
 #include "rvsfit/train.h"
 #include "rvsfit/train_io.h"
+#include "rvsfit/synth.h"
+#include "rvsfit/mkgrid.h"
 
 #ifdef __cplusplus
 extern "C" {

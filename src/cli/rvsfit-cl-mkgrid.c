@@ -1,0 +1,395 @@
+/* rvsfit-cl-mkgrid.c: the synthetic-grid command. Options come from one table (names,
+ * arguments, help); getopt_long's table and --help are generated from it. Writes one spectrum
+ * (--single) or a regular/Latin-hypercube grid of spectra degraded to the DESI arms. */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rvsfit.h"
+#include "rvsfit/mkgrid.h"
+
+enum mkgrid_exit {
+    MKGRID_EXIT_OK = 0,      /* the file(s) were written */
+    MKGRID_EXIT_FAILURE = 1, /* the line list could not be read or the output not written */
+    MKGRID_EXIT_USAGE = 2    /* bad command line */
+};
+
+enum option_id {
+    OPT_HELP = 'h',
+    OPT_VERSION = 'V',
+    OPT_QUIET = 'q',
+    OPT_VERBOSE = 'v',
+    OPT_OUT = 'o',
+    OPT_SINGLE = 256,
+    OPT_TEFF,
+    OPT_LOGG,
+    OPT_FEH,
+    OPT_ALPHA,
+    OPT_RANDOM,
+    OPT_SEED,
+    OPT_THREADS,
+    OPT_LINELIST,
+    OPT_RESOLUTION,
+    OPT_ARMS,
+    OPT_VMIC,
+    OPT_LOG_LEVEL
+};
+
+struct cli_option {
+    const char *name;
+    int has_arg;
+    int id;
+    const char *arg_name;
+    const char *help;
+};
+
+static const struct cli_option cli_options[] = {
+    {"out", required_argument, OPT_OUT, "PATH",
+     "output: NAME.fits (all arms in one file) or an existing directory (one file per arm)"},
+    {"single", required_argument, OPT_SINGLE, "T,G,F,A",
+     "one spectrum at Teff,logg,[Fe/H],[alpha/Fe]"},
+    {"teff", required_argument, OPT_TEFF, "MIN,MAX[,STEP]", "Teff range in K (3000,12000)"},
+    {"logg", required_argument, OPT_LOGG, "MIN,MAX[,STEP]", "log g range (0,5.5)"},
+    {"feh", required_argument, OPT_FEH, "MIN,MAX[,STEP]", "[Fe/H] range (-4,1)"},
+    {"alpha", required_argument, OPT_ALPHA, "MIN,MAX[,STEP]", "[alpha/Fe] range (-0.4,1)"},
+    {"random", required_argument, OPT_RANDOM, "N",
+     "N points of a Latin hypercube (log Teff uniform) instead of a regular grid"},
+    {"seed", required_argument, OPT_SEED, "N", "seed of the Latin hypercube (default 1)"},
+    {"threads", required_argument, OPT_THREADS, "N", "worker threads (default: all CPUs)"},
+    {"linelist", required_argument, OPT_LINELIST, "DIR",
+     "linemake MOOG directory (default $RVSFIT_CL_LINELIST_DIR; 'builtin' for the built-in "
+     "strong-line list)"},
+    {"resolution", required_argument, OPT_RESOLUTION, "R",
+     "internal sampling 1/d(ln lambda) (default 120000)"},
+    {"arms", required_argument, OPT_ARMS, "LIST", "arms to write: any of b,r,z (default b,r,z)"},
+    {"vmic", required_argument, OPT_VMIC, "KMS",
+     "microturbulence in km/s (default 2.478 - 0.325 log g, at least 0.5)"},
+    {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL",
+     "DEBUG, INFO, WARNING (default), ERROR or CRITICAL"},
+    {"quiet", no_argument, OPT_QUIET, NULL, "only errors"},
+    {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (-v INFO, -vv DEBUG)"},
+    {"help", no_argument, OPT_HELP, NULL, "show this help and exit"},
+    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit"},
+};
+enum { NUM_OPTIONS = sizeof cli_options / sizeof cli_options[0] };
+
+static void print_usage_line(FILE *out)
+{
+    fprintf(out, "Usage: rvsfit-cl-mkgrid --out PATH (--single T,G,F,A | [GRID OPTION]...)\n");
+}
+
+static void print_help(void)
+{
+    print_usage_line(stdout);
+    printf("Compute synthetic stellar spectra (LTE, scaled-solar model atmospheres, linemake\n"
+           "line list) and write them degraded to the DESI b, r and z arms, as the training\n"
+           "grid of rvsfit-cl's emulator. See doc/mkgrid.md for the physics and the file.\n\n"
+           "Options:\n");
+    for (size_t i = 0; i < NUM_OPTIONS; i++) {
+        char left[64];
+        const struct cli_option *o = &cli_options[i];
+        if (o->id < 256)
+            snprintf(left, sizeof left, "-%c, --%s%s%s", o->id, o->name, o->arg_name ? "=" : "",
+                     o->arg_name ? o->arg_name : "");
+        else
+            snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg_name ? "=" : "",
+                     o->arg_name ? o->arg_name : "");
+        printf("  %-28s %s\n", left, o->help);
+    }
+    printf("\nA regular grid needs a STEP on every range that is not a single value; points\n"
+           "with log g < 4 log10(Teff/4000) are skipped (near the Eddington limit).\n\n"
+           "Environment:\n"
+           "  RVSFIT_CL_LINELIST_DIR  default --linelist directory\n\n"
+           "Exit status:\n"
+           "  0  the output was written (failed spectra are flagged in it)\n"
+           "  1  the line list could not be read or the output not written\n"
+           "  2  invalid command line\n\n"
+           "Report bugs to: %s\n",
+           PACKAGE_BUGREPORT);
+}
+
+static void print_version(void)
+{
+    printf("rvsfit-cl-mkgrid (rvsfit-cl) %s\n"
+           "This is free software: you are free to change and redistribute it.\n",
+           PACKAGE_VERSION);
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "rvsfit-cl-mkgrid: ");
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    print_usage_line(stderr);
+    fprintf(stderr, "Try 'rvsfit-cl-mkgrid --help' for more information.\n");
+    return MKGRID_EXIT_USAGE;
+}
+
+/* "a,b[,c]" of finite numbers; returns how many were read (2..max), 0 on garbage. */
+static int parse_list(const char *s, double *v, int max)
+{
+    int n = 0;
+    const char *p = s;
+    while (n < max) {
+        char *end;
+        errno = 0;
+        double x = strtod(p, &end);
+        if (end == p || errno || !isfinite(x))
+            return 0;
+        v[n++] = x;
+        if (*end == '\0')
+            return n;
+        if (*end != ',')
+            return 0;
+        p = end + 1;
+    }
+    return 0;
+}
+
+static int parse_range(const char *name, const char *arg, struct rvs_mkgrid_range *r)
+{
+    double v[3];
+    int n = parse_list(arg, v, 3);
+    (void)name;
+    if (n < 2)
+        return -1;
+    r->min = v[0];
+    r->max = v[1];
+    r->step = n == 3 ? v[2] : 0.0;
+    if (r->min > r->max || (n == 3 && !(r->step > 0)))
+        return -1;
+    return 0;
+}
+
+static int parse_count(const char *arg, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    if (!*arg || *arg == '-')
+        return -1;
+    unsigned long long v = strtoull(arg, &end, 10);
+    if (*end || errno)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Checks a range against the generator's limits. */
+static int range_inside(const struct rvs_mkgrid_range *r, double lo, double hi)
+{
+    return r->min >= lo && r->max <= hi;
+}
+
+int main(int argc, char **argv)
+{
+    struct option long_options[NUM_OPTIONS + 1];
+    char short_options[3 * NUM_OPTIONS + 2] = ":";
+    for (size_t i = 0; i < NUM_OPTIONS; i++) {
+        long_options[i] = (struct option){cli_options[i].name, cli_options[i].has_arg, NULL,
+                                          cli_options[i].id};
+        if (cli_options[i].id < 256) {
+            size_t n = strlen(short_options);
+            short_options[n] = (char)cli_options[i].id;
+            short_options[n + 1] = '\0';
+            if (cli_options[i].has_arg)
+                strcat(short_options, ":");
+        }
+    }
+    memset(&long_options[NUM_OPTIONS], 0, sizeof long_options[0]);
+    /* "--log_level" -> "--log-level", as rvsfit-cl does */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strncmp(argv[i], "--", 2) == 0)
+            for (char *p = argv[i] + 2; *p && *p != '='; p++)
+                if (*p == '_')
+                    *p = '-';
+    }
+
+    struct rvs_synth_options sopt;
+    rvs_synth_options_init(&sopt);
+    struct rvs_mkgrid_design design = {{3000, 12000, 0}, {0, 5.5, 0}, {-4, 1, 0}, {-0.4, 1, 0},
+                                       0, 1};
+    struct rvs_mkgrid_output_options oopt = {0};
+    const char *out = NULL, *single = NULL, *linelist = getenv("RVSFIT_CL_LINELIST_DIR");
+    int verbosity = 0, log_level = -1, have_range = 0;
+    long nthreads = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned arms = 0;
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
+        unsigned long long u;
+        double v[1];
+        switch (opt) {
+        case OPT_HELP:
+            print_help();
+            return fflush(stdout) == 0 ? MKGRID_EXIT_OK : MKGRID_EXIT_FAILURE;
+        case OPT_VERSION:
+            print_version();
+            return fflush(stdout) == 0 ? MKGRID_EXIT_OK : MKGRID_EXIT_FAILURE;
+        case OPT_OUT:
+            out = optarg;
+            break;
+        case OPT_SINGLE:
+            single = optarg;
+            break;
+        case OPT_TEFF:
+        case OPT_LOGG:
+        case OPT_FEH:
+        case OPT_ALPHA: {
+            struct rvs_mkgrid_range *r = opt == OPT_TEFF   ? &design.teff
+                                         : opt == OPT_LOGG ? &design.logg
+                                         : opt == OPT_FEH  ? &design.feh
+                                                           : &design.alpha;
+            const char *name = opt == OPT_TEFF ? "teff" : opt == OPT_LOGG ? "logg"
+                               : opt == OPT_FEH ? "feh" : "alpha";
+            if (parse_range(name, optarg, r) != 0)
+                return usage_error("invalid range '%s': give MIN,MAX[,STEP] with MIN <= MAX "
+                                   "and STEP > 0",
+                                   optarg);
+            have_range = 1;
+            break;
+        }
+        case OPT_RANDOM:
+            if (parse_count(optarg, &u) != 0 || u == 0 || u > 10000000)
+                return usage_error("--random needs a count of 1..10000000 (got '%s')", optarg);
+            design.nrandom = (size_t)u;
+            break;
+        case OPT_SEED:
+            if (parse_count(optarg, &u) != 0)
+                return usage_error("--seed needs a non-negative integer (got '%s')", optarg);
+            design.seed = u;
+            break;
+        case OPT_THREADS:
+            if (parse_count(optarg, &u) != 0 || u == 0 || u > 1024)
+                return usage_error("--threads needs 1..1024 (got '%s')", optarg);
+            nthreads = (long)u;
+            break;
+        case OPT_LINELIST:
+            linelist = optarg;
+            break;
+        case OPT_RESOLUTION:
+            if (parse_list(optarg, v, 1) != 1 || !(v[0] >= 1000 && v[0] <= 1e6))
+                return usage_error("--resolution needs a number in 1000..1e6 (got '%s')",
+                                   optarg);
+            sopt.resolution = v[0];
+            break;
+        case OPT_VMIC:
+            if (parse_list(optarg, v, 1) != 1 || !(v[0] >= 0 && v[0] <= 10))
+                return usage_error("--vmic needs km/s in 0..10 (got '%s')", optarg);
+            sopt.vmic = v[0];
+            break;
+        case OPT_ARMS: {
+            arms = 0;
+            const char *p = optarg;
+            while (*p) {
+                if ((*p == 'b' || *p == 'r' || *p == 'z') && (p[1] == ',' || p[1] == '\0'))
+                    arms |= 1u << (*p == 'b' ? 0 : *p == 'r' ? 1 : 2);
+                else
+                    return usage_error("--arms takes a list of b, r, z (got '%s')", optarg);
+                p += p[1] == ',' ? 2 : 1;
+            }
+            if (!arms)
+                return usage_error("--arms takes a list of b, r, z (got '%s')", optarg);
+            break;
+        }
+        case OPT_LOG_LEVEL:
+            if (rvs_log_parse_level(optarg, &log_level) != RVS_OK)
+                return usage_error("invalid --log-level '%s'", optarg);
+            break;
+        case OPT_QUIET:
+            log_level = RVS_LOG_ERROR;
+            break;
+        case OPT_VERBOSE:
+            verbosity++;
+            break;
+        case ':':
+            return usage_error("option '%s' requires an argument", argv[optind - 1]);
+        default:
+            return usage_error("unrecognized option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!out || !*out)
+        return usage_error("%s", "--out is required");
+    if (single && (have_range || design.nrandom))
+        return usage_error("%s", "--single cannot be combined with ranges or --random");
+    if (log_level < 0)
+        log_level = verbosity >= 2 ? RVS_LOG_DEBUG : verbosity == 1 ? RVS_LOG_INFO
+                                                                     : RVS_LOG_WARNING;
+    rvs_log_set_level(log_level);
+
+    struct rvs_synth_params *points = NULL;
+    size_t npoints = 0;
+    if (single) {
+        double v[4];
+        if (parse_list(single, v, 4) != 4)
+            return usage_error("--single needs Teff,logg,[Fe/H],[alpha/Fe] (got '%s')", single);
+        struct rvs_synth_params p = {v[0], v[1], v[2], v[3]};
+        const char *why;
+        if (rvs_synth_params_check(&p, &why) != RVS_OK) {
+            fprintf(stderr, "rvsfit-cl-mkgrid: --single %s: %s\n", single, why);
+            return MKGRID_EXIT_USAGE;
+        }
+        points = malloc(sizeof *points);
+        if (!points)
+            return MKGRID_EXIT_FAILURE;
+        points[0] = p;
+        npoints = 1;
+    } else {
+        if (!range_inside(&design.teff, RVS_SYNTH_TEFF_MIN, RVS_SYNTH_TEFF_MAX) ||
+            !range_inside(&design.logg, RVS_SYNTH_LOGG_MIN, RVS_SYNTH_LOGG_MAX) ||
+            !range_inside(&design.feh, RVS_SYNTH_FEH_MIN, RVS_SYNTH_FEH_MAX) ||
+            !range_inside(&design.alpha, RVS_SYNTH_ALPHA_MIN, RVS_SYNTH_ALPHA_MAX))
+            return usage_error("%s", "a range is outside the generator's limits (Teff 2800-12500, "
+                                     "log g -0.5..6, [Fe/H] -4.5..1, [alpha/Fe] -0.5..1.2)");
+        if (rvs_mkgrid_design_points(&design, &points, &npoints) != RVS_OK)
+            return usage_error("%s", "the grid design is invalid (see the message above)");
+    }
+
+    int code = MKGRID_EXIT_OK;
+    struct rvs_synth *synth = NULL;
+    if (linelist && strcmp(linelist, "builtin") == 0)
+        linelist = NULL;
+    if (!linelist)
+        rvs_log(RVS_LOG_WARNING, "mkgrid",
+                "no line list directory (--linelist or RVSFIT_CL_LINELIST_DIR): using the "
+                "built-in list of strong lines only");
+    sopt.linelist_dir = linelist;
+    if (rvs_synth_create(&sopt, &synth) != RVS_OK) {
+        code = MKGRID_EXIT_FAILURE;
+        goto done;
+    }
+    oopt.path = out;
+    oopt.arms = arms;
+    oopt.nthreads = (int)(nthreads > 0 ? nthreads : 1);
+    oopt.mode = single ? "single" : design.nrandom ? "random" : "grid";
+    oopt.seed = design.seed;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t failed = 0;
+    if (rvs_mkgrid_run(synth, points, npoints, &oopt, &failed) != RVS_OK) {
+        fprintf(stderr, "rvsfit-cl-mkgrid: the output %s was not written\n", out);
+        code = MKGRID_EXIT_FAILURE;
+        goto done;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    rvs_log(RVS_LOG_INFO, "mkgrid",
+            "%zu spectra (%zu failed) in %.1f s with %d threads: %.2f s per spectrum per thread",
+            npoints, failed, secs, oopt.nthreads, secs * oopt.nthreads / (double)npoints);
+done:
+    rvs_synth_destroy(&synth);
+    free(points);
+    if (fflush(stdout) != 0)
+        code = MKGRID_EXIT_FAILURE;
+    return code;
+}
