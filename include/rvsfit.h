@@ -15,6 +15,7 @@
 #include "rvsfit/select.h"
 #include "rvsfit/prepare.h"
 #include "rvsfit/output.h"
+#include "rvsfit/library.h"
 
 #ifdef __cplusplus
 extern "C" {
