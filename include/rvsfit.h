@@ -15,6 +15,8 @@
 #include "rvsfit/select.h"
 #include "rvsfit/prepare.h"
 #include "rvsfit/output.h"
+#include "rvsfit/rotation.h"
+#include "rvsfit/chisq.h"
 #include "rvsfit/library.h"
 
 #ifdef __cplusplus

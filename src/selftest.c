@@ -12,6 +12,8 @@
 #include "rvsfit/resolution.h"
 #include "rvsfit/nn.h"
 #include "rvsfit/spline.h"
+#include "rvsfit/rotation.h"
+#include "rvsfit/chisq.h"
 
 /* Uploads host data into a new read-write buffer. */
 static int upload(struct rvs_context *ctx, const void *data, size_t size, cl_mem *buf)
@@ -196,6 +198,8 @@ static const struct selftest_case selftest_cases[] = {
     {"resolution-matrix kernel", rvs_resolution_selftest},
     {"NN emulator (tiny network)", rvs_nn_selftest},
     {"natural spline (linear template, shifted)", rvs_spline_selftest},
+    {"rotational broadening of an impulse", rvs_rotation_selftest},
+    {"marginalised chi^2", rvs_chisq_selftest},
 };
 
 int rvs_selftest_run(struct rvs_context *ctx)

@@ -7,13 +7,12 @@
 #include <stddef.h>
 
 #include "rvsfit/context.h"
+#include "rvsfit/physics.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Speed of light in km/s, as rvspecfit's spec_fit.SPEED_OF_LIGHT. */
-#define RVS_SPEED_OF_LIGHT_KMS 299792.458
 
 /* One knot grid (the template wavelengths of one arm) on the device, with the parts of the
  * tridiagonal solve that depend only on the knots. Private layout. */

@@ -1,0 +1,556 @@
+/* chisq.cl: the continuum-marginalised chi^2 of rvspecfit (py/rvspecfit/spec_fit.py,
+ * get_chisq0, _get_chisq0_numba_chol_resid, _get_chisq0_svd) for E requests at once:
+ *     chi^2 = log det G + 2 sum log sigma + |D - S a|^2,  G = S^T S, a = G^-1 S^T D,
+ * D = F/sigma, S_j = T P_j / sigma. The host (src/chisq.c) runs:
+ *   rvs_chisq_prepare        X1 = T^2 / sigma^2 and X2 = T F / sigma^2, E x n_pad
+ *   GEMMs                    G = X1 PP (the npoly(npoly+1)/2 products P_j P_k), v = X2 P
+ *   rvs_chisq_gram_reduce    (fp32) compensated sum of the K-blocked partial Gram matrices
+ *   rvs_chisq_solve          per request: scaled Cholesky, or Jacobi eigen-decomposition where
+ *                            Cholesky fails (rvspecfit's SVD path); log det; coefficients
+ *   rvs_chisq_residual       per request (one work-group): |D - S a|^2 and the outputs
+ *   rvs_chisq_refine         (fp32) one step of iterative refinement of a, from S^T r (a GEMM)
+ * fp32 mode keeps chi^2 (~1e4) to ~1e-4 absolute: the Gram matrix is summed in short GEMM
+ * blocks plus a compensated reduction, log det gets a first-order correction from the exact
+ * factorisation residual G - L L^T, the coefficients are refined once, and the residual pass
+ * runs in double-float arithmetic (data, 1/sigma and basis stored as hi + lo pairs). */
+
+/* The error-free transformations below must not be contracted or reassociated. */
+#pragma OPENCL FP_CONTRACT OFF
+
+#define RVS_CHISQ_MAX_NPOLY 32
+
+/* request modes written by rvs_chisq_solve */
+#define MODE_CHOLESKY 0
+#define MODE_EIGEN 1
+#define MODE_RANK_DEFICIENT 2
+#define MODE_NONFINITE 3
+
+#if RVS_HAVE_FP64
+#define RVS_CHISQ_LN2 M_LN2
+#else
+#define RVS_CHISQ_LN2 M_LN2_F
+#endif
+
+#if !RVS_HAVE_FP64
+/* Double-float arithmetic (hi + lo, |lo| <= ulp(hi)/2): Dekker / Knuth error-free sums and
+ * products, with fma for the exact product error. */
+static inline float2 df_two_sum(float a, float b)
+{
+    float s = a + b;
+    float bb = s - a;
+    return (float2)(s, (a - (s - bb)) + (b - bb));
+}
+
+static inline float2 df_fast_two_sum(float a, float b) /* |a| >= |b| */
+{
+    float s = a + b;
+    return (float2)(s, b - (s - a));
+}
+
+static inline float2 df_two_prod(float a, float b)
+{
+    float p = a * b;
+    return (float2)(p, fma(a, b, -p));
+}
+
+static inline float2 df_add(float2 a, float2 b)
+{
+    float2 s = df_two_sum(a.x, b.x);
+    float2 t = df_two_sum(a.y, b.y);
+    s.y += t.x;
+    s = df_fast_two_sum(s.x, s.y);
+    s.y += t.y;
+    return df_fast_two_sum(s.x, s.y);
+}
+
+static inline float2 df_mul(float2 a, float2 b)
+{
+    float2 p = df_two_prod(a.x, b.x);
+    p.y += a.x * b.y + a.y * b.x;
+    return df_fast_two_sum(p.x, p.y);
+}
+
+static inline float2 df_mul_f(float2 a, float b)
+{
+    float2 p = df_two_prod(a.x, b);
+    p.y += a.y * b;
+    return df_fast_two_sum(p.x, p.y);
+}
+#endif
+
+/* X1[e, i] = T^2 w, X2[e, i] = T u with w = 1/sigma^2 and u = F/sigma^2 of spectrum s(e);
+ * zero in the padding columns n <= i < n_pad. An index outside 0..S-1 poisons the request. */
+__kernel void rvs_chisq_prepare(__global const rvs_real *models, __global const int *spectrum,
+                                __global const rvs_real *w, __global const rvs_real *u, uint n,
+                                uint n_pad, uint E, uint S, __global rvs_real *x1,
+                                __global rvs_real *x2)
+{
+    size_t i = get_global_id(0), e = get_global_id(1);
+    if (i >= n_pad || e >= E)
+        return;
+    rvs_real a = 0, b = 0;
+    if (i < n) {
+        int s = spectrum[e];
+        rvs_real t = models[e * n + i];
+        if (s < 0 || (uint)s >= S) {
+            a = b = (rvs_real)NAN;
+        } else {
+            a = t * t * w[(size_t)s * n + i];
+            b = t * u[(size_t)s * n + i];
+        }
+    }
+    x1[e * n_pad + i] = a;
+    x2[e * n_pad + i] = b;
+}
+
+/* fp32: G = sum over nb K-blocks of the partial Gram matrices, each E x [hi | lo] products,
+ * compensated; hi + lo out. count = E npair. */
+__kernel void rvs_chisq_gram_reduce(__global const rvs_real *parts, uint nb, uint count,
+                                    uint npair, __global rvs_real *gh, __global rvs_real *gl)
+{
+    size_t id = get_global_id(0);
+    if (id >= count)
+        return;
+    size_t at = (id / npair) * 2 * npair + id % npair;
+    rvs_ksum s;
+    rvs_ksum_init(&s);
+    for (uint b = 0; b < nb; b++) {
+        rvs_ksum_add(&s, parts[(size_t)b * 2 * count + at]);
+        rvs_ksum_add(&s, parts[(size_t)b * 2 * count + at + npair]);
+    }
+    rvs_real hi = s.sum + s.comp;
+    gh[id] = hi;
+    gl[id] = (s.sum - hi) + s.comp;
+}
+
+/* Per-request factor storage (fac, stride 3 np^2 + 2 np):
+ *   [0, np^2)        L (Cholesky, lower) or V (eigenvectors in columns)
+ *   [np^2, 3 np^2)   scratch
+ *   [3np^2, +np)     1/lambda (eigen; 0 for directions dropped as rank-deficient)
+ *   [3np^2+np, +np)  scale s_j = 2^k_j with C = S G S */
+#define FAC_STRIDE(np) (3 * (np) * (np) + 2 * (np))
+
+/* y = C^-1 b through the stored factorisation (scaled space); y may alias b. */
+static void apply_inverse(__global const rvs_real *f, int mode, uint np, rvs_real *b)
+{
+    __global const rvs_real *m = f;
+    if (mode == MODE_CHOLESKY) {
+        for (uint j = 0; j < np; j++) { /* L z = b */
+            rvs_real t = b[j];
+            for (uint k = 0; k < j; k++)
+                t -= m[j * np + k] * b[k];
+            b[j] = t / m[j * np + j];
+        }
+        for (uint jj = np; jj-- > 0;) { /* L^T y = z */
+            rvs_real t = b[jj];
+            for (uint k = jj + 1; k < np; k++)
+                t -= m[k * np + jj] * b[k];
+            b[jj] = t / m[jj * np + jj];
+        }
+    } else {
+        __global const rvs_real *inv = f + 3 * np * np;
+        rvs_real z[RVS_CHISQ_MAX_NPOLY];
+        for (uint j = 0; j < np; j++) { /* z = Lambda^-1 V^T b */
+            rvs_real t = 0;
+            for (uint k = 0; k < np; k++)
+                t += m[k * np + j] * b[k];
+            z[j] = t * inv[j];
+        }
+        for (uint k = 0; k < np; k++) {
+            rvs_real t = 0;
+            for (uint j = 0; j < np; j++)
+                t += m[k * np + j] * z[j];
+            b[k] = t;
+        }
+    }
+}
+
+/* Cyclic Jacobi on the symmetric np x np matrix a (destroyed: its diagonal ends as the
+ * eigenvalues), eigenvectors in the columns of v. Rotations are skipped once an off-diagonal
+ * entry is negligible against its diagonal pair (relative accuracy on a scaled matrix). */
+static void jacobi_eigen(__global rvs_real *a, __global rvs_real *v, uint np, rvs_real eps)
+{
+    for (uint j = 0; j < np * np; j++)
+        v[j] = 0;
+    for (uint j = 0; j < np; j++)
+        v[j * np + j] = 1;
+    for (int sweep = 0; sweep < 60; sweep++) {
+        int rotated = 0;
+        for (uint p = 0; p + 1 < np; p++)
+            for (uint q = p + 1; q < np; q++) {
+                rvs_real apq = a[p * np + q], app = a[p * np + p], aqq = a[q * np + q];
+                if (fabs(apq) <= eps * sqrt(fabs(app) * fabs(aqq)))
+                    continue;
+                rotated = 1;
+                /* Numerical Recipes' jacobi: the smaller root of t^2 + 2 theta t - 1 = 0 */
+                rvs_real theta = (aqq - app) / (2 * apq);
+                rvs_real t = fabs(theta) > (rvs_real)1e15
+                                 ? (rvs_real)0.5 / theta
+                                 : (theta >= 0 ? (rvs_real)1 : (rvs_real)-1) /
+                                       (fabs(theta) + sqrt(theta * theta + 1));
+                rvs_real c = 1 / sqrt(t * t + 1), s = t * c;
+                rvs_real h = t * apq;
+                a[p * np + p] = app - h;
+                a[q * np + q] = aqq + h;
+                a[p * np + q] = a[q * np + p] = 0;
+                for (uint r = 0; r < np; r++) {
+                    if (r == p || r == q)
+                        continue;
+                    rvs_real g = a[r * np + p], hh = a[r * np + q];
+                    a[r * np + p] = a[p * np + r] = c * g - s * hh;
+                    a[r * np + q] = a[q * np + r] = s * g + c * hh;
+                }
+                for (uint r = 0; r < np; r++) {
+                    rvs_real g = v[r * np + p], hh = v[r * np + q];
+                    v[r * np + p] = c * g - s * hh;
+                    v[r * np + q] = s * g + c * hh;
+                }
+            }
+        if (!rotated)
+            break;
+    }
+}
+
+/* One request: scale G by powers of two (exact) to unit-ish diagonal, factor, log det, solve.
+ * gh/gl: packed upper triangle (j <= k, row by row), gl the fp32 low parts (ignored with
+ * fp64). tol: pivots / eigenvalues at or below tol (relative to the scaled diagonal / to the
+ * largest eigenvalue) count as zero. Writes coefficients (hi, lo), log det (hi, lo), mode. */
+__kernel void rvs_chisq_solve(__global const rvs_real *gh, __global const rvs_real *gl,
+                              __global const rvs_real *v, uint E, uint np, int force_fallback,
+                              rvs_real tol, rvs_real eps, __global rvs_real *fac,
+                              __global rvs_real *coef, __global rvs_real *logdet,
+                              __global int *mode_out)
+{
+    size_t e = get_global_id(0);
+    if (e >= E)
+        return;
+    uint npair = np * (np + 1) / 2;
+    __global const rvs_real *g = gh + e * npair;
+    __global rvs_real *f = fac + e * FAC_STRIDE(np);
+    __global rvs_real *m = f, *c = f + np * np, *scr = f + 2 * np * np;
+    __global rvs_real *inv = f + 3 * np * np, *scale = inv + np;
+    rvs_real b[RVS_CHISQ_MAX_NPOLY];
+    int finite = 1, mode = MODE_CHOLESKY;
+    int expsum = 0;
+
+    for (uint j = 0, p = 0; j < np; j++) {
+        rvs_real d = g[p];
+        int k = 0;
+        if (d > 0 && isfinite(d)) {
+            int ex;
+            (void)frexp(d, &ex);
+            k = -(ex / 2);
+        }
+        scale[j] = ldexp((rvs_real)1, k);
+        expsum += k;
+        p += np - j;
+        if (!isfinite(v[e * np + j]))
+            finite = 0;
+    }
+    /* C = S G S in c (full symmetric), b = S v */
+    for (uint j = 0, p = 0; j < np; j++)
+        for (uint k = j; k < np; k++, p++) {
+            rvs_real x = g[p] * scale[j] * scale[k];
+            if (!isfinite(x))
+                finite = 0;
+            c[j * np + k] = c[k * np + j] = x;
+        }
+    for (uint j = 0; j < np; j++)
+        b[j] = v[e * np + j] * scale[j];
+
+    rvs_real ld = 0;
+    if (!finite) {
+        mode = MODE_NONFINITE;
+    } else {
+        if (!force_fallback) { /* Cholesky, as in _get_chisq0_numba_chol_resid */
+            for (uint j = 0; j < np && mode == MODE_CHOLESKY; j++) {
+                rvs_real d = c[j * np + j];
+                for (uint k = 0; k < j; k++)
+                    d -= m[j * np + k] * m[j * np + k];
+                if (!(d > tol) || !isfinite(d)) {
+                    mode = MODE_EIGEN;
+                    break;
+                }
+                rvs_real l = sqrt(d);
+                m[j * np + j] = l;
+                ld += 2 * log(l);
+                for (uint i = j + 1; i < np; i++) {
+                    rvs_real t = c[i * np + j];
+                    for (uint k = 0; k < j; k++)
+                        t -= m[i * np + k] * m[j * np + k];
+                    m[i * np + j] = t / l;
+                    m[j * np + i] = 0;
+                }
+            }
+        } else {
+            mode = MODE_EIGEN;
+        }
+        if (mode == MODE_EIGEN) { /* the SVD path of _get_chisq0_svd, for a symmetric matrix */
+            for (uint j = 0; j < np * np; j++)
+                scr[j] = c[j];
+            jacobi_eigen(scr, m, np, eps / 16);
+            rvs_real lmax = 0;
+            for (uint j = 0; j < np; j++)
+                lmax = fmax(lmax, fabs(scr[j * np + j]));
+            ld = 0;
+            for (uint j = 0; j < np; j++) {
+                rvs_real l = scr[j * np + j];
+                if (!(fabs(l) > tol * lmax)) {
+                    mode = MODE_RANK_DEFICIENT;
+                    inv[j] = 0;
+                } else {
+                    inv[j] = 1 / l;
+                    ld += log(fabs(l));
+                }
+            }
+        }
+    }
+
+    rvs_real ldl = 0;
+#if !RVS_HAVE_FP64
+    /* log det(C) = log det(A + E) = log det A + tr(A^-1 E) + O(E^2), A = L L^T or V Lambda
+     * V^T; E = C - A is evaluated in double-float from C's hi and lo parts. Without it the
+     * rounding of C and of the factorisation costs ~1e-4..1e-3 in chi^2 at npoly 10..15. */
+    if (mode == MODE_CHOLESKY || mode == MODE_EIGEN) {
+        __global const rvs_real *glo = gl + e * npair;
+        for (uint j = 0, p = 0; j < np; j++)
+            for (uint k = j; k < np; k++, p++) {
+                float2 acc = (float2)(0, 0);
+                for (uint q = 0; q < np; q++) {
+                    if (mode == MODE_CHOLESKY) {
+                        acc = df_add(acc, df_two_prod(m[j * np + q], m[k * np + q]));
+                    } else {
+                        float2 t = df_two_prod(m[j * np + q], scr[q * np + q]);
+                        acc = df_add(acc, df_mul_f(t, m[k * np + q]));
+                    }
+                }
+                float hi = c[j * np + k];
+                float lo = glo[p] * scale[j] * scale[k];
+                float2 diff = df_add((float2)(hi, lo), (float2)(-acc.x, -acc.y));
+                c[j * np + k] = c[k * np + j] = diff.x; /* c now holds E */
+            }
+        float corr = 0;
+        if (mode == MODE_CHOLESKY) {
+            /* rows of L^-1 into scr (lower triangular), then sum_j r_j^T E r_j */
+            for (uint col = 0; col < np; col++)
+                for (uint j = 0; j < np; j++) {
+                    float t = (j == col) ? 1.0f : 0.0f;
+                    for (uint k = col; k < j; k++)
+                        t -= m[j * np + k] * scr[k * np + col];
+                    scr[j * np + col] = j < col ? 0.0f : t / m[j * np + j];
+                }
+            for (uint j = 0; j < np; j++)
+                for (uint k = 0; k <= j; k++) {
+                    float t = 0;
+                    for (uint l = 0; l <= j; l++)
+                        t += c[k * np + l] * scr[j * np + l];
+                    corr += scr[j * np + k] * t;
+                }
+        } else {
+            for (uint q = 0; q < np; q++) {
+                float t = 0;
+                for (uint k = 0; k < np; k++) {
+                    float u = 0;
+                    for (uint l = 0; l < np; l++)
+                        u += c[k * np + l] * m[l * np + q];
+                    t += m[k * np + q] * u;
+                }
+                corr += t * inv[q];
+            }
+        }
+        /* ld + corr - 2 ln2 sum k, as hi + lo */
+        float2 ln2 = (float2)(0x1.62e430p-1f, -0x1.05c610p-29f);
+        float2 tot = df_add(df_two_sum(ld, corr), df_mul_f(ln2, (float)(-2 * expsum)));
+        ld = tot.x;
+        ldl = tot.y;
+    } else
+#endif
+    {
+        ld += -2 * RVS_CHISQ_LN2 * (rvs_real)expsum;
+    }
+
+    if (mode == MODE_NONFINITE) {
+        for (uint j = 0; j < np; j++)
+            coef[e * 2 * np + j] = coef[e * 2 * np + np + j] = (rvs_real)NAN;
+        ld = (rvs_real)NAN;
+    } else {
+        apply_inverse(f, mode, np, b);
+        for (uint j = 0; j < np; j++) {
+            coef[e * 2 * np + j] = b[j] * scale[j];
+            coef[e * 2 * np + np + j] = 0;
+        }
+    }
+    logdet[2 * e] = ld;
+    logdet[2 * e + 1] = ldl;
+    mode_out[e] = mode;
+}
+
+/* fp32 refinement: a += S C^-1 S g with g = S^T r from the last residual pass; a as hi + lo. */
+__kernel void rvs_chisq_refine(__global const rvs_real *gv, __global const rvs_real *fac,
+                               __global const int *mode_in, uint E, uint np,
+                               __global rvs_real *coef)
+{
+    size_t e = get_global_id(0);
+    if (e >= E)
+        return;
+    int mode = mode_in[e];
+    if (mode == MODE_NONFINITE)
+        return;
+    __global const rvs_real *f = fac + e * FAC_STRIDE(np);
+    __global const rvs_real *scale = f + 3 * np * np + np;
+    rvs_real b[RVS_CHISQ_MAX_NPOLY];
+    for (uint j = 0; j < np; j++)
+        b[j] = gv[e * np + j] * scale[j];
+    apply_inverse(f, mode, np, b);
+#if !RVS_HAVE_FP64
+    for (uint j = 0; j < np; j++) {
+        float2 a = (float2)(coef[e * 2 * np + j], coef[e * 2 * np + np + j]);
+        a = df_add(a, (float2)(b[j] * scale[j], 0));
+        coef[e * 2 * np + j] = a.x;
+        coef[e * 2 * np + np + j] = a.y;
+    }
+#else
+    for (uint j = 0; j < np; j++)
+        coef[e * 2 * np + j] += b[j] * scale[j];
+#endif
+}
+
+/* One work-group per request (dimension 1), pixels strided over the group (dimension 0).
+ * pass 0 (fp32 refinement): r_out[e, i] = r_i T_i / sigma_i for S^T r.
+ * pass 1: chi^2 = |r|^2 + log det + 2 sum log sigma as (hi, lo); optional outputs. */
+__kernel void rvs_chisq_residual(__global const rvs_real *models, __global const int *spectrum,
+                                 __global const rvs_real *dh, __global const rvs_real *dl,
+                                 __global const rvs_real *sh, __global const rvs_real *sl,
+                                 __global const rvs_real *ph, __global const rvs_real *pl,
+                                 __global const rvs_real *coef, __global const rvs_real *linvt,
+                                 __global const rvs_real *logdet,
+                                 __global const rvs_real *logsig, __global const int *mode_in,
+                                 uint n, uint n_pad, uint np, uint E, uint S, int pass,
+                                 __global rvs_real *r_out, __global rvs_real *chisq,
+                                 __global rvs_real *coef_out, __global rvs_real *model_out,
+                                 int want_coef, int want_model, __local rvs_acc *lsum,
+                                 __local rvs_acc *lcomp)
+{
+    __local rvs_real ah[RVS_CHISQ_MAX_NPOLY], al[RVS_CHISQ_MAX_NPOLY];
+    size_t e = get_global_id(1);
+    uint lid = get_local_id(0), L = get_local_size(0);
+    if (e >= E) /* uniform over the work-group */
+        return;
+    for (uint j = lid; j < np; j += L) {
+        ah[j] = coef[e * 2 * np + j];
+        al[j] = coef[e * 2 * np + np + j];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    int s = spectrum[e];
+    int valid = s >= 0 && (uint)s < S;
+    size_t so = valid ? (size_t)s * n : 0;
+#if RVS_HAVE_FP64
+    rvs_ksum acc;
+    rvs_ksum_init(&acc);
+#else
+    /* r^2 summed in double-float: chi^2 of a poor velocity can be 1e5..1e6, where a float r^2
+     * per pixel alone would cost more than 1e-3 */
+    float2 acc = (float2)(0, 0);
+#endif
+    for (uint i = lid; i < n; i += L) {
+        rvs_real t = models[e * n + i];
+#if RVS_HAVE_FP64
+        rvs_real cont = 0;
+        for (uint j = 0; j < np; j++)
+            cont += ah[j] * ph[(size_t)j * n + i];
+        rvs_real md = t * cont;
+        rvs_real r = dh[so + i] - md * sh[so + i];
+#else
+        float2 cont = (float2)(0, 0);
+        for (uint j = 0; j < np; j++) {
+            float2 a = (float2)(ah[j], al[j]);
+            float2 p = (float2)(ph[(size_t)j * n + i], pl[(size_t)j * n + i]);
+            cont = df_add(cont, df_mul(a, p));
+        }
+        float2 mdd = df_mul_f(cont, t);
+        float2 m = df_mul(mdd, (float2)(sh[so + i], sl[so + i]));
+        float2 rr = df_add((float2)(dh[so + i], dl[so + i]), (float2)(-m.x, -m.y));
+        float r = rr.x + rr.y;
+        float md = mdd.x;
+#endif
+        if (pass == 0) {
+            r_out[e * n_pad + i] = r * t * sh[so + i];
+        } else {
+#if RVS_HAVE_FP64
+            rvs_ksum_add(&acc, r * r);
+#else
+            float2 sq = df_two_prod(rr.x, rr.x);
+            sq.y += 2 * rr.x * rr.y;
+            acc = df_add(acc, sq);
+#endif
+            if (want_model)
+                model_out[e * n + i] = md;
+        }
+    }
+    if (pass == 0)
+        return;
+#if RVS_HAVE_FP64
+    lsum[lid] = acc.sum;
+    lcomp[lid] = acc.comp;
+#else
+    lsum[lid] = acc.x;
+    lcomp[lid] = acc.y;
+#endif
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint h = L / 2; h > 0; h /= 2) {
+        if (lid < h) {
+#if RVS_HAVE_FP64
+            rvs_acc a = lsum[lid], b = lsum[lid + h];
+            rvs_acc t = a + b;
+            rvs_acc err = fabs(a) >= fabs(b) ? (a - t) + b : (b - t) + a;
+            lsum[lid] = t;
+            lcomp[lid] += lcomp[lid + h] + err;
+#else
+            float2 t = df_add((float2)(lsum[lid], lcomp[lid]),
+                              (float2)(lsum[lid + h], lcomp[lid + h]));
+            lsum[lid] = t.x;
+            lcomp[lid] = t.y;
+#endif
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) {
+        int mode = mode_in[e];
+        rvs_real hi, lo;
+#if RVS_HAVE_FP64
+        hi = lsum[0] + lcomp[0] + logdet[2 * e] + logsig[2 * (size_t)(valid ? s : 0)];
+        lo = 0;
+#else
+        float2 tot = (float2)(lsum[0], lcomp[0]);
+        tot = df_add(tot, (float2)(logdet[2 * e], logdet[2 * e + 1]));
+        size_t so2 = 2 * (size_t)(valid ? s : 0);
+        tot = df_add(tot, (float2)(logsig[so2], logsig[so2 + 1]));
+        hi = tot.x;
+        lo = tot.y;
+#endif
+        if (mode == MODE_RANK_DEFICIENT) {
+            hi = (rvs_real)INFINITY;
+            lo = 0;
+        } else if (mode == MODE_NONFINITE || !valid || !isfinite(hi)) {
+            hi = (rvs_real)NAN;
+            lo = 0;
+        }
+        chisq[2 * e] = hi;
+        chisq[2 * e + 1] = lo;
+        if (want_coef) /* rvspecfit's basis: a = L^-T b */
+            for (uint j = 0; j < np; j++) {
+#if RVS_HAVE_FP64
+                rvs_real t = 0;
+                for (uint k = 0; k < np; k++)
+                    t += linvt[j * np + k] * ah[k];
+                coef_out[e * np + j] = t;
+#else
+                float2 t = (float2)(0, 0);
+                for (uint k = 0; k < np; k++)
+                    t = df_add(t, df_mul((float2)(linvt[j * np + k], linvt[np * np + j * np + k]),
+                                         (float2)(ah[k], al[k])));
+                coef_out[e * np + j] = t.x + t.y;
+#endif
+            }
+    }
+}

@@ -1,0 +1,119 @@
+/* rotation.cl: rotational broadening of a batch of templates (rvspecfit's convolve_vsini,
+ * py/rvspecfit/spec_fit.py): 'same'-mode convolution with a per-template symmetric kernel of
+ * 2*km+1 weights, either directly or through clFFT (pad, pointwise product, crop here; the
+ * transforms themselves are clFFT's).
+ *
+ * Metadata is one int buffer `meta` uploaded per call; the host passes the offsets of its
+ * sections: tmpl_slot[t] (kernel slot of template t), slot_woff[s] and slot_km[s] (where slot s's
+ * weights start in `weights`, and its half-width), and row lists (which templates a launch
+ * covers). Templates are rows of npix rvs_real values. */
+
+/* Direct convolution: out[t][i] = sum_{d=-km..km} w[km+d] * in[t][i+d] with zeros outside
+ * [0, npix). Work-item (i, r) computes pixel i of template rows[r]. In fp32 the sum is
+ * compensated so that kernels of ~100 weights stay within a few ulp; in fp64 it is plain. */
+__kernel void rvs_rotation_direct(__global const rvs_real *in, __global rvs_real *out,
+                                  __global const rvs_real *weights, __global const int *meta,
+                                  const int tmpl_slot, const int slot_woff, const int slot_km,
+                                  const int rows, const int nrows, const int npix)
+{
+    int i = (int)get_global_id(0);
+    int r = (int)get_global_id(1);
+    if (i >= npix || r >= nrows)
+        return;
+    int t = meta[rows + r];
+    int s = meta[tmpl_slot + t];
+    int km = meta[slot_km + s];
+    __global const rvs_real *w = weights + meta[slot_woff + s] + km;
+    __global const rvs_real *x = in + (size_t)t * (size_t)npix + i;
+    int lo = max(-km, -i), hi = min(km, npix - 1 - i);
+#if RVS_HAVE_FP64
+    rvs_acc acc = 0;
+    for (int d = lo; d <= hi; d++)
+        acc += (rvs_acc)w[d] * (rvs_acc)x[d];
+    out[(size_t)t * (size_t)npix + i] = (rvs_real)acc;
+#else
+    /* Knuth's branch-free TwoSum rather than rvs_ksum's compare: it vectorises on CPU devices,
+     * which made the fp32 direct path ~2x faster on PoCL; same accuracy for these sums. */
+    float sum = 0, comp = 0;
+    for (int d = lo; d <= hi; d++) {
+        float y = w[d] * x[d];
+        float t = sum + y;
+        float z = t - sum;
+        comp += (sum - (t - z)) + (y - z);
+        sum = t;
+    }
+    out[(size_t)t * (size_t)npix + i] = sum + comp;
+#endif
+}
+
+/* Copies template rows[r] into row r of the FFT work buffer (row stride `stride` reals, the
+ * in-place real-to-complex layout) followed by zeros; rows r >= nrows (the padding of the batch
+ * up to the plan's size) are zeroed. Global size: stride x padded rows. */
+__kernel void rvs_rotation_pad(__global const rvs_real *in, __global rvs_real *work,
+                               __global const int *meta, const int rows, const int nrows,
+                               const int npix, const int stride)
+{
+    int j = (int)get_global_id(0);
+    int r = (int)get_global_id(1);
+    if (j >= stride)
+        return;
+    rvs_real v = 0;
+    if (r < nrows && j < npix)
+        v = in[(size_t)meta[rows + r] * (size_t)npix + j];
+    work[(size_t)r * (size_t)stride + j] = v;
+}
+
+/* Row q of the kernel work buffer: the weights of slot meta[slots + q] placed circularly
+ * (w[km+d] at index d mod len), so that the circular convolution of length len >= npix + km
+ * yields the 'same'-mode result in place at indices 0..npix-1. Rows q >= nslots are zeroed. */
+__kernel void rvs_rotation_kernel_pad(__global const rvs_real *weights, __global rvs_real *hwork,
+                                      __global const int *meta, const int slots,
+                                      const int nslots, const int slot_woff, const int slot_km,
+                                      const int len, const int stride)
+{
+    int j = (int)get_global_id(0);
+    int q = (int)get_global_id(1);
+    if (j >= stride)
+        return;
+    rvs_real v = 0;
+    if (q < nslots && j < len) {
+        int s = meta[slots + q];
+        int km = meta[slot_km + s];
+        __global const rvs_real *w = weights + meta[slot_woff + s] + km;
+        /* both wraps, should a short length alias them (they then never meet an output) */
+        if (j <= km)
+            v += w[j];
+        if (j >= len - km)
+            v += w[j - len];
+    }
+    hwork[(size_t)q * (size_t)stride + j] = v;
+}
+
+/* X[r][f] *= H[local_slot[r]][f] for the nfreq complex bins of each row (interleaved re, im;
+ * row stride `stride` reals in both buffers). */
+__kernel void rvs_rotation_multiply(__global rvs_real *x, __global const rvs_real *h,
+                                    __global const int *meta, const int local_slot,
+                                    const int nrows, const int nfreq, const int stride)
+{
+    int f = (int)get_global_id(0);
+    int r = (int)get_global_id(1);
+    if (f >= nfreq || r >= nrows)
+        return;
+    __global rvs_real *xp = x + (size_t)r * (size_t)stride + 2 * f;
+    __global const rvs_real *hp = h + (size_t)meta[local_slot + r] * (size_t)stride + 2 * f;
+    rvs_real xr = xp[0], xi = xp[1], hr = hp[0], hi = hp[1];
+    xp[0] = xr * hr - xi * hi;
+    xp[1] = xr * hi + xi * hr;
+}
+
+/* Scatters the first npix values of work row r back to template rows[r] of `out`. */
+__kernel void rvs_rotation_crop(__global const rvs_real *work, __global rvs_real *out,
+                                __global const int *meta, const int rows, const int nrows,
+                                const int npix, const int stride)
+{
+    int j = (int)get_global_id(0);
+    int r = (int)get_global_id(1);
+    if (j >= npix || r >= nrows)
+        return;
+    out[(size_t)meta[rows + r] * (size_t)npix + j] = work[(size_t)r * (size_t)stride + j];
+}

@@ -1,0 +1,89 @@
+/* rvsfit/chisq.h: the continuum-marginalised chi^2 (-2 log L) of rvspecfit's get_chisq0, for
+ * many (model, spectrum) requests of one spectrograph arm at once.
+ *
+ * For a request with model T (at the data pixels), spectrum F with errors sigma and the
+ * continuum basis P (npoly x n): D = F/sigma, S_j = T P_j / sigma, G = S^T S,
+ * a = G^-1 S^T D and
+ *     chi^2 = log det G + 2 sum_i log sigma_i + |D - S a|^2
+ * (rvspecfit py/rvspecfit/spec_fit.py, get_chisq0 and its two solvers). G and S^T D are two
+ * GEMMs over all requests; each request then gets a small Cholesky solve, or an eigen-
+ * decomposition (rvspecfit's SVD path) where Cholesky fails, and a residual pass.
+ *
+ * Rank-deficient G (npoly > n, or a template that vanishes where a basis function lives):
+ * rvspecfit's SVD then takes the log of singular values at the rounding level and returns a
+ * finite number that is rounding noise. We flag such requests instead: chi^2 = +infinity (which
+ * rvspecfit's get_chisq treats as "not finite"), and the coefficients are the minimum-norm
+ * least-squares ones (the best-fit model is still the projection of the data on the span). */
+#ifndef RVSFIT_CHISQ_H
+#define RVSFIT_CHISQ_H
+
+#include <stddef.h>
+
+#include "rvsfit/context.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Largest continuum basis the solver kernels accept (rvspecfit's default is 10). */
+#define RVS_CHISQ_MAX_NPOLY 32
+
+struct rvs_chisq_arm; /* one wavelength grid and basis, its spectra, its workspace: private */
+
+/* The continuum basis of rvspecfit's get_poly_basis on a wavelength grid, on the host in
+ * double: basis[j * n + i]. x = 2 (lam - lam[0]) / (lam[n-1] - lam[0]) - 1; rbf != 0: 1, x, x^2,
+ * then npoly - 3 Gaussians with centres linspace(-1, 1, npoly - 3) and sigma 1/(npoly - 3);
+ * rbf == 0: Chebyshev T_0..T_{npoly-1}. For n == 1 (where rvspecfit divides 0 by 0) x = -1. */
+int rvs_chisq_basis(const double *lam, size_t n, size_t npoly, int rbf, double *basis);
+
+/* An arm on wavelength grid lam[n] with an npoly-term basis; uploads the basis. */
+int rvs_chisq_arm_create(struct rvs_context *ctx, const double *lam, size_t n, size_t npoly,
+                         int rbf, struct rvs_chisq_arm **arm);
+/* Releases the arm and its device memory; accepts NULL and sets *arm to NULL. */
+void rvs_chisq_arm_destroy(struct rvs_chisq_arm **arm);
+
+/* The spectra of this arm (row s of spec and espec, S x n): uploads D = spec/espec, 1/espec
+ * and 1/espec^2 and computes 2 sum log espec per spectrum on the host in double. espec must be
+ * positive and finite (rvspecfit masks pixels with a huge sigma, not a zero one). */
+int rvs_chisq_arm_set_data(struct rvs_context *ctx, struct rvs_chisq_arm *arm, const double *spec,
+                           const double *espec, size_t S);
+
+/* Forces the eigen-decomposition fallback for every request (tests and debugging). */
+void rvs_chisq_arm_force_fallback(struct rvs_chisq_arm *arm, int on);
+
+/* Number of rvs_real elements rvs_chisq_eval writes to `chisq` per request: the value as an
+ * unevaluated sum hi + lo (a float cannot hold 1e4 to 1e-3; lo is 0 with fp64). */
+#define RVS_CHISQ_VALUES_PER_REQUEST 2
+
+/* chi^2 of E requests: request e is model row e of `models` (E x n rvs_real, at the data
+ * pixels) against spectrum spectrum_index[e] (cl_int, 0..S-1). Writes chisq (2 E rvs_real, see
+ * rvs_chisq_read) and, when not NULL, coeffs (E x npoly rvs_real: the continuum coefficients)
+ * and best_model (E x n rvs_real: T * sum_j a_j P_j in data units). Enqueued on ctx->queue;
+ * returns once enqueued (CPU GEMMs wait). Workspace grows with E; a device allocation failure
+ * returns its status (CL_MEM_OBJECT_ALLOCATION_FAILURE, CL_OUT_OF_RESOURCES...) so the caller
+ * can halve the batch. chi^2 is +inf for a rank-deficient Gram matrix and NaN for non-finite
+ * input. */
+int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
+                   cl_mem spectrum_index, size_t E, cl_mem chisq, cl_mem coeffs,
+                   cl_mem best_model);
+
+/* Reads E chi^2 values written by rvs_chisq_eval into doubles (hi + lo summed in double). */
+int rvs_chisq_read(struct rvs_context *ctx, cl_mem chisq, size_t E, double *out);
+
+/* How many of the last rvs_chisq_eval's requests took the fallback (eigen) path, and how many
+ * of those were flagged rank-deficient; waits for the queue. For tests and diagnostics. */
+int rvs_chisq_fallback_count(struct rvs_context *ctx, struct rvs_chisq_arm *arm,
+                             size_t *fallback, size_t *rank_deficient);
+
+size_t rvs_chisq_arm_npoly(const struct rvs_chisq_arm *arm);
+size_t rvs_chisq_arm_npix(const struct rvs_chisq_arm *arm);
+
+/* Self-test row (src/selftest.c): data = template x a continuum in the basis, so the residual
+ * vanishes and chi^2 = log det G + 2 sum log sigma, known on the host. */
+int rvs_chisq_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
