@@ -21,6 +21,7 @@
 #include "rvsfit/train_io.h"
 #include "rvsfit/synth.h"
 #include "rvsfit/mkgrid.h"
+#include "rvsfit/library.h"
 
 #ifdef __cplusplus
 extern "C" {
