@@ -67,12 +67,34 @@ void rvs_train_grid_free(struct rvs_train_grid *g)
     memset(g, 0, sizeof *g);
 }
 
-int rvs_train_grid_read(const char *path, const char *const *names, size_t nparam,
-                        struct rvs_train_grid *g)
+/* The HDU names holding one arm's spectra: a single-arm grid has FLUX and WAVE; a multi-arm grid
+ * written by rvsfit-cl-mkgrid (doc/mkgrid.md) has <ARM>_FLUX and <ARM>_WAVELENGTH, where ARM is
+ * the upper-cased last letter of the setup name ("desi_b" -> B). */
+static int grid_hdu_names(fitsfile *f, const char *setup, char *flux, char *wave, size_t size)
+{
+    int fst = 0;
+    snprintf(flux, size, "FLUX");
+    snprintf(wave, size, "WAVE");
+    if (fits_movnam_hdu(f, IMAGE_HDU, flux, 0, &fst) == 0 || !setup || !*setup) {
+        fits_clear_errmsg();
+        return 0;
+    }
+    fits_clear_errmsg();
+    char arm = (char)toupper((unsigned char)setup[strlen(setup) - 1]);
+    snprintf(flux, size, "%c_FLUX", arm);
+    snprintf(wave, size, "%c_WAVELENGTH", arm);
+    return 1;
+}
+
+int rvs_train_grid_read(const char *path, const char *setup, const char *const *names,
+                        size_t nparam, struct rvs_train_grid *g)
 {
     int status = RVS_OK, fst = 0;
     fitsfile *f = NULL;
     double *col = NULL;
+    unsigned char *keep = NULL;
+    size_t nkept = 0;
+    char flux_hdu[32], wave_hdu[32];
     memset(g, 0, sizeof *g);
     if (nparam == 0 || nparam > RVS_NN_MAX_INPUTS) {
         rvs_log(RVS_LOG_ERROR, "train", "%zu parameters requested; 1 to %d are supported", nparam,
@@ -154,13 +176,44 @@ int rvs_train_grid_read(const char *path, const char *const *names, size_t npara
         }
     }
 
+    /* FLAG (mkgrid): spectra whose synthesis failed are NaN rows with FLAG != 0; skip them */
+    keep = rvs_malloc(g->nspec);
+    if (!keep) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    memset(keep, 1, g->nspec);
+    {
+        int flagcol = 0, anynul = 0;
+        if (fits_get_colnum(f, CASEINSEN, "FLAG", &flagcol, &fst) == 0) {
+            fits_read_col(f, TDOUBLE, flagcol, 1, 1, nrows, NULL, col, &anynul, &fst);
+            FITS_TRY(path, "cannot read column FLAG of HDU PARAMS");
+            for (size_t i = 0; i < g->nspec; i++)
+                keep[i] = col[i] == 0;
+        } else {
+            fst = 0;
+            fits_clear_errmsg();
+        }
+    }
+    for (size_t i = 0; i < g->nspec; i++)
+        nkept += keep[i];
+    if (nkept < g->nspec)
+        rvs_log(RVS_LOG_WARNING, "train", "%s: %zu of %zu spectra have FLAG set and are skipped",
+                path, g->nspec - nkept, g->nspec);
+    if (nkept == 0) {
+        rvs_log(RVS_LOG_ERROR, "train", "%s: every spectrum has FLAG set", path);
+        status = RVS_ERR_FORMAT;
+        goto cleanup;
+    }
+    grid_hdu_names(f, setup, flux_hdu, wave_hdu, sizeof flux_hdu);
+
     /* WAVE: npix vacuum wavelengths, log-uniform (the library format requires it) */
     int naxis = 0, bitpix = 0;
     long naxes[3] = {0, 0, 0};
-    fits_movnam_hdu(f, IMAGE_HDU, "WAVE", 0, &fst);
-    FITS_TRY(path, "no image HDU 'WAVE' (the wavelength grid)");
+    fits_movnam_hdu(f, IMAGE_HDU, wave_hdu, 0, &fst);
+    FITS_TRY(path, "no image HDU '%s' (the wavelength grid)", wave_hdu);
     fits_get_img_param(f, 3, &bitpix, &naxis, naxes, &fst);
-    FITS_TRY(path, "cannot read the shape of HDU WAVE");
+    FITS_TRY(path, "cannot read the shape of HDU %s", wave_hdu);
     if (naxis != 1 || naxes[0] < 2) {
         rvs_log(RVS_LOG_ERROR, "train", "%s: HDU WAVE must be a 1-D image of at least 2 values",
                 path);
@@ -194,10 +247,10 @@ int rvs_train_grid_read(const char *path, const char *const *names, size_t npara
         }
 
     /* FLUX: [nspec, npix] */
-    fits_movnam_hdu(f, IMAGE_HDU, "FLUX", 0, &fst);
-    FITS_TRY(path, "no image HDU 'FLUX' (the spectra, one per row)");
+    fits_movnam_hdu(f, IMAGE_HDU, flux_hdu, 0, &fst);
+    FITS_TRY(path, "no image HDU '%s' (the spectra, one per row)", flux_hdu);
     fits_get_img_param(f, 3, &bitpix, &naxis, naxes, &fst);
-    FITS_TRY(path, "cannot read the shape of HDU FLUX");
+    FITS_TRY(path, "cannot read the shape of HDU %s", flux_hdu);
     if (naxis != 2 || (size_t)naxes[0] != g->npix || (size_t)naxes[1] != g->nspec) {
         rvs_log(RVS_LOG_ERROR, "train",
                 "%s: HDU FLUX has shape [%ld, %ld] (NAXIS=%d); it must be [nspec, npix] = "
@@ -228,6 +281,20 @@ int rvs_train_grid_read(const char *path, const char *const *names, size_t npara
     }
     fits_read_img(f, TFLOAT, 1, (LONGLONG)(g->nspec * g->npix), NULL, g->logflux, &anynul, &fst);
     FITS_TRY(path, "cannot read HDU FLUX");
+    /* drop the flagged rows (parameters and spectra) before the checks */
+    if (nkept < g->nspec) {
+        size_t out = 0;
+        for (size_t i = 0; i < g->nspec; i++) {
+            if (!keep[i])
+                continue;
+            memmove(g->logflux + out * g->npix, g->logflux + i * g->npix,
+                    g->npix * sizeof *g->logflux);
+            memmove(g->params + out * nparam, g->params + i * nparam,
+                    nparam * sizeof *g->params);
+            out++;
+        }
+        g->nspec = nkept;
+    }
     for (size_t i = 0; i < g->nspec * g->npix; i++) {
         float v = g->logflux[i];
         if (!is_log) {
@@ -255,6 +322,7 @@ cleanup:
         fits_close_file(f, &cst);
     }
     free(col);
+    free(keep);
     if (status != RVS_OK)
         rvs_train_grid_free(g);
     return status;

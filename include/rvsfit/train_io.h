@@ -26,11 +26,13 @@ struct rvs_train_grid {
     char setup[72];   /* the grid's SETUP keyword, "" when absent */
 };
 
-/* Reads a grid file: parameter columns `names` (case-insensitive) of the PARAMS table, the FLUX
- * image [nspec, npix] (FLUXTYPE 'LINEAR': flux, its log is taken; 'LOG': natural log) and WAVE.
+/* Reads a grid file: parameter columns `names` (case-insensitive) of the PARAMS table (rows with
+ * a non-zero FLAG column are skipped), the FLUX
+ * image [nspec, npix] (FLUXTYPE 'LINEAR': flux, its log is taken; 'LOG': natural log) and WAVE, or
+ * for a multi-arm rvsfit-cl-mkgrid file <ARM>_FLUX and <ARM>_WAVELENGTH of `setup`'s arm.
  * Every problem is reported with the file, HDU and column or pixel. */
-int rvs_train_grid_read(const char *path, const char *const *names, size_t nparam,
-                        struct rvs_train_grid *grid);
+int rvs_train_grid_read(const char *path, const char *setup, const char *const *names,
+                        size_t nparam, struct rvs_train_grid *grid);
 void rvs_train_grid_free(struct rvs_train_grid *grid);
 
 /* rvspecfit's Mapper (nn/NNInterpolator.py) with the constants of train_interpolator.py getData:

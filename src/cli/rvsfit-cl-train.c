@@ -518,7 +518,7 @@ int main(int argc, char **argv)
     memset(&grid, 0, sizeof grid);
     snprintf(ckpt, sizeof ckpt, "%s/.rvsfit-cl-train_%s.ckpt", out_dir, setup);
 
-    if ((status = rvs_train_grid_read(grid_path, (const char *const *)names, nparam, &grid)) !=
+    if ((status = rvs_train_grid_read(grid_path, setup, (const char *const *)names, nparam, &grid)) !=
         RVS_OK)
         goto done;
     if (grid.setup[0] && strcmp(grid.setup, setup) != 0) {
