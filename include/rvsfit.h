@@ -17,6 +17,7 @@
 #include "rvsfit/output.h"
 #include "rvsfit/rotation.h"
 #include "rvsfit/chisq.h"
+#include "rvsfit/engine.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -17,6 +17,12 @@
  * than the template shrinks a random template's output up to ~20-fold (N=7, K=87: 4.4e-6
  * measured; DESI-size cases stay below 6e-7, within RVS_TOL_FP32_REL) */
 #define RVS_TOL_ROTATION_FFT_FP32_REL 1e-5
+/* evaluation engine (NN -> rotation -> spline -> resolution -> chi^2) vs the reference chain on
+ * the same NN rows: fp64 chi^2 relative; forced-fp32 chi^2 absolute on values ~1e3..1e4 (see
+ * tests/test_engine.c for the measured values); fp32 best-fit models relative to their max */
+#define RVS_TOL_ENGINE_FP64_REL 1e-9
+#define RVS_TOL_ENGINE_FP32_ABS 0.1
+#define RVS_TOL_ENGINE_FP32_MODEL_REL 1e-5
 /* GEMM: eps * 4k relative to the scale of the inputs (see tests/test_gemm.c) */
 
 #endif
