@@ -62,7 +62,8 @@ struct rvs_engine_routine_errors rvs_engine_routine_last;
 struct arm_case {
     size_t n, tn, ndiag, np;
     double d0, lnstep;
-    double *twave, *dwave, *dwave_dev; /* dwave_dev: rounded as the device sees it */
+    double *twave, *dwave; /* exact grids, given to the engine */
+    double *twave_dev, *dwave_dev; /* rounded to rvs_real as the device keeps them */
     double *basis;                    /* np x n */
     double *spec, *espec;             /* S x n */
     float *rdata;                     /* S x ndiag x n */
@@ -82,6 +83,7 @@ struct engine_state {
     double *gtheta;       /* G x 4 */
     double *gvsini;       /* G */
     int *gspec;           /* G */
+    double *ttheta, *tvsini, *tvel; /* per spectrum: the truth its data were made from */
     double *chisq_total, *chisq_arm; /* device results */
     struct rvs_engine *engine;
     double err;
@@ -261,7 +263,7 @@ static int ref_model(const struct engine_state *s, const struct arm_case *c,
     long double fac = sqrtl((1 - b) / (1 + b));
     double *m = c->ndiag ? work : out;
     for (size_t i = 0; i < c->n; i++)
-        m[i] = (double)ref_spline_eval(c->twave, c->tn, abcd, c->dwave_dev[i] * fac);
+        m[i] = (double)ref_spline_eval(c->twave_dev, c->tn, abcd, c->dwave_dev[i] * fac);
     if (c->ndiag)
         rvs_resolution_apply_host(c->rdata + sp * c->ndiag * c->n, c->ndiag, c->n, m, out);
     return RVS_OK;
@@ -307,11 +309,11 @@ static void engine_destroy_state(void *p)
         struct arm_case *c = &s->arms[a];
         rvs_nn_destroy(&c->nn);
         rvs_nn_ref_net_free(c->net);
-        free(c->twave), free(c->dwave), free(c->dwave_dev), free(c->basis);
+        free(c->twave), free(c->twave_dev), free(c->dwave), free(c->dwave_dev), free(c->basis);
         free(c->spec), free(c->espec), free(c->rdata), free(c->models_dev), free(c->coeffs_dev);
     }
     free(s->used), free(s->req), free(s->group_of_req), free(s->gtheta), free(s->gvsini);
-    free(s->gspec), free(s->chisq_total), free(s->chisq_arm);
+    free(s->gspec), free(s->ttheta), free(s->tvsini), free(s->tvel), free(s->chisq_total), free(s->chisq_arm);
     free(s);
 }
 
@@ -372,13 +374,16 @@ static int make_arm(struct rvs_context *ctx, struct engine_state *s, struct arm_
     c->lnstep = desi ? span / (DESI_TEMPLATE_NPIX - 1) : small_lnstep[slot];
     c->tn = (size_t)ceil(span / c->lnstep) + 1;
     c->twave = malloc(c->tn * sizeof(double));
+    c->twave_dev = malloc(c->tn * sizeof(double));
     c->dwave = malloc(c->n * sizeof(double));
     c->dwave_dev = malloc(c->n * sizeof(double));
     c->basis = malloc(c->np * c->n * sizeof(double));
-    if (!c->twave || !c->dwave || !c->dwave_dev || !c->basis)
+    if (!c->twave || !c->twave_dev || !c->dwave || !c->dwave_dev || !c->basis)
         return RVS_ERR_NOMEM;
-    for (size_t i = 0; i < c->tn; i++)
+    for (size_t i = 0; i < c->tn; i++) {
         c->twave[i] = exp(log(c->d0) - TEMPLATE_MARGIN + (double)i * c->lnstep);
+        c->twave_dev[i] = round_real(s, c->twave[i]);
+    }
     for (size_t i = 0; i < c->n; i++) {
         c->dwave[i] = c->d0 + 0.8 * (double)i;
         c->dwave_dev[i] = round_real(s, c->dwave[i]);
@@ -440,12 +445,8 @@ static int make_data(struct rvs_context *ctx, struct engine_state *s)
 {
     int status = RVS_OK;
     size_t S = s->S;
-    double *theta = malloc(S * NPARAM * sizeof(double)), *tm = NULL;
-    if (!theta)
-        return RVS_ERR_NOMEM;
-    for (size_t sp = 0; sp < S; sp++)
-        for (size_t j = 0; j < NPARAM; j++)
-            theta[sp * NPARAM + j] = s->gtheta[(sp % s->G) * NPARAM + j];
+    const double *theta = s->ttheta;
+    double *tm = NULL;
     for (size_t a = 0; a < s->narm && status == RVS_OK; a++) {
         struct arm_case *c = &s->arms[a];
         size_t n = c->n;
@@ -464,12 +465,11 @@ static int make_data(struct rvs_context *ctx, struct engine_state *s)
         if (status == RVS_OK)
             status = nn_templates(ctx, s, c, theta, S, tm);
         for (size_t sp = 0; sp < S && status == RVS_OK; sp++) {
-            double vtrue = test_uniform(-200, 200), vs = (sp % 3) ? 0.0 : 30.0;
-            status = ref_rotate(tm + sp * c->tn, c->tn, vs, c->lnstep, r.rot);
+            status = ref_rotate(tm + sp * c->tn, c->tn, s->tvsini[sp], c->lnstep, r.rot);
             if (status == RVS_OK)
-                status = ref_spline_construct(c->twave, r.rot, c->tn, r.abcd);
+                status = ref_spline_construct(c->twave_dev, r.rot, c->tn, r.abcd);
             if (status == RVS_OK)
-                status = ref_model(s, c, r.abcd, vtrue, sp, r.work, model);
+                status = ref_model(s, c, r.abcd, s->tvel[sp], sp, r.work, model);
             double snr = test_uniform(10, 80), level = test_uniform(20, 500);
             double ph = test_uniform(0, 6.3), med = 0;
             for (size_t i = 0; i < n; i++)
@@ -489,7 +489,6 @@ static int make_data(struct rvs_context *ctx, struct engine_state *s)
         free(tm);
         tm = NULL;
     }
-    free(theta);
     return status;
 }
 
@@ -516,31 +515,57 @@ static int make_requests(struct engine_state *s)
     s->gspec = malloc(G * sizeof(int));
     if (!s->req || !s->group_of_req || !s->gtheta || !s->gvsini || !s->gspec)
         return RVS_ERR_NOMEM;
-    size_t pool = (s->flags & ENG_SHARED) ? (G / 4 ? G / 4 : 1) : G;
-    rvs_nn_ref_params(s->gtheta, G, s->args.seed + 17);
+    /* truth per spectrum; groups sit near their spectrum's truth (as a fit does), except with
+     * ENG_SHARED, where theta comes from a pool shared by all spectra (mostly bad fits) */
+    size_t S = s->S, pool = G / 4 ? G / 4 : 1;
     static const double vsini_cycle[4] = {0, 5, 50, 200};
+    s->ttheta = malloc(S * NPARAM * sizeof(double));
+    s->tvsini = malloc(S * sizeof(double));
+    s->tvel = malloc(S * sizeof(double));
+    if (!s->ttheta || !s->tvsini || !s->tvel)
+        return RVS_ERR_NOMEM;
+    rvs_nn_ref_params(s->ttheta, S, s->args.seed + 5);
+    rvs_nn_ref_params(s->gtheta, G, s->args.seed + 17);
+    for (size_t sp = 0; sp < S; sp++) {
+        s->tvsini[sp] = (s->flags & ENG_VSINI) ? vsini_cycle[sp % 4] : 0.0;
+        s->tvel[sp] = test_uniform(-200, 200);
+    }
     for (size_t g = 0; g < G; g++) {
-        size_t src = g % pool;
-        if ((s->flags & ENG_TWOVSINI) && (g & 1))
-            src = g - 1;
-        if (src != g)
-            memcpy(s->gtheta + g * NPARAM, s->gtheta + src * NPARAM, NPARAM * sizeof(double));
-        s->gspec[g] = (int)(g % s->S);
-        s->gvsini[g] = (s->flags & ENG_VSINI) ? vsini_cycle[(g / 2) % 4] : 0.0;
-        if (s->flags & ENG_TWOVSINI)
-            s->gvsini[g] = (g & 1) ? 50.0 : 0.0;
+        size_t sp = g % S;
+        s->gspec[g] = (int)sp;
+        s->gvsini[g] = s->tvsini[sp];
+        double *th = s->gtheta + g * NPARAM;
+        if ((s->flags & ENG_TWOVSINI) && (g & 1)) {
+            memcpy(th, th - NPARAM, NPARAM * sizeof(double));
+            s->gvsini[g] = s->gvsini[g - 1] > 0 ? 0.0 : 50.0;
+            s->gspec[g] = s->gspec[g - 1];
+        } else if (s->flags & ENG_SHARED) {
+            memcpy(th, s->gtheta + (g % pool) * NPARAM, NPARAM * sizeof(double));
+        } else {
+            const double *t = s->ttheta + sp * NPARAM;
+            int exact = g < S;
+            th[0] = t[0] * (1 + (exact ? 0 : test_uniform(-0.02, 0.02)));
+            th[1] = t[1] + (exact ? 0 : test_uniform(-0.1, 0.1));
+            th[2] = t[2] + (exact ? 0 : test_uniform(-0.1, 0.1));
+            th[3] = t[3] + (exact ? 0 : test_uniform(-0.05, 0.05));
+        }
     }
     for (size_t e = 0; e < E; e++) {
         size_t g = e / nv, j = e % nv;
         struct rvs_engine_request *q = &s->req[e];
+        double v0 = s->tvel[s->gspec[g]];
+        /* scans: +-30 km/s around the truth, or the whole +-400 km/s for long ones */
+        double half = nv >= 100 ? 400.0 : 30.0;
         q->spectrum = s->gspec[g];
         q->teff = s->gtheta[g * NPARAM + 0];
         q->logg = s->gtheta[g * NPARAM + 1];
         q->feh = s->gtheta[g * NPARAM + 2];
         q->alpha = s->gtheta[g * NPARAM + 3];
         q->vsini = s->gvsini[g];
-        q->vrad = nv > 1 ? -400.0 + 800.0 * (double)j / (double)(nv - 1) + 0.37
-                         : test_uniform(-400, 400);
+        q->vrad = nv > 1 ? v0 - half + 2 * half * (double)j / (double)(nv - 1) + 0.37
+                         : v0 + test_uniform(-20, 20);
+        if (nv >= 100)
+            q->vrad = -half + 2 * half * (double)j / (double)(nv - 1) + 0.37;
         if ((s->flags & ENG_OUTSIDE) && e % 97 == 13)
             q->vrad = (e & 1) ? 5000.0 : -5000.0;
         s->group_of_req[e] = g;
@@ -737,7 +762,7 @@ static int engine_reference(struct rvs_context *ctx, void *p)
                     status = ref_rotate(tm + (gsel[g] - 1) * c->tn, c->tn, q->vsini, c->lnstep,
                                         gr.rot);
                     if (status == RVS_OK)
-                        status = ref_spline_construct(c->twave, gr.rot, c->tn, gr.abcd);
+                        status = ref_spline_construct(c->twave_dev, gr.rot, c->tn, gr.abcd);
                     have = 1;
                 }
                 ref_model(s, c, gr.abcd, q->vrad, sp, gr.work, model);
