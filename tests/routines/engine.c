@@ -301,9 +301,30 @@ static int nn_templates(struct rvs_context *ctx, const struct engine_state *s,
 
 /* ---------------------------------------------------------------- scenario */
 
+/* With $RVSFIT_ENGINE_PROFILE set, the engine profiles its stages and the routine prints them
+ * when the case ends (for benchmarks/bench_kernels: where an evaluation's time goes). */
+static void print_profile(const struct engine_state *s)
+{
+    static const char *names[RVS_ENGINE_NSTAGES] = {"upload", "nn", "gather", "rotation",
+                                                    "spline build", "spline eval", "resolution",
+                                                    "chi2", "download"};
+    struct rvs_engine_stats st;
+    rvs_engine_stats_get(s->engine, &st);
+    printf("# engine profile: %llu calls, %llu requests, %llu unique theta, %llu templates, "
+           "%llu chunks, %.3f s in calls; per call: %.0f bytes in, %.0f bytes out\n",
+           st.evals, st.requests, st.unique_theta, st.unique_templates, st.chunks,
+           st.total_seconds, (double)st.bytes_in / (double)st.evals,
+           (double)st.bytes_out / (double)st.evals);
+    for (int k = 0; k < RVS_ENGINE_NSTAGES; k++)
+        printf("#   %-13s %6.2f device calls/eval %8.2f ms/eval\n", names[k],
+               (double)st.calls[k] / (double)st.evals, 1e3 * st.seconds[k] / (double)st.evals);
+}
+
 static void engine_destroy_state(void *p)
 {
     struct engine_state *s = p;
+    if (s->engine && getenv("RVSFIT_ENGINE_PROFILE"))
+        print_profile(s);
     rvs_engine_destroy(&s->engine);
     for (size_t a = 0; a < NARM_MAX; a++) {
         struct arm_case *c = &s->arms[a];
@@ -627,6 +648,8 @@ static int engine_setup(struct rvs_context *ctx, const struct rvs_routine_args *
     }
     if (status == RVS_OK)
         status = rvs_engine_set_data(s->engine, s->S, spec, espec, res, s->used);
+    if (status == RVS_OK && getenv("RVSFIT_ENGINE_PROFILE"))
+        rvs_engine_set_profiling(s->engine, 1);
     for (size_t a = 0; a < s->narm && status == RVS_OK && (s->flags & ENG_MODELS); a++) {
         struct arm_case *c = &s->arms[a];
         c->models_dev = malloc(s->E * c->n * sizeof(double));
@@ -774,9 +797,6 @@ static int engine_reference(struct rvs_context *ctx, void *p)
                     ref = NAN;
                 tot[e] += ref;
                 double ee = chisq_error(s, s->chisq_arm[e * narm + a], ref);
-                if (getenv("ENGINE_DEBUG") && ee > 1e-10)
-                    printf("  e=%zu arm %zu sp %zu vsini %g v %g: dev %.17g ref %.17Lg (%.2e)\n", e,
-                           a, sp, q->vsini, q->vrad, s->chisq_arm[e * narm + a], ref, ee);
                 err = fmax(err, ee);
                 if ((s->flags & ENG_MODELS) && finite) {
                     double mmax = 0, dmax = 0;
