@@ -779,8 +779,10 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
     int fp64 = ctx->use_fp64;
     size_t es = g->es, Ec = c1 - c0;
     int with_models = out->models || out->coeffs;
-    if (g->sim_fail_above && Ec > g->sim_fail_above)
+    if (g->sim_fail_above && Ec > g->sim_fail_above) {
+        rvs_log(RVS_LOG_DEBUG, "engine", "simulated allocation failure for %zu requests", Ec);
         return CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    }
     g->stats.chunks++;
     int32_t r_lo = p->rank_of_tv[p->tv_of_req[p->order[c0]]];
     int32_t r_hi = p->rank_of_tv[p->tv_of_req[p->order[c1 - 1]]];
@@ -988,8 +990,9 @@ static int engine_call(struct rvs_engine *g, const struct rvs_engine_request *re
     struct plan p;
     double *arm_buf = NULL;
     memset(&p, 0, sizeof p);
-    if (!g || (!req && E > 0) || !chisq_total) {
-        rvs_log(RVS_LOG_ERROR, "engine", "eval: missing engine, requests or output");
+    if (!g || (!req && E > 0) || !chisq_total || E > (size_t)INT32_MAX) {
+        rvs_log(RVS_LOG_ERROR, "engine", "eval: missing engine, requests or output, or more "
+                "than 2^31-1 requests");
         return RVS_ERR_INVALID_ARGUMENT;
     }
     if (g->S == 0) {
@@ -1112,6 +1115,124 @@ int rvs_engine_models(struct rvs_engine *g, const struct rvs_engine_request *req
                       double *const *coeffs)
 {
     return engine_call(g, req, E, chisq_total, chisq_arm, models, coeffs);
+}
+
+/* ------------------------------------------------------------------ continuum only */
+
+int rvs_engine_continuum(struct rvs_engine *g, double *chisq_arm, double *const *models,
+                         double *const *coeffs)
+{
+    int status = RVS_OK;
+    cl_int *sidx = NULL;
+    double *chisq = NULL;
+    void *hbest = NULL, *hcoef = NULL;
+    if (!g || !chisq_arm || g->S == 0) {
+        rvs_log(RVS_LOG_ERROR, "engine", "continuum: missing engine, output or data");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    struct rvs_context *ctx = g->ctx;
+    size_t S = g->S, narms = g->narms, es = g->es;
+    int fp64 = ctx->use_fp64;
+    double t_call = now_seconds();
+    size_t cap_req, cap_tmpl;
+    alloc_caps(g, &cap_req, &cap_tmpl);
+    size_t per_req = bytes_per_request(g, 1), budget = budget_bytes(g), res = resident_bytes(g);
+    size_t by_mem = budget > res ? (budget - res) / per_req : 1;
+    cap_req = cap_req < by_mem ? cap_req : by_mem;
+    if (g->user_req)
+        cap_req = g->user_req < cap_req ? g->user_req : cap_req;
+    cap_req = cap_req ? cap_req : 1;
+    size_t chunk = S < cap_req ? S : cap_req;
+    sidx = rvs_malloc(chunk * sizeof *sidx);
+    chisq = rvs_malloc(chunk * sizeof *chisq);
+    hbest = rvs_malloc(chunk * g->n_max * es);
+    hcoef = rvs_malloc(chunk * g->np_max * es);
+    if (!sidx || !chisq || !hbest || !hcoef) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t sp = 0; sp < S; sp++)
+        for (size_t a = 0; a < narms; a++) {
+            int u = g->used[sp * narms + a];
+            chisq_arm[sp * narms + a] = u ? NAN : 0.0;
+            for (size_t i = 0; models && models[a] && i < g->arm[a].n; i++)
+                models[a][sp * g->arm[a].n + i] = NAN;
+            for (size_t j = 0; coeffs && coeffs[a] && j < g->arm[a].np; j++)
+                coeffs[a][sp * g->arm[a].np + j] = NAN;
+        }
+    for (size_t a = 0; a < narms; a++) {
+        struct engine_arm *r = &g->arm[a];
+        int want_model = models && models[a], want_coef = coeffs && coeffs[a];
+        size_t next = 0;
+        while (r->nused > 0 && next < S) {
+            size_t Ea = 0;
+            while (next < S && Ea < chunk) {
+                if (g->used[next * narms + a])
+                    sidx[Ea++] = (cl_int)next;
+                next++;
+            }
+            if (Ea == 0)
+                continue;
+            RVS_TRY(grow(ctx, &g->sidx, Ea * sizeof(cl_int)));
+            RVS_TRY(grow(ctx, &g->model, Ea * g->n_max * es));
+            RVS_TRY(grow(ctx, &g->chisq, 2 * Ea * es));
+            if (r->ndiag)
+                RVS_TRY(grow(ctx, &g->res, Ea * g->n_max * es));
+            if (want_model)
+                RVS_TRY(grow(ctx, &g->best, Ea * g->n_max * es));
+            if (want_coef)
+                RVS_TRY(grow(ctx, &g->coeffs, Ea * g->np_max * es));
+            double one = 1.0;
+            float onef = 1.0f;
+            RVS_TRY(upload(g, g->sidx.mem, sidx, Ea * sizeof(cl_int)));
+            g->stats.calls[RVS_ENGINE_STAGE_UPLOAD]++;
+            /* rvspecfit's get_chisq_continuum: a template of ones, through the resolution */
+            RVS_CL_TRY(clEnqueueFillBuffer(ctx->queue, g->model.mem,
+                                           fp64 ? (const void *)&one : (const void *)&onef, es,
+                                           0, Ea * r->n * es, 0, NULL, NULL));
+            cl_mem m = g->model.mem;
+            if (r->ndiag) {
+                RVS_TRY(rvs_resolution_apply(ctx, r->rdata, S, r->ndiag, r->n, m, g->sidx.mem, Ea,
+                                             g->res.mem));
+                g->stats.calls[RVS_ENGINE_STAGE_RESOLUTION]++;
+                m = g->res.mem;
+            }
+            RVS_TRY(rvs_chisq_eval(ctx, r->chisq, m, g->sidx.mem, Ea, g->chisq.mem,
+                                   want_coef ? g->coeffs.mem : NULL,
+                                   want_model ? g->best.mem : NULL));
+            g->stats.calls[RVS_ENGINE_STAGE_CHISQ]++;
+            RVS_TRY(rvs_chisq_read(ctx, g->chisq.mem, Ea, chisq));
+            g->stats.calls[RVS_ENGINE_STAGE_DOWNLOAD]++;
+            g->stats.bytes_out += 2 * Ea * es;
+            if (want_model) {
+                RVS_TRY(rvs_buffer_read(ctx, g->best.mem, 0, Ea * r->n * es, hbest));
+                g->stats.calls[RVS_ENGINE_STAGE_DOWNLOAD]++;
+                g->stats.bytes_out += Ea * r->n * es;
+            }
+            if (want_coef) {
+                RVS_TRY(rvs_buffer_read(ctx, g->coeffs.mem, 0, Ea * r->np * es, hcoef));
+                g->stats.calls[RVS_ENGINE_STAGE_DOWNLOAD]++;
+                g->stats.bytes_out += Ea * r->np * es;
+            }
+            for (size_t k = 0; k < Ea; k++) {
+                size_t sp = (size_t)sidx[k];
+                chisq_arm[sp * narms + a] = chisq[k];
+                for (size_t i = 0; want_model && i < r->n; i++)
+                    models[a][sp * r->n + i] = get_real(fp64, hbest, k * r->n + i);
+                for (size_t j = 0; want_coef && j < r->np; j++)
+                    coeffs[a][sp * r->np + j] = get_real(fp64, hcoef, k * r->np + j);
+            }
+        }
+    }
+cleanup:
+    if (status != RVS_OK)
+        clFinish(ctx->queue);
+    free(sidx);
+    free(chisq);
+    free(hbest);
+    free(hcoef);
+    g->stats.total_seconds += now_seconds() - t_call;
+    return status;
 }
 
 /* ------------------------------------------------------------------ self-test */

@@ -27,6 +27,7 @@ struct rvs_engine *rvs_engine_routine_engine(void *state);
 void rvs_engine_routine_results(void *state, size_t *E, size_t *narm, const double **total,
                                 const double **arm);
 const struct rvs_engine_request *rvs_engine_routine_requests(void *state);
+int rvs_engine_routine_check_continuum(void *state, double *err_chisq, double *err_model);
 
 #define ENG_RES (1 << 12)
 #define ENG_TWOARMS (1 << 13)
@@ -250,6 +251,18 @@ static void check_chunking(struct rvs_context *ctx, void *state, const char *lab
     free(tot0), free(arm0);
 }
 
+/* Continuum-only fits of every spectrum (rvspecfit's get_chisq_continuum). */
+static void check_continuum(struct rvs_context *ctx, void *state, const char *label)
+{
+    double ec = 0, em = 0;
+    int status = rvs_engine_routine_check_continuum(state, &ec, &em);
+    double tc = ctx->use_fp64 ? RVS_TOL_ENGINE_FP64_REL : RVS_TOL_ENGINE_FP32_ABS;
+    double tm = ctx->use_fp64 ? RVS_TOL_FP64_REL : RVS_TOL_FP32_REL;
+    printf("  %s: chi^2 error %.3e, model error %.3e\n", label, ec, em);
+    CHECK(status == RVS_OK && ec <= tc && em <= tm, "%s: %s, chi^2 error %.3e, model error "
+          "%.3e", label, rvs_strerror(status), ec, em);
+}
+
 /* Sizing and argument checks. */
 static void check_api(struct rvs_context *ctx, void *state, const char *label)
 {
@@ -292,6 +305,7 @@ static void run_all(struct rvs_context *ctx)
     with_scenario(ctx, &scan, check_scan_sharing, "velocity scans");
     with_scenario(ctx, &pairs, check_pair_sharing, "theta pairs");
     with_scenario(ctx, &mixed, check_chunking, "chunking");
+    with_scenario(ctx, &mixed, check_continuum, "continuum only");
     with_scenario(ctx, &mixed, check_api, "api");
 }
 

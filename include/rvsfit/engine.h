@@ -133,7 +133,8 @@ int rvs_engine_arm_velocity_range(const struct rvs_engine *engine, size_t a, dou
  *                      data preparation leaves them); rows of spectra that lack arm a are not
  *                      read, and spec[a]/espec[a] may be NULL when no spectrum has arm a
  *   resolution         NULL, or per arm NULL or nspec x ndiag x data_npix floats (DESI's DIA
- *                      layout, see rvsfit/resolution.h); required for arms with ndiag > 0
+ *                      layout, see rvsfit/resolution.h; all nspec blocks are uploaded, those of
+ *                      spectra without the arm are never used); required for arms with ndiag > 0
  *   arm_used           nspec x narms flags (row-major), NULL = every spectrum has every arm.
  * An arm a spectrum lacks contributes nothing to that spectrum's chi^2. */
 int rvs_engine_set_data(struct rvs_engine *engine, size_t nspec, const double *const *spec,
@@ -142,7 +143,8 @@ int rvs_engine_set_data(struct rvs_engine *engine, size_t nspec, const double *c
 
 /* -2 log L of E requests: chisq_total[e] (summed over the arms spectrum s has) and, when not
  * NULL, chisq_arm[e * narms + a] (0 for an arm the spectrum lacks). See the file comment for
- * non-finite values. Blocks until the results are on the host. */
+ * non-finite values; a spectrum that has no arm at all gets 0. Blocks until the results are on
+ * the host. Not thread-safe: one engine per thread (and per context queue). */
 int rvs_engine_eval(struct rvs_engine *engine, const struct rvs_engine_request *req, size_t E,
                     double *chisq_total, double *chisq_arm);
 
@@ -153,6 +155,15 @@ int rvs_engine_eval(struct rvs_engine *engine, const struct rvs_engine_request *
 int rvs_engine_models(struct rvs_engine *engine, const struct rvs_engine_request *req, size_t E,
                       double *chisq_total, double *chisq_arm, double *const *models,
                       double *const *coeffs);
+
+/* The continuum-only fit of every spectrum of the batch (rvspecfit's get_chisq_continuum: a
+ * template of ones, through the resolution matrix when the arm has one): chisq_arm[s * narms + a]
+ * is -2 log L of that fit (0 for an arm the spectrum lacks) and, per arm where not NULL,
+ * models[a] (nspec x data_npix(a)) and coeffs[a] (nspec x npoly(a)) as in rvs_engine_models.
+ * rvspecfit's CHISQ_C_* columns are sum ((model - spec) / espec)^2 over the good pixels of these
+ * models, which the caller computes with its bad-pixel mask. */
+int rvs_engine_continuum(struct rvs_engine *engine, double *chisq_arm, double *const *models,
+                         double *const *coeffs);
 
 /* The largest number of spectra per batch for which the resident data plus the work space of
  * one device pass over requests_per_spectrum x nspec requests (each with its own theta) fit in

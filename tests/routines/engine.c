@@ -952,3 +952,62 @@ const struct rvs_engine_request *rvs_engine_routine_requests(void *state)
 {
     return ((struct engine_state *)state)->req;
 }
+
+/* rvs_engine_continuum against the reference (a template of ones through the resolution
+ * matrix, then get_chisq0): the largest chi^2 error (as max_error) and best-fit model error
+ * (relative to each model's maximum); missing arms must give 0 and NaN models. */
+int rvs_engine_routine_check_continuum(void *state, double *err_chisq, double *err_model);
+int rvs_engine_routine_check_continuum(void *state, double *err_chisq, double *err_model)
+{
+    struct engine_state *s = state;
+    int status = RVS_OK;
+    size_t narm = s->narm, S = s->S;
+    double *chisq = malloc(S * narm * sizeof *chisq), *models[NARM_MAX] = {0};
+    double *coeffs[NARM_MAX] = {0};
+    *err_chisq = *err_model = 0;
+    for (size_t a = 0; a < narm; a++) {
+        models[a] = malloc(S * s->arms[a].n * sizeof(double));
+        coeffs[a] = malloc(S * s->arms[a].np * sizeof(double));
+        if (!models[a] || !coeffs[a])
+            status = RVS_ERR_NOMEM;
+    }
+    if (!chisq)
+        status = RVS_ERR_NOMEM;
+    if (status == RVS_OK)
+        status = rvs_engine_continuum(s->engine, chisq, models, coeffs);
+    for (size_t a = 0; a < narm && status == RVS_OK; a++) {
+        struct arm_case *c = &s->arms[a];
+        double *ones = malloc(c->n * sizeof(double)), *model = malloc(c->n * sizeof(double));
+        double *best = malloc(c->n * sizeof(double));
+        long double coef[32];
+        if (!ones || !model || !best)
+            status = RVS_ERR_NOMEM;
+        for (size_t i = 0; i < c->n && status == RVS_OK; i++)
+            ones[i] = 1;
+        for (size_t sp = 0; sp < S && status == RVS_OK; sp++) {
+            if (!s->used[sp * narm + a]) {
+                if (chisq[sp * narm + a] != 0 || !isnan(models[a][sp * c->n]))
+                    *err_chisq = INFINITY;
+                continue;
+            }
+            if (c->ndiag)
+                rvs_resolution_apply_host(c->rdata + sp * c->ndiag * c->n, c->ndiag, c->n, ones,
+                                          model);
+            else
+                memcpy(model, ones, c->n * sizeof(double));
+            long double ref = ref_chisq(c, sp, model, coef, best);
+            *err_chisq = fmax(*err_chisq, chisq_error(s, chisq[sp * narm + a], ref));
+            double mmax = 0, dmax = 0;
+            for (size_t i = 0; i < c->n; i++) {
+                mmax = fmax(mmax, fabs(best[i]));
+                dmax = fmax(dmax, fabs(models[a][sp * c->n + i] - best[i]));
+            }
+            *err_model = fmax(*err_model, dmax / mmax);
+        }
+        free(ones), free(model), free(best);
+    }
+    for (size_t a = 0; a < narm; a++)
+        free(models[a]), free(coeffs[a]);
+    free(chisq);
+    return status;
+}
