@@ -6,7 +6,9 @@
  * nothing, non-finite chi^2 stays confined to its request, bad calls are refused.
  * Tolerances (tests/tolerances.h): chi^2 per arm and total RVS_TOL_ENGINE_FP64_REL relative
  * (fp64) or RVS_TOL_ENGINE_FP32_ABS absolute (forced fp32); best-fit models and coefficients
- * (model space) RVS_TOL_FP64_REL / RVS_TOL_FP32_REL. */
+ * (model space) RVS_TOL_FP64_REL / RVS_TOL_FP32_REL; the same requests in other batches
+ * (chunked passes, allocation-failure retries) RVS_TOL_ENGINE_REBATCH_REL relative (plus
+ * RVS_TOL_ENGINE_FP32_ABS in fp32). The whole test takes ~10 s on PoCL here. */
 #include <config.h>
 
 #include <stdlib.h>

@@ -334,7 +334,8 @@ static void engine_destroy_state(void *p)
         free(c->spec), free(c->espec), free(c->rdata), free(c->models_dev), free(c->coeffs_dev);
     }
     free(s->used), free(s->req), free(s->group_of_req), free(s->gtheta), free(s->gvsini);
-    free(s->gspec), free(s->ttheta), free(s->tvsini), free(s->tvel), free(s->chisq_total), free(s->chisq_arm);
+    free(s->gspec), free(s->ttheta), free(s->tvsini), free(s->tvel);
+    free(s->chisq_total), free(s->chisq_arm);
     free(s);
 }
 
@@ -745,7 +746,6 @@ static int engine_reference(struct rvs_context *ctx, void *p)
         r->unique_templates = uv;
     }
     long double *tot = malloc(E * sizeof *tot);
-    double *err_model = NULL;
     if (!tot) {
         free(gsel), free(theta);
         return RVS_ERR_NOMEM;
@@ -760,13 +760,12 @@ static int engine_reference(struct rvs_context *ctx, void *p)
         double *tm = malloc(ng * c->tn * sizeof(double)), *model = malloc(n * sizeof(double));
         double *best = malloc(n * sizeof(double));
         long double coef[32];
-        int *built = calloc(s->G, sizeof *built);
         status = group_ref_alloc(&gr, c->tn, n);
-        if (!tm || !model || !best || !built)
+        if (!tm || !model || !best)
             status = RVS_ERR_NOMEM;
         if (status == RVS_OK)
             status = nn_templates(ctx, s, c, theta, ng, tm);
-        /* requests ordered by group, so each group's spline is built once */
+        /* group by group, so each group's spline is built once */
         for (size_t g = 0; g < s->G && status == RVS_OK; g++) {
             if (!gsel[g])
                 continue;
@@ -823,7 +822,7 @@ static int engine_reference(struct rvs_context *ctx, void *p)
             }
         }
         group_ref_free(&gr);
-        free(tm), free(model), free(best), free(built);
+        free(tm), free(model), free(best);
     }
     for (size_t e = 0; e < E && status == RVS_OK; e += stride) {
         r->checked++;
@@ -835,7 +834,6 @@ static int engine_reference(struct rvs_context *ctx, void *p)
     }
     if (r->missing_nonzero)
         err = INFINITY;
-    free(err_model);
     free(tot);
     free(gsel);
     free(theta);
