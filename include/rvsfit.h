@@ -22,6 +22,7 @@
 #include "rvsfit/synth.h"
 #include "rvsfit/mkgrid.h"
 #include "rvsfit/library.h"
+#include "rvsfit/engine.h"
 
 #ifdef __cplusplus
 extern "C" {
