@@ -546,12 +546,13 @@ static void nm_sort(struct nm_state *st)
     }
 }
 
+static const double simplex_std[ND];
 static int nm_converged(const struct nm_state *st, double xatol, double fatol)
 {
     double dx = 0, df = 0;
     for (int i = 1; i <= ND; i++) {
         for (int k = 0; k < ND; k++)
-            dx = fmax(dx, fabs(st->sim[i][k] - st->sim[0][k]));
+            dx = fmax(dx, fabs(st->sim[i][k] - st->sim[0][k]) / simplex_std[k]);
         df = fmax(df, fabs(st->fs[i] - st->fs[0]));
     }
     return dx <= xatol && df <= fatol;
@@ -579,7 +580,10 @@ static int nelder_mead(struct rvs_fitter *f, const size_t *list, size_t n, doubl
                        double *fbest, size_t maxiter, double scale)
 {
     int status = RVS_OK;
-    const double xatol = 1e-2, fatol = 1e-3;
+    /* scipy's fatol 1e-3; xatol (1e-2 in every coordinate, i.e. 0.01 K in teff) is taken
+     * relative to the simplex scales (v 5 km/s, teff 300 K, ...): 1e-3 of them. The bar is
+     * the objective value, and the absolute xatol costs thousands of lockstep iterations. */
+    const double xatol = 1e-3, fatol = 1e-3;
     struct nm_state *st = rvs_calloc(n ? n : 1, sizeof *st);
     struct rvs_fit_point *pts = rvs_malloc(((ND + 1) * n + 1) * sizeof *pts);
     double *fv = rvs_malloc(((ND + 1) * n + 1) * sizeof *fv);
@@ -1156,13 +1160,13 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             for (int k = 0; k < 4; k++)
                 x[i][2 + k] = s->th[k];
         }
-        RVS_TRY(nelder_mead(f, list, n, x, fb, 4000, 1.0));
+        RVS_TRY(nelder_mead(f, list, n, x, fb, 1500, 1.0));
         if (f->cfg.second_minimizer) {
             /* a restart from the best vertex with a fresh, smaller simplex: escapes the
              * simplex collapse Nelder-Mead suffers in 6 dimensions (rvspecfit polishes with
              * BFGS here) */
             memcpy(x2, x, (n + 1) * sizeof *x);
-            RVS_TRY(nelder_mead(f, list, n, x2, fb2, 4000, 0.3));
+            RVS_TRY(nelder_mead(f, list, n, x2, fb2, 800, 0.3));
             for (size_t i = 0; i < n; i++)
                 if (fb2[i] < fb[i]) {
                     memcpy(x[i], x2[i], sizeof x[i]);

@@ -119,7 +119,7 @@ int main(void)
 
     struct rvs_fit_config cfg;
     rvs_fit_config_init(&cfg);
-    cfg.param_init = RVS_FIT_INIT_BRUTEFORCE;
+    cfg.param_init = RVS_FIT_INIT_CCF;
     const size_t ndiag[RVS_DESI_NARMS] = {0, 0, 0};
     struct rvs_fitter *fit = NULL;
     CHECK(rvs_fitter_create(ctx, &cfg, arms, wave, mock->nwave, ndiag, &fit) == RVS_OK,
@@ -137,9 +137,9 @@ int main(void)
         rvs_output_row_init(&rows2[t], (long)t);
     }
     double t0 = rvs_fit_now();
-    CHECK(rvs_fitter_fit(fit, &pr, rows, models) == RVS_OK, "fit (bruteforce start)");
-    printf("  bruteforce fit of %zu targets: %.2f s\n", nt, rvs_fit_now() - t0);
-    print_profile("bruteforce", fit);
+    CHECK(rvs_fitter_fit(fit, &pr, rows, models) == RVS_OK, "fit (CCF start)");
+    printf("  CCF fit of %zu targets: %.2f s\n", nt, rvs_fit_now() - t0);
+    print_profile("CCF", fit);
 
     /* compare with the truth */
     double *pv = calloc(nt, sizeof *pv), *pt = calloc(nt, sizeof *pt), *pg = calloc(nt, sizeof *pg),
