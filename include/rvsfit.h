@@ -23,6 +23,7 @@
 #include "rvsfit/mkgrid.h"
 #include "rvsfit/library.h"
 #include "rvsfit/engine.h"
+#include "rvsfit/fit.h"
 
 #ifdef __cplusplus
 extern "C" {
