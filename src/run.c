@@ -33,6 +33,10 @@
 #define MODULE "run"
 #define DEFAULT_HOST_BATCH_BYTES ((size_t)1 << 30)
 
+static const struct rvs_run_fitter_ops default_fitter_ops = {
+    rvs_fitter_create, rvs_fitter_destroy, rvs_fitter_max_batch, rvs_fitter_fit,
+    rvs_fitter_profile};
+
 void rvs_run_options_init(struct rvs_run_options *options)
 {
     memset(options, 0, sizeof *options);
@@ -52,6 +56,7 @@ struct stage_times {
 struct rvs_run {
     struct rvs_context *ctx;
     struct rvs_run_options options;
+    const struct rvs_run_fitter_ops *ops;
     struct rvs_library_arm *library[RVS_DESI_NARMS];
 
     /* The fitter and the grids it was made for (copies: the file that had them is closed). */
@@ -123,6 +128,7 @@ int rvs_run_create(struct rvs_context *ctx, const struct rvs_run_options *option
         return RVS_ERR_NOMEM;
     run->ctx = ctx;
     run->options = *options;
+    run->ops = options->fitter_ops ? options->fitter_ops : &default_fitter_ops;
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
         if (!(options->arms & (1u << a)))
             continue;
@@ -162,9 +168,9 @@ static void drop_fitter(struct rvs_run *run)
     if (run->fitter) {
         struct rvs_fit_profile p;
         memset(&p, 0, sizeof p);
-        rvs_fitter_profile(run->fitter, &p);
+        run->ops->profile(run->fitter, &p);
         add_profile(&run->fit_profile_done, &p);
-        rvs_fitter_destroy(&run->fitter);
+        run->ops->destroy(&run->fitter);
     }
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
         free(run->fitter_wave[a]);
@@ -258,7 +264,7 @@ static int fitter_for_file(struct rvs_run *run, struct rvs_desi_file *file)
     }
     rvs_log(RVS_LOG_INFO, MODULE, "%s: setting up the fitter for its wavelength grids",
             rvs_desi_path(file));
-    status = rvs_fitter_create(run->ctx, &run->options.fit, run->library, wave, nwave, ndiag,
+    status = run->ops->create(run->ctx, &run->options.fit, run->library, wave, nwave, ndiag,
                                &run->fitter);
 cleanup:
     if (status != RVS_OK) {
@@ -316,7 +322,7 @@ static void *produce_thread(void *arg)
  * spectra plus their prepared form, about twice the raw size in doubles). */
 static size_t batch_rows(const struct rvs_run *run, struct rvs_desi_file *file, unsigned flags)
 {
-    size_t rows = rvs_fitter_max_batch(run->fitter);
+    size_t rows = run->ops->max_batch(run->fitter);
     if (run->options.fit.batch_size > 0 && run->options.fit.batch_size < rows)
         rows = run->options.fit.batch_size;
     size_t budget = run->options.host_batch_bytes ? run->options.host_batch_bytes
@@ -418,7 +424,7 @@ static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
             if (models[a])
                 batch_models[a] = models[a] + cur->first * run->fitter_nwave[a];
         double t0 = now_seconds();
-        status = rvs_fitter_fit(run->fitter, &cur->prepared, rows + cur->first, batch_models);
+        status = run->ops->fit(run->fitter, &cur->prepared, rows + cur->first, batch_models);
         run->times.fit += now_seconds() - t0;
         if (status != RVS_OK) {
             rvs_log(RVS_LOG_ERROR, MODULE, "%s: fitting rows %zu..%zu failed: %s", input,
@@ -613,7 +619,7 @@ void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
     if (run->fitter) {
         struct rvs_fit_profile cur;
         memset(&cur, 0, sizeof cur);
-        rvs_fitter_profile(run->fitter, &cur);
+        run->ops->profile(run->fitter, &cur);
         add_profile(&p, &cur);
     }
     double host = t->open + t->select + t->read + t->prepare + t->write;

@@ -22,6 +22,21 @@
 extern "C" {
 #endif
 
+/* The fitter's entry points (rvsfit/fit.h). A test can substitute its own to check the pipeline
+ * (batching, overlap, row and model bookkeeping) apart from the fit itself. */
+struct rvs_run_fitter_ops {
+    int (*create)(struct rvs_context *ctx, const struct rvs_fit_config *config,
+                  struct rvs_library_arm *const arms[RVS_DESI_NARMS],
+                  const double *const data_wave[RVS_DESI_NARMS],
+                  const size_t nwave[RVS_DESI_NARMS], const size_t ndiag[RVS_DESI_NARMS],
+                  struct rvs_fitter **fitter);
+    void (*destroy)(struct rvs_fitter **fitter);
+    size_t (*max_batch)(const struct rvs_fitter *fitter);
+    int (*fit)(struct rvs_fitter *fitter, const struct rvs_prepared *batch,
+               struct rvs_output_row *rows, float *const models[RVS_DESI_NARMS]);
+    void (*profile)(const struct rvs_fitter *fitter, struct rvs_fit_profile *profile);
+};
+
 struct rvs_run_options {
     unsigned arms;                      /* --fitarm, bit set (1u << arm) */
     struct rvs_select_options select;   /* its pointers must outlive the run */
@@ -36,6 +51,7 @@ struct rvs_run_options {
     const char *config_path;  /* RVS_CONF, NULL for none */
     const char *command_line; /* RVS_CMD */
     size_t host_batch_bytes;  /* host memory for one batch buffer; 0: 1 GiB */
+    const struct rvs_run_fitter_ops *fitter_ops; /* NULL: fit.h's functions */
 };
 
 /* Defaults: all arms, rvspecfit's selection/preparation/fit defaults, overlap on. */
