@@ -30,7 +30,7 @@ struct seen {
 };
 static struct seen seen[MAXROWS];
 static size_t fake_max = 3;
-static int fail_at_call = -1, calls;
+static int fail_at_call = -1, calls, show_progress;
 
 struct rvs_fitter {
     size_t nwave[RVS_DESI_NARMS];
@@ -216,6 +216,7 @@ static int run_once(const char *input, const char *outdir, size_t max_batch, siz
     o.overlap = overlap;
     o.fit.batch_size = batch_size;
     o.status_path = status_path;
+    o.progress = show_progress; /* the line goes to stderr, as on a terminal */
     fake_max = max_batch;
     calls = 0;
     memset(seen, 0, sizeof seen);
@@ -258,6 +259,7 @@ int main(void)
         snprintf(what, sizeof what, "limit %zu, --batch-size %zu, overlap %d", cases[c].max_batch,
                  cases[c].batch_size, cases[c].overlap);
         int outcome = -1;
+        show_progress = c == 0;
         int st = run_once(input, out, cases[c].max_batch, cases[c].batch_size, cases[c].overlap,
                           NULL, &outcome);
         CHECK(st == RVS_OK, "%s: %s", what, rvs_strerror(st));
