@@ -229,9 +229,10 @@ static void print_wrapped(const char *text, int indent, int width)
 static void print_help(void)
 {
     print_usage_line(stdout);
-    printf("Measure radial velocities and stellar parameters of DESI spectra (coadd-*.fits,\n"
-           "spectra-*.fits) by fitting a neural-network emulator of stellar spectra, batched,\n"
-           "on an OpenCL device; writes rvspecfit's rvtab_*.fits and rvmod_*.fits.\n");
+    printf("Measure radial velocities and stellar parameters of DESI spectra\n"
+           "(coadd-*.fits, spectra-*.fits) by fitting a neural-network emulator of stellar\n"
+           "spectra, batched, on an OpenCL device; writes rvspecfit's rvtab_*.fits and\n"
+           "rvmod_*.fits.\n");
     const char *group = NULL;
     for (size_t i = 0; i < NUM_OPTIONS; i++) {
         char left[64];
@@ -258,8 +259,8 @@ static void print_help(void)
            "rvspecfit's rvs_desi_fit. Settings: command line over --config over defaults.\n\n"
            "Environment:\n"
            "  RVSFIT_CL_DEVICE       default device (same forms as --device)\n"
-           "  RVSFIT_CL_DATADIR      data directory (default library in default/, desitarget/)\n"
-           "  RVSFIT_CL_KERNEL_DIR   directory whose .cl/.clh files override the embedded kernels\n"
+           "  RVSFIT_CL_DATADIR      data directory (default/ library, desitarget/ tables)\n"
+           "  RVSFIT_CL_KERNEL_DIR   .cl/.clh files there override the embedded kernels\n"
            "  RVSFIT_CL_CACHE=0      do not use the program-binary cache\n"
            "  XDG_CACHE_HOME         cache location (default ~/.cache; files in rvsfit-cl/)\n"
            "  RVSFIT_CL_FP32=1       same as --fp32\n"
@@ -268,7 +269,7 @@ static void print_help(void)
            "  0  success\n"
            "  1  an input could not be processed or an output not written\n"
            "  2  invalid command line or configuration\n"
-           "  3  no usable OpenCL device, kernel build or self-test failure, or a device error\n\n"
+           "  3  no usable OpenCL device, kernel build or self-test failure, device error\n\n"
            "Report bugs to: %s\n",
            PACKAGE_BUGREPORT);
 }
