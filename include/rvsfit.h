@@ -22,6 +22,8 @@
 #include "rvsfit/synth.h"
 #include "rvsfit/mkgrid.h"
 #include "rvsfit/library.h"
+#include "rvsfit/engine.h"
+#include "rvsfit/fit.h"
 #include "rvsfit/config.h"
 #include "rvsfit/run.h"
 

@@ -14,6 +14,7 @@
 #include "rvsfit/spline.h"
 #include "rvsfit/rotation.h"
 #include "rvsfit/chisq.h"
+#include "rvsfit/engine.h"
 
 /* Uploads host data into a new read-write buffer. */
 static int upload(struct rvs_context *ctx, const void *data, size_t size, cl_mem *buf)
@@ -200,6 +201,7 @@ static const struct selftest_case selftest_cases[] = {
     {"natural spline (linear template, shifted)", rvs_spline_selftest},
     {"rotational broadening of an impulse", rvs_rotation_selftest},
     {"marginalised chi^2", rvs_chisq_selftest},
+    {"evaluation engine (flat network, continuum data)", rvs_engine_selftest},
 };
 
 int rvs_selftest_run(struct rvs_context *ctx)

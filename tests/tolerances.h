@@ -17,6 +17,20 @@
  * than the template shrinks a random template's output up to ~20-fold (N=7, K=87: 4.4e-6
  * measured; DESI-size cases stay below 6e-7, within RVS_TOL_FP32_REL) */
 #define RVS_TOL_ROTATION_FFT_FP32_REL 1e-5
+/* evaluation engine (NN -> rotation -> spline -> resolution -> chi^2) vs the reference chain on
+ * the same NN rows: fp64 chi^2 relative (measured <= 1e-13: the chain of fp64 stages);
+ * forced-fp32 chi^2 absolute, on chi^2 of 1e2..1e5 per arm at S/N up to 80: the chi^2 kernel's
+ * own ~1e-3 plus fp32 models within ~2e-7 of their maximum (~2e-5 sigma per pixel at S/N 80)
+ * summed against the residuals, so it grows with the pixels and the misfit: measured <= 3e-3
+ * on the test's arms (375..625 px), 9e-3..1.2e-2 at DESI sizes (bench_kernels, 3 arms of
+ * ~2650 px, rotation through the fp32 FFT); best-fit models use RVS_TOL_FP32_REL (2e-7) */
+#define RVS_TOL_ENGINE_FP64_REL 1e-9
+#define RVS_TOL_ENGINE_FP32_ABS 2e-2
+/* the same engine request evaluated in another batch (chunked passes, retries): relative on chi^2.
+ * A new tolerance because it is not a precision path: the NN's float32 GEMM rounds a row
+ * differently by ~1 ulp (6e-8 relative flux) when other rows share the call (OpenBLAS; CLBlast
+ * tiles alike), which moves chi^2 by up to ~1.3e-7 relative (measured, chi^2 up to 1e5) */
+#define RVS_TOL_ENGINE_REBATCH_REL 1e-6
 /* GEMM: eps * 4k relative to the scale of the inputs (see tests/test_gemm.c) */
 
 #endif

@@ -10,6 +10,7 @@ extern const struct rvs_routine rvs_routine_resolution;
 extern const struct rvs_routine rvs_routine_rotation;
 extern const struct rvs_routine rvs_routine_spline_construct;
 extern const struct rvs_routine rvs_routine_spline_eval;
+extern const struct rvs_routine rvs_routine_engine;
 
 const struct rvs_routine *const rvs_routines[] = {
     &rvs_routine_gemm,
@@ -19,5 +20,6 @@ const struct rvs_routine *const rvs_routines[] = {
     &rvs_routine_rotation,
     &rvs_routine_spline_construct,
     &rvs_routine_spline_eval,
+    &rvs_routine_engine,
     NULL,
 };

@@ -1,0 +1,1331 @@
+/* fit.c: the batched fitter (rvsfit/fit.h): rvspecfit's DESI fit (desi_fit.proc_onespec and
+ * vel_fit.process) of a batch of prepared spectra, every stage asking the evaluation engine for
+ * the model evaluations of ALL active spectra of the batch in one call:
+ *
+ *   start      bruteforce (vel_fit.firstguess: template grid x vsini grid x velocity grid) or
+ *              the CCF start (src/fit_ccf.c), then process()'s velocity scan at the start
+ *   optimizer  lockstep Nelder-Mead in (v, vsini, teff, logg, feh, alpha) with rvspecfit's
+ *              chisq_func (velocity bounds, VSiniMapper clipping and penalty, outside-grid
+ *              penalty), restarted once from its best point (second_minimizer)
+ *   posterior  vel_fit._minimum_sampler over spec_fit.find_best velocity grids
+ *   errors     finite-difference Hessian of 0.5 (-2 log L) in (teff, logg, feh, alpha), steps
+ *              scaled per spectrum so that the change of -2 log L is ~4 (well above the
+ *              emulator's chi^2 noise), vel_fit._uncertainties_from_hessian
+ *   final      best-fit models, proper chi^2 over good pixels, continuum-only chi^2, RVS_WARN
+ *              (desi_fit.get_rvs_warn). */
+#include <config.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "fit_internal.h"
+
+void rvs_fit_config_init(struct rvs_fit_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->min_vel = -1000;
+    c->max_vel = 1000;
+    c->vel_step0 = 5;
+    c->min_vel_step = 0.2;
+    c->min_vsini = 0.01;
+    c->max_vsini = 500;
+    c->npoly = 10;
+    c->rbf_continuum = 1;
+    c->param_init = RVS_FIT_INIT_CCF;
+    c->ccf_continuum_normalize = 1;
+    c->second_minimizer = 1;
+    c->batch_size = 0;
+}
+
+double rvs_fit_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int rvs_fitter_create(struct rvs_context *ctx, const struct rvs_fit_config *config,
+                      struct rvs_library_arm *const arms[RVS_DESI_NARMS],
+                      const double *const data_wave[RVS_DESI_NARMS],
+                      const size_t nwave[RVS_DESI_NARMS], const size_t ndiag[RVS_DESI_NARMS],
+                      struct rvs_fitter **fitter)
+{
+    int status = RVS_OK;
+    struct rvs_fitter *f = NULL;
+    struct rvs_engine_arm_config ac[RVS_DESI_NARMS];
+    static const char *names[RVS_DESI_NARMS] = {"desi_b", "desi_r", "desi_z"};
+    *fitter = NULL;
+    if (!ctx || !config || !arms) {
+        rvs_log(RVS_LOG_ERROR, "fit", "rvs_fitter_create: missing context, config or arms");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    if (!(config->min_vel < config->max_vel) || !(config->vel_step0 > 0) ||
+        !(config->min_vel_step > 0) || !(config->max_vsini > 0) || config->npoly < 1) {
+        rvs_log(RVS_LOG_ERROR, "fit",
+                "invalid fit configuration: need min_vel < max_vel, vel_step0 > 0, "
+                "min_vel_step > 0, max_vsini > 0, npoly >= 1");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    f = rvs_calloc(1, sizeof *f);
+    if (!f)
+        return RVS_ERR_NOMEM;
+    f->ctx = ctx;
+    f->cfg = *config;
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        f->arm_engine[a] = -1;
+        if (!arms[a])
+            continue;
+        if (!data_wave[a] || nwave[a] == 0) {
+            rvs_log(RVS_LOG_ERROR, "fit", "arm %s has a library but no data wavelength grid",
+                    names[a]);
+            status = RVS_ERR_INVALID_ARGUMENT;
+            goto cleanup;
+        }
+        RVS_TRY(rvs_library_check_desi(arms[a]));
+        RVS_TRY(rvs_nn_create(ctx, rvs_library_nn_desc(arms[a]), &f->nn[a]));
+        size_t k = f->narm;
+        memset(&ac[k], 0, sizeof ac[k]);
+        ac[k].name = names[a];
+        ac[k].nn = f->nn[a];
+        ac[k].template_wave = rvs_library_wave(arms[a]);
+        ac[k].template_npix = rvs_library_npix(arms[a]);
+        ac[k].template_lnstep = rvs_library_log_step(arms[a]);
+        ac[k].data_wave = data_wave[a];
+        ac[k].data_npix = nwave[a];
+        ac[k].npoly = config->npoly;
+        ac[k].rbf = config->rbf_continuum;
+        ac[k].ndiag = ndiag ? ndiag[a] : 0;
+        f->lib[a] = arms[a];
+        f->nwave[a] = nwave[a];
+        f->ndiag[a] = ndiag ? ndiag[a] : 0;
+        f->arm_engine[a] = (int)k;
+        f->engine_arm[k] = a;
+        f->data_wave[a] = rvs_malloc(nwave[a] * sizeof(double));
+        if (!f->data_wave[a]) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        memcpy(f->data_wave[a], data_wave[a], nwave[a] * sizeof(double));
+        f->narm++;
+    }
+    if (f->narm == 0) {
+        rvs_log(RVS_LOG_ERROR, "fit", "rvs_fitter_create: no arm has a template library");
+        status = RVS_ERR_INVALID_ARGUMENT;
+        goto cleanup;
+    }
+    RVS_TRY(rvs_engine_create(ctx, ac, f->narm, &f->engine));
+    f->vcov_lo = -HUGE_VAL;
+    f->vcov_hi = HUGE_VAL;
+    for (size_t k = 0; k < f->narm; k++) {
+        double lo, hi;
+        RVS_TRY(rvs_engine_arm_velocity_range(f->engine, k, &lo, &hi));
+        if (lo > f->vcov_lo)
+            f->vcov_lo = lo;
+        if (hi < f->vcov_hi)
+            f->vcov_hi = hi;
+    }
+    if (f->vcov_lo > config->min_vel || f->vcov_hi < config->max_vel)
+        rvs_log(RVS_LOG_WARNING, "fit",
+                "the templates cover the data only for velocities %.1f..%.1f km/s, inside the "
+                "fit range %.1f..%.1f: evaluations outside count as bad",
+                f->vcov_lo, f->vcov_hi, config->min_vel, config->max_vel);
+    if (config->param_init == RVS_FIT_INIT_CCF)
+        RVS_TRY(rvs_fit_ccf_create(f));
+    *fitter = f;
+    f = NULL;
+cleanup:
+    rvs_fitter_destroy(&f);
+    return status;
+}
+
+void rvs_fitter_destroy(struct rvs_fitter **fitter)
+{
+    if (!fitter || !*fitter)
+        return;
+    struct rvs_fitter *f = *fitter;
+    rvs_fit_ccf_destroy(f);
+    rvs_engine_destroy(&f->engine);
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        rvs_nn_destroy(&f->nn[a]);
+        free(f->data_wave[a]);
+        free(f->res_f[a]);
+    }
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        free(f->used[a]);
+    free(f->badchi);
+    free(f->req);
+    free(f->chi);
+    free(f->chi_arm);
+    free(f);
+    *fitter = NULL;
+}
+
+size_t rvs_fitter_max_batch(const struct rvs_fitter *f)
+{
+    if (f->cfg.batch_size > 0)
+        return f->cfg.batch_size;
+    /* The widest per-spectrum calls are the posterior's first velocity grid and the bruteforce
+     * scans (chunked anyway); size the batch for a full velocity grid per spectrum. */
+    size_t nvel = (size_t)((f->cfg.max_vel - f->cfg.min_vel) / f->cfg.vel_step0) + 2;
+    size_t m = rvs_engine_max_batch(f->engine, nvel);
+    return m < 1 ? 1 : m;
+}
+
+void rvs_fitter_profile(const struct rvs_fitter *f, struct rvs_fit_profile *p)
+{
+    *p = f->prof;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The objective: rvspecfit's spec_fit.get_chisq (with the outside-grid penalty) and, in
+ * optimizer mode, vel_fit.chisq_func (bounds -> 1e30, VSiniMapper.to_vsini's clipping and
+ * quadratic penalty). */
+
+static int grow(struct rvs_fitter *f, size_t n)
+{
+    if (n <= f->cap)
+        return RVS_OK;
+    size_t cap = n + n / 2 + 64;
+    void *r = realloc(f->req, cap * sizeof *f->req);
+    if (!r)
+        return RVS_ERR_NOMEM;
+    f->req = r;
+    r = realloc(f->chi, cap * sizeof(double));
+    if (!r)
+        return RVS_ERR_NOMEM;
+    f->chi = r;
+    r = realloc(f->chi_arm, cap * f->narm * sizeof(double));
+    if (!r)
+        return RVS_ERR_NOMEM;
+    f->chi_arm = r;
+    f->cap = cap;
+    return RVS_OK;
+}
+
+int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n, int mode,
+                      double *out, double *arm_out)
+{
+    int status = RVS_OK;
+    size_t *map = NULL;
+    size_t m = 0;
+    RVS_TRY(grow(f, n));
+    map = rvs_malloc((n ? n : 1) * sizeof *map);
+    if (!map) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct rvs_fit_point *q = &p[i];
+        double vsini = q->vsini, pen = 0;
+        out[i] = 0;
+        int finite = isfinite(q->v) && isfinite(q->vsini);
+        for (int k = 0; k < 4; k++)
+            finite = finite && isfinite(q->th[k]);
+        if (mode == RVS_FIT_OPTIMIZER) {
+            /* vel_fit.chisq_func: outside the velocity bounds or non-finite parameters */
+            if (!finite || q->v > f->cfg.max_vel || q->v < f->cfg.min_vel) {
+                out[i] = 1e30;
+                map[i] = SIZE_MAX;
+                continue;
+            }
+            /* VSiniMapper.to_vsini */
+            if (vsini < 0) {
+                pen = vsini * vsini;
+                vsini = 0;
+            } else if (vsini > f->cfg.max_vsini) {
+                pen = (vsini - f->cfg.max_vsini) * (vsini - f->cfg.max_vsini);
+                vsini = f->cfg.max_vsini;
+            }
+        }
+        if (!finite || q->v <= f->vcov_lo || q->v >= f->vcov_hi) {
+            /* the template does not cover the data: rvspecfit's bad value */
+            out[i] = 1000 * f->badchi[q->s] + pen;
+            map[i] = SIZE_MAX;
+            continue;
+        }
+        out[i] = pen;
+        struct rvs_engine_request *r = &f->req[m];
+        r->spectrum = q->s;
+        r->teff = q->th[0];
+        r->logg = q->th[1];
+        r->feh = q->th[2];
+        r->alpha = q->th[3];
+        r->vsini = vsini;
+        r->vrad = q->v;
+        map[i] = m++;
+    }
+    if (m > 0) {
+        double t0 = rvs_fit_now();
+        RVS_TRY(rvs_engine_eval(f->engine, f->req, m, f->chi, f->chi_arm));
+        f->engine_seconds += rvs_fit_now() - t0;
+        f->prof.engine_calls++;
+        f->prof.evaluations += m;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (map[i] == SIZE_MAX) {
+            if (arm_out)
+                for (size_t k = 0; k < f->narm; k++)
+                    arm_out[i * f->narm + k] = NAN;
+            continue;
+        }
+        const struct rvs_fit_point *q = &p[i];
+        size_t j = map[i];
+        double acc = 0, badchi = f->badchi[q->s];
+        for (size_t k = 0; k < f->narm; k++) {
+            int a = f->engine_arm[k];
+            if (!f->used[k][q->s])
+                continue;
+            /* spec_fit.get_chisq: per arm, non-finite outside -> 1000 badchi; else
+             * outside x badchi (always: outside_penalty=True) plus the arm's -2 log L */
+            double outside = rvs_library_outside(f->lib[a], q->th);
+            double c = f->chi_arm[j * f->narm + k];
+            if (!isfinite(outside) || !isfinite(c))
+                acc += 1000 * badchi;
+            else
+                acc += outside * badchi + c;
+            if (arm_out)
+                arm_out[i * f->narm + k] = c;
+        }
+        out[i] += acc;
+    }
+cleanup:
+    free(map);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Small helpers */
+
+/* spec_fit._quadratic_interp_min: the vertex of the parabola through the grid minimum and its
+ * neighbours (the grid point itself at the ends or when the parabola is not convex inside). */
+static double quad_min(const double *x, const double *y, size_t n, size_t i)
+{
+    if (i == 0 || i + 1 >= n)
+        return x[i];
+    double x0 = x[i - 1], x1 = x[i], x2 = x[i + 1];
+    double y0 = y[i - 1], y1 = y[i], y2 = y[i + 1];
+    double d01 = (y1 - y0) / (x1 - x0), d12 = (y2 - y1) / (x2 - x1);
+    double a2 = (d12 - d01) / (x2 - x0);
+    if (!(a2 > 0))
+        return x[i];
+    double a1 = d01 - a2 * (x0 + x1);
+    double val = -a1 / (2 * a2);
+    if (!(val > x0 && val < x2))
+        return x[i];
+    return val;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Velocity scans: for each spectrum s in list[0..n), the grid grid[s] of ngrid[s] velocities at
+ * fixed (theta, vsini) in one engine call; find_best's outputs per spectrum. */
+struct scan_result {
+    double best_chi, best_vel, err, skew, kurt;
+};
+
+static int velocity_scan(struct rvs_fitter *f, const size_t *list, size_t n,
+                         const struct rvs_fit_point *at, double *const *grid, const size_t *ngrid,
+                         struct scan_result *res)
+{
+    int status = RVS_OK;
+    struct rvs_fit_point *pts = NULL;
+    double *chi = NULL;
+    size_t tot = 0;
+    for (size_t i = 0; i < n; i++)
+        tot += ngrid[i];
+    pts = rvs_malloc((tot ? tot : 1) * sizeof *pts);
+    chi = rvs_malloc((tot ? tot : 1) * sizeof *chi);
+    if (!pts || !chi) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t g = 0; g < ngrid[i]; g++) {
+            pts[o] = at[list[i]];
+            pts[o].v = grid[i][g];
+            o++;
+        }
+    RVS_TRY(rvs_fit_objective(f, pts, tot, RVS_FIT_PLAIN, chi, NULL));
+    o = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double *c = chi + o, *vg = grid[i];
+        size_t ng = ngrid[i], ib = 0;
+        for (size_t g = 1; g < ng; g++)
+            if (c[g] < c[ib])
+                ib = g;
+        struct scan_result *r = &res[i];
+        r->best_chi = c[ib];
+        r->best_vel = quad_min(vg, c, ng, ib);
+        double sp = 0, s2 = 0, s3 = 0, s4 = 0;
+        for (size_t g = 0; g < ng; g++) {
+            double pr = exp(-0.5 * (c[g] - c[ib]));
+            if (!isfinite(pr))
+                pr = 0;
+            sp += pr;
+        }
+        for (size_t g = 0; g < ng; g++) {
+            double pr = exp(-0.5 * (c[g] - c[ib]));
+            if (!isfinite(pr))
+                pr = 0;
+            pr /= sp;
+            double d = vg[g] - r->best_vel;
+            s2 += pr * d * d;
+            s3 += pr * d * d * d;
+            s4 += pr * d * d * d * d;
+        }
+        r->err = sqrt(s2);
+        if (r->err < 1e-10) {
+            r->skew = 0;
+            r->kurt = 0;
+        } else {
+            r->kurt = s4 / (r->err * r->err * r->err * r->err);
+            r->skew = s3 / (r->err * r->err * r->err);
+        }
+        o += ng;
+    }
+cleanup:
+    free(pts);
+    free(chi);
+    return status;
+}
+
+/* np.arange(start, stop, step) */
+static size_t arange(double start, double stop, double step, double **out)
+{
+    double nd = ceil((stop - start) / step);
+    size_t n = nd > 0 ? (size_t)nd : 0;
+    *out = rvs_malloc((n ? n : 1) * sizeof(double));
+    if (!*out)
+        return SIZE_MAX;
+    for (size_t i = 0; i < n; i++)
+        (*out)[i] = start + (double)i * step;
+    return n;
+}
+
+/* A full-range velocity scan [min_vel, max_vel) at vel_step0 for the spectra in list at their
+ * start (theta, vsini): vel_fit.process's first find_best (and firstguess's per template). */
+static int full_scan(struct rvs_fitter *f, const size_t *list, size_t n,
+                     const struct rvs_fit_point *at, struct scan_result *res)
+{
+    int status = RVS_OK;
+    double *vg = NULL, **grids = NULL;
+    size_t *ng = NULL;
+    size_t nv = arange(f->cfg.min_vel, f->cfg.max_vel, f->cfg.vel_step0, &vg);
+    if (nv == SIZE_MAX)
+        return RVS_ERR_NOMEM;
+    grids = rvs_malloc((n ? n : 1) * sizeof *grids);
+    ng = rvs_malloc((n ? n : 1) * sizeof *ng);
+    if (!grids || !ng) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        grids[i] = vg;
+        ng[i] = nv;
+    }
+    RVS_TRY(velocity_scan(f, list, n, at, grids, ng, res));
+cleanup:
+    free(vg);
+    free(grids);
+    free(ng);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Start: vel_fit.firstguess. Parameter grid {logg 1..5} x {teff 3000, 5000, 8000, 10000} x
+ * {feh -2, -1, 0} x {alpha 0}, vsini grid (None, 10, 100) (None = no rotation = 0 here), the
+ * velocity grid arange(min_vel, max_vel, vel_step0). Per vsini the best grid chi^2 over
+ * templates and velocities; the vsini with the lowest wins. The spectra are processed in groups
+ * so that one engine call carries at most ~2M requests. */
+int rvs_fit_start_bruteforce(struct rvs_fitter *f, const size_t *list, size_t n,
+                            struct rvs_fit_point *start, double *vstart)
+{
+    static const double loggs[] = {1, 2, 3, 4, 5};
+    static const double teffs[] = {3000, 5000, 8000, 10000};
+    static const double fehs[] = {-2, -1, 0};
+    static const double vsinis[] = {0, 10, 100};
+    int status = RVS_OK;
+    double *vg = NULL, *chi = NULL, *best = NULL;
+    struct rvs_fit_point *pts = NULL;
+    size_t nv = arange(f->cfg.min_vel, f->cfg.max_vel, f->cfg.vel_step0, &vg);
+    if (nv == SIZE_MAX)
+        return RVS_ERR_NOMEM;
+    const size_t ntmpl = 5 * 4 * 3, per = ntmpl * nv;
+    size_t group = (size_t)2000000 / (per ? per : 1);
+    if (group < 1)
+        group = 1;
+    if (group > n)
+        group = n;
+    pts = rvs_malloc((group * per > 0 ? group * per : 1) * sizeof *pts);
+    chi = rvs_malloc((group * per > 0 ? group * per : 1) * sizeof *chi);
+    best = rvs_malloc((n ? n : 1) * sizeof *best);
+    if (!pts || !chi || !best) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++)
+        best[i] = HUGE_VAL;
+    for (size_t iv = 0; iv < 3; iv++)
+        for (size_t g0 = 0; g0 < n; g0 += group) {
+            size_t g1 = g0 + group < n ? g0 + group : n, o = 0;
+            for (size_t i = g0; i < g1; i++)
+                for (size_t l = 0; l < 5; l++)
+                    for (size_t t = 0; t < 4; t++)
+                        for (size_t m = 0; m < 3; m++)
+                            for (size_t v = 0; v < nv; v++) {
+                                struct rvs_fit_point *q = &pts[o++];
+                                q->s = (int)list[i];
+                                q->th[0] = teffs[t];
+                                q->th[1] = loggs[l];
+                                q->th[2] = fehs[m];
+                                q->th[3] = 0;
+                                q->vsini = vsinis[iv];
+                                q->v = vg[v];
+                            }
+            RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_PLAIN, chi, NULL));
+            for (size_t i = g0; i < g1; i++) {
+                const double *c = chi + (i - g0) * per;
+                size_t ib = 0;
+                for (size_t k = 1; k < per; k++)
+                    if (c[k] < c[ib])
+                        ib = k;
+                if (c[ib] < best[i]) {
+                    best[i] = c[ib];
+                    start[list[i]] = pts[(i - g0) * per + ib];
+                    size_t tmpl = ib / nv, vi = ib % nv;
+                    vstart[list[i]] = quad_min(vg, c + tmpl * nv, nv, vi);
+                }
+            }
+        }
+cleanup:
+    free(vg);
+    free(chi);
+    free(best);
+    free(pts);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lockstep Nelder-Mead (scipy.optimize's _minimize_neldermead, non-adaptive coefficients
+ * rho 1, chi 2, psi 0.5, sigma 0.5; convergence when max |x_i - x_0| <= xatol and
+ * max |f_i - f_0| <= fatol), every spectrum's vertices of one phase in one engine call. */
+#define ND 6
+struct nm_state {
+    double sim[ND + 1][ND], fs[ND + 1];
+    double xr[ND], fr, xe[ND], fe;
+    int phase, done, shrink;
+    size_t iter;
+};
+
+static void to_point(const double *x, int s, struct rvs_fit_point *p)
+{
+    p->s = s;
+    p->v = x[0];
+    p->vsini = x[1];
+    for (int k = 0; k < 4; k++)
+        p->th[k] = x[2 + k];
+}
+
+static void nm_sort(struct nm_state *st)
+{
+    for (int i = 1; i <= ND; i++) {
+        double fx = st->fs[i], x[ND];
+        memcpy(x, st->sim[i], sizeof x);
+        int j = i - 1;
+        while (j >= 0 && st->fs[j] > fx) {
+            st->fs[j + 1] = st->fs[j];
+            memcpy(st->sim[j + 1], st->sim[j], sizeof x);
+            j--;
+        }
+        st->fs[j + 1] = fx;
+        memcpy(st->sim[j + 1], x, sizeof x);
+    }
+}
+
+static int nm_converged(const struct nm_state *st, double xatol, double fatol)
+{
+    double dx = 0, df = 0;
+    for (int i = 1; i <= ND; i++) {
+        for (int k = 0; k < ND; k++)
+            dx = fmax(dx, fabs(st->sim[i][k] - st->sim[0][k]));
+        df = fmax(df, fabs(st->fs[i] - st->fs[0]));
+    }
+    return dx <= xatol && df <= fatol;
+}
+
+/* vel_fit._get_simplex_start's deterministic simplex: vertex 0 the start, vertex j the start
+ * plus std_vec * N(0,1) draws of numpy's RandomState(43434) (the same 36 numbers). */
+static const double simplex_normal[ND][ND] = {
+    {0.25731631534241889, -0.90110692983908958, -1.2493873407306169, 2.0542025532440471,
+     0.07774812382131821, -0.36996052441523458},
+    {-0.37582344004923257, -0.71787255797520677, -1.9419421669622037, -1.6558859213216519,
+     0.11383137516034887, -0.56105518226990303},
+    {-1.8781173126964281, -0.47323104269056132, -1.6726837994774728, -1.8272840006792983,
+     -0.17304992592986235, -2.1883167962435714},
+    {-0.3921959338717661, 1.3058839048272703, -0.72453605006791033, 1.7272414042623521,
+     -0.29683166657245796, 0.28522043541039932},
+    {1.9667308138826358, -1.3945175397962095, -0.58430251455368099, 1.7007517333306454,
+     1.1857463216936788, 1.3494563341979209},
+    {-1.6540175927298564, 0.52857635863853247, 0.80652606358401924, 0.2560927306653154,
+     -2.4437173945669208, -0.2079874729430756}};
+/* std_vec: v 5 km/s, vsini 3, teff 300, logg 0.5, feh 0.5, alpha 0.25 */
+static const double simplex_std[ND] = {5, 3, 300, 0.5, 0.5, 0.25};
+
+static int nelder_mead(struct rvs_fitter *f, const size_t *list, size_t n, double (*x0)[ND],
+                       double *fbest, size_t maxiter, double scale)
+{
+    int status = RVS_OK;
+    const double xatol = 1e-2, fatol = 1e-3;
+    struct nm_state *st = rvs_calloc(n ? n : 1, sizeof *st);
+    struct rvs_fit_point *pts = rvs_malloc(((ND + 1) * n + 1) * sizeof *pts);
+    double *fv = rvs_malloc(((ND + 1) * n + 1) * sizeof *fv);
+    size_t *who = rvs_malloc(((ND + 1) * n + 1) * sizeof *who);
+    if (!st || !pts || !fv || !who) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    /* initial simplex, all spectra in one call */
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (int j = 0; j <= ND; j++) {
+            for (int k = 0; k < ND; k++)
+                st[i].sim[j][k] = x0[i][k] + (j > 0 ? scale * simplex_std[k] *
+                                                          simplex_normal[j - 1][k]
+                                                    : 0);
+            to_point(st[i].sim[j], (int)list[i], &pts[o++]);
+        }
+    }
+    RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_OPTIMIZER, fv, NULL));
+    for (size_t i = 0; i < n; i++) {
+        for (int j = 0; j <= ND; j++)
+            st[i].fs[j] = fv[i * (ND + 1) + j];
+        nm_sort(&st[i]);
+    }
+    for (size_t it = 0; it < maxiter; it++) {
+        /* phase A: reflections of every active spectrum */
+        o = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct nm_state *s = &st[i];
+            if (s->done)
+                continue;
+            if (nm_converged(s, xatol, fatol)) {
+                s->done = 1;
+                continue;
+            }
+            s->iter++;
+            for (int k = 0; k < ND; k++) {
+                double xb = 0;
+                for (int j = 0; j < ND; j++)
+                    xb += s->sim[j][k];
+                xb /= ND;
+                s->xr[k] = 2 * xb - s->sim[ND][k];
+                /* keep the centroid in xe until phase B needs it */
+                s->xe[k] = xb;
+            }
+            to_point(s->xr, (int)list[i], &pts[o]);
+            who[o++] = i;
+        }
+        if (o == 0)
+            break;
+        RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_OPTIMIZER, fv, NULL));
+        /* phase B: expansion or contraction */
+        size_t nb = o;
+        o = 0;
+        for (size_t q = 0; q < nb; q++) {
+            struct nm_state *s = &st[who[q]];
+            double xb[ND];
+            memcpy(xb, s->xe, sizeof xb);
+            s->fr = fv[q];
+            s->shrink = 0;
+            if (s->fr < s->fs[0]) {
+                s->phase = 1; /* expansion */
+                for (int k = 0; k < ND; k++)
+                    s->xe[k] = 3 * xb[k] - 2 * s->sim[ND][k];
+            } else if (s->fr < s->fs[ND - 1]) {
+                s->phase = 0; /* accept the reflection */
+                memcpy(s->sim[ND], s->xr, sizeof s->xr);
+                s->fs[ND] = s->fr;
+                nm_sort(s);
+                continue;
+            } else if (s->fr < s->fs[ND]) {
+                s->phase = 2; /* outside contraction */
+                for (int k = 0; k < ND; k++)
+                    s->xe[k] = 1.5 * xb[k] - 0.5 * s->sim[ND][k];
+            } else {
+                s->phase = 3; /* inside contraction */
+                for (int k = 0; k < ND; k++)
+                    s->xe[k] = 0.5 * xb[k] + 0.5 * s->sim[ND][k];
+            }
+            to_point(s->xe, (int)list[who[q]], &pts[o]);
+            who[nb + o] = who[q]; /* safe: nb + o < (ND + 1) n */
+            o++;
+        }
+        size_t nc = o;
+        if (nc) {
+            /* who[nb..nb+nc) hold the spectra of this call */
+            size_t *w2 = who + nb;
+            RVS_TRY(rvs_fit_objective(f, pts, nc, RVS_FIT_OPTIMIZER, fv, NULL));
+            for (size_t q = 0; q < nc; q++) {
+                struct nm_state *s = &st[w2[q]];
+                double fe = fv[q];
+                if (s->phase == 1) {
+                    if (fe < s->fr) {
+                        memcpy(s->sim[ND], s->xe, sizeof s->xe);
+                        s->fs[ND] = fe;
+                    } else {
+                        memcpy(s->sim[ND], s->xr, sizeof s->xr);
+                        s->fs[ND] = s->fr;
+                    }
+                } else if (s->phase == 2) {
+                    if (fe <= s->fr) {
+                        memcpy(s->sim[ND], s->xe, sizeof s->xe);
+                        s->fs[ND] = fe;
+                    } else
+                        s->shrink = 1;
+                } else {
+                    if (fe < s->fs[ND]) {
+                        memcpy(s->sim[ND], s->xe, sizeof s->xe);
+                        s->fs[ND] = fe;
+                    } else
+                        s->shrink = 1;
+                }
+                if (!s->shrink)
+                    nm_sort(s);
+            }
+            /* phase C: shrinks */
+            size_t ns = 0;
+            o = 0;
+            for (size_t q = 0; q < nc; q++) {
+                struct nm_state *s = &st[w2[q]];
+                if (!s->shrink)
+                    continue;
+                for (int j = 1; j <= ND; j++) {
+                    for (int k = 0; k < ND; k++)
+                        s->sim[j][k] = s->sim[0][k] + 0.5 * (s->sim[j][k] - s->sim[0][k]);
+                    to_point(s->sim[j], (int)list[w2[q]], &pts[o++]);
+                }
+                w2[ns++] = w2[q];
+            }
+            if (ns) {
+                RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_OPTIMIZER, fv, NULL));
+                for (size_t q = 0; q < ns; q++) {
+                    struct nm_state *s = &st[w2[q]];
+                    for (int j = 1; j <= ND; j++)
+                        s->fs[j] = fv[q * ND + (size_t)(j - 1)];
+                    nm_sort(s);
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(x0[i], st[i].sim[0], sizeof x0[i]);
+        fbest[i] = st[i].fs[0];
+        f->nm_iter_max = st[i].iter > f->nm_iter_max ? st[i].iter : f->nm_iter_max;
+        if (!st[i].done && !nm_converged(&st[i], xatol, fatol))
+            f->nm_unconverged++;
+    }
+cleanup:
+    free(st);
+    free(pts);
+    free(fv);
+    free(who);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* vel_fit._minimum_sampler (crit_ratio 5, goal_width 10), one engine call per round for all
+ * spectra still refining. */
+static int posterior(struct rvs_fitter *f, const size_t *list, size_t n,
+                     const struct rvs_fit_point *at, struct scan_result *out)
+{
+    int status = RVS_OK;
+    const double crit = 5, goal = 10;
+    double *lo = rvs_malloc((n + 1) * sizeof(double)), *hi = rvs_malloc((n + 1) * sizeof(double));
+    double *step = rvs_malloc((n + 1) * sizeof(double)), *bv = rvs_malloc((n + 1) * sizeof(double));
+    double **grids = rvs_calloc(n + 1, sizeof *grids);
+    size_t *ng = rvs_malloc((n + 1) * sizeof *ng), *act = rvs_malloc((n + 1) * sizeof *act);
+    size_t *actl = rvs_malloc((n + 1) * sizeof *actl);
+    struct scan_result *res = rvs_malloc((n + 1) * sizeof *res);
+    unsigned char *done = rvs_calloc(n + 1, 1);
+    if (!lo || !hi || !step || !bv || !grids || !ng || !act || !actl || !res || !done) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        lo[i] = f->cfg.min_vel;
+        hi[i] = f->cfg.max_vel;
+        step[i] = f->cfg.vel_step0;
+        bv[i] = fmin(fmax(at[list[i]].v, lo[i]), hi[i]);
+    }
+    for (int it = 0; it < 10; it++) {
+        size_t na = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (done[i])
+                continue;
+            free(grids[na]);
+            grids[na] = NULL;
+            double start = ceil((lo[i] - bv[i]) / step[i]) * step[i];
+            size_t m = arange(start, hi[i] - bv[i], step[i], &grids[na]);
+            if (m == SIZE_MAX) {
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+            for (size_t g = 0; g < m; g++)
+                grids[na][g] += bv[i];
+            if (m == 0) { /* degenerate window: evaluate the current velocity */
+                free(grids[na]);
+                grids[na] = rvs_malloc(sizeof(double));
+                if (!grids[na]) {
+                    status = RVS_ERR_NOMEM;
+                    goto cleanup;
+                }
+                grids[na][0] = bv[i];
+                m = 1;
+            }
+            ng[na] = m;
+            act[na] = i;
+            actl[na] = list[i];
+            na++;
+        }
+        if (na == 0)
+            break;
+        RVS_TRY(velocity_scan(f, actl, na, at, grids, ng, res));
+        f->posterior_rounds++;
+        for (size_t q = 0; q < na; q++) {
+            size_t i = act[q];
+            out[i] = res[q];
+            bv[i] = res[q].best_vel;
+            double err = res[q].err;
+            if (step[i] < err / crit || step[i] < f->cfg.min_vel_step || it == 9) {
+                done[i] = 1;
+                continue;
+            }
+            double nstep, width;
+            if (step[i] > err) {
+                nstep = step[i] / crit;
+                width = step[i] * goal;
+            } else {
+                nstep = err / crit * 0.8;
+                width = err * goal;
+            }
+            lo[i] = fmax(bv[i] - width, lo[i]);
+            hi[i] = fmin(bv[i] + width, hi[i]);
+            step[i] = nstep;
+        }
+    }
+cleanup:
+    if (grids)
+        for (size_t i = 0; i <= n; i++)
+            free(grids[i]);
+    free(grids);
+    free(lo);
+    free(hi);
+    free(step);
+    free(bv);
+    free(ng);
+    free(act);
+    free(actl);
+    free(res);
+    free(done);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Hessian of 0.5 (-2 log L) in (teff, logg, feh, alpha) at v, vsini fixed.
+ *
+ * rvspecfit (vel_fit.process) uses numdifftools with tiny base steps (teff 0.01 K, logg 1e-3);
+ * with a float32 emulator the chi^2 is jagged at that scale and the errors come out far too
+ * small. Here the steps are chosen per spectrum and parameter so that the change of -2 log L
+ * along each axis is about RVS_FIT_HESS_DCHI (4): pass 1 measures the diagonal curvature with
+ * probe steps, pass 2 evaluates the full central-difference stencil (1 + 2x4 + 4x6 = 33 points)
+ * with the adapted steps. Both passes carry every spectrum in one engine call each. */
+#define RVS_FIT_HESS_DCHI 4.0
+static const double hess_probe[4] = {50, 0.1, 0.05, 0.05};
+static const double hess_min[4] = {0.5, 1e-3, 1e-3, 1e-3};
+static const double hess_max[4] = {2000, 1.5, 1.5, 1.0};
+
+static int invert4(const double a[4][4], double inv[4][4])
+{
+    double m[4][8];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++)
+            m[i][j] = j < 4 ? a[i][j] : (j - 4 == i);
+    for (int c = 0; c < 4; c++) {
+        int p = c;
+        for (int r = c + 1; r < 4; r++)
+            if (fabs(m[r][c]) > fabs(m[p][c]))
+                p = r;
+        if (!(fabs(m[p][c]) > 0) || !isfinite(m[p][c]))
+            return -1;
+        if (p != c)
+            for (int j = 0; j < 8; j++) {
+                double t = m[c][j];
+                m[c][j] = m[p][j];
+                m[p][j] = t;
+            }
+        double d = m[c][c];
+        for (int j = 0; j < 8; j++)
+            m[c][j] /= d;
+        for (int r = 0; r < 4; r++)
+            if (r != c) {
+                double fct = m[r][c];
+                for (int j = 0; j < 8; j++)
+                    m[r][j] -= fct * m[c][j];
+            }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++)
+            inv[i][j] = m[i][j + 4];
+    return 0;
+}
+
+/* vel_fit._uncertainties_from_hessian */
+static int hess_errors(const double h[4][4], double err[4])
+{
+    double inv[4][4], dinv[4];
+    int bad = 0;
+    for (int i = 0; i < 4; i++)
+        dinv[i] = h[i][i] != 0 ? 1 / h[i][i] : HUGE_VAL;
+    if (invert4(h, inv) != 0) {
+        bad = 1;
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++)
+                inv[i][j] = i == j ? dinv[i] : 0;
+    }
+    /* positive definiteness (Cholesky) as the BAD_HESSIAN criterion too */
+    double l[4][4] = {{0}};
+    for (int i = 0; i < 4 && !bad; i++)
+        for (int j = 0; j <= i; j++) {
+            double s = h[i][j];
+            for (int k = 0; k < j; k++)
+                s -= l[i][k] * l[j][k];
+            if (i == j) {
+                if (!(s > 0)) {
+                    bad = 1;
+                    break;
+                }
+                l[i][i] = sqrt(s);
+            } else
+                l[i][j] = s / l[j][j];
+        }
+    for (int i = 0; i < 4; i++) {
+        double d = inv[i][i];
+        if (d < 0) {
+            bad = 1;
+            if (dinv[i] >= 0)
+                d = dinv[i];
+            else {
+                err[i] = NAN;
+                continue;
+            }
+        }
+        err[i] = sqrt(d);
+        if (!isfinite(err[i]))
+            bad = 1;
+    }
+    return bad;
+}
+
+static int hessian(struct rvs_fitter *f, const size_t *list, size_t n,
+                   const struct rvs_fit_point *at, double (*err)[4], int *bad)
+{
+    int status = RVS_OK;
+    const size_t np1 = 9, np2 = 33;
+    struct rvs_fit_point *pts = rvs_malloc((np2 * n + 1) * sizeof *pts);
+    double *fv = rvs_malloc((np2 * n + 1) * sizeof *fv);
+    double (*h)[4] = rvs_malloc((n + 1) * sizeof *h);
+    if (!pts || !fv || !h) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    /* pass 1: probe steps along each axis */
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct rvs_fit_point *c = &at[list[i]];
+        pts[o++] = *c;
+        for (int k = 0; k < 4; k++)
+            for (int sg = -1; sg <= 1; sg += 2) {
+                pts[o] = *c;
+                pts[o].th[k] += sg * hess_probe[k];
+                o++;
+            }
+    }
+    RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_PLAIN, fv, NULL));
+    for (size_t i = 0; i < n; i++) {
+        const double *v = fv + i * np1;
+        for (int k = 0; k < 4; k++) {
+            double d2 = v[1 + 2 * k] + v[2 + 2 * k] - 2 * v[0]; /* Δ(-2logL) sum at ±probe */
+            double hk = hess_probe[k];
+            if (d2 > 0 && isfinite(d2))
+                hk = hess_probe[k] * sqrt(2 * RVS_FIT_HESS_DCHI / d2);
+            h[i][k] = fmin(fmax(hk, hess_min[k]), hess_max[k]);
+        }
+    }
+    /* pass 2: the full stencil */
+    o = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct rvs_fit_point *c = &at[list[i]];
+        pts[o++] = *c;
+        for (int k = 0; k < 4; k++)
+            for (int sg = -1; sg <= 1; sg += 2) {
+                pts[o] = *c;
+                pts[o].th[k] += sg * h[i][k];
+                o++;
+            }
+        for (int k = 0; k < 4; k++)
+            for (int l = k + 1; l < 4; l++)
+                for (int sk = -1; sk <= 1; sk += 2)
+                    for (int sl = -1; sl <= 1; sl += 2) {
+                        pts[o] = *c;
+                        pts[o].th[k] += sk * h[i][k];
+                        pts[o].th[l] += sl * h[i][l];
+                        o++;
+                    }
+    }
+    RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_PLAIN, fv, NULL));
+    for (size_t i = 0; i < n; i++) {
+        const double *v = fv + i * np2;
+        double H[4][4];
+        for (int k = 0; k < 4; k++)
+            H[k][k] = 0.5 * (v[1 + 2 * k] + v[2 + 2 * k] - 2 * v[0]) / (h[i][k] * h[i][k]);
+        size_t q = 9;
+        for (int k = 0; k < 4; k++)
+            for (int l = k + 1; l < 4; l++) {
+                double mm = v[q], mp = v[q + 1], pm = v[q + 2], pp = v[q + 3];
+                q += 4;
+                H[k][l] = H[l][k] = 0.5 * (pp - pm - mp + mm) / (4 * h[i][k] * h[i][l]);
+            }
+        bad[i] = hess_errors(H, err[i]);
+    }
+cleanup:
+    free(pts);
+    free(fv);
+    free(h);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void nan_row(struct rvs_output_row *r)
+{
+    r->vrad = r->vrad_err = r->vrad_skew = r->vrad_kurt = r->vsini = NAN;
+    r->logg = r->logg_err = r->teff = r->teff_err = r->feh = r->feh_err = NAN;
+    r->alphafe = r->alphafe_err = r->chisq_tot = r->chisq_c_tot = r->vrad_ccf = NAN;
+    r->npix_tot = 0;
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        r->chisq[a] = r->chisq_c[a] = NAN;
+    r->rvs_warn = RVS_WARN_BAD_SPECTRUM;
+}
+
+static int edge(double v, double lo, double hi, double thr)
+{
+    return v < lo + thr || v > hi - thr;
+}
+
+int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
+                   struct rvs_output_row *rows, float *const models[RVS_DESI_NARMS])
+{
+    int status = RVS_OK;
+    size_t nt = b->ntargets, n = 0;
+    size_t *list = NULL;
+    struct rvs_fit_point *start = NULL, *best = NULL;
+    double *vstart = NULL, (*x)[ND] = NULL, *fb = NULL, (*x2)[ND] = NULL, *fb2 = NULL;
+    struct scan_result *sr = NULL, *post = NULL;
+    double (*perr)[4] = NULL;
+    int *badh = NULL;
+    struct rvs_engine_request *mreq = NULL;
+    double *mchi = NULL, *marm = NULL, *mod[RVS_DESI_NARMS] = {0}, *cmod[RVS_DESI_NARMS] = {0};
+    double *cchi = NULL;
+    const double *specp[RVS_DESI_NARMS] = {0}, *especp[RVS_DESI_NARMS] = {0};
+    const float *resp[RVS_DESI_NARMS] = {0};
+    unsigned char *arm_used = NULL;
+    double t0;
+
+    if (!f || !b || !rows)
+        return RVS_ERR_INVALID_ARGUMENT;
+    if (nt == 0)
+        return RVS_OK;
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        if (f->arm_engine[a] >= 0 && (b->arms & (1u << a)) && b->nwave[a] != f->nwave[a]) {
+            rvs_log(RVS_LOG_ERROR, "fit", "batch arm %d has %zu pixels, the fitter %zu", a,
+                    b->nwave[a], f->nwave[a]);
+            return RVS_ERR_INVALID_ARGUMENT;
+        }
+    /* upload the batch */
+    arm_used = rvs_calloc(nt * f->narm, 1);
+    list = rvs_malloc(nt * sizeof *list);
+    free(f->badchi);
+    f->badchi = rvs_malloc(nt * sizeof(double));
+    for (size_t k = 0; k < f->narm; k++) {
+        free(f->used[k]);
+        f->used[k] = rvs_calloc(nt, 1);
+    }
+    if (!arm_used || !list || !f->badchi) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t k = 0; k < f->narm; k++) {
+        int a = f->engine_arm[k];
+        if (!f->used[k]) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        if (!(b->arms & (1u << a)) || !b->spec[a])
+            continue;
+        specp[k] = b->spec[a];
+        especp[k] = b->espec[a];
+        if (f->ndiag[a] > 0) {
+            if (!b->with_resolution || !b->resolution[a] || b->ndiag[a] != f->ndiag[a]) {
+                rvs_log(RVS_LOG_ERROR, "fit",
+                        "the fitter uses resolution matrices (%zu diagonals) but the batch "
+                        "has none for arm %d",
+                        f->ndiag[a], a);
+                status = RVS_ERR_INVALID_ARGUMENT;
+                goto cleanup;
+            }
+            size_t cnt = nt * f->ndiag[a] * f->nwave[a];
+            float *r = realloc(f->res_f[a], cnt * sizeof(float));
+            if (!r) {
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+            f->res_f[a] = r;
+            for (size_t i = 0; i < cnt; i++)
+                r[i] = (float)b->resolution[a][i];
+            resp[k] = r;
+        }
+        for (size_t t = 0; t < nt; t++)
+            if (b->used[a] && b->used[a][t] && !b->bad_spectrum[t]) {
+                arm_used[t * f->narm + k] = 1;
+                f->used[k][t] = 1;
+            }
+    }
+    for (size_t t = 0; t < nt; t++) {
+        size_t np = 0;
+        for (size_t k = 0; k < f->narm; k++)
+            if (f->used[k][t])
+                np += f->nwave[f->engine_arm[k]];
+        /* spec_fit.get_chisq: badchi = 10 x the pixels of all the spectrum's datasets */
+        f->badchi[t] = 10.0 * (double)np;
+        if (b->bad_spectrum[t] || np == 0)
+            nan_row(&rows[t]);
+        else
+            list[n++] = t;
+    }
+    int anyres = 0;
+    for (size_t k = 0; k < f->narm; k++)
+        anyres |= resp[k] != NULL;
+    RVS_TRY(rvs_engine_set_data(f->engine, nt, specp, especp, anyres ? resp : NULL, arm_used));
+    start = rvs_calloc(nt, sizeof *start);
+    best = rvs_calloc(nt, sizeof *best);
+    vstart = rvs_calloc(nt, sizeof *vstart);
+    x = rvs_calloc(n + 1, sizeof *x);
+    x2 = rvs_calloc(n + 1, sizeof *x2);
+    fb = rvs_calloc(n + 1, sizeof *fb);
+    fb2 = rvs_calloc(n + 1, sizeof *fb2);
+    sr = rvs_calloc(n + 1, sizeof *sr);
+    post = rvs_calloc(n + 1, sizeof *post);
+    perr = rvs_calloc(n + 1, sizeof *perr);
+    badh = rvs_calloc(n + 1, sizeof *badh);
+    if (!start || !best || !vstart || !x || !x2 || !fb || !fb2 || !sr || !post || !perr ||
+        !badh) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    if (n > 0) {
+        /* 1. start */
+        t0 = rvs_fit_now();
+        if (f->cfg.param_init == RVS_FIT_INIT_CCF)
+            RVS_TRY(rvs_fit_ccf_start(f, b, list, n, start, vstart));
+        else
+            RVS_TRY(rvs_fit_start_bruteforce(f, list, n, start, vstart));
+        /* vel_fit.process: a velocity scan at the start template picks the starting velocity */
+        RVS_TRY(full_scan(f, list, n, start, sr));
+        f->prof.ccf += rvs_fit_now() - t0;
+
+        /* 2. optimizer */
+        t0 = rvs_fit_now();
+        for (size_t i = 0; i < n; i++) {
+            const struct rvs_fit_point *s = &start[list[i]];
+            x[i][0] = sr[i].best_vel;
+            x[i][1] = fmin(fmax(s->vsini, 0), f->cfg.max_vsini);
+            for (int k = 0; k < 4; k++)
+                x[i][2 + k] = s->th[k];
+        }
+        RVS_TRY(nelder_mead(f, list, n, x, fb, 4000, 1.0));
+        if (f->cfg.second_minimizer) {
+            /* a restart from the best vertex with a fresh, smaller simplex: escapes the
+             * simplex collapse Nelder-Mead suffers in 6 dimensions (rvspecfit polishes with
+             * BFGS here) */
+            memcpy(x2, x, (n + 1) * sizeof *x);
+            RVS_TRY(nelder_mead(f, list, n, x2, fb2, 4000, 0.3));
+            for (size_t i = 0; i < n; i++)
+                if (fb2[i] < fb[i]) {
+                    memcpy(x[i], x2[i], sizeof x[i]);
+                    fb[i] = fb2[i];
+                }
+        }
+        for (size_t i = 0; i < n; i++) {
+            struct rvs_fit_point *p = &best[list[i]];
+            to_point(x[i], (int)list[i], p);
+            p->vsini = fmin(fmax(p->vsini, 0), f->cfg.max_vsini);
+        }
+        f->prof.optimizer += rvs_fit_now() - t0;
+
+        /* 3. velocity posterior at the optimum's theta, vsini */
+        t0 = rvs_fit_now();
+        RVS_TRY(posterior(f, list, n, best, post));
+        f->prof.posterior += rvs_fit_now() - t0;
+
+        /* 4. Hessian errors (at the optimizer's velocity, as vel_fit.process) */
+        t0 = rvs_fit_now();
+        RVS_TRY(hessian(f, list, n, best, perr, badh));
+        f->prof.hessian += rvs_fit_now() - t0;
+    }
+
+    /* 5. final models at the posterior velocity, chi^2, continuum, flags */
+    t0 = rvs_fit_now();
+    {
+        size_t E = n ? n : 1;
+        mreq = rvs_calloc(E, sizeof *mreq);
+        mchi = rvs_malloc(E * sizeof *mchi);
+        marm = rvs_malloc(E * f->narm * sizeof *marm);
+        cchi = rvs_malloc(nt * f->narm * sizeof *cchi);
+        if (!mreq || !mchi || !marm || !cchi) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        for (size_t k = 0; k < f->narm; k++) {
+            size_t np = f->nwave[f->engine_arm[k]];
+            mod[k] = rvs_malloc(E * np * sizeof(double));
+            cmod[k] = rvs_malloc(nt * np * sizeof(double));
+            if (!mod[k] || !cmod[k]) {
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            const struct rvs_fit_point *p = &best[list[i]];
+            mreq[i].spectrum = p->s;
+            mreq[i].teff = p->th[0];
+            mreq[i].logg = p->th[1];
+            mreq[i].feh = p->th[2];
+            mreq[i].alpha = p->th[3];
+            mreq[i].vsini = p->vsini;
+            mreq[i].vrad = post[i].best_vel;
+        }
+        if (n > 0) {
+            RVS_TRY(rvs_engine_models(f->engine, mreq, n, mchi, marm, mod, NULL));
+            f->prof.engine_calls++;
+            f->prof.evaluations += n;
+        }
+        RVS_TRY(rvs_engine_continuum(f->engine, cchi, cmod, NULL));
+        f->prof.engine_calls++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t t = list[i];
+        struct rvs_output_row *r = &rows[t];
+        const struct rvs_fit_point *p = &best[t];
+        r->vrad = post[i].best_vel;
+        r->vrad_err = post[i].err;
+        r->vrad_skew = post[i].skew;
+        r->vrad_kurt = post[i].kurt;
+        r->vsini = p->vsini;
+        r->teff = p->th[0];
+        r->logg = p->th[1];
+        r->feh = p->th[2];
+        r->alphafe = p->th[3];
+        r->teff_err = perr[i][0];
+        r->logg_err = perr[i][1];
+        r->feh_err = perr[i][2];
+        r->alphafe_err = perr[i][3];
+        r->vrad_ccf = vstart[t];
+        r->chisq_tot = 0;
+        r->chisq_c_tot = 0;
+        r->npix_tot = 0;
+        for (int a = 0; a < RVS_DESI_NARMS; a++)
+            r->chisq[a] = r->chisq_c[a] = NAN;
+        for (size_t k = 0; k < f->narm; k++) {
+            int a = f->engine_arm[k];
+            if (!f->used[k][t])
+                continue;
+            size_t np = f->nwave[a];
+            const double *sp = b->spec[a] + t * np, *es = b->espec[a] + t * np;
+            const unsigned char *bd = b->bad[a] + t * np;
+            const double *m = mod[k] + i * np, *cm = cmod[k] + t * np;
+            double c = 0, cc = 0;
+            long long npx = 0;
+            for (size_t j = 0; j < np; j++) {
+                if (bd[j])
+                    continue;
+                double d = (m[j] - sp[j]) / es[j], dc = (cm[j] - sp[j]) / es[j];
+                c += d * d;
+                cc += dc * dc;
+                npx++;
+            }
+            r->chisq[a] = c;
+            r->chisq_c[a] = cc;
+            r->chisq_tot += c;
+            r->chisq_c_tot += cc;
+            r->npix_tot += npx;
+        }
+        /* desi_fit.get_rvs_warn */
+        long long w = 0;
+        if (r->chisq_c_tot - r->chisq_tot < 50)
+            w |= RVS_WARN_CHISQ;
+        if (edge(r->vrad, f->cfg.min_vel, f->cfg.max_vel, 5))
+            w |= RVS_WARN_RV;
+        if (r->vsini > 100)
+            w |= RVS_WARN_VSINI;
+        if (r->vrad_err > 100)
+            w |= RVS_WARN_RVERR;
+        if (badh[i])
+            w |= RVS_WARN_BAD_HESSIAN;
+        if (edge(r->teff, 2300, 15000, 10) || edge(r->feh, -4, 1, 0.01) ||
+            edge(r->logg, -0.5, 6.5, 0.01))
+            w |= RVS_WARN_PARAM;
+        r->rvs_warn = w;
+    }
+    /* models in data units: zeros for bad rows and arms a row lacks */
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        if (!models || !models[a] || f->arm_engine[a] < 0)
+            continue;
+        size_t k = (size_t)f->arm_engine[a], np = f->nwave[a];
+        memset(models[a], 0, nt * np * sizeof(float));
+        for (size_t i = 0; i < n; i++) {
+            size_t t = list[i];
+            if (!f->used[k][t])
+                continue;
+            for (size_t j = 0; j < np; j++)
+                models[a][t * np + j] = (float)mod[k][i * np + j];
+        }
+    }
+    f->prof.models += rvs_fit_now() - t0;
+cleanup:
+    free(list);
+    free(arm_used);
+    free(start);
+    free(best);
+    free(vstart);
+    free(x);
+    free(x2);
+    free(fb);
+    free(fb2);
+    free(sr);
+    free(post);
+    free(perr);
+    free(badh);
+    free(mreq);
+    free(mchi);
+    free(marm);
+    free(cchi);
+    for (int k = 0; k < RVS_DESI_NARMS; k++) {
+        free(mod[k]);
+        free(cmod[k]);
+    }
+    return status;
+}

@@ -1,0 +1,65 @@
+/* fit_internal.h: the fitter's state shared by src/fit.c (stages) and src/fit_ccf.c (CCF start).
+ * Not installed. */
+#ifndef RVS_FIT_INTERNAL_H
+#define RVS_FIT_INTERNAL_H
+
+#include <stddef.h>
+
+#include "rvsfit/engine.h"
+#include "rvsfit/fit.h"
+
+/* One point of the objective: spectrum, velocity, vsini, theta (teff, logg, feh, alpha). */
+struct rvs_fit_point {
+    int s;
+    double v, vsini;
+    double th[4];
+};
+
+enum rvs_fit_mode {
+    RVS_FIT_PLAIN = 0,    /* spec_fit.get_chisq with the outside penalty */
+    RVS_FIT_OPTIMIZER = 1 /* vel_fit.chisq_func: velocity bounds, vsini clipping + penalty */
+};
+
+struct rvs_fit_ccf; /* src/fit_ccf.c */
+
+struct rvs_fitter {
+    struct rvs_context *ctx;
+    struct rvs_fit_config cfg;
+    struct rvs_library_arm *lib[RVS_DESI_NARMS]; /* borrowed */
+    struct rvs_nn *nn[RVS_DESI_NARMS];
+    struct rvs_engine *engine;
+    size_t narm;                      /* engine arms */
+    int arm_engine[RVS_DESI_NARMS];   /* DESI arm -> engine arm, -1 when not fitted */
+    int engine_arm[RVS_DESI_NARMS];   /* engine arm -> DESI arm */
+    size_t nwave[RVS_DESI_NARMS], ndiag[RVS_DESI_NARMS];
+    double *data_wave[RVS_DESI_NARMS];
+    double vcov_lo, vcov_hi;          /* velocities where every template covers its data */
+    float *res_f[RVS_DESI_NARMS];     /* the batch's resolution matrices in float */
+    /* current batch */
+    double *badchi;                      /* per target: 10 x its pixels */
+    unsigned char *used[RVS_DESI_NARMS]; /* per engine arm, per target */
+    /* request scratch */
+    struct rvs_engine_request *req;
+    double *chi, *chi_arm;
+    size_t cap;
+    /* statistics */
+    struct rvs_fit_profile prof;
+    double engine_seconds;
+    size_t nm_iter_max, nm_unconverged, posterior_rounds;
+    struct rvs_fit_ccf *ccf;
+};
+
+double rvs_fit_now(void);
+/* Objective values of n points in as few engine calls as the engine needs (one call). */
+int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n, int mode,
+                      double *out, double *arm_out);
+
+int rvs_fit_ccf_create(struct rvs_fitter *f);
+void rvs_fit_ccf_destroy(struct rvs_fitter *f);
+/* Start (theta, vsini in start[t], the CCF velocity in vstart[t]) of the targets list[0..n). */
+int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
+                      size_t n, struct rvs_fit_point *start, double *vstart);
+int rvs_fit_start_bruteforce(struct rvs_fitter *f, const size_t *list, size_t n,
+                             struct rvs_fit_point *start, double *vstart);
+
+#endif

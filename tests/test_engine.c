@@ -1,0 +1,328 @@
+/* test_engine.c: the evaluation engine against the plain-C reference pipeline of
+ * tests/routines/engine.c (NN rows from rvs_nn_forward, rotation by direct convolution, the
+ * spliner.c port, rvs_resolution_apply_host, long-double get_chisq0), in fp64 and forced fp32,
+ * plus the engine's own promises: deduplication really shares work (counters), chunked passes
+ * and the allocation-failure retry give the results of one big pass, missing arms contribute
+ * nothing, non-finite chi^2 stays confined to its request, bad calls are refused.
+ * Tolerances (tests/tolerances.h): chi^2 per arm and total RVS_TOL_ENGINE_FP64_REL relative
+ * (fp64) or RVS_TOL_ENGINE_FP32_ABS absolute (forced fp32); best-fit models and coefficients
+ * (model space) RVS_TOL_FP64_REL / RVS_TOL_FP32_REL; the same requests in other batches
+ * (chunked passes, allocation-failure retries) RVS_TOL_ENGINE_REBATCH_REL relative (plus
+ * RVS_TOL_ENGINE_FP32_ABS in fp32). The whole test takes ~10 s on PoCL here. */
+#include <config.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "routine.h"
+#include "testutil.h"
+#include "tolerances.h"
+
+struct rvs_engine_routine_errors {
+    double chisq, model, coeff;
+    size_t checked, nonfinite_ref, nonfinite_mismatch, missing_nonzero;
+    size_t unique_theta, unique_templates;
+};
+extern struct rvs_engine_routine_errors rvs_engine_routine_last;
+extern const struct rvs_routine rvs_routine_engine;
+struct rvs_engine *rvs_engine_routine_engine(void *state);
+void rvs_engine_routine_results(void *state, size_t *E, size_t *narm, const double **total,
+                                const double **arm);
+const struct rvs_engine_request *rvs_engine_routine_requests(void *state);
+int rvs_engine_routine_check_continuum(void *state, double *err_chisq, double *err_model);
+
+#define ENG_RES (1 << 12)
+#define ENG_TWOARMS (1 << 13)
+#define ENG_MISSING (1 << 14)
+#define ENG_OUTSIDE (1 << 15)
+#define ENG_VSINI (1 << 16)
+#define ENG_SHARED (1 << 17)
+#define ENG_MODELS (1 << 18)
+#define ENG_BN (1 << 19)
+#define ENG_TWOVSINI (1 << 20)
+
+#define C(E, W, S, P) {.batch = (E), .n = 0, .m = (W), .k = (S), .param = (P)}
+
+static const struct rvs_routine_args cases[] = {
+    C(1, 16, 1, 1 | ENG_TWOARMS),                      /* one request, two arms */
+    C(7, 16, 7, 1 | ENG_RES | ENG_VSINI),              /* one request per spectrum */
+    C(280, 24, 7, 40 | ENG_RES | ENG_VSINI),           /* 40-velocity scans, resolution */
+    C(400, 16, 1, 400 | ENG_VSINI),                    /* one theta, 400 velocities */
+    C(64, 20, 8, 1 | ENG_TWOVSINI | ENG_BN),           /* theta pairs with vsini 0 and 50 */
+    C(300, 16, 12, 3 | ENG_MODELS | ENG_RES | ENG_MISSING | ENG_BN), /* models, coefficients */
+    C(2000, 32, 40, 5 | ENG_VSINI | ENG_SHARED | ENG_MISSING | ENG_OUTSIDE | ENG_RES),
+    C(1999, 16, 33, 7 | ENG_VSINI | ENG_OUTSIDE | ENG_TWOARMS), /* no resolution, 2 arms */
+};
+
+static double tol_chisq(struct rvs_context *ctx)
+{
+    return ctx->use_fp64 ? RVS_TOL_ENGINE_FP64_REL : RVS_TOL_ENGINE_FP32_ABS;
+}
+
+static void run_cases(struct rvs_context *ctx)
+{
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double err = rvs_routine_check(ctx, &rvs_routine_engine, &cases[i]);
+        struct rvs_engine_routine_errors *r = &rvs_engine_routine_last;
+        CHECK(err >= 0 && err <= tol_chisq(ctx), "case %zu: chi^2 error %.3e > %.1e", i, err,
+              tol_chisq(ctx));
+        CHECK(r->nonfinite_mismatch == 0 && r->missing_nonzero == 0,
+              "case %zu: %zu non-finite mismatches, %zu missing arms with chi^2 != 0", i,
+              r->nonfinite_mismatch, r->missing_nonzero);
+        if ((int)cases[i].param & ENG_OUTSIDE)
+            CHECK(r->nonfinite_ref > 0 && r->nonfinite_ref < r->checked,
+                  "case %zu: %zu of %zu requests outside the template", i, r->nonfinite_ref,
+                  r->checked);
+        if ((int)cases[i].param & ENG_MODELS) {
+            double tm = ctx->use_fp64 ? RVS_TOL_FP64_REL : RVS_TOL_FP32_REL;
+            printf("    models: max rel error %.3e, coefficients (model space) %.3e\n",
+                   r->model, r->coeff);
+            CHECK(r->model <= tm && r->coeff <= tm, "case %zu: model error %.3e, coefficient "
+                  "error %.3e > %.1e", i, r->model, r->coeff, tm);
+        }
+    }
+}
+
+/* Runs one scenario through setup + run and hands the state to `check`. */
+static void with_scenario(struct rvs_context *ctx, const struct rvs_routine_args *args,
+                          void (*check)(struct rvs_context *, void *, const char *),
+                          const char *label)
+{
+    void *state = NULL;
+    struct rvs_routine_args a = *args;
+    a.real_size = rvs_context_real_size(ctx);
+    int status = rvs_routine_engine.setup(ctx, &a, &state);
+    CHECK(status == RVS_OK, "%s: setup: %s", label, rvs_strerror(status));
+    if (status == RVS_OK)
+        check(ctx, state, label);
+    if (state)
+        rvs_routine_engine.destroy(state);
+}
+
+/* One theta per spectrum (vsini 0 and 5 km/s), 400 velocities each: every arm evaluates the
+ * NN and builds the spline once per theta, and evaluates 800 models. */
+static void check_scan_sharing(struct rvs_context *ctx, void *state, const char *label)
+{
+    struct rvs_engine *g = rvs_engine_routine_engine(state);
+    struct rvs_engine_stats st;
+    size_t es = rvs_context_real_size(ctx), narm = rvs_engine_narms(g);
+    rvs_engine_stats_reset(g);
+    CHECK(rvs_routine_engine.run(ctx, state) == RVS_OK, "%s: run", label);
+    rvs_engine_stats_get(g, &st);
+    printf("  %s: unique theta %llu, templates %llu, NN rows %llu, splines %llu, spline evals "
+           "%llu, device calls NN %llu rotation %llu spline %llu+%llu chi2 %llu, %llu uploads "
+           "(%llu B), %llu downloads (%llu B)\n", label, st.unique_theta, st.unique_templates,
+           st.nn_rows, st.templates_built, st.spline_evals, st.calls[RVS_ENGINE_STAGE_NN],
+           st.calls[RVS_ENGINE_STAGE_ROTATION], st.calls[RVS_ENGINE_STAGE_SPLINE_BUILD],
+           st.calls[RVS_ENGINE_STAGE_SPLINE_EVAL], st.calls[RVS_ENGINE_STAGE_CHISQ],
+           st.calls[RVS_ENGINE_STAGE_UPLOAD], st.bytes_in, st.calls[RVS_ENGINE_STAGE_DOWNLOAD],
+           st.bytes_out);
+    CHECK(st.unique_theta == 2 && st.unique_templates == 2, "%s: %llu theta, %llu templates",
+          label, st.unique_theta, st.unique_templates);
+    CHECK(st.nn_rows == 2 * narm && st.templates_built == 2 * narm &&
+              st.spline_evals == 800 * narm,
+          "%s: NN rows %llu, splines %llu, evaluations %llu", label, st.nn_rows,
+          st.templates_built, st.spline_evals);
+    CHECK(st.chunks == 1 && st.calls[RVS_ENGINE_STAGE_NN] == narm &&
+              st.calls[RVS_ENGINE_STAGE_ROTATION] == narm &&
+              st.calls[RVS_ENGINE_STAGE_GATHER] == 0 &&
+              st.calls[RVS_ENGINE_STAGE_SPLINE_BUILD] == narm &&
+              st.calls[RVS_ENGINE_STAGE_SPLINE_EVAL] == narm &&
+              st.calls[RVS_ENGINE_STAGE_CHISQ] == narm,
+          "%s: device calls per stage are not one per arm", label);
+    /* theta rows + 3 per-request arrays in; chi^2 (hi, lo) per request and arm out */
+    CHECK(st.calls[RVS_ENGINE_STAGE_UPLOAD] == 4 &&
+              st.bytes_in == 2 * 4 * es + 800 * (2 * sizeof(cl_int) + es),
+          "%s: %llu uploads of %llu bytes", label, st.calls[RVS_ENGINE_STAGE_UPLOAD],
+          st.bytes_in);
+    CHECK(st.calls[RVS_ENGINE_STAGE_DOWNLOAD] == narm && st.bytes_out == narm * 800 * 2 * es,
+          "%s: %llu downloads of %llu bytes", label, st.calls[RVS_ENGINE_STAGE_DOWNLOAD],
+          st.bytes_out);
+}
+
+/* theta pairs with vsini 0 and 50: one NN row per pair, one gather, two templates. */
+static void check_pair_sharing(struct rvs_context *ctx, void *state, const char *label)
+{
+    struct rvs_engine *g = rvs_engine_routine_engine(state);
+    struct rvs_engine_stats st;
+    size_t narm = rvs_engine_narms(g);
+    rvs_engine_stats_reset(g);
+    CHECK(rvs_routine_engine.run(ctx, state) == RVS_OK, "%s: run", label);
+    rvs_engine_stats_get(g, &st);
+    printf("  %s: unique theta %llu, templates %llu, NN rows %llu, gathers %llu\n", label,
+           st.unique_theta, st.unique_templates, st.nn_rows, st.calls[RVS_ENGINE_STAGE_GATHER]);
+    CHECK(st.unique_theta == 32 && st.unique_templates == 64 && st.nn_rows == 32 * narm &&
+              st.templates_built == 64 * narm && st.calls[RVS_ENGINE_STAGE_GATHER] == narm,
+          "%s: theta %llu templates %llu NN rows %llu splines %llu gathers %llu", label,
+          st.unique_theta, st.unique_templates, st.nn_rows, st.templates_built,
+          st.calls[RVS_ENGINE_STAGE_GATHER]);
+}
+
+/* Largest relative difference between two result sets, and whether every value is within
+ * abs_tol + RVS_TOL_ENGINE_REBATCH_REL |b| (abs_tol: 0 in fp64, the fp32 chain's tolerance in
+ * fp32, where the chi^2 GEMMs also round by batch). A finite value against a non-finite one
+ * fails. */
+static double result_diff(struct rvs_context *ctx, const double *a, const double *b, size_t n,
+                          int *ok)
+{
+    double d = 0, abs_tol = ctx->use_fp64 ? 0 : RVS_TOL_ENGINE_FP32_ABS;
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(a[i]) != isfinite(b[i])) {
+            *ok = 0;
+            d = INFINITY;
+            continue;
+        }
+        if (!isfinite(a[i]))
+            continue;
+        double e = fabs(a[i] - b[i]);
+        if (!(e <= abs_tol + RVS_TOL_ENGINE_REBATCH_REL * fabs(b[i])))
+            *ok = 0;
+        d = fmax(d, e / fmax(fabs(b[i]), 1e-300));
+    }
+    return d;
+}
+
+/* Chunked passes (tiny caps), the allocation-failure retry and profiling must reproduce one big
+ * pass, within RVS_TOL_ENGINE_REBATCH_REL (not bit for bit: see tests/tolerances.h). */
+static void check_chunking(struct rvs_context *ctx, void *state, const char *label)
+{
+    struct rvs_engine *g = rvs_engine_routine_engine(state);
+    struct rvs_engine_stats st;
+    size_t E, narm;
+    const double *tot, *arm;
+    int ok = 1;
+    CHECK(rvs_routine_engine.run(ctx, state) == RVS_OK, "%s: one pass", label);
+    rvs_engine_routine_results(state, &E, &narm, &tot, &arm);
+    double *tot0 = malloc(E * sizeof *tot0), *arm0 = malloc(E * narm * sizeof *arm0);
+    if (!tot0 || !arm0) {
+        CHECK(0, "out of memory");
+        free(tot0), free(arm0);
+        return;
+    }
+    memcpy(tot0, tot, E * sizeof *tot0);
+    memcpy(arm0, arm, E * narm * sizeof *arm0);
+
+    rvs_engine_set_chunk_limits(g, 37, 5);
+    rvs_engine_stats_reset(g);
+    CHECK(rvs_routine_engine.run(ctx, state) == RVS_OK, "%s: chunked", label);
+    rvs_engine_stats_get(g, &st);
+    double d = fmax(result_diff(ctx, tot, tot0, E, &ok),
+                    result_diff(ctx, arm, arm0, E * narm, &ok));
+    printf("  %s: %llu chunks of <= 37 requests / 5 templates: max relative difference "
+           "%.3e\n", label, st.chunks, d);
+    CHECK(st.chunks >= E / 37 && ok, "%s: chunked: %llu chunks, difference %.3e", label,
+          st.chunks, d);
+
+    rvs_engine_set_chunk_limits(g, 0, 0);
+    rvs_engine_simulate_alloc_limit(g, 300);
+    rvs_engine_set_profiling(g, 1);
+    rvs_engine_stats_reset(g);
+    CHECK(rvs_routine_engine.run(ctx, state) == RVS_OK, "%s: with allocation failures", label);
+    rvs_engine_stats_get(g, &st);
+    d = fmax(result_diff(ctx, tot, tot0, E, &ok), result_diff(ctx, arm, arm0, E * narm, &ok));
+    printf("  %s: allocation failures above 300 requests: %llu retries, %llu chunks, max "
+           "relative difference %.3e\n", label, st.retries, st.chunks, d);
+    CHECK(st.retries >= 1 && st.chunks >= E / 300 && ok,
+          "%s: retry: %llu retries, %llu chunks, difference %.3e", label, st.retries, st.chunks,
+          d);
+    double sum = 0;
+    for (int k = 0; k < RVS_ENGINE_NSTAGES; k++)
+        sum += st.seconds[k];
+    printf("  %s: profiled stages %.3f s of %.3f s in the calls\n", label, sum,
+           st.total_seconds);
+    CHECK(sum > 0 && sum <= st.total_seconds * 1.01 + 1e-3, "%s: stage times %.3f s, total "
+          "%.3f s", label, sum, st.total_seconds);
+    rvs_engine_simulate_alloc_limit(g, 0);
+    rvs_engine_set_profiling(g, 0);
+
+    /* a bad request gets NaN, its neighbours are unchanged; a bad spectrum index is refused */
+    const struct rvs_engine_request *req = rvs_engine_routine_requests(state);
+    struct rvs_engine_request q[3] = {req[0], req[1], req[2]};
+    double t[3];
+    q[1].teff = NAN;
+    CHECK(rvs_engine_eval(g, q, 3, t, NULL) == RVS_OK, "%s: NaN theta refused", label);
+    ok = 1;
+    result_diff(ctx, &t[0], &tot0[0], 1, &ok);
+    result_diff(ctx, &t[2], &tot0[2], 1, &ok);
+    CHECK(!isfinite(t[1]) && ok,
+          "%s: NaN theta: %g %g %g (want %g NaN %g)", label, t[0], t[1], t[2], tot0[0], tot0[2]);
+    q[1] = req[1];
+    q[1].spectrum = 1 << 30;
+    CHECK(rvs_engine_eval(g, q, 3, t, NULL) == RVS_ERR_INVALID_ARGUMENT,
+          "%s: spectrum index out of range accepted", label);
+    free(tot0), free(arm0);
+}
+
+/* Continuum-only fits of every spectrum (rvspecfit's get_chisq_continuum). */
+static void check_continuum(struct rvs_context *ctx, void *state, const char *label)
+{
+    double ec = 0, em = 0;
+    int status = rvs_engine_routine_check_continuum(state, &ec, &em);
+    double tc = ctx->use_fp64 ? RVS_TOL_ENGINE_FP64_REL : RVS_TOL_ENGINE_FP32_ABS;
+    double tm = ctx->use_fp64 ? RVS_TOL_FP64_REL : RVS_TOL_FP32_REL;
+    printf("  %s: chi^2 error %.3e, model error %.3e\n", label, ec, em);
+    CHECK(status == RVS_OK && ec <= tc && em <= tm, "%s: %s, chi^2 error %.3e, model error "
+          "%.3e", label, rvs_strerror(status), ec, em);
+}
+
+/* Sizing and argument checks. */
+static void check_api(struct rvs_context *ctx, void *state, const char *label)
+{
+    struct rvs_engine *g = rvs_engine_routine_engine(state);
+    size_t b1 = rvs_engine_max_batch(g, 1), b100 = rvs_engine_max_batch(g, 100);
+    printf("  %s: max batch %zu spectra at 1 request each, %zu at 100\n", label, b1, b100);
+    CHECK(b1 >= b100 && b100 >= 1 && b1 > 1000, "%s: max batch %zu / %zu", label, b1, b100);
+    double vmin, vmax;
+    CHECK(rvs_engine_arm_velocity_range(g, 0, &vmin, &vmax) == RVS_OK && vmin < -1000 &&
+              vmax > 1000 && vmax < 2000,
+          "%s: velocity range [%g, %g]", label, vmin, vmax);
+    (void)ctx;
+    /* data without the resolution matrices the arms were configured with */
+    size_t n0 = rvs_engine_arm_npix(g, 0), n1 = rvs_engine_arm_npix(g, 1);
+    size_t n2 = rvs_engine_arm_npix(g, 2), nmax = n0 > n1 ? n0 : n1;
+    nmax = nmax > n2 ? nmax : n2;
+    double *ones = malloc(nmax * sizeof *ones);
+    if (!ones)
+        return;
+    for (size_t i = 0; i < nmax; i++)
+        ones[i] = 1;
+    const double *spec[3] = {ones, ones, ones};
+    CHECK(rvs_engine_set_data(g, 1, spec, spec, NULL, NULL) == RVS_ERR_INVALID_ARGUMENT,
+          "%s: data without resolution matrices accepted", label);
+    struct rvs_engine_request q = {0, 5000, 4, 0, 0, 0, 0};
+    double t;
+    CHECK(rvs_engine_eval(g, &q, 1, &t, NULL) == RVS_ERR_INVALID_ARGUMENT,
+          "%s: evaluation without data accepted", label);
+    free(ones);
+}
+
+static void run_all(struct rvs_context *ctx)
+{
+    printf("%s, %s\n", ctx->caps.device_name, ctx->use_fp64 ? "fp64" : "compensated fp32");
+    run_cases(ctx);
+    const struct rvs_routine_args scan = C(800, 16, 2, 400 | ENG_VSINI);
+    const struct rvs_routine_args pairs = C(64, 20, 8, 1 | ENG_TWOVSINI);
+    const struct rvs_routine_args mixed =
+        C(1500, 24, 30, 5 | ENG_VSINI | ENG_SHARED | ENG_MISSING | ENG_OUTSIDE | ENG_RES);
+    with_scenario(ctx, &scan, check_scan_sharing, "velocity scans");
+    with_scenario(ctx, &pairs, check_pair_sharing, "theta pairs");
+    with_scenario(ctx, &mixed, check_chunking, "chunking");
+    with_scenario(ctx, &mixed, check_continuum, "continuum only");
+    with_scenario(ctx, &mixed, check_api, "api");
+}
+
+int main(void)
+{
+    struct rvs_context *ctx = test_context(0); /* with the self-test, which has an engine row */
+    run_all(ctx);
+    int had_fp64 = ctx->use_fp64;
+    rvs_context_destroy(&ctx);
+    setenv("RVSFIT_CL_FP32", "1", 1);
+    ctx = test_context(0);
+    CHECK(!ctx->use_fp64, "RVSFIT_CL_FP32=1 did not force fp32");
+    run_all(ctx);
+    rvs_context_destroy(&ctx);
+    if (!had_fp64)
+        printf("device has no fp64: the fp64 pass ran in fp32\n");
+    return test_finish("test_engine");
+}
