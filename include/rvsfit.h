@@ -24,6 +24,8 @@
 #include "rvsfit/library.h"
 #include "rvsfit/engine.h"
 #include "rvsfit/fit.h"
+#include "rvsfit/config.h"
+#include "rvsfit/run.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,20 +1,37 @@
-/* rvsfit-cl.c: the command-line program. Options come from one table (names, arguments, help);
- * getopt_long's table and --help are both generated from it. rvs_desi_fit spells options with
- * underscores, so "--log_level" is accepted as "--log-level". */
+/* rvsfit-cl.c: the command-line program, a replacement for rvspecfit's rvs_desi_fit
+ * (py/rvspecfit/desi/desi_fit.py: main, proc_many). Options come from one table (names,
+ * arguments, group, help); getopt_long's table and --help are both generated from it.
+ * rvs_desi_fit spells options with underscores, so "--log_level" is accepted as "--log-level".
+ *
+ * Settings are merged in one place (build_settings): command line over the YAML configuration
+ * (--config, else ./config.yaml when present, as rvspecfit's read_config) over rvspecfit's
+ * defaults. --show-config prints the result with where each value came from. */
 #include <config.h>
 
+#include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <regex.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "rvsfit.h"
+#include "rvsfit/config.h"
+#include "rvsfit/fit.h"
+#include "rvsfit/run.h"
 
 /* Exit codes (also in --help and the man page). */
 enum rvs_exit {
     RVS_EXIT_OK = 0,      /* everything asked for was done */
     RVS_EXIT_FAILURE = 1, /* a file or target could not be processed, or an output not written */
-    RVS_EXIT_USAGE = 2,   /* bad command line */
+    RVS_EXIT_USAGE = 2,   /* bad command line or configuration */
     RVS_EXIT_DEVICE = 3   /* no usable OpenCL device, kernel build or self-test failure */
 };
 
@@ -28,7 +45,42 @@ enum option_id {
     OPT_SELF_TEST,
     OPT_FP32,
     OPT_LOG_LEVEL,
-    OPT_LOG
+    OPT_LOG,
+    OPT_INPUT_FILE_FROM,
+    OPT_QUEUE_FILE,
+    OPT_OUTPUT_DIR,
+    OPT_OUTPUT_TAB_PREFIX,
+    OPT_OUTPUT_MOD_PREFIX,
+    OPT_NO_SUBDIRS,
+    OPT_SKIPEXISTING,
+    OPT_PROCESS_STATUS_FILE,
+    OPT_THROW_EXCEPTIONS,
+    OPT_CONFIG,
+    OPT_TEMPLATE_LIB,
+    OPT_SHOW_CONFIG,
+    OPT_TARGETID,
+    OPT_TARGETID_FILE_FROM,
+    OPT_MINSN,
+    OPT_MINEXPID,
+    OPT_MAXEXPID,
+    OPT_OBJTYPES,
+    OPT_ZBEST_SELECT,
+    OPT_ZBEST_INCLUDE,
+    OPT_FITARM,
+    OPT_NPOLY,
+    OPT_PARAM_INIT,
+    OPT_RESOLUTION_MATRIX,
+    OPT_NO_RESOLUTION_MATRIX,
+    OPT_NO_CCF_CONTINUUM_NORMALIZE,
+    OPT_BATCH_SIZE,
+    OPT_NO_OVERLAP,
+    OPT_PROFILE,
+    OPT_DOPLOT,
+    OPT_FIGURE_DIR,
+    OPT_FIGURE_PREFIX,
+    OPT_NTHREADS,
+    OPT_OVERWRITE,
+    OPT_MPI
 };
 
 struct cli_option {
@@ -36,55 +88,179 @@ struct cli_option {
     int has_arg;
     int id;
     const char *arg_name;
+    const char *group; /* --help section, printed when it changes */
     const char *help;
 };
 
+static const char G_INPUT[] = "Input and output";
+static const char G_CONFIG[] = "Configuration";
+static const char G_SELECT[] = "Target selection";
+static const char G_FIT[] = "Fit";
+static const char G_DEVICE[] = "Device and speed";
+static const char G_MSG[] = "Messages";
+static const char G_COMPAT[] = "Accepted for rvs_desi_fit compatibility";
+static const char G_INFO[] = "Information";
+
 static const struct cli_option cli_options[] = {
-    {"device", required_argument, OPT_DEVICE, "SPEC",
+    {"input-file-from", required_argument, OPT_INPUT_FILE_FROM, "LIST", G_INPUT,
+     "read the input file names from LIST (one a line) instead of the arguments"},
+    {"queue-file", optional_argument, OPT_QUEUE_FILE, "LIST", G_INPUT,
+     "treat the --input-file-from list (or LIST) as a queue shared by several processes: each "
+     "takes the first name and removes it, under a lock"},
+    {"output-dir", required_argument, OPT_OUTPUT_DIR, "DIR", G_INPUT,
+     "where outputs go (default ./), in DIR/<last two directories of the input>/"},
+    {"output-tab-prefix", required_argument, OPT_OUTPUT_TAB_PREFIX, "PREFIX", G_INPUT,
+     "table file names: PREFIX_<input name> (default rvtab)"},
+    {"output-mod-prefix", required_argument, OPT_OUTPUT_MOD_PREFIX, "PREFIX", G_INPUT,
+     "model file names: PREFIX_<input name> (default rvmod)"},
+    {"no-subdirs", no_argument, OPT_NO_SUBDIRS, NULL, G_INPUT,
+     "write outputs directly in --output-dir"},
+    {"skipexisting", no_argument, OPT_SKIPEXISTING, NULL, G_INPUT,
+     "skip an input whose two outputs both exist (status EXISTING)"},
+    {"process-status-file", required_argument, OPT_PROCESS_STATUS_FILE, "FILE", G_INPUT,
+     "emptied at the start, then one line per input: NAME SUCCESS|FAILURE|EXISTING NOBJ SECONDS"},
+    {"throw-exceptions", no_argument, OPT_THROW_EXCEPTIONS, NULL, G_INPUT,
+     "stop at the first input that fails instead of recording it and going on"},
+    {"config", required_argument, OPT_CONFIG, "FILE", G_CONFIG,
+     "rvspecfit YAML configuration (default ./config.yaml when it exists)"},
+    {"template-lib", required_argument, OPT_TEMPLATE_LIB, "DIR", G_CONFIG,
+     "template library directory (rvsfit_desi_{b,r,z}.fits); overrides template_lib of the "
+     "configuration (default: the installed default library)"},
+    {"show-config", no_argument, OPT_SHOW_CONFIG, NULL, G_CONFIG,
+     "print the settings in effect and where each comes from, and exit"},
+    {"targetid", required_argument, OPT_TARGETID, "ID", G_SELECT, "fit only this TARGETID"},
+    {"targetid-file-from", required_argument, OPT_TARGETID_FILE_FROM, "FILE", G_SELECT,
+     "fit only the TARGETIDs listed in FILE"},
+    {"minsn", required_argument, OPT_MINSN, "SN", G_SELECT,
+     "fit only spectra whose best arm has S/N above SN (default -1e9)"},
+    {"minexpid", required_argument, OPT_MINEXPID, "N", G_SELECT,
+     "fit only exposures with EXPID > N (files with an EXPID column)"},
+    {"maxexpid", required_argument, OPT_MAXEXPID, "N", G_SELECT,
+     "fit only exposures with EXPID <= N"},
+    {"objtypes", required_argument, OPT_OBJTYPES, "LIST", G_SELECT,
+     "comma-separated target-bit patterns, e.g. MWS_ANY,STD_*"},
+    {"zbest-select", no_argument, OPT_ZBEST_SELECT, NULL, G_SELECT,
+     "also fit what redrock calls a star or |z| < 1500 km/s (redrock-*.fits beside the input)"},
+    {"zbest-include", no_argument, OPT_ZBEST_INCLUDE, NULL, G_SELECT,
+     "copy redrock's Z, SPECTYPE, SUBTYPE into RR_* columns without selecting on them"},
+    {"fitarm", required_argument, OPT_FITARM, "ARMS", G_FIT,
+     "comma-separated arms to fit: b, r, z (default all)"},
+    {"npoly", required_argument, OPT_NPOLY, "N", G_FIT,
+     "continuum basis functions per arm (default 10)"},
+    {"param-init", required_argument, OPT_PARAM_INIT, "METHOD", G_FIT,
+     "starting point: CCF (default) or bruteforce"},
+    {"resolution-matrix", no_argument, OPT_RESOLUTION_MATRIX, NULL, G_FIT,
+     "convolve models with the files' resolution matrices"},
+    {"no-resolution-matrix", no_argument, OPT_NO_RESOLUTION_MATRIX, NULL, G_FIT,
+     "do not (the default)"},
+    {"no-ccf-continuum-normalize", no_argument, OPT_NO_CCF_CONTINUUM_NORMALIZE, NULL, G_FIT,
+     "do not divide by the continuum before the CCF"},
+    {"device", required_argument, OPT_DEVICE, "SPEC", G_DEVICE,
      "OpenCL device: index, P:D, name substring, cpu or gpu (default: $RVSFIT_CL_DEVICE, else "
      "the first GPU, else the first CPU)"},
-    {"list-devices", no_argument, OPT_LIST_DEVICES, NULL, "list OpenCL devices and exit"},
-    {"self-test", no_argument, OPT_SELF_TEST, NULL,
+    {"list-devices", no_argument, OPT_LIST_DEVICES, NULL, G_DEVICE,
+     "list OpenCL devices and exit"},
+    {"self-test", no_argument, OPT_SELF_TEST, NULL, G_DEVICE,
      "build the kernels on the device, run the known-answer self-test, report and exit"},
-    {"fp32", no_argument, OPT_FP32, NULL,
+    {"fp32", no_argument, OPT_FP32, NULL, G_DEVICE,
      "accumulate in compensated fp32 even where the device has fp64 (also RVSFIT_CL_FP32=1)"},
-    {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL",
+    {"batch-size", required_argument, OPT_BATCH_SIZE, "N", G_DEVICE,
+     "at most N spectra per device batch (default: as many as device memory allows)"},
+    {"no-overlap", no_argument, OPT_NO_OVERLAP, NULL, G_DEVICE,
+     "read and prepare each batch only after the previous fit (default: on a host thread, "
+     "during it)"},
+    {"profile", no_argument, OPT_PROFILE, NULL, G_DEVICE,
+     "print the time of every stage, host and device, at the end"},
+    {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL", G_MSG,
      "DEBUG, INFO, WARNING (default), ERROR or CRITICAL"},
-    {"log", required_argument, OPT_LOG, "FILE", "write messages to FILE instead of stderr"},
-    {"quiet", no_argument, OPT_QUIET, NULL, "only errors (same as --log-level ERROR)"},
-    {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (-v INFO, -vv DEBUG)"},
-    {"help", no_argument, OPT_HELP, NULL, "show this help and exit"},
-    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit"},
+    {"log", required_argument, OPT_LOG, "FILE", G_MSG, "append messages to FILE instead of stderr"},
+    {"quiet", no_argument, OPT_QUIET, NULL, G_MSG, "only errors (same as --log-level ERROR)"},
+    {"verbose", no_argument, OPT_VERBOSE, NULL, G_MSG, "more messages (-v INFO, -vv DEBUG)"},
+    {"doplot", no_argument, OPT_DOPLOT, NULL, G_COMPAT,
+     "accepted; rvsfit-cl writes no figures (a warning says so)"},
+    {"figure-dir", required_argument, OPT_FIGURE_DIR, "DIR", G_COMPAT, "accepted; no figures"},
+    {"figure-prefix", required_argument, OPT_FIGURE_PREFIX, "PREFIX", G_COMPAT,
+     "accepted; no figures"},
+    {"nthreads", required_argument, OPT_NTHREADS, "N", G_COMPAT,
+     "accepted and ignored: the device does the parallel work (use --queue-file for several "
+     "processes)"},
+    {"overwrite", required_argument, OPT_OVERWRITE, "X", G_COMPAT,
+     "accepted and ignored, as in rvs_desi_fit (outputs are always replaced)"},
+    {"mpi", no_argument, OPT_MPI, NULL, G_COMPAT,
+     "refused: run several processes sharing a --queue-file instead"},
+    {"help", no_argument, OPT_HELP, NULL, G_INFO, "show this help and exit"},
+    {"version", no_argument, OPT_VERSION, NULL, G_INFO, "show the version and exit"},
 };
 enum { NUM_OPTIONS = sizeof cli_options / sizeof cli_options[0] };
 
 static void print_usage_line(FILE *out)
 {
-    fprintf(out, "Usage: rvsfit-cl [OPTION]... [FILE]...\n");
+    fprintf(out, "Usage: rvsfit-cl [OPTION]... FILE...\n"
+                 "  or:  rvsfit-cl [OPTION]... --input-file-from=LIST [--queue-file]\n");
+}
+
+/* Prints text from column `indent` (the cursor is there), wrapped at word boundaries to `width`
+ * columns, continuation lines indented. */
+static void print_wrapped(const char *text, int indent, int width)
+{
+    int col = indent;
+    const char *p = text;
+    while (*p) {
+        const char *word_end = p;
+        while (*word_end && *word_end != ' ')
+            word_end++;
+        int len = (int)(word_end - p);
+        if (col > indent && col + 1 + len > width) {
+            printf("\n%*s", indent, "");
+            col = indent;
+        } else if (col > indent) {
+            putchar(' ');
+            col++;
+        }
+        printf("%.*s", len, p);
+        col += len;
+        p = word_end;
+        while (*p == ' ')
+            p++;
+    }
+    putchar('\n');
 }
 
 static void print_help(void)
 {
     print_usage_line(stdout);
-    printf("Measure radial velocities and stellar parameters of DESI spectra by fitting a\n"
-           "neural-network emulator of stellar spectra, batched, on an OpenCL device.\n\n"
-           "Options:\n");
+    printf("Measure radial velocities and stellar parameters of DESI spectra\n"
+           "(coadd-*.fits, spectra-*.fits) by fitting a neural-network emulator of stellar\n"
+           "spectra, batched, on an OpenCL device; writes rvspecfit's rvtab_*.fits and\n"
+           "rvmod_*.fits.\n");
+    const char *group = NULL;
     for (size_t i = 0; i < NUM_OPTIONS; i++) {
         char left[64];
         const struct cli_option *o = &cli_options[i];
+        if (o->group != group) {
+            group = o->group;
+            printf("\n%s:\n", group);
+        }
+        const char *eq = o->has_arg == optional_argument ? "[=" : o->arg_name ? "=" : "";
+        const char *close = o->has_arg == optional_argument ? "]" : "";
         if (o->id < 256)
-            snprintf(left, sizeof left, "-%c, --%s%s%s", o->id, o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
+            snprintf(left, sizeof left, "-%c, --%s%s%s%s", o->id, o->name, eq,
+                     o->arg_name ? o->arg_name : "", close);
         else
-            snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
-        printf("  %-26s %s\n", left, o->help);
+            snprintf(left, sizeof left, "    --%s%s%s%s", o->name, eq,
+                     o->arg_name ? o->arg_name : "", close);
+        if (strlen(left) > 28)
+            printf("  %s\n%31s", left, "");
+        else
+            printf("  %-28s ", left);
+        print_wrapped(o->help, 31, 79);
     }
     printf("\nOption names may also be written with underscores (--log_level), as in\n"
-           "rvspecfit's rvs_desi_fit.\n\n"
+           "rvspecfit's rvs_desi_fit. Settings: command line over --config over defaults.\n\n"
            "Environment:\n"
            "  RVSFIT_CL_DEVICE       default device (same forms as --device)\n"
-           "  RVSFIT_CL_KERNEL_DIR   directory whose .cl/.clh files override the embedded kernels\n"
+           "  RVSFIT_CL_DATADIR      data directory (default/ library, desitarget/ tables)\n"
+           "  RVSFIT_CL_KERNEL_DIR   .cl/.clh files there override the embedded kernels\n"
            "  RVSFIT_CL_CACHE=0      do not use the program-binary cache\n"
            "  XDG_CACHE_HOME         cache location (default ~/.cache; files in rvsfit-cl/)\n"
            "  RVSFIT_CL_FP32=1       same as --fp32\n"
@@ -92,8 +268,8 @@ static void print_help(void)
            "Exit status:\n"
            "  0  success\n"
            "  1  an input could not be processed or an output not written\n"
-           "  2  invalid command line\n"
-           "  3  no usable OpenCL device, or kernel build or self-test failure\n\n"
+           "  2  invalid command line or configuration\n"
+           "  3  no usable OpenCL device, kernel build or self-test failure, device error\n\n"
            "Report bugs to: %s\n",
            PACKAGE_BUGREPORT);
 }
@@ -116,6 +292,19 @@ static int usage_error(const char *fmt, const char *arg)
     return RVS_EXIT_USAGE;
 }
 
+/* A bad option value: the message, then where to look. */
+static int bad_value(const char *fmt, ...) RVS_PRINTF_LIKE(1, 2);
+static int bad_value(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "rvsfit-cl: ");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'rvsfit-cl --help' for more information.\n");
+    return RVS_EXIT_USAGE;
+}
+
 /* "--log_level=INFO" -> "--log-level=INFO": only the option name, never its value. */
 static void normalise_underscores(int argc, char **argv)
 {
@@ -129,6 +318,529 @@ static void normalise_underscores(int argc, char **argv)
                 *p = '-';
     }
 }
+
+/* The arguments as one string for RVS_CMD (rvspecfit joins them with spaces); arguments with
+ * blanks or quotes are single-quoted so the line can be pasted back into a shell. */
+static char *join_command_line(int argc, char **argv)
+{
+    size_t size = 1;
+    for (int i = 1; i < argc; i++)
+        size += 4 * strlen(argv[i]) + 3;
+    char *line = malloc(size);
+    if (!line)
+        return NULL;
+    char *p = line;
+    for (int i = 1; i < argc; i++) {
+        if (i > 1)
+            *p++ = ' ';
+        int quote = !*argv[i] || strpbrk(argv[i], " \t\n'\"\\$*?") != NULL;
+        if (quote)
+            *p++ = '\'';
+        for (const char *c = argv[i]; *c; c++) {
+            if (*c == '\'') {
+                memcpy(p, "'\\''", 4);
+                p += 4;
+            } else
+                *p++ = *c;
+        }
+        if (quote)
+            *p++ = '\'';
+    }
+    *p = '\0';
+    return line;
+}
+
+/* ------------------------------------------------------------------ option values */
+
+static int parse_ll(const char *option, const char *text, long long min, long long max,
+                    long long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (end == text || *end || errno == ERANGE || v < min || v > max)
+        return bad_value("invalid %s '%s': expected an integer from %lld to %lld", option, text,
+                         min, max);
+    *out = v;
+    return RVS_EXIT_OK;
+}
+
+static int parse_double(const char *option, const char *text, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || errno == ERANGE || !isfinite(v))
+        return bad_value("invalid %s '%s': expected a finite number", option, text);
+    *out = v;
+    return RVS_EXIT_OK;
+}
+
+/* Where a setting came from, for --show-config. */
+enum origin { FROM_DEFAULT, FROM_CONFIG, FROM_COMMAND_LINE };
+static const char *const origin_names[] = {"default", "config", "command line"};
+
+struct settings {
+    /* inputs */
+    char **files;
+    size_t nfiles;
+    const char *input_file_from;
+    int queue;
+    /* outputs */
+    const char *output_dir, *tab_prefix, *mod_prefix;
+    int no_subdirs, skip_existing, throw_exceptions;
+    const char *status_file;
+    /* configuration */
+    const char *config_arg;
+    const char *template_lib_arg;
+    int show_config;
+    /* selection */
+    int have_targetid;
+    long long targetid;
+    const char *targetid_file;
+    int have_minsn, have_minexpid, have_maxexpid;
+    double minsn;
+    long long minexpid, maxexpid;
+    const char *objtypes;
+    int zbest_select, zbest_include;
+    /* fit */
+    const char *fitarm;
+    unsigned arms;
+    long long npoly;
+    int have_npoly;
+    enum rvs_fit_init param_init;
+    int resolution_matrix;
+    int no_ccf_continuum_normalize;
+    /* device and run */
+    struct rvs_context_options ctx;
+    long long batch_size;
+    int no_overlap, profile, list_devices, self_test;
+    /* messages */
+    int log_level, verbosity;
+    const char *log_file;
+    /* compatibility */
+    int doplot;
+    const char *figure_dir, *figure_prefix;
+};
+
+static void settings_init(struct settings *s)
+{
+    memset(s, 0, sizeof *s);
+    s->output_dir = "./";
+    s->tab_prefix = "rvtab";
+    s->mod_prefix = "rvmod";
+    s->arms = RVS_DESI_ARMS_ALL;
+    s->npoly = 10;
+    s->param_init = RVS_FIT_INIT_CCF;
+    s->minsn = -1e9;
+    s->log_level = -1;
+    rvs_context_options_init(&s->ctx);
+}
+
+/* Checks a prefix: not empty, no '/'. */
+static int check_prefix(const char *option, const char *value)
+{
+    if (!*value || strchr(value, '/'))
+        return bad_value("invalid %s '%s': a non-empty name without '/'", option, value);
+    return RVS_EXIT_OK;
+}
+
+/* --objtypes patterns are POSIX extended regular expressions (Python's re for these simple
+ * cases); a syntax error is reported once here instead of failing every file. */
+static int check_objtypes(const char *list)
+{
+    char *copy = strdup(list);
+    if (!copy)
+        return RVS_EXIT_FAILURE;
+    int code = RVS_EXIT_OK;
+    char *save = NULL;
+    int count = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        regex_t re;
+        int rc = regcomp(&re, tok, REG_EXTENDED | REG_NOSUB);
+        if (rc != 0) {
+            char why[128];
+            regerror(rc, &re, why, sizeof why);
+            code = bad_value("invalid --objtypes pattern '%s': %s", tok, why);
+            break;
+        }
+        regfree(&re);
+        count++;
+    }
+    if (code == RVS_EXIT_OK && count == 0) {
+        code = bad_value("--objtypes needs at least one pattern, e.g. MWS_ANY,STD_*");
+    }
+    free(copy);
+    return code;
+}
+
+/* Handles one parsed option; RVS_EXIT_OK or a usage error (message printed). */
+static int apply_option(struct settings *s, int opt, const char *arg, int *stop_ok)
+{
+    long long v;
+    switch (opt) {
+    case OPT_HELP:
+        print_help();
+        *stop_ok = 1;
+        return RVS_EXIT_OK;
+    case OPT_VERSION:
+        print_version();
+        *stop_ok = 1;
+        return RVS_EXIT_OK;
+    case OPT_LIST_DEVICES:
+        s->list_devices = 1;
+        return RVS_EXIT_OK;
+    case OPT_SELF_TEST:
+        s->self_test = 1;
+        return RVS_EXIT_OK;
+    case OPT_DEVICE:
+        if (!*arg)
+            return usage_error("--device needs a value (%s)", "see --list-devices");
+        s->ctx.device_spec = arg;
+        return RVS_EXIT_OK;
+    case OPT_FP32:
+        s->ctx.force_fp32 = 1;
+        return RVS_EXIT_OK;
+    case OPT_LOG_LEVEL:
+        if (rvs_log_parse_level(arg, &s->log_level) != RVS_OK)
+            return usage_error("invalid --log-level '%s' (DEBUG, INFO, WARNING, ERROR, "
+                               "CRITICAL)",
+                               arg);
+        return RVS_EXIT_OK;
+    case OPT_LOG:
+        if (!*arg)
+            return usage_error("--log needs a file name%s", "");
+        s->log_file = arg;
+        return RVS_EXIT_OK;
+    case OPT_QUIET:
+        s->log_level = RVS_LOG_ERROR;
+        return RVS_EXIT_OK;
+    case OPT_VERBOSE:
+        s->verbosity++;
+        return RVS_EXIT_OK;
+    case OPT_INPUT_FILE_FROM:
+        if (!*arg)
+            return usage_error("--input-file-from needs a file name%s", "");
+        s->input_file_from = arg;
+        return RVS_EXIT_OK;
+    case OPT_QUEUE_FILE:
+        s->queue = 1;
+        if (arg) {
+            if (!*arg)
+                return usage_error("--queue-file=LIST needs a file name%s", "");
+            if (s->input_file_from && strcmp(s->input_file_from, arg) != 0)
+                return usage_error("--queue-file=%s names another list than --input-file-from",
+                                   arg);
+            s->input_file_from = arg;
+        }
+        return RVS_EXIT_OK;
+    case OPT_OUTPUT_DIR:
+        if (!*arg)
+            return usage_error("--output-dir needs a directory name%s", "");
+        s->output_dir = arg;
+        return RVS_EXIT_OK;
+    case OPT_OUTPUT_TAB_PREFIX:
+        s->tab_prefix = arg;
+        return check_prefix("--output-tab-prefix", arg);
+    case OPT_OUTPUT_MOD_PREFIX:
+        s->mod_prefix = arg;
+        return check_prefix("--output-mod-prefix", arg);
+    case OPT_NO_SUBDIRS:
+        s->no_subdirs = 1;
+        return RVS_EXIT_OK;
+    case OPT_SKIPEXISTING:
+        s->skip_existing = 1;
+        return RVS_EXIT_OK;
+    case OPT_PROCESS_STATUS_FILE:
+        if (!*arg)
+            return usage_error("--process-status-file needs a file name%s", "");
+        s->status_file = arg;
+        return RVS_EXIT_OK;
+    case OPT_THROW_EXCEPTIONS:
+        s->throw_exceptions = 1;
+        return RVS_EXIT_OK;
+    case OPT_CONFIG:
+        if (!*arg)
+            return usage_error("--config needs a file name%s", "");
+        s->config_arg = arg;
+        return RVS_EXIT_OK;
+    case OPT_TEMPLATE_LIB:
+        if (!*arg)
+            return usage_error("--template-lib needs a directory name%s", "");
+        s->template_lib_arg = arg;
+        return RVS_EXIT_OK;
+    case OPT_SHOW_CONFIG:
+        s->show_config = 1;
+        return RVS_EXIT_OK;
+    case OPT_TARGETID:
+        if (parse_ll("--targetid", arg, INT64_MIN, INT64_MAX, &s->targetid) != RVS_EXIT_OK)
+            return RVS_EXIT_USAGE;
+        s->have_targetid = 1;
+        return RVS_EXIT_OK;
+    case OPT_TARGETID_FILE_FROM:
+        if (!*arg)
+            return usage_error("--targetid-file-from needs a file name%s", "");
+        s->targetid_file = arg;
+        return RVS_EXIT_OK;
+    case OPT_MINSN:
+        s->have_minsn = 1;
+        return parse_double("--minsn", arg, &s->minsn);
+    case OPT_MINEXPID:
+        s->have_minexpid = 1;
+        return parse_ll("--minexpid", arg, LLONG_MIN, LLONG_MAX, &s->minexpid);
+    case OPT_MAXEXPID:
+        s->have_maxexpid = 1;
+        return parse_ll("--maxexpid", arg, LLONG_MIN, LLONG_MAX, &s->maxexpid);
+    case OPT_OBJTYPES:
+        s->objtypes = arg;
+        return check_objtypes(arg);
+    case OPT_ZBEST_SELECT:
+        s->zbest_select = 1;
+        return RVS_EXIT_OK;
+    case OPT_ZBEST_INCLUDE:
+        s->zbest_include = 1;
+        return RVS_EXIT_OK;
+    case OPT_FITARM:
+        s->fitarm = arg;
+        if (rvs_desi_parse_arms(arg, &s->arms) != RVS_OK)
+            return usage_error("invalid --fitarm '%s': use a comma-separated list of b, r, z",
+                               arg);
+        return RVS_EXIT_OK;
+    case OPT_NPOLY:
+        s->have_npoly = 1;
+        return parse_ll("--npoly", arg, 1, 100, &s->npoly);
+    case OPT_PARAM_INIT:
+        if (strcasecmp(arg, "CCF") == 0)
+            s->param_init = RVS_FIT_INIT_CCF;
+        else if (strcasecmp(arg, "bruteforce") == 0)
+            s->param_init = RVS_FIT_INIT_BRUTEFORCE;
+        else
+            return usage_error("invalid --param-init '%s': use CCF or bruteforce", arg);
+        return RVS_EXIT_OK;
+    case OPT_RESOLUTION_MATRIX:
+        s->resolution_matrix = 1;
+        return RVS_EXIT_OK;
+    case OPT_NO_RESOLUTION_MATRIX:
+        s->resolution_matrix = 0;
+        return RVS_EXIT_OK;
+    case OPT_NO_CCF_CONTINUUM_NORMALIZE:
+        s->no_ccf_continuum_normalize = 1;
+        return RVS_EXIT_OK;
+    case OPT_BATCH_SIZE:
+        return parse_ll("--batch-size", arg, 1, 100000000, &s->batch_size);
+    case OPT_NO_OVERLAP:
+        s->no_overlap = 1;
+        return RVS_EXIT_OK;
+    case OPT_PROFILE:
+        s->profile = 1;
+        return RVS_EXIT_OK;
+    case OPT_DOPLOT:
+        s->doplot = 1;
+        return RVS_EXIT_OK;
+    case OPT_FIGURE_DIR:
+        s->figure_dir = arg;
+        return RVS_EXIT_OK;
+    case OPT_FIGURE_PREFIX:
+        s->figure_prefix = arg;
+        return RVS_EXIT_OK;
+    case OPT_NTHREADS:
+        if (parse_ll("--nthreads", arg, 1, INT_MAX, &v) != RVS_EXIT_OK)
+            return RVS_EXIT_USAGE;
+        if (v > 1)
+            rvs_log(RVS_LOG_WARNING, "cli",
+                    "--nthreads %lld ignored: the fits run in batches on the device; to use "
+                    "several devices run one process per device sharing a --queue-file",
+                    v);
+        return RVS_EXIT_OK;
+    case OPT_OVERWRITE:
+        rvs_log(RVS_LOG_WARNING, "cli",
+                "--overwrite is meaningless (as in rvs_desi_fit): outputs are always replaced; "
+                "use --skipexisting to keep them");
+        return RVS_EXIT_OK;
+    case OPT_MPI:
+        return usage_error("--mpi is not supported: %s",
+                           "run several rvsfit-cl processes sharing --queue-file=LIST");
+    default:
+        return RVS_EXIT_USAGE;
+    }
+}
+
+/* Cross-option checks, after all options are read. */
+static int check_settings(const struct settings *s)
+{
+    if (s->have_targetid && s->targetid_file)
+        return usage_error("give --targetid or --targetid-file-from, not both%s", "");
+    if (s->have_minexpid && s->have_maxexpid && s->minexpid >= s->maxexpid)
+        return usage_error("--minexpid must be below --maxexpid (EXPID > min and <= max)%s",
+                           "");
+    if (strcmp(s->tab_prefix, s->mod_prefix) == 0)
+        return usage_error("--output-tab-prefix and --output-mod-prefix are both '%s'; the "
+                           "two outputs need different names",
+                           s->tab_prefix);
+    if (s->list_devices || s->self_test || s->show_config)
+        return RVS_EXIT_OK;
+    if (s->nfiles > 0 && s->input_file_from)
+        return usage_error("give input files as arguments or with --input-file-from, not "
+                           "both%s",
+                           "");
+    if (s->queue && !s->input_file_from)
+        return usage_error("--queue-file needs the list: --input-file-from=LIST or "
+                           "--queue-file=LIST%s",
+                           "");
+    if (s->nfiles == 0 && !s->input_file_from)
+        return usage_error("%s", "no input files");
+    return RVS_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ configuration */
+
+/* Everything the run needs once options and the YAML file are merged. */
+struct effective {
+    struct rvs_config config;
+    const char *config_source; /* "--config", "./config.yaml" or NULL */
+    char *template_lib;
+    enum origin template_lib_from;
+    enum origin ccf_norm_from;
+    int64_t *targetids;
+    size_t ntargetids;
+};
+
+static void effective_free(struct effective *e)
+{
+    rvs_config_free(&e->config);
+    free(e->template_lib);
+    free(e->targetids);
+}
+
+static int build_effective(const struct settings *s, struct effective *e)
+{
+    memset(e, 0, sizeof *e);
+    rvs_config_init(&e->config);
+    const char *path = s->config_arg;
+    if (path)
+        e->config_source = "--config";
+    else if (access("config.yaml", F_OK) == 0) {
+        /* rvspecfit's read_config reads ./config.yaml when no file is named */
+        path = "config.yaml";
+        e->config_source = "./config.yaml";
+        rvs_log(RVS_LOG_INFO, "cli", "reading ./config.yaml (no --config given)");
+    }
+    if (path && rvs_config_read(path, &e->config) != RVS_OK) {
+        fprintf(stderr, "rvsfit-cl: invalid configuration %s (see the message above)\n", path);
+        return RVS_EXIT_USAGE;
+    }
+
+    const char *lib;
+    if (s->template_lib_arg) {
+        lib = s->template_lib_arg;
+        e->template_lib_from = FROM_COMMAND_LINE;
+    } else if (e->config.template_lib) {
+        lib = e->config.template_lib;
+        e->template_lib_from = FROM_CONFIG;
+    } else {
+        lib = NULL;
+        e->template_lib_from = FROM_DEFAULT;
+    }
+    if (lib)
+        e->template_lib = strdup(lib);
+    else {
+        const char *dir = rvs_data_dir();
+        size_t n = strlen(dir) + sizeof "/default";
+        e->template_lib = malloc(n);
+        if (e->template_lib)
+            snprintf(e->template_lib, n, "%s/default", dir);
+    }
+    if (!e->template_lib)
+        return RVS_EXIT_FAILURE;
+
+    if (s->no_ccf_continuum_normalize) {
+        e->config.ccf_continuum_normalize = 0;
+        e->ccf_norm_from = FROM_COMMAND_LINE;
+    } else
+        e->ccf_norm_from = (e->config.set & RVS_CONFIG_CCF_CONTINUUM_NORMALIZE) ? FROM_CONFIG
+                                                                                : FROM_DEFAULT;
+
+    if (s->targetid_file) {
+        if (rvs_select_read_targetids(s->targetid_file, &e->targetids, &e->ntargetids) !=
+            RVS_OK) {
+            fprintf(stderr, "rvsfit-cl: cannot use --targetid-file-from %s\n", s->targetid_file);
+            return RVS_EXIT_USAGE;
+        }
+    } else if (s->have_targetid) {
+        e->targetids = malloc(sizeof *e->targetids);
+        if (!e->targetids)
+            return RVS_EXIT_FAILURE;
+        e->targetids[0] = (int64_t)s->targetid;
+        e->ntargetids = 1;
+    }
+    return RVS_EXIT_OK;
+}
+
+static enum origin config_origin(const struct effective *e, unsigned key)
+{
+    return (e->config.set & key) ? FROM_CONFIG : FROM_DEFAULT;
+}
+
+static void show_config(const struct settings *s, const struct effective *e)
+{
+    const struct rvs_config *c = &e->config;
+    printf("config_file = %s\n", c->path ? c->path : "none");
+    printf("template_lib = %s (%s)\n", e->template_lib, origin_names[e->template_lib_from]);
+    printf("min_vel = %g (%s)\n", c->min_vel, origin_names[config_origin(e, RVS_CONFIG_MIN_VEL)]);
+    printf("max_vel = %g (%s)\n", c->max_vel, origin_names[config_origin(e, RVS_CONFIG_MAX_VEL)]);
+    printf("vel_step0 = %g (%s)\n", c->vel_step0,
+           origin_names[config_origin(e, RVS_CONFIG_VEL_STEP0)]);
+    printf("min_vel_step = %g (%s)\n", c->min_vel_step,
+           origin_names[config_origin(e, RVS_CONFIG_MIN_VEL_STEP)]);
+    printf("min_vsini = %g (%s)\n", c->min_vsini,
+           origin_names[config_origin(e, RVS_CONFIG_MIN_VSINI)]);
+    printf("max_vsini = %g (%s)\n", c->max_vsini,
+           origin_names[config_origin(e, RVS_CONFIG_MAX_VSINI)]);
+    printf("second_minimizer = %s (%s)\n", c->second_minimizer ? "true" : "false",
+           origin_names[config_origin(e, RVS_CONFIG_SECOND_MINIMIZER)]);
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        printf("lsf_sigma0_angstrom.%s = %g (%s)\n", rvs_desi_arm_name(a), c->lsf_sigma0[a],
+               origin_names[(c->lsf_sigma0_arms & (1u << a)) ? FROM_CONFIG : FROM_DEFAULT]);
+    printf("ccf_continuum_normalize = %s (%s)\n", c->ccf_continuum_normalize ? "true" : "false",
+           origin_names[e->ccf_norm_from]);
+    char arms[8] = "";
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        if (s->arms & (1u << a)) {
+            if (*arms)
+                strcat(arms, ",");
+            strcat(arms, rvs_desi_arm_name(a));
+        }
+    printf("fitarm = %s (%s)\n", arms, origin_names[s->fitarm ? FROM_COMMAND_LINE : FROM_DEFAULT]);
+    printf("npoly = %lld (%s)\n", s->npoly,
+           origin_names[s->have_npoly ? FROM_COMMAND_LINE : FROM_DEFAULT]);
+    printf("param_init = %s\n", s->param_init == RVS_FIT_INIT_CCF ? "CCF" : "bruteforce");
+    printf("resolution_matrix = %s\n", s->resolution_matrix ? "true" : "false");
+    printf("minsn = %g\n", s->minsn);
+    if (s->have_minexpid)
+        printf("minexpid = %lld\n", s->minexpid);
+    else
+        printf("minexpid = none\n");
+    if (s->have_maxexpid)
+        printf("maxexpid = %lld\n", s->maxexpid);
+    else
+        printf("maxexpid = none\n");
+    printf("targetids = %zu%s\n", e->ntargetids,
+           s->have_targetid || s->targetid_file ? "" : " (all)");
+    printf("objtypes = %s\n", s->objtypes ? s->objtypes : "none");
+    printf("zbest_select = %s\n", s->zbest_select ? "true" : "false");
+    printf("zbest_include = %s\n", s->zbest_include ? "true" : "false");
+    printf("output_dir = %s\n", s->output_dir);
+    printf("output_tab_prefix = %s\n", s->tab_prefix);
+    printf("output_mod_prefix = %s\n", s->mod_prefix);
+    printf("subdirs = %s\n", s->no_subdirs ? "false" : "true");
+    if (s->batch_size > 0)
+        printf("batch_size = %lld\n", s->batch_size);
+    else
+        printf("batch_size = auto\n");
+    printf("overlap = %s\n", s->no_overlap ? "false" : "true");
+}
+
+/* ------------------------------------------------------------------ actions */
 
 static int exit_for_status(int status)
 {
@@ -168,6 +880,167 @@ static int self_test(const struct rvs_context_options *options)
     return fflush(stdout) == 0 ? RVS_EXIT_OK : RVS_EXIT_FAILURE;
 }
 
+/* The next input: from the arguments, the list, or the shared queue. *name NULL at the end. */
+struct input_source {
+    char **names;
+    size_t count, next;
+    char **owned; /* lines read from --input-file-from */
+    const char *queue_path;
+    char *popped;
+};
+
+static int next_input(struct input_source *src, const char **name)
+{
+    *name = NULL;
+    if (src->queue_path) {
+        free(src->popped);
+        src->popped = NULL;
+        int status = rvs_run_queue_pop(src->queue_path, &src->popped);
+        if (status != RVS_OK)
+            return status;
+        *name = src->popped;
+        return RVS_OK;
+    }
+    if (src->next < src->count)
+        *name = src->names[src->next++];
+    return RVS_OK;
+}
+
+/* Fits every input; returns the exit code. */
+static int run_files(const struct settings *s, const struct effective *e, const char *cmdline)
+{
+    int code = RVS_EXIT_OK, status;
+    struct rvs_context *ctx = NULL;
+    struct rvs_run *run = NULL;
+    struct input_source src;
+    memset(&src, 0, sizeof src);
+
+    if (s->input_file_from && s->queue) {
+        src.queue_path = s->input_file_from;
+    } else if (s->input_file_from) {
+        status = rvs_run_read_lines(s->input_file_from, &src.owned, &src.count);
+        if (status != RVS_OK) {
+            code = RVS_EXIT_USAGE;
+            goto cleanup;
+        }
+        src.names = src.owned;
+        if (src.count == 0)
+            rvs_log(RVS_LOG_WARNING, "cli", "%s lists no input files", s->input_file_from);
+    } else {
+        src.names = s->files;
+        src.count = s->nfiles;
+    }
+
+    if (s->status_file && rvs_output_status_start(s->status_file) != RVS_OK) {
+        code = RVS_EXIT_FAILURE;
+        goto cleanup;
+    }
+
+    status = rvs_context_create(&s->ctx, &ctx);
+    if (status != RVS_OK) {
+        fprintf(stderr, "rvsfit-cl: no usable OpenCL device: %s\n", rvs_strerror(status));
+        code = RVS_EXIT_DEVICE;
+        goto cleanup;
+    }
+    rvs_log(RVS_LOG_INFO, "cli", "device: %s (%s), driver %s", ctx->caps.device_name,
+            ctx->caps.platform_name, ctx->caps.driver_version);
+
+    struct rvs_run_options ro;
+    rvs_run_options_init(&ro);
+    ro.arms = s->arms;
+    if (s->have_minexpid)
+        ro.select.min_expid = s->minexpid;
+    if (s->have_maxexpid)
+        ro.select.max_expid = s->maxexpid;
+    if (e->targetids || s->have_targetid || s->targetid_file) {
+        ro.select.use_targetids = 1;
+        ro.select.targetids = e->targetids;
+        ro.select.ntargetids = e->ntargetids;
+    }
+    ro.select.min_sn = s->minsn;
+    ro.select.objtypes = s->objtypes;
+    ro.select.zbest_select = s->zbest_select;
+    ro.select.zbest_include = s->zbest_include;
+    ro.prepare.use_resolution = s->resolution_matrix;
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        ro.prepare.lsf_sigma0[a] = e->config.lsf_sigma0[a];
+        if (s->resolution_matrix && (s->arms & (1u << a)) &&
+            !(e->config.lsf_sigma0_arms & (1u << a)))
+            rvs_log(RVS_LOG_WARNING, "cli",
+                    "sigma0 of the templates is not given for arm %s (lsf_sigma0_angstrom in "
+                    "the configuration); using %g A",
+                    rvs_desi_arm_name(a), e->config.lsf_sigma0[a]);
+    }
+    ro.fit.min_vel = e->config.min_vel;
+    ro.fit.max_vel = e->config.max_vel;
+    ro.fit.vel_step0 = e->config.vel_step0;
+    ro.fit.min_vel_step = e->config.min_vel_step;
+    ro.fit.min_vsini = e->config.min_vsini;
+    ro.fit.max_vsini = e->config.max_vsini;
+    ro.fit.second_minimizer = e->config.second_minimizer;
+    ro.fit.ccf_continuum_normalize = e->config.ccf_continuum_normalize;
+    ro.fit.npoly = (size_t)s->npoly;
+    ro.fit.param_init = s->param_init;
+    ro.fit.batch_size = (size_t)s->batch_size;
+    ro.naming.output_dir = s->output_dir;
+    ro.naming.tab_prefix = s->tab_prefix;
+    ro.naming.mod_prefix = s->mod_prefix;
+    ro.naming.no_subdirs = s->no_subdirs;
+    ro.template_lib = e->template_lib;
+    ro.skip_existing = s->skip_existing;
+    ro.overlap = !s->no_overlap;
+    ro.progress = isatty(STDERR_FILENO) && !s->log_file && rvs_log_get_level() <= RVS_LOG_WARNING;
+    ro.status_path = s->status_file;
+    ro.config_path = e->config.path;
+    ro.command_line = cmdline;
+
+    status = rvs_run_create(ctx, &ro, &run);
+    if (status != RVS_OK) {
+        code = rvs_run_status_is_fatal(status) ? RVS_EXIT_DEVICE : RVS_EXIT_FAILURE;
+        goto cleanup;
+    }
+
+    for (;;) {
+        const char *input = NULL;
+        status = next_input(&src, &input);
+        if (status != RVS_OK) {
+            code = RVS_EXIT_FAILURE;
+            break;
+        }
+        if (!input)
+            break;
+        status = rvs_run_file(run, input, NULL, NULL);
+        if (status == RVS_OK)
+            continue;
+        code = RVS_EXIT_FAILURE;
+        if (rvs_run_status_is_fatal(status)) {
+            fprintf(stderr, "rvsfit-cl: stopping: %s is not a problem of %s alone\n",
+                    rvs_strerror(status), input);
+            if (status != RVS_ERR_NOMEM)
+                code = RVS_EXIT_DEVICE;
+            break;
+        }
+        if (s->throw_exceptions) {
+            fprintf(stderr, "rvsfit-cl: stopping at %s (--throw-exceptions)\n", input);
+            break;
+        }
+    }
+    size_t nfiles = 0, nfailed = 0, ntargets = 0;
+    rvs_run_totals(run, &nfiles, &nfailed, &ntargets);
+    rvs_log(RVS_LOG_INFO, "cli", "%zu file(s) processed, %zu failed, %zu target(s) written",
+            nfiles, nfailed, ntargets);
+    if (nfailed)
+        rvs_log(RVS_LOG_WARNING, "cli", "%zu of %zu file(s) failed", nfailed, nfiles);
+    if (s->profile)
+        rvs_run_print_profile(run, stderr);
+cleanup:
+    rvs_run_destroy(&run);
+    rvs_context_destroy(&ctx);
+    rvs_run_free_lines(src.owned, src.count);
+    free(src.popped);
+    return code;
+}
+
 int main(int argc, char **argv)
 {
     struct option long_options[NUM_OPTIONS + 1];
@@ -185,88 +1058,81 @@ int main(int argc, char **argv)
         }
     }
     memset(&long_options[NUM_OPTIONS], 0, sizeof long_options[0]);
+    char *cmdline = join_command_line(argc, argv);
     normalise_underscores(argc, argv);
 
-    struct rvs_context_options ctx_options;
-    rvs_context_options_init(&ctx_options);
-    int action_list = 0, action_self_test = 0, verbosity = 0, log_level = -1;
-    const char *log_file = NULL;
-    int opt;
+    struct settings s;
+    settings_init(&s);
+    int opt, code = RVS_EXIT_OK, stop = 0;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
-        switch (opt) {
-        case OPT_HELP:
-            print_help();
-            return fflush(stdout) == 0 ? RVS_EXIT_OK : RVS_EXIT_FAILURE;
-        case OPT_VERSION:
-            print_version();
-            return fflush(stdout) == 0 ? RVS_EXIT_OK : RVS_EXIT_FAILURE;
-        case OPT_LIST_DEVICES:
-            action_list = 1;
-            break;
-        case OPT_SELF_TEST:
-            action_self_test = 1;
-            break;
-        case OPT_DEVICE:
-            if (!*optarg)
-                return usage_error("--device needs a value (%s)", "see --list-devices");
-            ctx_options.device_spec = optarg;
-            break;
-        case OPT_FP32:
-            ctx_options.force_fp32 = 1;
-            break;
-        case OPT_LOG_LEVEL:
-            if (rvs_log_parse_level(optarg, &log_level) != RVS_OK)
-                return usage_error("invalid --log-level '%s' (DEBUG, INFO, WARNING, ERROR, "
-                                   "CRITICAL)",
-                                   optarg);
-            break;
-        case OPT_LOG:
-            log_file = optarg;
-            break;
-        case OPT_QUIET:
-            log_level = RVS_LOG_ERROR;
-            break;
-        case OPT_VERBOSE:
-            verbosity++;
-            break;
-        case ':':
-            return usage_error("option '%s' requires an argument", argv[optind - 1]);
-        default:
-            return usage_error("unrecognized option '%s'", argv[optind - 1]);
+    while (!stop && (opt = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
+        if (opt == ':')
+            code = usage_error("option '%s' requires an argument", argv[optind - 1]);
+        else if (opt == '?')
+            code = usage_error("unrecognized option '%s'", argv[optind - 1]);
+        else {
+            code = apply_option(&s, opt, optarg, &stop);
         }
+        if (code != RVS_EXIT_OK)
+            break;
     }
-    if (log_level < 0)
-        log_level = verbosity >= 2 ? RVS_LOG_DEBUG : verbosity == 1 ? RVS_LOG_INFO
-                                                                     : RVS_LOG_WARNING;
-    rvs_log_set_level(log_level);
+    if (stop) {
+        free(cmdline);
+        return fflush(stdout) == 0 ? RVS_EXIT_OK : RVS_EXIT_FAILURE;
+    }
+    if (code != RVS_EXIT_OK) {
+        free(cmdline);
+        return code;
+    }
+    s.files = argv + optind;
+    s.nfiles = (size_t)(argc - optind);
+    code = check_settings(&s);
+    if (code != RVS_EXIT_OK) {
+        free(cmdline);
+        return code;
+    }
+
+    int level = s.log_level;
+    if (level < 0)
+        level = s.verbosity >= 2 ? RVS_LOG_DEBUG : s.verbosity == 1 ? RVS_LOG_INFO
+                                                                    : RVS_LOG_WARNING;
+    rvs_log_set_level(level);
     FILE *log_stream = NULL;
-    if (log_file) {
-        log_stream = fopen(log_file, "a");
+    if (s.log_file) {
+        log_stream = fopen(s.log_file, "a");
         if (!log_stream) {
-            perror(log_file);
-            return usage_error("cannot open --log file '%s'", log_file);
+            perror(s.log_file);
+            free(cmdline);
+            return usage_error("cannot open --log file '%s'", s.log_file);
         }
         rvs_log_set_stream(log_stream);
     }
 
-    int code;
-    if (action_list)
+    struct effective e;
+    if (s.list_devices)
         code = list_devices();
-    else if (action_self_test)
-        code = self_test(&ctx_options);
-    else if (optind < argc) {
-        fprintf(stderr,
-                "rvsfit-cl: fitting input files is not part of version %s yet; this version "
-                "provides --list-devices and --self-test\n",
-                PACKAGE_VERSION);
-        code = RVS_EXIT_FAILURE;
-    } else
-        code = usage_error("%s", "no input files");
+    else if (s.self_test)
+        code = self_test(&s.ctx);
+    else {
+        code = build_effective(&s, &e);
+        if (code == RVS_EXIT_OK && s.show_config)
+            show_config(&s, &e);
+        else if (code == RVS_EXIT_OK) {
+            if (s.doplot || s.figure_dir || s.figure_prefix)
+                rvs_log(RVS_LOG_WARNING, "cli",
+                        "rvsfit-cl writes no figures: --doplot, --figure-dir and "
+                        "--figure-prefix are accepted for compatibility and ignored");
+            code = run_files(&s, &e, cmdline);
+        }
+        effective_free(&e);
+        if (s.show_config && fflush(stdout) != 0 && code == RVS_EXIT_OK)
+            code = RVS_EXIT_FAILURE;
+    }
     if (log_stream) {
         rvs_log_set_stream(NULL);
         if (fclose(log_stream) != 0 && code == RVS_EXIT_OK)
             code = RVS_EXIT_FAILURE;
     }
+    free(cmdline);
     return code;
 }

@@ -1,0 +1,649 @@
+/* run.c: one input file from open to written outputs, as rvspecfit's proc_desi_wrapper and
+ * proc_desi (desi_fit.py) do it, batched: open -> select -> for each batch of selected rows:
+ * read spectra -> prepare -> rvs_fitter_fit -> rows and models collected -> after the last batch
+ * the atomic rvs_output_write -> status line.
+ *
+ * Overlap: the fit of batch k runs on the main thread (it drives the device) while a host thread
+ * reads and prepares batch k+1 into the other of two buffers. The only object both threads touch
+ * is the input file, and never at the same time (the reader runs only between a thread's start
+ * and its join), so no locks are needed and every computation happens in the serial order: the
+ * results are identical with and without overlap.
+ *
+ * Differences from rvspecfit: a file whose spectra cannot be read fails as a whole (outputs left
+ * untouched), as rvspecfit's exception handler does; the fitter is created once per set of
+ * wavelength grids, not per spectrum. */
+#include <config.h>
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "rvsfit/library.h"
+#include "rvsfit/run.h"
+
+#include <clFFT.h>
+#include <clblast_c.h>
+#include <yaml.h>
+
+#define MODULE "run"
+#define DEFAULT_HOST_BATCH_BYTES ((size_t)1 << 30)
+
+static const struct rvs_run_fitter_ops default_fitter_ops = {
+    rvs_fitter_create, rvs_fitter_destroy, rvs_fitter_max_batch, rvs_fitter_fit,
+    rvs_fitter_profile};
+
+void rvs_run_options_init(struct rvs_run_options *options)
+{
+    memset(options, 0, sizeof *options);
+    options->arms = RVS_DESI_ARMS_ALL;
+    rvs_select_options_init(&options->select);
+    rvs_prepare_options_init(&options->prepare);
+    rvs_fit_config_init(&options->fit);
+    rvs_output_naming_init(&options->naming);
+    options->overlap = 1;
+}
+
+/* Time spent per stage, summed over files (seconds). */
+struct stage_times {
+    double open, select, read, prepare, fitter_create, fit, write, wait, wall;
+};
+
+struct rvs_run {
+    struct rvs_context *ctx;
+    struct rvs_run_options options;
+    const struct rvs_run_fitter_ops *ops;
+    struct rvs_library_arm *library[RVS_DESI_NARMS];
+
+    /* The fitter and the grids it was made for (copies: the file that had them is closed). */
+    struct rvs_fitter *fitter;
+    double *fitter_wave[RVS_DESI_NARMS];
+    size_t fitter_nwave[RVS_DESI_NARMS];
+    size_t fitter_ndiag[RVS_DESI_NARMS];
+    struct rvs_fit_profile fit_profile_done; /* of fitters already destroyed */
+
+    /* Header contents, built once. */
+    char clblast_version[32], clfft_version[32];
+    struct rvs_output_dep deps[4];
+    size_t ndeps;
+    struct rvs_output_template templates[RVS_DESI_NARMS];
+    size_t ntemplates;
+
+    struct stage_times times;
+    size_t files, failed, targets, spectra_fitted;
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------ create / destroy */
+
+static void build_header_info(struct rvs_run *run)
+{
+    snprintf(run->clblast_version, sizeof run->clblast_version, "%d.%d.%d",
+             CLBLAST_VERSION_MAJOR, CLBLAST_VERSION_MINOR, CLBLAST_VERSION_PATCH);
+    cl_uint major = 0, minor = 0, patch = 0;
+    if (clfftGetVersion(&major, &minor, &patch) == CLFFT_SUCCESS)
+        snprintf(run->clfft_version, sizeof run->clfft_version, "%u.%u.%u", major, minor, patch);
+    else
+        snprintf(run->clfft_version, sizeof run->clfft_version, "unknown");
+    size_t n = 0;
+    run->deps[n++] = (struct rvs_output_dep){"CLBlast", run->clblast_version};
+    run->deps[n++] = (struct rvs_output_dep){"clFFT", run->clfft_version};
+    run->deps[n++] = (struct rvs_output_dep){"libyaml", yaml_get_version_string()};
+    if (run->ctx)
+        run->deps[n++] = (struct rvs_output_dep){"OpenCL", run->ctx->caps.platform_version};
+    run->ndeps = n;
+    run->ntemplates = 0;
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        if (!run->library[a])
+            continue;
+        const struct rvs_library_provenance *p = rvs_library_provenance(run->library[a]);
+        run->templates[run->ntemplates++] = (struct rvs_output_template){
+            rvs_library_setup(run->library[a]), p->librev, p->srcver[0] ? p->srcver
+                                                                         : p->creator_version};
+    }
+}
+
+int rvs_run_create(struct rvs_context *ctx, const struct rvs_run_options *options,
+                   struct rvs_run **out)
+{
+    int status = RVS_OK;
+    struct rvs_run *run = NULL;
+    *out = NULL;
+    if (!options->arms || (options->arms & ~RVS_DESI_ARMS_ALL) || !options->template_lib) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "no arm to fit or no template library given");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    run = rvs_calloc(1, sizeof *run);
+    if (!run)
+        return RVS_ERR_NOMEM;
+    run->ctx = ctx;
+    run->options = *options;
+    run->ops = options->fitter_ops ? options->fitter_ops : &default_fitter_ops;
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        if (!(options->arms & (1u << a)))
+            continue;
+        char setup[16];
+        snprintf(setup, sizeof setup, "desi_%s", rvs_desi_arm_name(a));
+        status = rvs_library_open(options->template_lib, setup, &run->library[a]);
+        if (status != RVS_OK) {
+            rvs_log(RVS_LOG_ERROR, MODULE,
+                    "cannot use the template library %s for arm %s (--template-lib, or "
+                    "template_lib in --config; rvs-import converts rvspecfit's templates)",
+                    options->template_lib, rvs_desi_arm_name(a));
+            goto cleanup;
+        }
+        RVS_TRY(rvs_library_check_desi(run->library[a]));
+    }
+    build_header_info(run);
+    *out = run;
+    run = NULL;
+cleanup:
+    rvs_run_destroy(&run);
+    return status;
+}
+
+static void add_profile(struct rvs_fit_profile *sum, const struct rvs_fit_profile *p)
+{
+    sum->ccf += p->ccf;
+    sum->optimizer += p->optimizer;
+    sum->posterior += p->posterior;
+    sum->hessian += p->hessian;
+    sum->models += p->models;
+    sum->engine_calls += p->engine_calls;
+    sum->evaluations += p->evaluations;
+}
+
+static void drop_fitter(struct rvs_run *run)
+{
+    if (run->fitter) {
+        struct rvs_fit_profile p;
+        memset(&p, 0, sizeof p);
+        run->ops->profile(run->fitter, &p);
+        add_profile(&run->fit_profile_done, &p);
+        run->ops->destroy(&run->fitter);
+    }
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        free(run->fitter_wave[a]);
+        run->fitter_wave[a] = NULL;
+        run->fitter_nwave[a] = run->fitter_ndiag[a] = 0;
+    }
+}
+
+void rvs_run_destroy(struct rvs_run **run)
+{
+    if (!run || !*run)
+        return;
+    drop_fitter(*run);
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        rvs_library_close(&(*run)->library[a]);
+    free(*run);
+    *run = NULL;
+}
+
+int rvs_run_status_is_fatal(int status)
+{
+    switch (status) {
+    case RVS_OK:
+    case RVS_ERR_IO:
+    case RVS_ERR_FORMAT:
+    case RVS_ERR_INVALID_ARGUMENT:
+    case RVS_ERR_UNSUPPORTED:
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+void rvs_run_totals(const struct rvs_run *run, size_t *files, size_t *failed, size_t *targets)
+{
+    if (files)
+        *files = run->files;
+    if (failed)
+        *failed = run->failed;
+    if (targets)
+        *targets = run->targets;
+}
+
+/* ------------------------------------------------------------------ the fitter for a file */
+
+/* Keeps the fitter when the file's grids are those it was made for, else makes a new one. */
+static int fitter_for_file(struct rvs_run *run, struct rvs_desi_file *file)
+{
+    int status = RVS_OK;
+    int same = run->fitter != NULL;
+    size_t ndiag[RVS_DESI_NARMS] = {0};
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        if (!(run->options.arms & (1u << a)))
+            continue;
+        if (run->options.prepare.use_resolution) {
+            ndiag[a] = rvs_desi_ndiag(file, a);
+            if (ndiag[a] == 0) {
+                rvs_log(RVS_LOG_ERROR, MODULE,
+                        "%s: no %c_RESOLUTION HDU, which --resolution-matrix needs (leave the "
+                        "option out to fit without resolution matrices)",
+                        rvs_desi_path(file), "BRZ"[a]);
+                return RVS_ERR_FORMAT;
+            }
+        }
+        size_t n = rvs_desi_nwave(file, a);
+        if (n != run->fitter_nwave[a] || ndiag[a] != run->fitter_ndiag[a] ||
+            !run->fitter_wave[a] ||
+            memcmp(run->fitter_wave[a], rvs_desi_wavelength(file, a), n * sizeof(double)) != 0)
+            same = 0;
+    }
+    if (same)
+        return RVS_OK;
+
+    double t0 = now_seconds();
+    drop_fitter(run);
+    const double *wave[RVS_DESI_NARMS] = {NULL};
+    size_t nwave[RVS_DESI_NARMS] = {0};
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        if (!(run->options.arms & (1u << a)))
+            continue;
+        nwave[a] = rvs_desi_nwave(file, a);
+        run->fitter_wave[a] = rvs_malloc(nwave[a] * sizeof(double));
+        if (!run->fitter_wave[a]) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        memcpy(run->fitter_wave[a], rvs_desi_wavelength(file, a), nwave[a] * sizeof(double));
+        run->fitter_nwave[a] = nwave[a];
+        run->fitter_ndiag[a] = ndiag[a];
+        wave[a] = run->fitter_wave[a];
+    }
+    rvs_log(RVS_LOG_INFO, MODULE, "%s: setting up the fitter for its wavelength grids",
+            rvs_desi_path(file));
+    status = run->ops->create(run->ctx, &run->options.fit, run->library, wave, nwave, ndiag,
+                               &run->fitter);
+cleanup:
+    if (status != RVS_OK) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "%s: cannot set up the fitter: %s", rvs_desi_path(file),
+                rvs_strerror(status));
+        drop_fitter(run);
+    }
+    run->times.fitter_create += now_seconds() - t0;
+    return status;
+}
+
+/* ------------------------------------------------------------------ batches */
+
+/* One of the two batch buffers. */
+struct batch_slot {
+    struct rvs_desi_spectra spectra;
+    struct rvs_prepared prepared;
+    size_t first, count; /* rows sel->rows[first .. first + count) */
+    int status;
+    double t_read, t_prepare;
+};
+
+/* What the producer (main thread or the host thread) needs to fill a slot. */
+struct producer_job {
+    struct rvs_desi_file *file;
+    const struct rvs_selection *selection;
+    const double *wave[RVS_DESI_NARMS];
+    const struct rvs_prepare_options *prepare;
+    unsigned read_flags;
+    struct batch_slot *slot;
+};
+
+static void produce(struct producer_job *job)
+{
+    struct batch_slot *s = job->slot;
+    double t0 = now_seconds();
+    s->status = rvs_desi_read_spectra(job->file, job->selection->rows + s->first, s->count,
+                                      job->read_flags, &s->spectra);
+    double t1 = now_seconds();
+    s->t_read = t1 - t0;
+    s->t_prepare = 0;
+    if (s->status != RVS_OK)
+        return;
+    s->status = rvs_prepare_batch(&s->spectra, job->wave, job->prepare, &s->prepared);
+    s->t_prepare = now_seconds() - t1;
+}
+
+static void *produce_thread(void *arg)
+{
+    produce(arg);
+    return NULL;
+}
+
+/* Rows per batch: the device's limit, --batch-size, and the host budget for one buffer (raw
+ * spectra plus their prepared form, about twice the raw size in doubles). */
+static size_t batch_rows(const struct rvs_run *run, struct rvs_desi_file *file, unsigned flags)
+{
+    size_t rows = run->ops->max_batch(run->fitter);
+    if (run->options.fit.batch_size > 0 && run->options.fit.batch_size < rows)
+        rows = run->options.fit.batch_size;
+    size_t budget = run->options.host_batch_bytes ? run->options.host_batch_bytes
+                                                  : DEFAULT_HOST_BATCH_BYTES;
+    size_t per_row = 3 * rvs_desi_bytes_per_row(file, flags) + 1;
+    if (budget / per_row < rows)
+        rows = budget / per_row;
+    return rows > 0 ? rows : 1;
+}
+
+static void progress_line(const struct rvs_run *run, const char *input, size_t done,
+                          size_t total, double t_start)
+{
+    const char *base = strrchr(input, '/');
+    base = base ? base + 1 : input;
+    double elapsed = now_seconds() - t_start;
+    double rate = elapsed > 0 ? (double)done / elapsed : 0;
+    char eta[32] = "?";
+    if (rate > 0) {
+        double left = (double)(total - done) / rate;
+        snprintf(eta, sizeof eta, "%d:%02d", (int)(left / 60), (int)fmod(left, 60));
+    }
+    fprintf(stderr, "\rrvsfit-cl: file %zu: %s: %zu/%zu targets, %.1f spectra/s, ETA %s   ",
+            run->files + 1, base, done, total, rate, eta);
+    fflush(stderr);
+}
+
+static void progress_clear(void)
+{
+    fprintf(stderr, "\r%79s\r", "");
+    fflush(stderr);
+}
+
+/* Fits every selected row; rows and models (zeroed, [nsel][nwave]) are filled. */
+static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
+                         const struct rvs_selection *sel, struct rvs_output_row *rows,
+                         float *const models[RVS_DESI_NARMS], const char *input)
+{
+    int status = RVS_OK;
+    struct batch_slot slots[2];
+    int thread_running = 0;
+    pthread_t thread;
+    struct producer_job jobs[2];
+    for (int i = 0; i < 2; i++) {
+        memset(&slots[i], 0, sizeof slots[i]);
+        rvs_desi_spectra_init(&slots[i].spectra);
+        rvs_prepared_init(&slots[i].prepared);
+    }
+
+    unsigned flags = run->options.prepare.use_resolution ? RVS_DESI_READ_RESOLUTION : 0;
+    size_t per_batch = batch_rows(run, file, flags);
+    size_t nbatches = (sel->nselected + per_batch - 1) / per_batch;
+    int overlap = run->options.overlap && nbatches > 1;
+    rvs_log(RVS_LOG_INFO, MODULE, "%s: %zu targets in %zu batch(es) of up to %zu%s", input,
+            sel->nselected, nbatches, per_batch, overlap ? ", reading overlapped with fitting" : "");
+    for (int i = 0; i < 2; i++) {
+        jobs[i] = (struct producer_job){.file = file,
+                                        .selection = sel,
+                                        .prepare = &run->options.prepare,
+                                        .read_flags = flags,
+                                        .slot = &slots[i]};
+        for (int a = 0; a < RVS_DESI_NARMS; a++)
+            jobs[i].wave[a] =
+                (run->options.arms & (1u << a)) ? rvs_desi_wavelength(file, a) : NULL;
+    }
+    double t_start = now_seconds();
+
+    slots[0].first = 0;
+    slots[0].count = per_batch < sel->nselected ? per_batch : sel->nselected;
+    produce(&jobs[0]);
+    for (size_t k = 0; k < nbatches; k++) {
+        struct batch_slot *cur = &slots[overlap ? k % 2 : 0];
+        run->times.read += cur->t_read;
+        run->times.prepare += cur->t_prepare;
+        if (cur->status != RVS_OK) {
+            status = cur->status;
+            rvs_log(RVS_LOG_ERROR, MODULE, "%s: cannot read or prepare rows %zu..%zu: %s", input,
+                    cur->first, cur->first + cur->count - 1, rvs_strerror(status));
+            goto cleanup;
+        }
+        /* In serial mode `next` is `cur`: it is refilled only after the fit. */
+        struct batch_slot *next = &slots[overlap ? (k + 1) % 2 : 0];
+        int next_pending = k + 1 < nbatches;
+        size_t next_first = (k + 1) * per_batch, done = cur->first + cur->count;
+        size_t next_count = next_pending && sel->nselected - next_first < per_batch
+                                ? sel->nselected - next_first
+                                : per_batch;
+        if (overlap && next_pending) {
+            next->first = next_first;
+            next->count = next_count;
+            if (pthread_create(&thread, NULL, produce_thread, &jobs[(k + 1) % 2]) == 0)
+                thread_running = 1;
+            else
+                rvs_log(RVS_LOG_DEBUG, MODULE, "no reader thread; reading after the fit");
+        }
+
+        float *batch_models[RVS_DESI_NARMS] = {NULL};
+        for (int a = 0; a < RVS_DESI_NARMS; a++)
+            if (models[a])
+                batch_models[a] = models[a] + cur->first * run->fitter_nwave[a];
+        double t0 = now_seconds();
+        status = run->ops->fit(run->fitter, &cur->prepared, rows + cur->first, batch_models);
+        run->times.fit += now_seconds() - t0;
+        if (status != RVS_OK) {
+            rvs_log(RVS_LOG_ERROR, MODULE, "%s: fitting rows %zu..%zu failed: %s", input,
+                    cur->first, cur->first + cur->count - 1, rvs_strerror(status));
+            goto cleanup;
+        }
+        run->spectra_fitted += cur->count;
+
+        if (thread_running) {
+            double tw = now_seconds();
+            pthread_join(thread, NULL);
+            thread_running = 0;
+            run->times.wait += now_seconds() - tw;
+        } else if (next_pending) {
+            next->first = next_first;
+            next->count = next_count;
+            produce(&jobs[overlap ? (k + 1) % 2 : 0]);
+        }
+        if (run->options.progress)
+            progress_line(run, input, done, sel->nselected, t_start);
+    }
+cleanup:
+    if (thread_running)
+        pthread_join(thread, NULL);
+    if (run->options.progress)
+        progress_clear();
+    for (int i = 0; i < 2; i++) {
+        rvs_desi_spectra_free(&slots[i].spectra);
+        rvs_prepared_free(&slots[i].prepared);
+    }
+    return status;
+}
+
+/* ------------------------------------------------------------------ one file */
+
+static void copy_rr(char *dst, const char *src)
+{
+    snprintf(dst, RVS_OUTPUT_RR_LEN, "%s", src);
+}
+
+static int process_file(struct rvs_run *run, const char *input, const char *tab_path,
+                        const char *mod_path, long *nfit)
+{
+    int status = RVS_OK;
+    struct rvs_desi_file *file = NULL;
+    struct rvs_selection sel;
+    struct rvs_output_row *rows = NULL;
+    float *models[RVS_DESI_NARMS] = {NULL};
+    memset(&sel, 0, sizeof sel);
+
+    double t0 = now_seconds();
+    status = rvs_desi_open(input, run->options.arms, &file);
+    double t1 = now_seconds();
+    run->times.open += t1 - t0;
+    if (status != RVS_OK)
+        goto cleanup;
+    status = rvs_select_targets(file, &run->options.select, &sel);
+    run->times.select += now_seconds() - t1;
+    if (status != RVS_OK)
+        goto cleanup;
+    if (sel.nselected == 0)
+        rvs_log(RVS_LOG_WARNING, MODULE, "%s: no fibers selected; writing empty outputs", input);
+    else
+        rvs_log(RVS_LOG_INFO, MODULE, "%s: selected %zu of %zu fibers", input, sel.nselected,
+                rvs_desi_nrows(file));
+
+    struct rvs_output_request req;
+    rvs_output_request_init(&req);
+    req.input_path = input;
+    req.tab_path = tab_path;
+    req.mod_path = mod_path;
+    req.arms = run->options.arms;
+    req.vrad_ccf = run->options.fit.param_init == RVS_FIT_INIT_CCF;
+    req.deps = run->deps;
+    req.ndeps = run->ndeps;
+    req.templates = run->templates;
+    req.ntemplates = run->ntemplates;
+    req.config_path = run->options.config_path;
+    req.command_line = run->options.command_line;
+    req.redrock_path = sel.redrock_path;
+    if (run->ctx) {
+        req.device = run->ctx->caps.device_name;
+        req.driver = run->ctx->caps.driver_version;
+    }
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        if (run->options.arms & (1u << a))
+            req.nwave[a] = (long)rvs_desi_nwave(file, a);
+
+    if (sel.nselected > 0) {
+        RVS_TRY(fitter_for_file(run, file));
+        rows = rvs_calloc(sel.nselected, sizeof *rows);
+        if (!rows) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        for (size_t k = 0; k < sel.nselected; k++) {
+            struct rvs_output_row *r = &rows[k];
+            rvs_output_row_init(r, (long)sel.rows[k]);
+            for (int a = 0; a < RVS_DESI_NARMS; a++)
+                if (sel.sn[a])
+                    r->sn[a] = (float)sel.sn[a][k];
+            if (sel.have_redrock) {
+                r->rr_z = sel.rr_z[k];
+                if (sel.rr_spectype)
+                    copy_rr(r->rr_spectype, sel.rr_spectype + k * (sel.rr_spectype_width + 1));
+                if (sel.rr_subtype)
+                    copy_rr(r->rr_subtype, sel.rr_subtype + k * (sel.rr_subtype_width + 1));
+            }
+        }
+        for (int a = 0; a < RVS_DESI_NARMS; a++) {
+            if (!(run->options.arms & (1u << a)))
+                continue;
+            models[a] = rvs_calloc(sel.nselected * (size_t)req.nwave[a], sizeof(float));
+            if (!models[a]) {
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+        }
+        RVS_TRY(fit_selection(run, file, &sel, rows, models, input));
+        req.nrows = sel.nselected;
+        req.rows = rows;
+        for (int a = 0; a < RVS_DESI_NARMS; a++)
+            req.model[a] = models[a];
+    }
+    /* The writer reopens the input for its tables; ours is closed first to keep one handle. */
+    rvs_desi_close(&file);
+    double tw = now_seconds();
+    status = rvs_output_write(&req);
+    run->times.write += now_seconds() - tw;
+    if (status == RVS_OK)
+        *nfit = (long)sel.nselected;
+cleanup:
+    rvs_desi_close(&file);
+    rvs_selection_free(&sel);
+    free(rows);
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        free(models[a]);
+    return status;
+}
+
+int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status *outcome,
+                 long *nfit)
+{
+    int status = RVS_OK;
+    char *tab_path = NULL, *mod_path = NULL;
+    double t0 = now_seconds();
+    long n = 0;
+    enum rvs_output_status result = RVS_OUTPUT_FAILURE;
+
+    rvs_log(RVS_LOG_INFO, MODULE, "processing %s", input);
+    status = rvs_output_paths(&run->options.naming, input, &tab_path, &mod_path);
+    if (status == RVS_OK && run->options.skip_existing && rvs_output_exist(tab_path, mod_path)) {
+        rvs_log(RVS_LOG_INFO, MODULE, "skipping %s: %s and %s exist", input, tab_path, mod_path);
+        result = RVS_OUTPUT_EXISTING;
+        n = -1;
+    } else if (status == RVS_OK) {
+        status = process_file(run, input, tab_path, mod_path, &n);
+        result = status == RVS_OK ? RVS_OUTPUT_SUCCESS : RVS_OUTPUT_FAILURE;
+    }
+    double seconds = now_seconds() - t0;
+    if (status != RVS_OK) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "%s: failed (%s); its outputs were not written", input,
+                rvs_strerror(status));
+        n = 0;
+        run->failed++;
+    } else if (result == RVS_OUTPUT_SUCCESS) {
+        run->targets += (size_t)n;
+    }
+    run->files++;
+    run->times.wall += seconds;
+    if (run->options.status_path) {
+        int st = rvs_output_status_append(run->options.status_path, input, result, n,
+                                          result == RVS_OUTPUT_EXISTING ? 0.0 : seconds);
+        if (st != RVS_OK && status == RVS_OK)
+            status = st;
+    }
+    free(tab_path);
+    free(mod_path);
+    if (outcome)
+        *outcome = result;
+    if (nfit)
+        *nfit = n;
+    return status;
+}
+
+/* ------------------------------------------------------------------ --profile */
+
+void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
+{
+    const struct stage_times *t = &run->times;
+    struct rvs_fit_profile p = run->fit_profile_done;
+    if (run->fitter) {
+        struct rvs_fit_profile cur;
+        memset(&cur, 0, sizeof cur);
+        run->ops->profile(run->fitter, &cur);
+        add_profile(&p, &cur);
+    }
+    double host = t->open + t->select + t->read + t->prepare + t->write;
+    fprintf(out, "rvsfit-cl profile: %zu file(s), %zu failed, %zu target(s) written, %zu "
+                 "spectra fitted, %.2f s\n",
+            run->files, run->failed, run->targets, run->spectra_fitted, t->wall);
+    fprintf(out, "  host   open (headers, fibermap)  %9.3f s\n", t->open);
+    fprintf(out, "  host   select                    %9.3f s\n", t->select);
+    fprintf(out, "  host   read spectra              %9.3f s\n", t->read);
+    fprintf(out, "  host   prepare                   %9.3f s\n", t->prepare);
+    fprintf(out, "  host   write outputs             %9.3f s\n", t->write);
+    fprintf(out, "  device fitter set-up             %9.3f s\n", t->fitter_create);
+    fprintf(out, "  device fit (all stages)          %9.3f s\n", t->fit);
+    fprintf(out, "           CCF start               %9.3f s\n", p.ccf);
+    fprintf(out, "           optimizer               %9.3f s\n", p.optimizer);
+    fprintf(out, "           velocity posterior      %9.3f s\n", p.posterior);
+    fprintf(out, "           Hessian errors          %9.3f s\n", p.hessian);
+    fprintf(out, "           best-fit models         %9.3f s\n", p.models);
+    fprintf(out, "           engine calls %llu, model evaluations %llu\n", p.engine_calls,
+            p.evaluations);
+    fprintf(out, "  host total %.3f s, device total %.3f s; waited %.3f s for overlapped reads\n",
+            host, t->fit + t->fitter_create, t->wait);
+    if (t->fit > 0)
+        fprintf(out, "  throughput %.1f spectra/s of fit time, %.1f spectra/s overall\n",
+                (double)run->spectra_fitted / t->fit,
+                t->wall > 0 ? (double)run->spectra_fitted / t->wall : 0.0);
+}

@@ -1,0 +1,229 @@
+/* run_files.c: the input lists of rvs_desi_fit: --input-file-from (a text file of names, one a
+ * line) and --queue-file (the same file shared by several processes, each popping the first
+ * line; rvspecfit's utils.FileQueue.read_next).
+ *
+ * rvspecfit locks the queue by renaming it to a per-process name and retries for a while when it
+ * is gone; a process killed in between leaves the queue renamed. Here the queue keeps its name
+ * and is locked with fcntl (POSIX record locks, which also work on NFS through lockd); the kernel
+ * drops the lock when a process dies. The pop rewrites the file in place under the lock. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "rvsfit/run.h"
+
+#define MODULE "run"
+
+void rvs_run_free_lines(char **lines, size_t count)
+{
+    if (!lines)
+        return;
+    for (size_t i = 0; i < count; i++)
+        free(lines[i]);
+    free(lines);
+}
+
+/* Splits text into trimmed non-empty lines. */
+static int split_lines(const char *text, size_t size, char ***lines, size_t *count)
+{
+    int status = RVS_OK;
+    char **out = NULL;
+    size_t n = 0, cap = 0;
+    size_t i = 0;
+    while (i < size) {
+        size_t start = i;
+        while (i < size && text[i] != '\n')
+            i++;
+        size_t end = i;
+        i++; /* past '\n' */
+        while (end > start && (text[end - 1] == ' ' || text[end - 1] == '\t' ||
+                               text[end - 1] == '\r'))
+            end--;
+        if (end == start)
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? 2 * cap : 16;
+            char **grown = realloc(out, ncap * sizeof *grown);
+            if (!grown) {
+                rvs_log(RVS_LOG_ERROR, MODULE, "out of memory reading a file list");
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+            out = grown;
+            cap = ncap;
+        }
+        out[n] = rvs_malloc(end - start + 1);
+        if (!out[n]) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        memcpy(out[n], text + start, end - start);
+        out[n][end - start] = '\0';
+        n++;
+    }
+    *lines = out;
+    *count = n;
+    out = NULL;
+    n = 0;
+cleanup:
+    rvs_run_free_lines(out, n);
+    return status;
+}
+
+/* Reads what is left of an open descriptor into a NUL-terminated buffer. */
+static int read_all(int fd, const char *path, char **text, size_t *size)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = rvs_malloc(cap + 1);
+    if (!buf)
+        return RVS_ERR_NOMEM;
+    for (;;) {
+        if (n == cap) {
+            char *grown = realloc(buf, 2 * cap + 1);
+            if (!grown) {
+                free(buf);
+                rvs_log(RVS_LOG_ERROR, MODULE, "out of memory reading %s", path);
+                return RVS_ERR_NOMEM;
+            }
+            buf = grown;
+            cap *= 2;
+        }
+        ssize_t got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            rvs_log(RVS_LOG_ERROR, MODULE, "cannot read %s: %s", path, strerror(errno));
+            free(buf);
+            return RVS_ERR_IO;
+        }
+        if (got == 0)
+            break;
+        n += (size_t)got;
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *size = n;
+    return RVS_OK;
+}
+
+int rvs_run_read_lines(const char *path, char ***lines, size_t *count)
+{
+    int status = RVS_OK;
+    char *text = NULL;
+    size_t size = 0;
+    *lines = NULL;
+    *count = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "cannot open the file list %s: %s", path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    RVS_TRY(read_all(fd, path, &text, &size));
+    if (memchr(text, '\0', size)) {
+        rvs_log(RVS_LOG_ERROR, MODULE,
+                "%s is not a text file of names (one a line); is it a FITS file given to "
+                "--input-file-from by mistake?",
+                path);
+        status = RVS_ERR_FORMAT;
+        goto cleanup;
+    }
+    RVS_TRY(split_lines(text, size, lines, count));
+cleanup:
+    free(text);
+    close(fd);
+    return status;
+}
+
+/* Writes all of buf at the start of fd and truncates after it. */
+static int rewrite(int fd, const char *path, const char *buf, size_t size)
+{
+    if (lseek(fd, 0, SEEK_SET) < 0)
+        goto fail;
+    size_t done = 0;
+    while (done < size) {
+        ssize_t w = write(fd, buf + done, size - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            goto fail;
+        done += (size_t)w;
+    }
+    if (ftruncate(fd, (off_t)size) != 0 || fsync(fd) != 0)
+        goto fail;
+    return RVS_OK;
+fail:
+    rvs_log(RVS_LOG_ERROR, MODULE, "cannot rewrite the queue file %s: %s", path,
+            strerror(errno));
+    return RVS_ERR_IO;
+}
+
+int rvs_run_queue_pop(const char *path, char **name)
+{
+    int status = RVS_OK, locked = 0;
+    char *text = NULL;
+    size_t size = 0;
+    *name = NULL;
+    int fd = open(path, O_RDWR);
+    if (fd < 0) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "cannot open the queue file %s for update: %s", path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    while (fcntl(fd, F_SETLKW, &lock) != 0) {
+        if (errno == EINTR)
+            continue;
+        rvs_log(RVS_LOG_ERROR, MODULE, "cannot lock the queue file %s: %s", path,
+                strerror(errno));
+        status = RVS_ERR_IO;
+        goto cleanup;
+    }
+    locked = 1;
+    RVS_TRY(read_all(fd, path, &text, &size));
+    /* the first non-empty line, trailing white space removed; blank lines before it go too */
+    size_t i = 0;
+    while (i < size) {
+        size_t start = i;
+        while (i < size && text[i] != '\n')
+            i++;
+        size_t end = i;
+        if (i < size)
+            i++;
+        while (end > start &&
+               (text[end - 1] == ' ' || text[end - 1] == '\t' || text[end - 1] == '\r'))
+            end--;
+        if (end > start) {
+            *name = rvs_malloc(end - start + 1);
+            if (!*name) {
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+            memcpy(*name, text + start, end - start);
+            (*name)[end - start] = '\0';
+            break;
+        }
+    }
+    if (i > 0) {
+        status = rewrite(fd, path, text + i, size - i);
+        if (status != RVS_OK) {
+            free(*name);
+            *name = NULL;
+        }
+    }
+cleanup:
+    if (locked) {
+        lock.l_type = F_UNLCK;
+        fcntl(fd, F_SETLK, &lock);
+    }
+    free(text);
+    close(fd);
+    return status;
+}

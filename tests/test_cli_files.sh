@@ -1,0 +1,161 @@
+#!/bin/sh
+# test_cli_files.sh: rvsfit-cl's file loop (rvs_desi_fit's proc_many and proc_desi_wrapper):
+# positional files and --input-file-from, a failing file between two good ones (the others
+# written, exit 1, FAILURE in the status file), --throw-exceptions, --skipexisting (EXISTING,
+# outputs untouched), --no-subdirs with prefixes, --queue-file shared by two processes at once,
+# empty selections (no target selected, a --targetid not in the file) written as complete empty
+# outputs that astropy reads with every column, --log, --profile and the figure warning.
+# Every run here selects no target, so the fitter is never needed.
+. "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+require_device
+RVSFIT_CL_DATADIR="$top_srcdir/data"
+export RVSFIT_CL_DATADIR
+example="$top_srcdir/examples/coadd-main-bright-10000.fits"
+python=${PYTHON3:-/usr/bin/python3}
+cd "$scratch" || exit 1
+
+# Inputs: symbolic links to the example coadd under two parent directories, a text file and a
+# FITS file that is not a DESI coadd (the truth table) under DESI names.
+mkdir -p in/grp/pix
+for i in 1 3; do ln -s "$example" "in/grp/pix/coadd-$i.fits"; done
+echo "not a FITS file" > in/grp/pix/coadd-2.fits
+cp "$top_srcdir/examples/truth-main-bright-10000.fits" in/grp/pix/coadd-4.fits
+good1="$scratch/in/grp/pix/coadd-1.fits"
+bad2="$scratch/in/grp/pix/coadd-2.fits"
+good3="$scratch/in/grp/pix/coadd-3.fits"
+bad4="$scratch/in/grp/pix/coadd-4.fits"
+
+# status_is FILE INPUT STATUS NOBJ: FILE has the line "INPUT STATUS NOBJ <seconds>"
+status_is() {
+    if ! grep -Eq "^$2 $3 $4 [0-9]+\.[0-9][0-9]$" "$1"; then
+        fail "$1: no line '$2 $3 $4 <s>'; it has: $(cat "$1")"
+    fi
+}
+
+# --- a failing file between two good ones
+run 1 "three files, the middle one bad" -- "$RVSFIT_CL" --targetid 1 --output-dir res \
+    --process-status-file status.txt "$good1" "$bad2" "$good3"
+for i in 1 3; do
+    for p in rvtab rvmod; do
+        [ -f "res/grp/pix/${p}_coadd-$i.fits" ] || fail "res/grp/pix/${p}_coadd-$i.fits missing"
+    done
+done
+ls res/grp/pix/*coadd-2* >/dev/null 2>&1 && fail "outputs written for the bad file"
+ls res/grp/pix/ | grep -q tmp && fail "temporary files left: $(ls res/grp/pix)"
+status_is status.txt "$good1" SUCCESS 0
+status_is status.txt "$bad2" FAILURE 0
+status_is status.txt "$good3" SUCCESS 0
+[ "$(wc -l < status.txt)" -eq 3 ] || fail "status file has $(wc -l < status.txt) lines, not 3"
+[ "$(head -n 1 status.txt | cut -d' ' -f1)" = "$good1" ] || fail "status lines out of order"
+expect_in err "coadd-2.fits" "the bad file is named"
+expect_in err "1 of 3 file\(s\) failed" "the failure count is reported"
+
+# the status file is emptied at the start of a run
+run 0 "one good file" -- "$RVSFIT_CL" --targetid 1 --output-dir res \
+    --process_status_file status.txt "$good1"
+[ "$(wc -l < status.txt)" -eq 1 ] || fail "status file not emptied: $(cat status.txt)"
+
+# --- --throw-exceptions: stop at the bad file, after recording it
+run 1 "--throw-exceptions" -- "$RVSFIT_CL" --targetid 1 --output-dir out-throw \
+    --process-status-file status-throw.txt --throw-exceptions "$good1" "$bad2" "$good3"
+[ -f out-throw/grp/pix/rvtab_coadd-1.fits ] || fail "--throw-exceptions: first file not written"
+[ -f out-throw/grp/pix/rvtab_coadd-3.fits ] && fail "--throw-exceptions went past the failure"
+status_is status-throw.txt "$bad2" FAILURE 0
+grep -q coadd-3 status-throw.txt && fail "--throw-exceptions: third file recorded"
+expect_in err "stopping at .*coadd-2.fits" "--throw-exceptions says where it stopped"
+
+# --- --skipexisting: both outputs there -> EXISTING -1, files untouched
+before=$(ls -l --time-style=+%s.%N res/grp/pix/rvtab_coadd-1.fits res/grp/pix/rvmod_coadd-1.fits)
+sleep 1
+run 0 "--skipexisting" -- "$RVSFIT_CL" --targetid 1 --output-dir res --skipexisting \
+    --process-status-file status-skip.txt "$good1" "$good3"
+grep -Eq "^$good1 EXISTING -1 0\.00$" status-skip.txt || fail "no EXISTING line: $(cat status-skip.txt)"
+after=$(ls -l --time-style=+%s.%N res/grp/pix/rvtab_coadd-1.fits res/grp/pix/rvmod_coadd-1.fits)
+[ "$before" = "$after" ] || fail "--skipexisting rewrote the outputs"
+rm res/grp/pix/rvmod_coadd-3.fits
+run 0 "--skipexisting with one output missing" -- "$RVSFIT_CL" --targetid 1 --output-dir res \
+    --skipexisting --process-status-file status-skip.txt "$good3"
+status_is status-skip.txt "$good3" SUCCESS 0
+[ -f res/grp/pix/rvmod_coadd-3.fits ] || fail "a half-present pair was not rewritten"
+
+# --- --input-file-from, --no-subdirs, prefixes; a FITS file that is not a DESI file
+printf '%s\n\n%s\n   \n%s\n' "$good1" "$bad4" "$good3" > list.txt
+run 1 "--input-file-from" -- "$RVSFIT_CL" --minsn 1e30 --input-file-from list.txt \
+    --output-dir flat --no-subdirs --output-tab-prefix T --output-mod-prefix M \
+    --process-status-file status-list.txt
+for f in T_coadd-1.fits M_coadd-1.fits T_coadd-3.fits M_coadd-3.fits; do
+    [ -f "flat/$f" ] || fail "--no-subdirs/prefixes: flat/$f missing ($(ls flat))"
+done
+status_is status-list.txt "$bad4" FAILURE 0
+[ "$(wc -l < status-list.txt)" -eq 3 ] || fail "the list's blank lines were not skipped"
+expect_in err "coadd-4.fits.*FIBERMAP|FIBERMAP.*coadd-4.fits" "the non-DESI file's problem named"
+
+# --- empty outputs are complete: every column, no rows (checked with astropy)
+if "$python" -c 'import astropy, numpy' 2>/dev/null; then
+    for case in "targetid:res/grp/pix" "minsn:flat"; do
+        dir=${case#*:}
+        if [ "$dir" = flat ]; then t=flat/T_coadd-1.fits m=flat/M_coadd-1.fits
+        else t=$dir/rvtab_coadd-1.fits m=$dir/rvmod_coadd-1.fits; fi
+        run 0 "schema of the empty outputs (${case%%:*})" -- "$python" \
+            "$top_srcdir/tests/check_output_schema.py" --schema "$top_srcdir/tests/output_schema.txt" \
+            --input "$example" --tab "$t" --mod "$m" --rows '' \
+            --header DEPNAM02=CLBlast --header DEPNAM03=clFFT --header TMPLCON0=desi_b \
+            --header TMPLCON2=desi_z
+    done
+    run 0 "astropy reads the empty rvtab" -- "$python" -c '
+import sys
+import astropy.io.fits as fits
+with fits.open(sys.argv[1]) as f:
+    names = [h.name for h in f]
+    assert names == ["PRIMARY", "RVTAB", "FIBERMAP", "SCORES", "EXP_FIBERMAP"], names
+    assert len(f["RVTAB"].data) == 0 and len(f["FIBERMAP"].data) == 0
+    cols = f["RVTAB"].columns.names
+    for c in ["VRAD", "VRAD_ERR", "VSINI", "LOGG", "TEFF", "FEH", "ALPHAFE", "CHISQ_TOT",
+              "RVS_WARN", "SUCCESS", "TARGETID", "SN_B", "RR_Z", "VRAD_CCF"]:
+        assert c in cols, c
+    print("ok", len(cols), "columns")
+' res/grp/pix/rvtab_coadd-1.fits
+    expect_in out "^ok" "astropy read the empty table"
+else
+    echo "note: no astropy for $python; empty outputs not checked with it" >&2
+fi
+
+# --- --queue-file shared by two processes started together
+mkdir -p in/q/d
+: > queue.txt
+for i in $(seq 1 16); do
+    ln -s "$example" "in/q/d/coadd-q$i.fits"
+    echo "$scratch/in/q/d/coadd-q$i.fits" >> queue.txt
+done
+"$RVSFIT_CL" --targetid 1 --output-dir qout --queue-file=queue.txt \
+    --process-status-file qstatus-a.txt 2> qerr-a.txt &
+pid_a=$!
+"$RVSFIT_CL" --targetid 1 --output-dir qout --input-file-from queue.txt --queue-file \
+    --process-status-file qstatus-b.txt 2> qerr-b.txt &
+pid_b=$!
+wait $pid_a || fail "queue process A failed: $(cat qerr-a.txt)"
+wait $pid_b || fail "queue process B failed: $(cat qerr-b.txt)"
+[ -s queue.txt ] && fail "the queue is not empty at the end: $(cat queue.txt)"
+cat qstatus-a.txt qstatus-b.txt | cut -d' ' -f1 | sort > qall.txt
+[ "$(wc -l < qall.txt)" -eq 16 ] || fail "$(wc -l < qall.txt) files processed, not 16"
+[ "$(sort -u qall.txt | wc -l)" -eq 16 ] || fail "a file was processed twice: $(uniq -d qall.txt)"
+[ "$(ls qout/q/d/rvtab_* | wc -l)" -eq 16 ] || fail "not 16 tables written"
+echo "queue: process A took $(wc -l < qstatus-a.txt) files, B $(wc -l < qstatus-b.txt)"
+
+# --- --log, --profile, figure options
+run 0 "--log and --profile" -- "$RVSFIT_CL" --targetid 1 --output-dir res --log run.log \
+    --log-level INFO --profile --doplot --figure-dir figs "$good1"
+grep -q "writes no figures" run.log || fail "no figure warning in the log"
+grep -q "processing $good1" run.log || fail "INFO messages not in the log"
+[ -d figs ] && fail "a figure directory was made"
+expect_in err "rvsfit-cl profile: 1 file" "--profile summary"
+expect_in err "host   read spectra" "--profile host stages"
+expect_in err "device fit" "--profile device stages"
+
+# --- a template library that cannot be used: exit 1 before any file
+run 1 "missing template library" -- "$RVSFIT_CL" --template-lib "$scratch/nolib" \
+    --targetid 1 --output-dir res "$good1"
+expect_in err "nolib" "the library directory is named"
+
+finish
