@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <yaml.h>
 
@@ -32,10 +33,17 @@ struct rvs_targetmask {
     struct targetmask_entry *entries;
 };
 
+/* $RVSFIT_CL_DATADIR, else the installed data directory, else (a build that was never installed,
+ * as after the README's quick start) the source tree's data/ directory. */
 const char *rvs_data_dir(void)
 {
     const char *env = getenv("RVSFIT_CL_DATADIR");
-    return env && *env ? env : RVS_PKGDATADIR;
+    struct stat st;
+    if (env && *env)
+        return env;
+    if (stat(RVS_PKGDATADIR, &st) == 0 && S_ISDIR(st.st_mode))
+        return RVS_PKGDATADIR;
+    return RVS_SRCDATADIR;
 }
 
 static yaml_node_t *mapping_value(yaml_document_t *doc, yaml_node_t *map, const char *key)
