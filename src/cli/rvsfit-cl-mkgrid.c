@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "options.h"
 #include "rvsfit.h"
 #include "rvsfit/mkgrid.h"
 
@@ -42,41 +43,34 @@ enum option_id {
     OPT_LOG_LEVEL
 };
 
-struct cli_option {
-    const char *name;
-    int has_arg;
-    int id;
-    const char *arg_name;
-    const char *help;
-};
 
-static const struct cli_option cli_options[] = {
+static const struct rvs_cli_option cli_options[] = {
     {"out", required_argument, OPT_OUT, "PATH",
-     "output: NAME.fits (all arms in one file) or an existing directory (one file per arm)"},
+     "output: NAME.fits (all arms in one file) or an existing directory (one file per arm)", NULL},
     {"single", required_argument, OPT_SINGLE, "T,G,F,A",
-     "one spectrum at Teff,logg,[Fe/H],[alpha/Fe]"},
-    {"teff", required_argument, OPT_TEFF, "MIN,MAX[,STEP]", "Teff range in K (3000,12000)"},
-    {"logg", required_argument, OPT_LOGG, "MIN,MAX[,STEP]", "log g range (0,5.5)"},
-    {"feh", required_argument, OPT_FEH, "MIN,MAX[,STEP]", "[Fe/H] range (-4,1)"},
-    {"alpha", required_argument, OPT_ALPHA, "MIN,MAX[,STEP]", "[alpha/Fe] range (-0.4,1)"},
+     "one spectrum at Teff,logg,[Fe/H],[alpha/Fe]", NULL},
+    {"teff", required_argument, OPT_TEFF, "MIN,MAX[,STEP]", "Teff range in K (3000,12000)", NULL},
+    {"logg", required_argument, OPT_LOGG, "MIN,MAX[,STEP]", "log g range (0,5.5)", NULL},
+    {"feh", required_argument, OPT_FEH, "MIN,MAX[,STEP]", "[Fe/H] range (-4,1)", NULL},
+    {"alpha", required_argument, OPT_ALPHA, "MIN,MAX[,STEP]", "[alpha/Fe] range (-0.4,1)", NULL},
     {"random", required_argument, OPT_RANDOM, "N",
-     "N points of a Latin hypercube (log Teff uniform) instead of a regular grid"},
-    {"seed", required_argument, OPT_SEED, "N", "seed of the Latin hypercube (default 1)"},
-    {"threads", required_argument, OPT_THREADS, "N", "worker threads (default: all CPUs)"},
+     "N points of a Latin hypercube (log Teff uniform) instead of a regular grid", NULL},
+    {"seed", required_argument, OPT_SEED, "N", "seed of the Latin hypercube (default 1)", NULL},
+    {"threads", required_argument, OPT_THREADS, "N", "worker threads (default: all CPUs)", NULL},
     {"linelist", required_argument, OPT_LINELIST, "DIR",
      "linemake MOOG directory (default $RVSFIT_CL_LINELIST_DIR; 'builtin' for the built-in "
-     "strong-line list)"},
+     "strong-line list)", NULL},
     {"resolution", required_argument, OPT_RESOLUTION, "R",
-     "internal sampling 1/d(ln lambda) (default 120000)"},
-    {"arms", required_argument, OPT_ARMS, "LIST", "arms to write: any of b,r,z (default b,r,z)"},
+     "internal sampling 1/d(ln lambda) (default 120000)", NULL},
+    {"arms", required_argument, OPT_ARMS, "LIST", "arms to write: any of b,r,z (default b,r,z)", NULL},
     {"vmic", required_argument, OPT_VMIC, "KMS",
-     "microturbulence in km/s (default 2.478 - 0.325 log g, at least 0.5)"},
+     "microturbulence in km/s (default 2.478 - 0.325 log g, at least 0.5)", NULL},
     {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL",
-     "DEBUG, INFO, WARNING (default), ERROR or CRITICAL"},
-    {"quiet", no_argument, OPT_QUIET, NULL, "only errors"},
-    {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (-v INFO, -vv DEBUG)"},
-    {"help", no_argument, OPT_HELP, NULL, "show this help and exit"},
-    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit"},
+     "DEBUG, INFO, WARNING (default), ERROR or CRITICAL", NULL},
+    {"quiet", no_argument, OPT_QUIET, NULL, "only errors", NULL},
+    {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (-v INFO, -vv DEBUG)", NULL},
+    {"help", no_argument, OPT_HELP, NULL, "show this help and exit", NULL},
+    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit", NULL},
 };
 enum { NUM_OPTIONS = sizeof cli_options / sizeof cli_options[0] };
 
@@ -92,17 +86,7 @@ static void print_help(void)
            "line list) and write them degraded to the DESI b, r and z arms, as the training\n"
            "grid of rvsfit-cl's emulator. See doc/mkgrid.md for the physics and the file.\n\n"
            "Options:\n");
-    for (size_t i = 0; i < NUM_OPTIONS; i++) {
-        char left[64];
-        const struct cli_option *o = &cli_options[i];
-        if (o->id < 256)
-            snprintf(left, sizeof left, "-%c, --%s%s%s", o->id, o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
-        else
-            snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
-        printf("  %-28s %s\n", left, o->help);
-    }
+    rvs_cli_print_options(stdout, cli_options, NUM_OPTIONS, 28);
     printf("\nA regular grid needs a STEP on every range that is not a single value; points\n"
            "with log g < 4 log10(Teff/4000) are skipped (near the Eddington limit).\n\n"
            "Environment:\n"
@@ -191,27 +175,8 @@ int main(int argc, char **argv)
 {
     struct option long_options[NUM_OPTIONS + 1];
     char short_options[3 * NUM_OPTIONS + 2] = ":";
-    for (size_t i = 0; i < NUM_OPTIONS; i++) {
-        long_options[i] = (struct option){cli_options[i].name, cli_options[i].has_arg, NULL,
-                                          cli_options[i].id};
-        if (cli_options[i].id < 256) {
-            size_t n = strlen(short_options);
-            short_options[n] = (char)cli_options[i].id;
-            short_options[n + 1] = '\0';
-            if (cli_options[i].has_arg)
-                strcat(short_options, ":");
-        }
-    }
-    memset(&long_options[NUM_OPTIONS], 0, sizeof long_options[0]);
-    /* "--log_level" -> "--log-level", as rvsfit-cl does */
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--") == 0)
-            break;
-        if (strncmp(argv[i], "--", 2) == 0)
-            for (char *p = argv[i] + 2; *p && *p != '='; p++)
-                if (*p == '_')
-                    *p = '-';
-    }
+    rvs_cli_getopt_tables(cli_options, NUM_OPTIONS, long_options, short_options);
+    rvs_cli_normalise_underscores(argc, argv); /* "--log_level" -> "--log-level" */
 
     struct rvs_synth_options sopt;
     rvs_synth_options_init(&sopt);

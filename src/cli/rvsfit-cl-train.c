@@ -18,6 +18,7 @@
 
 #include <fitsio.h>
 
+#include "options.h"
 #include "rvsfit.h"
 #include "rvsfit/train.h"
 #include "rvsfit/train_io.h"
@@ -57,58 +58,51 @@ enum option_id {
     OPT_LOG_LEVEL
 };
 
-struct cli_option {
-    const char *name;
-    int has_arg;
-    int id;
-    const char *arg_name;
-    const char *help;
-};
 
-static const struct cli_option cli_options[] = {
-    {"grid", required_argument, OPT_GRID, "FILE", "grid of spectra (FITS, see doc/trainer.md)"},
-    {"setup", required_argument, OPT_SETUP, "NAME", "arm setup, e.g. desi_b (names the output)"},
-    {"out", required_argument, OPT_OUT, "DIR", "library directory; writes DIR/rvsfit_NAME.fits"},
-    {"width", required_argument, OPT_WIDTH, "N", "hidden width (256)"},
-    {"nlayers", required_argument, OPT_NLAYERS, "N", "hidden width x width layers (2)"},
-    {"npc", required_argument, OPT_NPC, "N", "bottleneck (principal components) width (200)"},
-    {"batch", required_argument, OPT_BATCH, "N", "mini-batch size (256)"},
-    {"epochs", required_argument, OPT_EPOCHS, "N", "at most N epochs (1000000)"},
-    {"lr", required_argument, OPT_LR, "X", "initial learning rate (1e-3)"},
+static const struct rvs_cli_option cli_options[] = {
+    {"grid", required_argument, OPT_GRID, "FILE", "grid of spectra (FITS, see doc/trainer.md)", NULL},
+    {"setup", required_argument, OPT_SETUP, "NAME", "arm setup, e.g. desi_b (names the output)", NULL},
+    {"out", required_argument, OPT_OUT, "DIR", "library directory; writes DIR/rvsfit_NAME.fits", NULL},
+    {"width", required_argument, OPT_WIDTH, "N", "hidden width (256)", NULL},
+    {"nlayers", required_argument, OPT_NLAYERS, "N", "hidden width x width layers (2)", NULL},
+    {"npc", required_argument, OPT_NPC, "N", "bottleneck (principal components) width (200)", NULL},
+    {"batch", required_argument, OPT_BATCH, "N", "mini-batch size (256)", NULL},
+    {"epochs", required_argument, OPT_EPOCHS, "N", "at most N epochs (1000000)", NULL},
+    {"lr", required_argument, OPT_LR, "X", "initial learning rate (1e-3)", NULL},
     {"min-lr", required_argument, OPT_MIN_LR, "X",
-     "stop when the learning rate falls below X (1e-8)"},
+     "stop when the learning rate falls below X (1e-8)", NULL},
     {"patience", required_argument, OPT_PATIENCE, "N",
-     "halve the learning rate after N epochs without a lower training loss (20)"},
+     "halve the learning rate after N epochs without a lower training loss (20)", NULL},
     {"stop-patience", required_argument, OPT_STOP_PATIENCE, "N",
      "stop after N epochs without a lower validation loss, keeping the best weights (100; 0: "
-     "off)"},
+     "off)", NULL},
     {"pca-init", no_argument, OPT_PCA_INIT, NULL,
-     "initialise the last layer with principal components of the training spectra"},
+     "initialise the last layer with principal components of the training spectra", NULL},
     {"batchnorm", no_argument, OPT_BATCHNORM, NULL,
-     "BatchNorm after the hidden layers (rvspecfit's trainer has it off)"},
-    {"seed", required_argument, OPT_SEED, "S", "random seed for weights, split and batches"},
+     "BatchNorm after the hidden layers (rvspecfit's trainer has it off)", NULL},
+    {"seed", required_argument, OPT_SEED, "S", "random seed for weights, split and batches", NULL},
     {"val-frac", required_argument, OPT_VAL_FRAC, "F",
-     "fraction of the grid held out for validation (0.1)"},
+     "fraction of the grid held out for validation (0.1)", NULL},
     {"params", required_argument, OPT_PARAMS, "LIST",
-     "parameter columns, in network order (teff,logg,feh,alpha)"},
+     "parameter columns, in network order (teff,logg,feh,alpha)", NULL},
     {"log-params", required_argument, OPT_LOG_PARAMS, "LIST",
-     "parameters mapped through log10 (teff; 'none' for none)"},
-    {"revision", required_argument, OPT_REVISION, "STR", "library revision string (LIBREV)"},
-    {"force", no_argument, OPT_FORCE, NULL, "replace an existing library file"},
-    {"resume", no_argument, OPT_RESUME, NULL, "continue from the checkpoint in DIR"},
+     "parameters mapped through log10 (teff; 'none' for none)", NULL},
+    {"revision", required_argument, OPT_REVISION, "STR", "library revision string (LIBREV)", NULL},
+    {"force", no_argument, OPT_FORCE, NULL, "replace an existing library file", NULL},
+    {"resume", no_argument, OPT_RESUME, NULL, "continue from the checkpoint in DIR", NULL},
     {"checkpoint-every", required_argument, OPT_CHECKPOINT_EVERY, "N",
-     "write a checkpoint every N epochs (32; 0: never)"},
+     "write a checkpoint every N epochs (32; 0: never)", NULL},
     {"predictions", required_argument, OPT_PREDICTIONS, "FILE",
-     "also write the held-out spectra and their predicted log-flux to FILE (FITS)"},
+     "also write the held-out spectra and their predicted log-flux to FILE (FITS)", NULL},
     {"device", required_argument, OPT_DEVICE, "SPEC",
-     "OpenCL device: index, P:D, name substring, cpu or gpu"},
-    {"fp32", no_argument, OPT_FP32, NULL, "compensated fp32 accumulation even with fp64"},
+     "OpenCL device: index, P:D, name substring, cpu or gpu", NULL},
+    {"fp32", no_argument, OPT_FP32, NULL, "compensated fp32 accumulation even with fp64", NULL},
     {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL",
-     "DEBUG, INFO (default), WARNING, ERROR or CRITICAL"},
-    {"quiet", no_argument, OPT_QUIET, NULL, "no per-epoch lines; only errors"},
-    {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (DEBUG)"},
-    {"help", no_argument, OPT_HELP, NULL, "show this help and exit"},
-    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit"},
+     "DEBUG, INFO (default), WARNING, ERROR or CRITICAL", NULL},
+    {"quiet", no_argument, OPT_QUIET, NULL, "no per-epoch lines; only errors", NULL},
+    {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (DEBUG)", NULL},
+    {"help", no_argument, OPT_HELP, NULL, "show this help and exit", NULL},
+    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit", NULL},
 };
 enum { NUM_OPTIONS = sizeof cli_options / sizeof cli_options[0] };
 
@@ -118,17 +112,7 @@ static void print_help(void)
            "Train the neural-network emulator of stellar spectra (rvspecfit's network, loss,\n"
            "optimiser and schedule) on an OpenCL device and write a template library.\n\n"
            "Options:\n");
-    for (size_t i = 0; i < NUM_OPTIONS; i++) {
-        char left[64];
-        const struct cli_option *o = &cli_options[i];
-        if (o->id < 256)
-            snprintf(left, sizeof left, "-%c, --%s%s%s", o->id, o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
-        else
-            snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
-        printf("  %-26s %s\n", left, o->help);
-    }
+    rvs_cli_print_options(stdout, cli_options, NUM_OPTIONS, 26);
     printf("\nEach epoch prints its training and validation loss (mean |delta ln flux| over\n"
            "pixels, divided by the grid's spread). At the end the held-out spectra are\n"
            "emulated as the fit does and the median and 99th percentile of |dflux|/flux per\n"
@@ -335,16 +319,7 @@ int main(int argc, char **argv)
 {
     struct option long_options[NUM_OPTIONS + 1];
     char short_options[3 * NUM_OPTIONS + 2] = ":";
-    for (size_t i = 0; i < NUM_OPTIONS; i++) {
-        long_options[i] = (struct option){cli_options[i].name, cli_options[i].has_arg, NULL,
-                                          cli_options[i].id};
-        if (cli_options[i].id < 256) {
-            size_t n = strlen(short_options);
-            short_options[n] = (char)cli_options[i].id;
-            short_options[n + 1] = '\0';
-        }
-    }
-    memset(&long_options[NUM_OPTIONS], 0, sizeof long_options[0]);
+    rvs_cli_getopt_tables(cli_options, NUM_OPTIONS, long_options, short_options);
 
     struct rvs_train_config cfg;
     rvs_train_config_init(&cfg);

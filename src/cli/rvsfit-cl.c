@@ -22,6 +22,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "options.h"
 #include "rvsfit.h"
 #include "rvsfit/config.h"
 #include "rvsfit/fit.h"
@@ -83,14 +84,6 @@ enum option_id {
     OPT_MPI
 };
 
-struct cli_option {
-    const char *name;
-    int has_arg;
-    int id;
-    const char *arg_name;
-    const char *group; /* --help section, printed when it changes */
-    const char *help;
-};
 
 static const char G_INPUT[] = "Input and output";
 static const char G_CONFIG[] = "Configuration";
@@ -101,95 +94,57 @@ static const char G_MSG[] = "Messages";
 static const char G_COMPAT[] = "Accepted for rvs_desi_fit compatibility";
 static const char G_INFO[] = "Information";
 
-static const struct cli_option cli_options[] = {
-    {"input-file-from", required_argument, OPT_INPUT_FILE_FROM, "LIST", G_INPUT,
-     "read the input file names from LIST (one a line) instead of the arguments"},
-    {"queue-file", optional_argument, OPT_QUEUE_FILE, "LIST", G_INPUT,
-     "treat the --input-file-from list (or LIST) as a queue shared by several processes: each "
-     "takes the first name and removes it, under a lock"},
-    {"output-dir", required_argument, OPT_OUTPUT_DIR, "DIR", G_INPUT,
-     "where outputs go (default ./), in DIR/<last two directories of the input>/"},
-    {"output-tab-prefix", required_argument, OPT_OUTPUT_TAB_PREFIX, "PREFIX", G_INPUT,
-     "table file names: PREFIX_<input name> (default rvtab)"},
-    {"output-mod-prefix", required_argument, OPT_OUTPUT_MOD_PREFIX, "PREFIX", G_INPUT,
-     "model file names: PREFIX_<input name> (default rvmod)"},
-    {"no-subdirs", no_argument, OPT_NO_SUBDIRS, NULL, G_INPUT,
-     "write outputs directly in --output-dir"},
-    {"skipexisting", no_argument, OPT_SKIPEXISTING, NULL, G_INPUT,
-     "skip an input whose two outputs both exist (status EXISTING)"},
-    {"process-status-file", required_argument, OPT_PROCESS_STATUS_FILE, "FILE", G_INPUT,
-     "emptied at the start, then one line per input: NAME SUCCESS|FAILURE|EXISTING NOBJ SECONDS"},
-    {"throw-exceptions", no_argument, OPT_THROW_EXCEPTIONS, NULL, G_INPUT,
-     "stop at the first input that fails instead of recording it and going on"},
-    {"config", required_argument, OPT_CONFIG, "FILE", G_CONFIG,
-     "rvspecfit YAML configuration (default ./config.yaml when it exists)"},
-    {"template-lib", required_argument, OPT_TEMPLATE_LIB, "DIR", G_CONFIG,
-     "template library directory (rvsfit_desi_{b,r,z}.fits); overrides template_lib of the "
-     "configuration (default: the installed default library)"},
-    {"show-config", no_argument, OPT_SHOW_CONFIG, NULL, G_CONFIG,
-     "print the settings in effect and where each comes from, and exit"},
-    {"targetid", required_argument, OPT_TARGETID, "ID", G_SELECT, "fit only this TARGETID"},
-    {"targetid-file-from", required_argument, OPT_TARGETID_FILE_FROM, "FILE", G_SELECT,
-     "fit only the TARGETIDs listed in FILE"},
-    {"minsn", required_argument, OPT_MINSN, "SN", G_SELECT,
-     "fit only spectra whose best arm has S/N above SN (default -1e9)"},
-    {"minexpid", required_argument, OPT_MINEXPID, "N", G_SELECT,
-     "fit only exposures with EXPID > N (files with an EXPID column)"},
-    {"maxexpid", required_argument, OPT_MAXEXPID, "N", G_SELECT,
-     "fit only exposures with EXPID <= N"},
-    {"objtypes", required_argument, OPT_OBJTYPES, "LIST", G_SELECT,
-     "comma-separated target-bit patterns, e.g. MWS_ANY,STD_*"},
-    {"zbest-select", no_argument, OPT_ZBEST_SELECT, NULL, G_SELECT,
-     "also fit what redrock calls a star or |z| < 1500 km/s (redrock-*.fits beside the input)"},
-    {"zbest-include", no_argument, OPT_ZBEST_INCLUDE, NULL, G_SELECT,
-     "copy redrock's Z, SPECTYPE, SUBTYPE into RR_* columns without selecting on them"},
-    {"fitarm", required_argument, OPT_FITARM, "ARMS", G_FIT,
-     "comma-separated arms to fit: b, r, z (default all)"},
-    {"npoly", required_argument, OPT_NPOLY, "N", G_FIT,
-     "continuum basis functions per arm (default 10)"},
-    {"param-init", required_argument, OPT_PARAM_INIT, "METHOD", G_FIT,
-     "starting point: CCF (default) or bruteforce"},
-    {"resolution-matrix", no_argument, OPT_RESOLUTION_MATRIX, NULL, G_FIT,
-     "convolve models with the files' resolution matrices"},
-    {"no-resolution-matrix", no_argument, OPT_NO_RESOLUTION_MATRIX, NULL, G_FIT,
-     "do not (the default)"},
-    {"no-ccf-continuum-normalize", no_argument, OPT_NO_CCF_CONTINUUM_NORMALIZE, NULL, G_FIT,
-     "do not divide by the continuum before the CCF"},
-    {"device", required_argument, OPT_DEVICE, "SPEC", G_DEVICE,
-     "OpenCL device: index, P:D, name substring, cpu or gpu (default: $RVSFIT_CL_DEVICE, else "
-     "the first GPU, else the first CPU)"},
-    {"list-devices", no_argument, OPT_LIST_DEVICES, NULL, G_DEVICE,
-     "list OpenCL devices and exit"},
-    {"self-test", no_argument, OPT_SELF_TEST, NULL, G_DEVICE,
-     "build the kernels on the device, run the known-answer self-test, report and exit"},
-    {"fp32", no_argument, OPT_FP32, NULL, G_DEVICE,
-     "accumulate in compensated fp32 even where the device has fp64 (also RVSFIT_CL_FP32=1)"},
-    {"batch-size", required_argument, OPT_BATCH_SIZE, "N", G_DEVICE,
-     "at most N spectra per device batch (default: as many as device memory allows)"},
-    {"no-overlap", no_argument, OPT_NO_OVERLAP, NULL, G_DEVICE,
-     "read and prepare each batch only after the previous fit (default: on a host thread, "
-     "during it)"},
-    {"profile", no_argument, OPT_PROFILE, NULL, G_DEVICE,
-     "print the time of every stage, host and device, at the end"},
-    {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL", G_MSG,
-     "DEBUG, INFO, WARNING (default), ERROR or CRITICAL"},
-    {"log", required_argument, OPT_LOG, "FILE", G_MSG, "append messages to FILE instead of stderr"},
-    {"quiet", no_argument, OPT_QUIET, NULL, G_MSG, "only errors (same as --log-level ERROR)"},
-    {"verbose", no_argument, OPT_VERBOSE, NULL, G_MSG, "more messages (-v INFO, -vv DEBUG)"},
-    {"doplot", no_argument, OPT_DOPLOT, NULL, G_COMPAT,
-     "accepted; rvsfit-cl writes no figures (a warning says so)"},
-    {"figure-dir", required_argument, OPT_FIGURE_DIR, "DIR", G_COMPAT, "accepted; no figures"},
-    {"figure-prefix", required_argument, OPT_FIGURE_PREFIX, "PREFIX", G_COMPAT,
-     "accepted; no figures"},
-    {"nthreads", required_argument, OPT_NTHREADS, "N", G_COMPAT,
-     "accepted and ignored: the device does the parallel work (use --queue-file for several "
-     "processes)"},
-    {"overwrite", required_argument, OPT_OVERWRITE, "X", G_COMPAT,
-     "accepted and ignored, as in rvs_desi_fit (outputs are always replaced)"},
-    {"mpi", no_argument, OPT_MPI, NULL, G_COMPAT,
-     "refused: run several processes sharing a --queue-file instead"},
-    {"help", no_argument, OPT_HELP, NULL, G_INFO, "show this help and exit"},
-    {"version", no_argument, OPT_VERSION, NULL, G_INFO, "show the version and exit"},
+static const struct rvs_cli_option cli_options[] = {
+    {"input-file-from", required_argument, OPT_INPUT_FILE_FROM, "LIST", "read the input file names from LIST (one a line) instead of the arguments", G_INPUT},
+    {"queue-file", optional_argument, OPT_QUEUE_FILE, "LIST", "treat the --input-file-from list (or LIST) as a queue shared by several processes: each "
+     "takes the first name and removes it, under a lock", G_INPUT},
+    {"output-dir", required_argument, OPT_OUTPUT_DIR, "DIR", "where outputs go (default ./), in DIR/<last two directories of the input>/", G_INPUT},
+    {"output-tab-prefix", required_argument, OPT_OUTPUT_TAB_PREFIX, "PREFIX", "table file names: PREFIX_<input name> (default rvtab)", G_INPUT},
+    {"output-mod-prefix", required_argument, OPT_OUTPUT_MOD_PREFIX, "PREFIX", "model file names: PREFIX_<input name> (default rvmod)", G_INPUT},
+    {"no-subdirs", no_argument, OPT_NO_SUBDIRS, NULL, "write outputs directly in --output-dir", G_INPUT},
+    {"skipexisting", no_argument, OPT_SKIPEXISTING, NULL, "skip an input whose two outputs both exist (status EXISTING)", G_INPUT},
+    {"process-status-file", required_argument, OPT_PROCESS_STATUS_FILE, "FILE", "emptied at the start, then one line per input: NAME SUCCESS|FAILURE|EXISTING NOBJ SECONDS", G_INPUT},
+    {"throw-exceptions", no_argument, OPT_THROW_EXCEPTIONS, NULL, "stop at the first input that fails instead of recording it and going on", G_INPUT},
+    {"config", required_argument, OPT_CONFIG, "FILE", "rvspecfit YAML configuration (default ./config.yaml when it exists)", G_CONFIG},
+    {"template-lib", required_argument, OPT_TEMPLATE_LIB, "DIR", "template library directory (rvsfit_desi_{b,r,z}.fits); overrides template_lib of the "
+     "configuration (default: the installed default library)", G_CONFIG},
+    {"show-config", no_argument, OPT_SHOW_CONFIG, NULL, "print the settings in effect and where each comes from, and exit", G_CONFIG},
+    {"targetid", required_argument, OPT_TARGETID, "ID", "fit only this TARGETID", G_SELECT},
+    {"targetid-file-from", required_argument, OPT_TARGETID_FILE_FROM, "FILE", "fit only the TARGETIDs listed in FILE", G_SELECT},
+    {"minsn", required_argument, OPT_MINSN, "SN", "fit only spectra whose best arm has S/N above SN (default -1e9)", G_SELECT},
+    {"minexpid", required_argument, OPT_MINEXPID, "N", "fit only exposures with EXPID > N (files with an EXPID column)", G_SELECT},
+    {"maxexpid", required_argument, OPT_MAXEXPID, "N", "fit only exposures with EXPID <= N", G_SELECT},
+    {"objtypes", required_argument, OPT_OBJTYPES, "LIST", "comma-separated target-bit patterns, e.g. MWS_ANY,STD_*", G_SELECT},
+    {"zbest-select", no_argument, OPT_ZBEST_SELECT, NULL, "also fit what redrock calls a star or |z| < 1500 km/s (redrock-*.fits beside the input)", G_SELECT},
+    {"zbest-include", no_argument, OPT_ZBEST_INCLUDE, NULL, "copy redrock's Z, SPECTYPE, SUBTYPE into RR_* columns without selecting on them", G_SELECT},
+    {"fitarm", required_argument, OPT_FITARM, "ARMS", "comma-separated arms to fit: b, r, z (default all)", G_FIT},
+    {"npoly", required_argument, OPT_NPOLY, "N", "continuum basis functions per arm (default 10)", G_FIT},
+    {"param-init", required_argument, OPT_PARAM_INIT, "METHOD", "starting point: CCF (default) or bruteforce", G_FIT},
+    {"resolution-matrix", no_argument, OPT_RESOLUTION_MATRIX, NULL, "convolve models with the files' resolution matrices", G_FIT},
+    {"no-resolution-matrix", no_argument, OPT_NO_RESOLUTION_MATRIX, NULL, "do not (the default)", G_FIT},
+    {"no-ccf-continuum-normalize", no_argument, OPT_NO_CCF_CONTINUUM_NORMALIZE, NULL, "do not divide by the continuum before the CCF", G_FIT},
+    {"device", required_argument, OPT_DEVICE, "SPEC", "OpenCL device: index, P:D, name substring, cpu or gpu (default: $RVSFIT_CL_DEVICE, else "
+     "the first GPU, else the first CPU)", G_DEVICE},
+    {"list-devices", no_argument, OPT_LIST_DEVICES, NULL, "list OpenCL devices and exit", G_DEVICE},
+    {"self-test", no_argument, OPT_SELF_TEST, NULL, "build the kernels on the device, run the known-answer self-test, report and exit", G_DEVICE},
+    {"fp32", no_argument, OPT_FP32, NULL, "accumulate in compensated fp32 even where the device has fp64 (also RVSFIT_CL_FP32=1)", G_DEVICE},
+    {"batch-size", required_argument, OPT_BATCH_SIZE, "N", "at most N spectra per device batch (default: as many as device memory allows)", G_DEVICE},
+    {"no-overlap", no_argument, OPT_NO_OVERLAP, NULL, "read and prepare each batch only after the previous fit (default: on a host thread, "
+     "during it)", G_DEVICE},
+    {"profile", no_argument, OPT_PROFILE, NULL, "print the time of every stage, host and device, at the end", G_DEVICE},
+    {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL", "DEBUG, INFO, WARNING (default), ERROR or CRITICAL", G_MSG},
+    {"log", required_argument, OPT_LOG, "FILE", "append messages to FILE instead of stderr", G_MSG},
+    {"quiet", no_argument, OPT_QUIET, NULL, "only errors (same as --log-level ERROR)", G_MSG},
+    {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (-v INFO, -vv DEBUG)", G_MSG},
+    {"doplot", no_argument, OPT_DOPLOT, NULL, "accepted; rvsfit-cl writes no figures (a warning says so)", G_COMPAT},
+    {"figure-dir", required_argument, OPT_FIGURE_DIR, "DIR", "accepted; no figures", G_COMPAT},
+    {"figure-prefix", required_argument, OPT_FIGURE_PREFIX, "PREFIX", "accepted; no figures", G_COMPAT},
+    {"nthreads", required_argument, OPT_NTHREADS, "N", "accepted and ignored: the device does the parallel work (use --queue-file for several "
+     "processes)", G_COMPAT},
+    {"overwrite", required_argument, OPT_OVERWRITE, "X", "accepted and ignored, as in rvs_desi_fit (outputs are always replaced)", G_COMPAT},
+    {"mpi", no_argument, OPT_MPI, NULL, "refused: run several processes sharing a --queue-file instead", G_COMPAT},
+    {"help", no_argument, OPT_HELP, NULL, "show this help and exit", G_INFO},
+    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit", G_INFO},
 };
 enum { NUM_OPTIONS = sizeof cli_options / sizeof cli_options[0] };
 
@@ -236,19 +191,12 @@ static void print_help(void)
     const char *group = NULL;
     for (size_t i = 0; i < NUM_OPTIONS; i++) {
         char left[64];
-        const struct cli_option *o = &cli_options[i];
+        const struct rvs_cli_option *o = &cli_options[i];
         if (o->group != group) {
             group = o->group;
             printf("\n%s:\n", group);
         }
-        const char *eq = o->has_arg == optional_argument ? "[=" : o->arg_name ? "=" : "";
-        const char *close = o->has_arg == optional_argument ? "]" : "";
-        if (o->id < 256)
-            snprintf(left, sizeof left, "-%c, --%s%s%s%s", o->id, o->name, eq,
-                     o->arg_name ? o->arg_name : "", close);
-        else
-            snprintf(left, sizeof left, "    --%s%s%s%s", o->name, eq,
-                     o->arg_name ? o->arg_name : "", close);
+        rvs_cli_option_label(o, left, sizeof left);
         if (strlen(left) > 28)
             printf("  %s\n%31s", left, "");
         else
@@ -305,19 +253,6 @@ static int bad_value(const char *fmt, ...)
     return RVS_EXIT_USAGE;
 }
 
-/* "--log_level=INFO" -> "--log-level=INFO": only the option name, never its value. */
-static void normalise_underscores(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--") == 0)
-            break;
-        if (strncmp(argv[i], "--", 2) != 0)
-            continue;
-        for (char *p = argv[i] + 2; *p && *p != '='; p++)
-            if (*p == '_')
-                *p = '-';
-    }
-}
 
 /* The arguments as one string for RVS_CMD (rvspecfit joins them with spaces); arguments with
  * blanks or quotes are single-quoted so the line can be pasted back into a shell. */
@@ -1046,20 +981,9 @@ int main(int argc, char **argv)
     struct option long_options[NUM_OPTIONS + 1];
     /* a leading ':' makes getopt report a missing argument as ':' */
     char short_options[3 * NUM_OPTIONS + 2] = ":";
-    for (size_t i = 0; i < NUM_OPTIONS; i++) {
-        long_options[i] = (struct option){cli_options[i].name, cli_options[i].has_arg, NULL,
-                                          cli_options[i].id};
-        if (cli_options[i].id < 256) {
-            size_t n = strlen(short_options);
-            short_options[n] = (char)cli_options[i].id;
-            short_options[n + 1] = '\0';
-            if (cli_options[i].has_arg)
-                strcat(short_options, ":");
-        }
-    }
-    memset(&long_options[NUM_OPTIONS], 0, sizeof long_options[0]);
+    rvs_cli_getopt_tables(cli_options, NUM_OPTIONS, long_options, short_options);
     char *cmdline = join_command_line(argc, argv);
-    normalise_underscores(argc, argv);
+    rvs_cli_normalise_underscores(argc, argv);
 
     struct settings s;
     settings_init(&s);

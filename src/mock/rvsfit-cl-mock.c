@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../cli/options.h"
 #include "mock/mock.h"
 #include "rvsfit.h"
 
@@ -35,44 +36,37 @@ enum option_id {
     OPT_LOG_LEVEL
 };
 
-struct cli_option {
-    const char *name;
-    int has_arg;
-    int id;
-    const char *arg_name;
-    const char *help;
-};
 
-static const struct cli_option cli_options[] = {
+static const struct rvs_cli_option cli_options[] = {
     {"library", required_argument, OPT_LIBRARY, "DIR",
-     "template library: DIR/rvsfit_desi_{b,r,z}.fits (required)"},
+     "template library: DIR/rvsfit_desi_{b,r,z}.fits (required)", NULL},
     {"out", required_argument, OPT_OUT, "PATH",
-     "the coadd to write (required); truth-* and redrock-* go beside it"},
-    {"ntargets", required_argument, OPT_NTARGETS, "N", "number of random targets (default 10)"},
+     "the coadd to write (required); truth-* and redrock-* go beside it", NULL},
+    {"ntargets", required_argument, OPT_NTARGETS, "N", "number of random targets (default 10)", NULL},
     {"params", required_argument, OPT_PARAMS, "FILE",
      "true parameters from a FITS (HDU 1) or CSV table: teff, logg, feh, alpha, optional vrad, "
-     "vsini, snr, targetid (missing ones are drawn at random)"},
+     "vsini, snr, targetid (missing ones are drawn at random)", NULL},
     {"snr-range", required_argument, OPT_SNR, "LO:HI",
-     "per-pixel S/N, log-uniform (default 5:100)"},
+     "per-pixel S/N, log-uniform (default 5:100)", NULL},
     {"vrad-range", required_argument, OPT_VRAD, "LO:HI",
-     "radial velocity in km/s, uniform (default -300:300)"},
+     "radial velocity in km/s, uniform (default -300:300)", NULL},
     {"vsini-range", required_argument, OPT_VSINI, "LO:HI",
-     "rotation in km/s, uniform (default 0:30)"},
+     "rotation in km/s, uniform (default 0:30)", NULL},
     {"lsf-scale", required_argument, OPT_LSF, "S",
-     "multiply the resolution-matrix LSF width (default 1; 0: identity matrix)"},
-    {"seed", required_argument, OPT_SEED, "N", "random seed (default 1)"},
-    {"redrock", no_argument, OPT_REDROCK, NULL, "also write redrock-*.fits (REDSHIFTS)"},
-    {"healpix", required_argument, OPT_HEALPIX, "PIX", "HPXPIXEL/SPGRPVAL (default 10000)"},
-    {"survey", required_argument, OPT_SURVEY, "NAME", "SURVEY keyword (default main)"},
-    {"program", required_argument, OPT_PROGRAM, "NAME", "PROGRAM keyword (default bright)"},
+     "multiply the resolution-matrix LSF width (default 1; 0: identity matrix)", NULL},
+    {"seed", required_argument, OPT_SEED, "N", "random seed (default 1)", NULL},
+    {"redrock", no_argument, OPT_REDROCK, NULL, "also write redrock-*.fits (REDSHIFTS)", NULL},
+    {"healpix", required_argument, OPT_HEALPIX, "PIX", "HPXPIXEL/SPGRPVAL (default 10000)", NULL},
+    {"survey", required_argument, OPT_SURVEY, "NAME", "SURVEY keyword (default main)", NULL},
+    {"program", required_argument, OPT_PROGRAM, "NAME", "PROGRAM keyword (default bright)", NULL},
     {"device", required_argument, OPT_DEVICE, "SPEC",
      "OpenCL device, as rvsfit-cl --device (default $RVSFIT_CL_DEVICE, else the first GPU, else "
-     "the first CPU)"},
-    {"fp32", no_argument, OPT_FP32, NULL, "compute in compensated fp32 even with fp64"},
+     "the first CPU)", NULL},
+    {"fp32", no_argument, OPT_FP32, NULL, "compute in compensated fp32 even with fp64", NULL},
     {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL",
-     "DEBUG, INFO, WARNING (default), ERROR or CRITICAL"},
-    {"help", no_argument, OPT_HELP, NULL, "show this help and exit"},
-    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit"},
+     "DEBUG, INFO, WARNING (default), ERROR or CRITICAL", NULL},
+    {"help", no_argument, OPT_HELP, NULL, "show this help and exit", NULL},
+    {"version", no_argument, OPT_VERSION, NULL, "show the version and exit", NULL},
 };
 enum { NUM_OPTIONS = sizeof cli_options / sizeof cli_options[0] };
 
@@ -88,17 +82,7 @@ static void print_help(void)
            "library: emulator spectra, rotation, Doppler shift, a Gaussian resolution matrix,\n"
            "a smooth continuum, noise for the chosen S/N, masks, cosmics. Reproducible with\n"
            "--seed. See doc/mock.md.\n\nOptions:\n");
-    for (size_t i = 0; i < NUM_OPTIONS; i++) {
-        char left[64];
-        const struct cli_option *o = &cli_options[i];
-        if (o->id < 256)
-            snprintf(left, sizeof left, "-%c, --%s%s%s", o->id, o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
-        else
-            snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg_name ? "=" : "",
-                     o->arg_name ? o->arg_name : "");
-        printf("  %-26s %s\n", left, o->help);
-    }
+    rvs_cli_print_options(stdout, cli_options, NUM_OPTIONS, 26);
     printf("\nExit status: 0 written, 1 failure (message on stderr), 2 usage error, 3 device "
            "unusable.\n");
 }
@@ -145,6 +129,7 @@ static int parse_ulong(const char *s, unsigned long long *v)
 int main(int argc, char **argv)
 {
     struct option long_options[NUM_OPTIONS + 1];
+    char short_options[3 * NUM_OPTIONS + 2];
     struct rvs_mock_options o;
     struct rvs_context_options co;
     const char *out = NULL;
@@ -152,13 +137,10 @@ int main(int argc, char **argv)
     unsigned long long u = 0;
     rvs_mock_options_init(&o);
     rvs_context_options_init(&co);
-    for (size_t i = 0; i < NUM_OPTIONS; i++)
-        long_options[i] = (struct option){cli_options[i].name, cli_options[i].has_arg, NULL,
-                                          cli_options[i].id};
-    long_options[NUM_OPTIONS] = (struct option){NULL, 0, NULL, 0};
+    rvs_cli_getopt_tables(cli_options, NUM_OPTIONS, long_options, short_options);
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hV", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
         switch (c) {
         case OPT_HELP:
             print_help();
