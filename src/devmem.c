@@ -50,6 +50,22 @@ int rvs_buffer_read(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_
     return err;
 }
 
+int rvs_buffer_check_size(const char *module, cl_mem buffer, size_t bytes, const char *what)
+{
+    size_t size = 0;
+    cl_int err = clGetMemObjectInfo(buffer, CL_MEM_SIZE, sizeof size, &size, NULL);
+    if (err != CL_SUCCESS) {
+        rvs_cl_log_failure(err, "clGetMemObjectInfo(CL_MEM_SIZE)", __FILE__, __LINE__);
+        return err;
+    }
+    if (size < bytes) {
+        rvs_log(RVS_LOG_ERROR, module, "the %s buffer holds %zu bytes, %zu needed", what, size,
+                bytes);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    return RVS_OK;
+}
+
 void rvs_buffer_release(cl_mem *buffer)
 {
     if (buffer && *buffer) {

@@ -316,21 +316,6 @@ static int grow(struct rvs_context *ctx, cl_mem *buf, size_t *cap_rows, size_t r
     return status;
 }
 
-/* The buffer holds at least `bytes`; says which argument is short otherwise. */
-static int check_size(cl_mem buf, size_t bytes, const char *what)
-{
-    int status = RVS_OK;
-    size_t size = 0;
-    RVS_CL_TRY(clGetMemObjectInfo(buf, CL_MEM_SIZE, sizeof size, &size, NULL));
-    if (size < bytes) {
-        rvs_log(RVS_LOG_ERROR, "nn", "%s buffer holds %zu bytes, the batch needs %zu", what,
-                size, bytes);
-        status = RVS_ERR_INVALID_ARGUMENT;
-    }
-cleanup:
-    return status;
-}
-
 static int check_call(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params, size_t count,
                       cl_mem out, size_t out_bytes_per_row, const char *out_name)
 {
@@ -348,8 +333,8 @@ static int check_call(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params,
         rvs_log(RVS_LOG_ERROR, "nn", "batch of %zu parameter vectors is too large", count);
         return RVS_ERR_INVALID_ARGUMENT;
     }
-    RVS_TRY(check_size(params, count * nn->indim * rvs_context_real_size(ctx), "parameter"));
-    RVS_TRY(check_size(out, count * out_bytes_per_row, out_name));
+    RVS_TRY(rvs_buffer_check_size("nn", params, count * nn->indim * rvs_context_real_size(ctx), "parameter"));
+    RVS_TRY(rvs_buffer_check_size("nn", out, count * out_bytes_per_row, out_name));
 cleanup:
     return status;
 }

@@ -61,21 +61,6 @@ void rvs_resolution_scale_row_host(float *rdata, size_t ndiag, size_t n, size_t 
         rdata[(h + i - j) * n + j] = (float)((double)rdata[(h + i - j) * n + j] * factor);
 }
 
-/* Fails unless `buffer` holds at least `bytes`. */
-static int check_size(cl_mem buffer, size_t bytes, const char *what)
-{
-    size_t size = 0;
-    int status = RVS_OK;
-    RVS_CL_TRY(clGetMemObjectInfo(buffer, CL_MEM_SIZE, sizeof size, &size, NULL));
-    if (size < bytes) {
-        rvs_log(RVS_LOG_ERROR, "resolution", "%s buffer holds %zu bytes, %zu needed", what, size,
-                bytes);
-        status = RVS_ERR_INVALID_ARGUMENT;
-    }
-cleanup:
-    return status;
-}
-
 static int product_fits(size_t a, size_t b, size_t c, size_t *out)
 {
     if ((b && a > SIZE_MAX / b) || (c && a * b > SIZE_MAX / c))
@@ -115,10 +100,10 @@ static int check_arguments(struct rvs_context *ctx, cl_mem rdata, size_t S, size
         rvs_log(RVS_LOG_ERROR, "resolution", "buffer sizes overflow size_t");
         return RVS_ERR_INVALID_ARGUMENT;
     }
-    RVS_TRY(check_size(rdata, r_bytes, "resolution-matrix"));
-    RVS_TRY(check_size(models, m_bytes, "model"));
-    RVS_TRY(check_size(spectrum_index, i_bytes, "spectrum-index"));
-    RVS_TRY(check_size(out, m_bytes, "output"));
+    RVS_TRY(rvs_buffer_check_size("resolution", rdata, r_bytes, "resolution-matrix"));
+    RVS_TRY(rvs_buffer_check_size("resolution", models, m_bytes, "model"));
+    RVS_TRY(rvs_buffer_check_size("resolution", spectrum_index, i_bytes, "spectrum-index"));
+    RVS_TRY(rvs_buffer_check_size("resolution", out, m_bytes, "output"));
 cleanup:
     return status;
 }

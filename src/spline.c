@@ -176,23 +176,6 @@ size_t rvs_spline_coeffs_bytes(const struct rvs_context *ctx, const struct rvs_s
     return ntemplates * 4 * (grid->n - 1) * rvs_context_real_size(ctx);
 }
 
-/* The buffer must hold at least `need` bytes. */
-static int check_size(cl_mem buffer, size_t need, const char *what)
-{
-    size_t size = 0;
-    cl_int err = clGetMemObjectInfo(buffer, CL_MEM_SIZE, sizeof size, &size, NULL);
-    if (err != CL_SUCCESS) {
-        rvs_cl_log_failure(err, "clGetMemObjectInfo(CL_MEM_SIZE)", __FILE__, __LINE__);
-        return err;
-    }
-    if (size < need) {
-        rvs_log(RVS_LOG_ERROR, "spline", "the %s buffer holds %zu bytes, %zu needed", what, size,
-                need);
-        return RVS_ERR_INVALID_ARGUMENT;
-    }
-    return RVS_OK;
-}
-
 int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
                          cl_mem templates, size_t T, cl_mem coeffs)
 {
@@ -204,8 +187,8 @@ int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *
         return RVS_ERR_INVALID_ARGUMENT;
     }
     size_t es = rvs_context_real_size(ctx);
-    RVS_TRY(check_size(templates, T * grid->n * es, "template"));
-    RVS_TRY(check_size(coeffs, rvs_spline_coeffs_bytes(ctx, grid, T), "spline coefficient"));
+    RVS_TRY(rvs_buffer_check_size("spline", templates, T * grid->n * es, "template"));
+    RVS_TRY(rvs_buffer_check_size("spline", coeffs, rvs_spline_coeffs_bytes(ctx, grid, T), "spline coefficient"));
     cl_int n = (cl_int)grid->n, nt = (cl_int)T;
     RVS_TRY(rvs_kernel_arg(grid->construct, 0, sizeof(cl_mem), &grid->geom));
     RVS_TRY(rvs_kernel_arg(grid->construct, 1, sizeof n, &n));
@@ -233,11 +216,11 @@ int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
         return RVS_ERR_INVALID_ARGUMENT;
     }
     size_t es = rvs_context_real_size(ctx);
-    RVS_TRY(check_size(coeffs, rvs_spline_coeffs_bytes(ctx, grid, T), "spline coefficient"));
-    RVS_TRY(check_size(template_index, E * sizeof(cl_int), "template index"));
-    RVS_TRY(check_size(velocity, E * es, "velocity"));
-    RVS_TRY(check_size(lam, n * es, "wavelength"));
-    RVS_TRY(check_size(out, E * n * es, "spline output"));
+    RVS_TRY(rvs_buffer_check_size("spline", coeffs, rvs_spline_coeffs_bytes(ctx, grid, T), "spline coefficient"));
+    RVS_TRY(rvs_buffer_check_size("spline", template_index, E * sizeof(cl_int), "template index"));
+    RVS_TRY(rvs_buffer_check_size("spline", velocity, E * es, "velocity"));
+    RVS_TRY(rvs_buffer_check_size("spline", lam, n * es, "wavelength"));
+    RVS_TRY(rvs_buffer_check_size("spline", out, E * n * es, "spline output"));
     cl_int nk = (cl_int)grid->n, logs = grid->log_step, nt = (cl_int)T, ne = (cl_int)E,
            nn = (cl_int)n;
     double x0 = grid->x0, step = grid->step;

@@ -66,6 +66,9 @@ int rvs_buffer_write(struct rvs_context *ctx, cl_mem buffer, size_t offset, size
                      const void *host);
 int rvs_buffer_read(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
                     void *host);
+/* Fails (RVS_ERR_INVALID_ARGUMENT, logged under `module` naming the `what` buffer) unless the
+ * buffer holds at least `bytes`: the argument check of every batched device call. */
+int rvs_buffer_check_size(const char *module, cl_mem buffer, size_t bytes, const char *what);
 /* Releases *buffer if set and clears it. */
 void rvs_buffer_release(cl_mem *buffer);
 /* Sets argument `index` of a kernel, logging the kernel name and index on failure. */
