@@ -4,13 +4,13 @@
  *
  *   start      bruteforce (vel_fit.firstguess: template grid x vsini grid x velocity grid) or
  *              the CCF start (src/fit_ccf.c), then process()'s velocity scan at the start
- *   optimizer  lockstep Nelder-Mead in (v, vsini, teff, logg, feh, alpha) with rvspecfit's
+ *   optimizer  lockstep damped Newton in (v, vsini, teff, logg, feh, alpha) on rvspecfit's
  *              chisq_func (velocity bounds, VSiniMapper clipping and penalty, outside-grid
- *              penalty), restarted once from its best point (second_minimizer)
+ *              penalty), derivatives from finite-difference stencils (src/fit_optimize.c)
  *   posterior  vel_fit._minimum_sampler over spec_fit.find_best velocity grids
- *   errors     finite-difference Hessian of 0.5 (-2 log L) in (teff, logg, feh, alpha), steps
- *              scaled per spectrum so that the change of -2 log L is ~4 (well above the
- *              emulator's chi^2 noise), vel_fit._uncertainties_from_hessian
+ *   errors     Hessian stencil at the optimum with steps matched to its curvature (one step
+ *              changes -2 log L by ~1, far above the emulator's chi^2 noise), marginal errors
+ *              of (teff, logg, feh, alpha), vel_fit._uncertainties_from_hessian's fall-backs
  *   final      best-fit models, proper chi^2 over good pixels, continuum-only chi^2, RVS_WARN
  *              (desi_fit.get_rvs_warn). */
 #include <config.h>
@@ -297,6 +297,13 @@ cleanup:
     return status;
 }
 
+/* Alternative starts per target (besides the CCF's best) and the damped Newton iterations all
+ * starts make before the best one per target is chosen and carried to convergence. */
+#define RVS_FIT_NALT 2
+#define RVS_FIT_SCREEN_ITER 3
+/* km/s around the CCF velocity scanned at vel_step0 for the optimizer's start */
+#define RVS_FIT_START_SCAN_HALFWIDTH 150.0
+
 /* ------------------------------------------------------------------------------------------ */
 /* Small helpers */
 
@@ -406,10 +413,14 @@ static size_t arange(double start, double stop, double step, double **out)
     return n;
 }
 
-/* A full-range velocity scan [min_vel, max_vel) at vel_step0 for the spectra in list at their
- * start (theta, vsini): vel_fit.process's first find_best (and firstguess's per template). */
-static int full_scan(struct rvs_fitter *f, const size_t *list, size_t n,
-                     const struct rvs_fit_point *at, struct scan_result *res)
+/* The velocity scan at the start (theta, vsini) of each spectrum in list that picks the
+ * optimizer's starting velocity (vel_fit.process's first find_best): the grid
+ * arange(min_vel, max_vel, vel_step0), restricted to +-halfwidth around center[list[i]] when
+ * halfwidth > 0 (the CCF already located the velocity to a fraction of its ~35 km/s grid pixel:
+ * the full 400-point range would cost more than the whole optimizer). */
+static int start_scan(struct rvs_fitter *f, const size_t *list, size_t n,
+                      const struct rvs_fit_point *at, const double *center, double halfwidth,
+                      struct scan_result *res)
 {
     int status = RVS_OK;
     double *vg = NULL, **grids = NULL;
@@ -426,6 +437,17 @@ static int full_scan(struct rvs_fitter *f, const size_t *list, size_t n,
     for (size_t i = 0; i < n; i++) {
         grids[i] = vg;
         ng[i] = nv;
+        if (halfwidth > 0 && center && isfinite(center[list[i]])) {
+            size_t lo = 0, hi = nv;
+            while (lo < nv && vg[lo] < center[list[i]] - halfwidth)
+                lo++;
+            while (hi > lo && vg[hi - 1] > center[list[i]] + halfwidth)
+                hi--;
+            if (hi - lo >= 3) {
+                grids[i] = vg + lo;
+                ng[i] = hi - lo;
+            }
+        }
     }
     RVS_TRY(velocity_scan(f, list, n, at, grids, ng, res));
 cleanup:
@@ -510,241 +532,10 @@ cleanup:
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Lockstep Nelder-Mead (scipy.optimize's _minimize_neldermead, non-adaptive coefficients
- * rho 1, chi 2, psi 0.5, sigma 0.5; convergence when max |x_i - x_0| <= xatol and
- * max |f_i - f_0| <= fatol), every spectrum's vertices of one phase in one engine call. */
-#define ND 6
-struct nm_state {
-    double sim[ND + 1][ND], fs[ND + 1];
-    double xr[ND], fr, xe[ND], fe;
-    int phase, done, shrink;
-    size_t iter;
-};
-
-static void to_point(const double *x, int s, struct rvs_fit_point *p)
-{
-    p->s = s;
-    p->v = x[0];
-    p->vsini = x[1];
-    for (int k = 0; k < 4; k++)
-        p->th[k] = x[2 + k];
-}
-
-static void nm_sort(struct nm_state *st)
-{
-    for (int i = 1; i <= ND; i++) {
-        double fx = st->fs[i], x[ND];
-        memcpy(x, st->sim[i], sizeof x);
-        int j = i - 1;
-        while (j >= 0 && st->fs[j] > fx) {
-            st->fs[j + 1] = st->fs[j];
-            memcpy(st->sim[j + 1], st->sim[j], sizeof x);
-            j--;
-        }
-        st->fs[j + 1] = fx;
-        memcpy(st->sim[j + 1], x, sizeof x);
-    }
-}
-
-static const double simplex_std[ND];
-static int nm_converged(const struct nm_state *st, double xatol, double fatol)
-{
-    double dx = 0, df = 0;
-    for (int i = 1; i <= ND; i++) {
-        for (int k = 0; k < ND; k++)
-            dx = fmax(dx, fabs(st->sim[i][k] - st->sim[0][k]) / simplex_std[k]);
-        df = fmax(df, fabs(st->fs[i] - st->fs[0]));
-    }
-    return dx <= xatol && df <= fatol;
-}
-
-/* vel_fit._get_simplex_start's deterministic simplex: vertex 0 the start, vertex j the start
- * plus std_vec * N(0,1) draws of numpy's RandomState(43434) (the same 36 numbers). */
-static const double simplex_normal[ND][ND] = {
-    {0.25731631534241889, -0.90110692983908958, -1.2493873407306169, 2.0542025532440471,
-     0.07774812382131821, -0.36996052441523458},
-    {-0.37582344004923257, -0.71787255797520677, -1.9419421669622037, -1.6558859213216519,
-     0.11383137516034887, -0.56105518226990303},
-    {-1.8781173126964281, -0.47323104269056132, -1.6726837994774728, -1.8272840006792983,
-     -0.17304992592986235, -2.1883167962435714},
-    {-0.3921959338717661, 1.3058839048272703, -0.72453605006791033, 1.7272414042623521,
-     -0.29683166657245796, 0.28522043541039932},
-    {1.9667308138826358, -1.3945175397962095, -0.58430251455368099, 1.7007517333306454,
-     1.1857463216936788, 1.3494563341979209},
-    {-1.6540175927298564, 0.52857635863853247, 0.80652606358401924, 0.2560927306653154,
-     -2.4437173945669208, -0.2079874729430756}};
-/* std_vec: v 5 km/s, vsini 3, teff 300, logg 0.5, feh 0.5, alpha 0.25 */
-static const double simplex_std[ND] = {5, 3, 300, 0.5, 0.5, 0.25};
-
-static int nelder_mead(struct rvs_fitter *f, const size_t *list, size_t n, double (*x0)[ND],
-                       double *fbest, size_t maxiter, double scale)
-{
-    int status = RVS_OK;
-    /* scipy's fatol 1e-3; xatol (1e-2 in every coordinate, i.e. 0.01 K in teff) is taken
-     * relative to the simplex scales (v 5 km/s, teff 300 K, ...): 1e-3 of them. The bar is
-     * the objective value, and the absolute xatol costs thousands of lockstep iterations. */
-    const double xatol = 1e-3, fatol = 1e-3;
-    struct nm_state *st = rvs_calloc(n ? n : 1, sizeof *st);
-    struct rvs_fit_point *pts = rvs_malloc(((ND + 1) * n + 1) * sizeof *pts);
-    double *fv = rvs_malloc(((ND + 1) * n + 1) * sizeof *fv);
-    size_t *who = rvs_malloc(((ND + 1) * n + 1) * sizeof *who);
-    if (!st || !pts || !fv || !who) {
-        status = RVS_ERR_NOMEM;
-        goto cleanup;
-    }
-    /* initial simplex, all spectra in one call */
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        for (int j = 0; j <= ND; j++) {
-            for (int k = 0; k < ND; k++)
-                st[i].sim[j][k] = x0[i][k] + (j > 0 ? scale * simplex_std[k] *
-                                                          simplex_normal[j - 1][k]
-                                                    : 0);
-            to_point(st[i].sim[j], (int)list[i], &pts[o++]);
-        }
-    }
-    RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_OPTIMIZER, fv, NULL));
-    for (size_t i = 0; i < n; i++) {
-        for (int j = 0; j <= ND; j++)
-            st[i].fs[j] = fv[i * (ND + 1) + j];
-        nm_sort(&st[i]);
-    }
-    for (size_t it = 0; it < maxiter; it++) {
-        /* phase A: reflections of every active spectrum */
-        o = 0;
-        for (size_t i = 0; i < n; i++) {
-            struct nm_state *s = &st[i];
-            if (s->done)
-                continue;
-            if (nm_converged(s, xatol, fatol)) {
-                s->done = 1;
-                continue;
-            }
-            s->iter++;
-            for (int k = 0; k < ND; k++) {
-                double xb = 0;
-                for (int j = 0; j < ND; j++)
-                    xb += s->sim[j][k];
-                xb /= ND;
-                s->xr[k] = 2 * xb - s->sim[ND][k];
-                /* keep the centroid in xe until phase B needs it */
-                s->xe[k] = xb;
-            }
-            to_point(s->xr, (int)list[i], &pts[o]);
-            who[o++] = i;
-        }
-        if (o == 0)
-            break;
-        RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_OPTIMIZER, fv, NULL));
-        /* phase B: expansion or contraction */
-        size_t nb = o;
-        o = 0;
-        for (size_t q = 0; q < nb; q++) {
-            struct nm_state *s = &st[who[q]];
-            double xb[ND];
-            memcpy(xb, s->xe, sizeof xb);
-            s->fr = fv[q];
-            s->shrink = 0;
-            if (s->fr < s->fs[0]) {
-                s->phase = 1; /* expansion */
-                for (int k = 0; k < ND; k++)
-                    s->xe[k] = 3 * xb[k] - 2 * s->sim[ND][k];
-            } else if (s->fr < s->fs[ND - 1]) {
-                s->phase = 0; /* accept the reflection */
-                memcpy(s->sim[ND], s->xr, sizeof s->xr);
-                s->fs[ND] = s->fr;
-                nm_sort(s);
-                continue;
-            } else if (s->fr < s->fs[ND]) {
-                s->phase = 2; /* outside contraction */
-                for (int k = 0; k < ND; k++)
-                    s->xe[k] = 1.5 * xb[k] - 0.5 * s->sim[ND][k];
-            } else {
-                s->phase = 3; /* inside contraction */
-                for (int k = 0; k < ND; k++)
-                    s->xe[k] = 0.5 * xb[k] + 0.5 * s->sim[ND][k];
-            }
-            to_point(s->xe, (int)list[who[q]], &pts[o]);
-            who[nb + o] = who[q]; /* safe: nb + o < (ND + 1) n */
-            o++;
-        }
-        size_t nc = o;
-        if (nc) {
-            /* who[nb..nb+nc) hold the spectra of this call */
-            size_t *w2 = who + nb;
-            RVS_TRY(rvs_fit_objective(f, pts, nc, RVS_FIT_OPTIMIZER, fv, NULL));
-            for (size_t q = 0; q < nc; q++) {
-                struct nm_state *s = &st[w2[q]];
-                double fe = fv[q];
-                if (s->phase == 1) {
-                    if (fe < s->fr) {
-                        memcpy(s->sim[ND], s->xe, sizeof s->xe);
-                        s->fs[ND] = fe;
-                    } else {
-                        memcpy(s->sim[ND], s->xr, sizeof s->xr);
-                        s->fs[ND] = s->fr;
-                    }
-                } else if (s->phase == 2) {
-                    if (fe <= s->fr) {
-                        memcpy(s->sim[ND], s->xe, sizeof s->xe);
-                        s->fs[ND] = fe;
-                    } else
-                        s->shrink = 1;
-                } else {
-                    if (fe < s->fs[ND]) {
-                        memcpy(s->sim[ND], s->xe, sizeof s->xe);
-                        s->fs[ND] = fe;
-                    } else
-                        s->shrink = 1;
-                }
-                if (!s->shrink)
-                    nm_sort(s);
-            }
-            /* phase C: shrinks */
-            size_t ns = 0;
-            o = 0;
-            for (size_t q = 0; q < nc; q++) {
-                struct nm_state *s = &st[w2[q]];
-                if (!s->shrink)
-                    continue;
-                for (int j = 1; j <= ND; j++) {
-                    for (int k = 0; k < ND; k++)
-                        s->sim[j][k] = s->sim[0][k] + 0.5 * (s->sim[j][k] - s->sim[0][k]);
-                    to_point(s->sim[j], (int)list[w2[q]], &pts[o++]);
-                }
-                w2[ns++] = w2[q];
-            }
-            if (ns) {
-                RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_OPTIMIZER, fv, NULL));
-                for (size_t q = 0; q < ns; q++) {
-                    struct nm_state *s = &st[w2[q]];
-                    for (int j = 1; j <= ND; j++)
-                        s->fs[j] = fv[q * ND + (size_t)(j - 1)];
-                    nm_sort(s);
-                }
-            }
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        memcpy(x0[i], st[i].sim[0], sizeof x0[i]);
-        fbest[i] = st[i].fs[0];
-        f->nm_iter_max = st[i].iter > f->nm_iter_max ? st[i].iter : f->nm_iter_max;
-        if (!st[i].done && !nm_converged(&st[i], xatol, fatol))
-            f->nm_unconverged++;
-    }
-cleanup:
-    free(st);
-    free(pts);
-    free(fv);
-    free(who);
-    return status;
-}
-
-/* ------------------------------------------------------------------------------------------ */
 /* vel_fit._minimum_sampler (crit_ratio 5, goal_width 10), one engine call per round for all
  * spectra still refining. */
 static int posterior(struct rvs_fitter *f, const size_t *list, size_t n,
-                     const struct rvs_fit_point *at, struct scan_result *out)
+                     const struct rvs_fit_point *at, const double *sigv, struct scan_result *out)
 {
     int status = RVS_OK;
     const double crit = 5, goal = 10;
@@ -764,6 +555,15 @@ static int posterior(struct rvs_fitter *f, const size_t *list, size_t n,
         hi[i] = f->cfg.max_vel;
         step[i] = f->cfg.vel_step0;
         bv[i] = fmin(fmax(at[list[i]].v, lo[i]), hi[i]);
+        if (sigv && isfinite(sigv[i]) && sigv[i] > 0) {
+            /* the optimizer measured the curvature in velocity at this (theta, vsini): start
+             * where _minimum_sampler's refinement would arrive (step err/crit, +-goal err)
+             * instead of the whole velocity range at vel_step0 */
+            double w = fmax(goal * sigv[i], 5 * f->cfg.min_vel_step);
+            lo[i] = fmax(bv[i] - w, f->cfg.min_vel);
+            hi[i] = fmin(bv[i] + w, f->cfg.max_vel);
+            step[i] = fmax(sigv[i] / crit * 0.8, f->cfg.min_vel_step);
+        }
     }
     for (int it = 0; it < 10; it++) {
         size_t na = 0;
@@ -839,180 +639,6 @@ cleanup:
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Hessian of 0.5 (-2 log L) in (teff, logg, feh, alpha) at v, vsini fixed.
- *
- * rvspecfit (vel_fit.process) uses numdifftools with tiny base steps (teff 0.01 K, logg 1e-3);
- * with a float32 emulator the chi^2 is jagged at that scale and the errors come out far too
- * small. Here the steps are chosen per spectrum and parameter so that the change of -2 log L
- * along each axis is about RVS_FIT_HESS_DCHI (4): pass 1 measures the diagonal curvature with
- * probe steps, pass 2 evaluates the full central-difference stencil (1 + 2x4 + 4x6 = 33 points)
- * with the adapted steps. Both passes carry every spectrum in one engine call each. */
-#define RVS_FIT_HESS_DCHI 4.0
-static const double hess_probe[4] = {50, 0.1, 0.05, 0.05};
-static const double hess_min[4] = {0.5, 1e-3, 1e-3, 1e-3};
-static const double hess_max[4] = {2000, 1.5, 1.5, 1.0};
-
-static int invert4(const double a[4][4], double inv[4][4])
-{
-    double m[4][8];
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 8; j++)
-            m[i][j] = j < 4 ? a[i][j] : (j - 4 == i);
-    for (int c = 0; c < 4; c++) {
-        int p = c;
-        for (int r = c + 1; r < 4; r++)
-            if (fabs(m[r][c]) > fabs(m[p][c]))
-                p = r;
-        if (!(fabs(m[p][c]) > 0) || !isfinite(m[p][c]))
-            return -1;
-        if (p != c)
-            for (int j = 0; j < 8; j++) {
-                double t = m[c][j];
-                m[c][j] = m[p][j];
-                m[p][j] = t;
-            }
-        double d = m[c][c];
-        for (int j = 0; j < 8; j++)
-            m[c][j] /= d;
-        for (int r = 0; r < 4; r++)
-            if (r != c) {
-                double fct = m[r][c];
-                for (int j = 0; j < 8; j++)
-                    m[r][j] -= fct * m[c][j];
-            }
-    }
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++)
-            inv[i][j] = m[i][j + 4];
-    return 0;
-}
-
-/* vel_fit._uncertainties_from_hessian */
-static int hess_errors(const double h[4][4], double err[4])
-{
-    double inv[4][4], dinv[4];
-    int bad = 0;
-    for (int i = 0; i < 4; i++)
-        dinv[i] = h[i][i] != 0 ? 1 / h[i][i] : HUGE_VAL;
-    if (invert4(h, inv) != 0) {
-        bad = 1;
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++)
-                inv[i][j] = i == j ? dinv[i] : 0;
-    }
-    /* positive definiteness (Cholesky) as the BAD_HESSIAN criterion too */
-    double l[4][4] = {{0}};
-    for (int i = 0; i < 4 && !bad; i++)
-        for (int j = 0; j <= i; j++) {
-            double s = h[i][j];
-            for (int k = 0; k < j; k++)
-                s -= l[i][k] * l[j][k];
-            if (i == j) {
-                if (!(s > 0)) {
-                    bad = 1;
-                    break;
-                }
-                l[i][i] = sqrt(s);
-            } else
-                l[i][j] = s / l[j][j];
-        }
-    for (int i = 0; i < 4; i++) {
-        double d = inv[i][i];
-        if (d < 0) {
-            bad = 1;
-            if (dinv[i] >= 0)
-                d = dinv[i];
-            else {
-                err[i] = NAN;
-                continue;
-            }
-        }
-        err[i] = sqrt(d);
-        if (!isfinite(err[i]))
-            bad = 1;
-    }
-    return bad;
-}
-
-static int hessian(struct rvs_fitter *f, const size_t *list, size_t n,
-                   const struct rvs_fit_point *at, double (*err)[4], int *bad)
-{
-    int status = RVS_OK;
-    const size_t np1 = 9, np2 = 33;
-    struct rvs_fit_point *pts = rvs_malloc((np2 * n + 1) * sizeof *pts);
-    double *fv = rvs_malloc((np2 * n + 1) * sizeof *fv);
-    double (*h)[4] = rvs_malloc((n + 1) * sizeof *h);
-    if (!pts || !fv || !h) {
-        status = RVS_ERR_NOMEM;
-        goto cleanup;
-    }
-    /* pass 1: probe steps along each axis */
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct rvs_fit_point *c = &at[list[i]];
-        pts[o++] = *c;
-        for (int k = 0; k < 4; k++)
-            for (int sg = -1; sg <= 1; sg += 2) {
-                pts[o] = *c;
-                pts[o].th[k] += sg * hess_probe[k];
-                o++;
-            }
-    }
-    RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_PLAIN, fv, NULL));
-    for (size_t i = 0; i < n; i++) {
-        const double *v = fv + i * np1;
-        for (int k = 0; k < 4; k++) {
-            double d2 = v[1 + 2 * k] + v[2 + 2 * k] - 2 * v[0]; /* Δ(-2logL) sum at ±probe */
-            double hk = hess_probe[k];
-            if (d2 > 0 && isfinite(d2))
-                hk = hess_probe[k] * sqrt(2 * RVS_FIT_HESS_DCHI / d2);
-            h[i][k] = fmin(fmax(hk, hess_min[k]), hess_max[k]);
-        }
-    }
-    /* pass 2: the full stencil */
-    o = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct rvs_fit_point *c = &at[list[i]];
-        pts[o++] = *c;
-        for (int k = 0; k < 4; k++)
-            for (int sg = -1; sg <= 1; sg += 2) {
-                pts[o] = *c;
-                pts[o].th[k] += sg * h[i][k];
-                o++;
-            }
-        for (int k = 0; k < 4; k++)
-            for (int l = k + 1; l < 4; l++)
-                for (int sk = -1; sk <= 1; sk += 2)
-                    for (int sl = -1; sl <= 1; sl += 2) {
-                        pts[o] = *c;
-                        pts[o].th[k] += sk * h[i][k];
-                        pts[o].th[l] += sl * h[i][l];
-                        o++;
-                    }
-    }
-    RVS_TRY(rvs_fit_objective(f, pts, o, RVS_FIT_PLAIN, fv, NULL));
-    for (size_t i = 0; i < n; i++) {
-        const double *v = fv + i * np2;
-        double H[4][4];
-        for (int k = 0; k < 4; k++)
-            H[k][k] = 0.5 * (v[1 + 2 * k] + v[2 + 2 * k] - 2 * v[0]) / (h[i][k] * h[i][k]);
-        size_t q = 9;
-        for (int k = 0; k < 4; k++)
-            for (int l = k + 1; l < 4; l++) {
-                double mm = v[q], mp = v[q + 1], pm = v[q + 2], pp = v[q + 3];
-                q += 4;
-                H[k][l] = H[l][k] = 0.5 * (pp - pm - mp + mm) / (4 * h[i][k] * h[i][l]);
-            }
-        bad[i] = hess_errors(H, err[i]);
-    }
-cleanup:
-    free(pts);
-    free(fv);
-    free(h);
-    return status;
-}
-
-/* ------------------------------------------------------------------------------------------ */
 
 static void nan_row(struct rvs_output_row *r)
 {
@@ -1037,7 +663,12 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     size_t nt = b->ntargets, n = 0;
     size_t *list = NULL;
     struct rvs_fit_point *start = NULL, *best = NULL;
-    double *vstart = NULL, (*x)[ND] = NULL, *fb = NULL, (*x2)[ND] = NULL, *fb2 = NULL;
+    double *vstart = NULL;
+    struct rvs_fit_walker *wk = NULL, *wall = NULL;
+    struct rvs_fit_point *alt = NULL;
+    double *sigv = NULL;
+    const size_t nalt = f->cfg.param_init == RVS_FIT_INIT_CCF ? RVS_FIT_NALT : 0;
+    const size_t K = 1 + nalt;
     struct scan_result *sr = NULL, *post = NULL;
     double (*perr)[4] = NULL;
     int *badh = NULL;
@@ -1127,16 +758,15 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     start = rvs_calloc(nt, sizeof *start);
     best = rvs_calloc(nt, sizeof *best);
     vstart = rvs_calloc(nt, sizeof *vstart);
-    x = rvs_calloc(n + 1, sizeof *x);
-    x2 = rvs_calloc(n + 1, sizeof *x2);
-    fb = rvs_calloc(n + 1, sizeof *fb);
-    fb2 = rvs_calloc(n + 1, sizeof *fb2);
+    wk = rvs_calloc(n + 1, sizeof *wk);
+    wall = rvs_calloc(n * K + 1, sizeof *wall);
+    alt = rvs_calloc(nt * nalt + 1, sizeof *alt);
+    sigv = rvs_calloc(n + 1, sizeof *sigv);
     sr = rvs_calloc(n + 1, sizeof *sr);
     post = rvs_calloc(n + 1, sizeof *post);
     perr = rvs_calloc(n + 1, sizeof *perr);
     badh = rvs_calloc(n + 1, sizeof *badh);
-    if (!start || !best || !vstart || !x || !x2 || !fb || !fb2 || !sr || !post || !perr ||
-        !badh) {
+    if (!start || !best || !vstart || !wk || !wall || !alt || !sigv || !sr || !post || !perr || !badh) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -1144,51 +774,67 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         /* 1. start */
         t0 = rvs_fit_now();
         if (f->cfg.param_init == RVS_FIT_INIT_CCF)
-            RVS_TRY(rvs_fit_ccf_start(f, b, list, n, start, vstart));
+            RVS_TRY(rvs_fit_ccf_start(f, b, list, n, start, vstart, alt, nalt));
         else
             RVS_TRY(rvs_fit_start_bruteforce(f, list, n, start, vstart));
         /* vel_fit.process: a velocity scan at the start template picks the starting velocity */
-        RVS_TRY(full_scan(f, list, n, start, sr));
+        RVS_TRY(start_scan(f, list, n, start, f->cfg.param_init == RVS_FIT_INIT_CCF ? vstart : NULL,
+                           RVS_FIT_START_SCAN_HALFWIDTH, sr));
         f->prof.ccf += rvs_fit_now() - t0;
 
         /* 2. optimizer */
         t0 = rvs_fit_now();
+        /* every start walks a few damped Newton iterations; the best walker of each target
+         * then goes on to convergence */
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < K; j++) {
+                const struct rvs_fit_point *s =
+                    j == 0 ? &start[list[i]] : &alt[list[i] * nalt + j - 1];
+                struct rvs_fit_walker *w = &wall[i * K + j];
+                double x0[RVS_FIT_NDIM] = {sr[i].best_vel,
+                                           fmin(fmax(s->vsini, 0), f->cfg.max_vsini),
+                                           s->th[0], s->th[1], s->th[2], s->th[3]};
+                rvs_fit_walker_init(w, (int)list[i], x0);
+                if (j > 0 && s->s < 0)
+                    w->done = 1; /* no alternative: fx stays +inf */
+            }
+        RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60));
         for (size_t i = 0; i < n; i++) {
-            const struct rvs_fit_point *s = &start[list[i]];
-            x[i][0] = sr[i].best_vel;
-            x[i][1] = fmin(fmax(s->vsini, 0), f->cfg.max_vsini);
-            for (int k = 0; k < 4; k++)
-                x[i][2 + k] = s->th[k];
+            size_t jb = 0;
+            for (size_t j = 1; j < K; j++)
+                if (wall[i * K + j].fx < wall[i * K + jb].fx)
+                    jb = j;
+            wk[i] = wall[i * K + jb];
         }
-        RVS_TRY(nelder_mead(f, list, n, x, fb, 1500, 1.0));
-        if (f->cfg.second_minimizer) {
-            /* a restart from the best vertex with a fresh, smaller simplex: escapes the
-             * simplex collapse Nelder-Mead suffers in 6 dimensions (rvspecfit polishes with
-             * BFGS here) */
-            memcpy(x2, x, (n + 1) * sizeof *x);
-            RVS_TRY(nelder_mead(f, list, n, x2, fb2, 800, 0.3));
-            for (size_t i = 0; i < n; i++)
-                if (fb2[i] < fb[i]) {
-                    memcpy(x[i], x2[i], sizeof x[i]);
-                    fb[i] = fb2[i];
-                }
-        }
+        RVS_TRY(rvs_fit_newton(f, wk, n, 60));
         for (size_t i = 0; i < n; i++) {
             struct rvs_fit_point *p = &best[list[i]];
-            to_point(x[i], (int)list[i], p);
-            p->vsini = fmin(fmax(p->vsini, 0), f->cfg.max_vsini);
+            p->s = (int)list[i];
+            p->v = wk[i].x[0];
+            p->vsini = fmin(fmax(wk[i].x[1], 0), f->cfg.max_vsini);
+            for (int k = 0; k < 4; k++)
+                p->th[k] = wk[i].x[2 + k];
+            if (wk[i].iter > f->newton_iter_max)
+                f->newton_iter_max = wk[i].iter;
+            if (!wk[i].converged)
+                f->newton_unconverged++;
         }
         f->prof.optimizer += rvs_fit_now() - t0;
 
-        /* 3. velocity posterior at the optimum's theta, vsini */
+        /* 3. Hessian errors (at the optimizer's velocity, as vel_fit.process) */
         t0 = rvs_fit_now();
-        RVS_TRY(posterior(f, list, n, best, post));
-        f->prof.posterior += rvs_fit_now() - t0;
-
-        /* 4. Hessian errors (at the optimizer's velocity, as vel_fit.process) */
-        t0 = rvs_fit_now();
-        RVS_TRY(hessian(f, list, n, best, perr, badh));
+        RVS_TRY(rvs_fit_param_errors(f, wk, n, perr, badh));
         f->prof.hessian += rvs_fit_now() - t0;
+
+        /* 4. velocity posterior at the optimum's theta, vsini; its first grid from the
+         * velocity curvature of the Hessian stencil (sigma of v at fixed theta, vsini) */
+        t0 = rvs_fit_now();
+        for (size_t i = 0; i < n; i++) {
+            double hvv = wk[i].H[0][0];
+            sigv[i] = hvv > 0 && isfinite(hvv) ? sqrt(2 / hvv) : NAN;
+        }
+        RVS_TRY(posterior(f, list, n, best, sigv, post));
+        f->prof.posterior += rvs_fit_now() - t0;
     }
 
     /* 5. final models at the posterior velocity, chi^2, continuum, flags */
@@ -1315,10 +961,10 @@ cleanup:
     free(start);
     free(best);
     free(vstart);
-    free(x);
-    free(x2);
-    free(fb);
-    free(fb2);
+    free(wk);
+    free(wall);
+    free(alt);
+    free(sigv);
     free(sr);
     free(post);
     free(perr);

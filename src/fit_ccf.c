@@ -22,6 +22,7 @@
 #define CCF_C 299792.458
 #define CCF_N 8192
 #define CCF_EPS 0.6 /* limb darkening of rvspecfit's rotation kernel */
+#define CCF_MAX_TEFF_NODES 6
 
 struct rvs_fit_ccf {
     size_t n;        /* FFT length */
@@ -29,6 +30,7 @@ struct rvs_fit_ccf {
     size_t lo[RVS_DESI_NARMS], hi[RVS_DESI_NARMS]; /* grid range of each arm [lo, hi) */
     size_t nb;
     double (*bank_theta)[5]; /* theta, vsini */
+    size_t *bank_node;       /* index of the template's temperature in teffs[] */
     double *ft;              /* nb x n x 2 (re, im): FFT of t' */
     double *ft2;             /* FFT of t'^2 */
     double *tw;              /* twiddles */
@@ -131,6 +133,7 @@ void rvs_fit_ccf_destroy(struct rvs_fitter *f)
     if (!f || !f->ccf)
         return;
     free(f->ccf->bank_theta);
+    free(f->ccf->bank_node);
     free(f->ccf->ft);
     free(f->ccf->ft2);
     free(f->ccf->tw);
@@ -201,6 +204,7 @@ int rvs_fit_ccf_create(struct rvs_fitter *f)
             }
     c->nb = nth * 2;
     c->bank_theta = rvs_malloc(c->nb * sizeof *c->bank_theta);
+    c->bank_node = rvs_malloc(c->nb * sizeof *c->bank_node);
     c->ft = rvs_calloc(c->nb * c->n * 2, sizeof(double));
     c->ft2 = rvs_calloc(c->nb * c->n * 2, sizeof(double));
     grid = rvs_calloc(nth * c->n, sizeof(double)); /* unrotated templates on the grid */
@@ -208,7 +212,7 @@ int rvs_fit_ccf_create(struct rvs_fitter *f)
     scr = rvs_malloc((3 * c->n + 16) * sizeof(double));
     cont = rvs_malloc(c->n * sizeof(double));
     good = rvs_malloc(c->n);
-    if (!c->bank_theta || !c->ft || !c->ft2 || !grid || !tmp || !scr || !cont || !good) {
+    if (!c->bank_theta || !c->bank_node || !c->ft || !c->ft2 || !grid || !tmp || !scr || !cont || !good) {
         free(th);
         status = RVS_ERR_NOMEM;
         goto cleanup;
@@ -328,6 +332,7 @@ int rvs_fit_ccf_create(struct rvs_fitter *f)
                     for (size_t iv = 0; iv < 2; iv++) {
                         memcpy(c->bank_theta[bi], p, sizeof p);
                         c->bank_theta[bi][4] = vsinis[iv];
+                        c->bank_node[bi] = i;
                         bi++;
                     }
                 }
@@ -351,7 +356,8 @@ cleanup:
 }
 
 int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
-                      size_t n, struct rvs_fit_point *start, double *vstart)
+                      size_t n, struct rvs_fit_point *start, double *vstart,
+                      struct rvs_fit_point *alt, size_t nalt)
 {
     int status = RVS_OK;
     struct rvs_fit_ccf *c = f->ccf;
@@ -417,7 +423,15 @@ int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const 
         fft(w, N, c->tw, 0);
         double best = HUGE_VAL, bestv = 0;
         size_t bb = 0;
+        /* the best template of each bank temperature, for the alternative starts */
+        double node_chi[CCF_MAX_TEFF_NODES], node_v[CCF_MAX_TEFF_NODES];
+        size_t node_b[CCF_MAX_TEFF_NODES];
+        for (size_t q = 0; q < CCF_MAX_TEFF_NODES; q++) {
+            node_chi[q] = HUGE_VAL;
+            node_b[q] = SIZE_MAX;
+        }
         for (size_t bi = 0; bi < c->nb; bi++) {
+            size_t node = c->bank_node[bi];
             const double *T = c->ft + bi * N * 2, *T2 = c->ft2 + bi * N * 2;
             for (size_t q = 0; q < N; q++) {
                 /* A conj(B) + i W conj(T2): S0 in the real part, S1 in the imaginary part */
@@ -443,6 +457,11 @@ int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const 
                 double vel = CCF_C * tanh(((double)s - (double)c->smax) * c->dln);
                 if (vel < f->cfg.min_vel || vel > f->cfg.max_vel)
                     continue;
+                if (chi[s] < node_chi[node]) {
+                    node_chi[node] = chi[s];
+                    node_b[node] = bi;
+                    node_v[node] = vel;
+                }
                 if (chi[s] < best) {
                     best = chi[s];
                     bb = bi;
@@ -464,6 +483,28 @@ int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const 
         p->vsini = c->bank_theta[bb][4];
         p->v = bestv;
         vstart[t] = bestv;
+        /* alternatives: the best templates of the other temperatures, best first (a wrong
+         * temperature class is the optimizer's main trap: e.g. Balmer lines of equal strength
+         * on either side of their 9000-10000 K maximum) */
+        node_chi[c->bank_node[bb]] = HUGE_VAL;
+        for (size_t j = 0; j < nalt; j++) {
+            size_t q = SIZE_MAX;
+            for (size_t m = 0; m < CCF_MAX_TEFF_NODES; m++)
+                if (node_b[m] != SIZE_MAX && node_chi[m] < HUGE_VAL &&
+                    (q == SIZE_MAX || node_chi[m] < node_chi[q]))
+                    q = m;
+            struct rvs_fit_point *ap = &alt[t * nalt + j];
+            if (q == SIZE_MAX) {
+                ap->s = -1;
+                continue;
+            }
+            ap->s = (int)t;
+            for (int k = 0; k < 4; k++)
+                ap->th[k] = c->bank_theta[node_b[q]][k];
+            ap->vsini = c->bank_theta[node_b[q]][4];
+            ap->v = node_v[q];
+            node_chi[q] = HUGE_VAL;
+        }
     }
 cleanup:
     free(dw);

@@ -45,7 +45,7 @@ struct rvs_fitter {
     /* statistics */
     struct rvs_fit_profile prof;
     double engine_seconds;
-    size_t nm_iter_max, nm_unconverged, posterior_rounds;
+    size_t newton_calls, newton_iter_max, newton_unconverged, posterior_rounds;
     struct rvs_fit_ccf *ccf;
 };
 
@@ -54,11 +54,38 @@ double rvs_fit_now(void);
 int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n, int mode,
                       double *out, double *arm_out);
 
+/* The optimizer (src/fit_optimize.c): one walker per start, x = (v, vsini, teff, logg, feh,
+ * alpha). */
+#define RVS_FIT_NDIM 6
+struct rvs_fit_walker {
+    int s;                    /* spectrum of the batch */
+    double x[RVS_FIT_NDIM];   /* current (best) point */
+    double fx;                /* objective (-2 log L + penalties) at x */
+    double h[RVS_FIT_NDIM];   /* stencil steps for the next stencil */
+    double hx[RVS_FIT_NDIM];  /* steps g and H were measured with */
+    double g[RVS_FIT_NDIM], H[RVS_FIT_NDIM][RVS_FIT_NDIM]; /* derivatives of the objective at x */
+    double lambda;            /* Levenberg-Marquardt damping */
+    int done, converged, failed, rejects, restarts, refines;
+    int resample; /* next stencil re-measures at x: 1 coarser (stall), 2 finer (rejection) */
+    size_t iter;
+};
+void rvs_fit_walker_init(struct rvs_fit_walker *w, int s, const double x[RVS_FIT_NDIM]);
+/* Damped Newton iterations of all walkers in lockstep, one engine call per iteration, at most
+ * maxiter iterations. */
+int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter);
+/* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's
+ * point (one engine call); bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */
+int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
+                         double (*err)[4], int *bad);
+
 int rvs_fit_ccf_create(struct rvs_fitter *f);
 void rvs_fit_ccf_destroy(struct rvs_fitter *f);
-/* Start (theta, vsini in start[t], the CCF velocity in vstart[t]) of the targets list[0..n). */
+/* Start (theta, vsini in start[t], the CCF velocity in vstart[t]) of the targets list[0..n),
+ * and nalt alternative starts per target in alt[t * nalt + j] (best templates of other bank
+ * temperatures, best first; s = -1 where there is none). */
 int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
-                      size_t n, struct rvs_fit_point *start, double *vstart);
+                      size_t n, struct rvs_fit_point *start, double *vstart,
+                      struct rvs_fit_point *alt, size_t nalt);
 int rvs_fit_start_bruteforce(struct rvs_fitter *f, const size_t *list, size_t n,
                              struct rvs_fit_point *start, double *vstart);
 

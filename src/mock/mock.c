@@ -53,6 +53,7 @@ void rvs_mock_options_init(struct rvs_mock_options *o)
     o->vsini_lo = 0;
     o->vsini_hi = 30;
     o->lsf_scale = 1;
+    o->unflagged_cosmics = 1;
     o->seed = 1;
     o->healpix = 10000;
     o->nside = 64;
@@ -646,10 +647,10 @@ static int observe_arm(struct rvs_mock *m, int a, const double *conv, const doub
             if (wave[i] > DICHROIC_LO && wave[i] < DICHROIC_HI && rng_uniform(&r) < 0.25)
                 mask[i] |= RVS_MOCK_SOMEBADPIX;
         }
-        /* cosmics: two flagged, one not, 1-2 pixels, 20-100 sigma */
+        /* cosmics: two flagged, opt.unflagged_cosmics (1) not, 1-2 pixels, 20-100 sigma */
         g->ncosmic_flagged[a] = 2;
-        g->ncosmic_unflagged[a] = 1;
-        for (int k = 0; k < 3; k++) {
+        g->ncosmic_unflagged[a] = m->opt.unflagged_cosmics;
+        for (int k = 0; k < 2 + m->opt.unflagged_cosmics; k++) {
             size_t i0 = (size_t)(rng_uniform(&r) * (double)(nw - 2));
             int width = 1 + (int)(rng_next(&r) % 2);
             double amp = rng_range(&r, 20, 100);

@@ -25,6 +25,7 @@ struct rvs_mock_options {
     double vrad_lo, vrad_hi; /* km/s, uniform */
     double vsini_lo, vsini_hi; /* km/s, uniform */
     double lsf_scale;        /* multiplies the mock LSF FWHM; 0: identity RESOLUTION */
+    int unflagged_cosmics;   /* cosmics per arm left out of the mask (default 1; 0..5) */
     uint64_t seed;
     long healpix, nside;
     const char *survey, *program;

@@ -25,6 +25,7 @@ enum option_id {
     OPT_VRAD,
     OPT_VSINI,
     OPT_LSF,
+    OPT_COSMICS,
     OPT_SEED,
     OPT_REDROCK,
     OPT_HEALPIX,
@@ -54,6 +55,8 @@ static const struct rvs_cli_option cli_options[] = {
      "rotation in km/s, uniform (default 0:30)", NULL},
     {"lsf-scale", required_argument, OPT_LSF, "S",
      "multiply the resolution-matrix LSF width (default 1; 0: identity matrix)", NULL},
+    {"unflagged-cosmics", required_argument, OPT_COSMICS, "N",
+     "cosmics per arm left out of the mask (default 1; 0..5)", NULL},
     {"seed", required_argument, OPT_SEED, "N", "random seed (default 1)", NULL},
     {"redrock", no_argument, OPT_REDROCK, NULL, "also write redrock-*.fits (REDSHIFTS)", NULL},
     {"healpix", required_argument, OPT_HEALPIX, "PIX", "HPXPIXEL/SPGRPVAL (default 10000)", NULL},
@@ -183,6 +186,12 @@ int main(int argc, char **argv)
         case OPT_LSF:
             if (!parse_double(optarg, &o.lsf_scale) || o.lsf_scale < 0 || o.lsf_scale > 5)
                 return usage_error("--lsf-scale '%s': give a number from 0 to 5", optarg);
+            break;
+        case OPT_COSMICS:
+            if (!parse_ulong(optarg, &u) || u > 5)
+                return usage_error("--unflagged-cosmics '%s': give an integer from 0 to 5",
+                                   optarg);
+            o.unflagged_cosmics = (int)u;
             break;
         case OPT_SEED:
             if (!parse_ulong(optarg, &u))

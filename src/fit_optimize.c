@@ -1,0 +1,569 @@
+/* fit_optimize.c: the fitter's optimizer and parameter errors: a lockstep, damped Newton
+ * (Levenberg-Marquardt) iteration on rvspecfit's objective (vel_fit.chisq_func: -2 log L with
+ * velocity bounds, vsini clipping and penalty, outside-grid penalty) in
+ * x = (v, vsini, teff, logg, feh, alpha), with gradient and Hessian from a central-difference
+ * stencil evaluated for every active walker of the batch in ONE engine call per iteration.
+ *
+ * Why not rvspecfit's Nelder-Mead + BFGS: in lockstep, Nelder-Mead needs ~1000 engine calls per
+ * batch (one per simplex phase) and stalls in 6 dimensions; a Newton iteration converges in ~5-15
+ * calls, and each call is wide (28 requests per walker), which is what the device is good at.
+ *
+ * Steps. The stencil steps h are adapted per walker and parameter so that moving one step
+ * changes -2 log L by about 1 (h_k = sqrt(2 / H_kk)): the curvature is measured at the scale of
+ * the parameter's own uncertainty, far above the float32 emulator's jaggedness (rvspecfit's
+ * numdifftools steps of 0.01 K / 1e-3 dex measure that jaggedness instead, and its errors come
+ * out 3-16x too small), and close enough to the minimum for the quadratic model to hold.
+ *
+ * Stencils. The optimizer's (28 points): the centre, x +- h_k e_k (12) and x + h_k e_k + h_l e_l
+ * for k < l (15):
+ *   g_k  = (f(+k) - f(-k)) / 2h_k                          (second order)
+ *   H_kk = (f(+k) + f(-k) - 2 f0) / h_k^2                  (second order)
+ *   H_kl = (f(+k+l) - f(+k) - f(+l) + f0) / (h_k h_l)      (first order: enough to steer)
+ * The error stencil (43 points) adds x - h_k e_k - h_l e_l, making the cross terms second order:
+ *   H_kl = (f(+k+l) + f(-k-l) - f(+k) - f(-k) - f(+l) - f(-l) + 2 f0) / (2 h_k h_l)
+ * Requests that share (theta, vsini) share the emulator, rotation and spline work in the engine.
+ *
+ * Robustness: a rejected step re-measures the derivatives at the current point with half the
+ * steps (the quadratic model failed at its scale); a stall where the Hessian is not positive
+ * definite re-measures with 4x the steps (averaging over small-scale structure). Several starts
+ * per target (src/fit.c) guard against the wrong temperature basin.
+ *
+ * Errors: the Hessian of -2 log L from a final stencil at the optimum (steps matched to its
+ * curvature), covariance 2 H^-1; the errors of (teff, logg, feh, alpha) are the marginal ones
+ * (velocity and vsini free), with vel_fit._uncertainties_from_hessian's fall-backs and
+ * BAD_HESSIAN semantics. vsini is held fixed when the optimum lies within one step of vsini = 0
+ * (the clipped, penalised side of the objective is not a likelihood). */
+#include <config.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "fit_internal.h"
+
+#define ND RVS_FIT_NDIM
+/* the optimizer's stencil (one-sided cross terms, first order: enough to steer) and the error
+ * stencil (symmetric cross terms, second order: the curvature that becomes the errors) */
+#define NSTENCIL (1 + 2 * ND + ND * (ND - 1) / 2)
+#define NSTENCIL_ERR (1 + 2 * ND + ND * (ND - 1))
+
+/* steps: start, smallest, largest (v km/s, vsini km/s, teff K, logg, feh, alpha) */
+static const double step_start[ND] = {1.0, 3.0, 100, 0.15, 0.1, 0.1};
+static const double step_min[ND] = {0.01, 0.1, 1.0, 0.002, 0.002, 0.002};
+static const double step_max[ND] = {30, 30, 1500, 1.0, 1.0, 0.5};
+/* target change of -2 log L per step */
+#define STEP_DCHI 1.0
+/* scaled Newton steps are capped at this many stencil steps per iteration */
+#define MAX_SCALED_STEP 30.0
+/* converged when the Newton decrement (predicted gain of an undamped step) is below this */
+#define DECREMENT_TOL 0.01
+/* coarser re-measurements allowed per walker when it stalls on a non-convex patch */
+#define MAX_RESAMPLE 2
+/* finer re-measurements after rejected steps, per walker */
+#define MAX_REFINE 4
+
+void rvs_fit_walker_init(struct rvs_fit_walker *w, int s, const double x[RVS_FIT_NDIM])
+{
+    memset(w, 0, sizeof *w);
+    w->s = s;
+    memcpy(w->x, x, sizeof w->x);
+    memcpy(w->h, step_start, sizeof w->h);
+    w->fx = HUGE_VAL;
+    w->lambda = 1e-3;
+}
+
+static void to_point(const double *x, int s, struct rvs_fit_point *p)
+{
+    p->s = s;
+    p->v = x[0];
+    p->vsini = x[1];
+    for (int k = 0; k < 4; k++)
+        p->th[k] = x[2 + k];
+}
+
+/* The stencil points around x: the centre, x +- h_k e_k, then for k < l x + (h_k e_k + h_l e_l)
+ * and, when symmetric, also x - (h_k e_k + h_l e_l). */
+static void stencil_points(const double *x, const double *h, int s, int symmetric,
+                           struct rvs_fit_point *p)
+{
+    double y[ND];
+    size_t o = 0;
+    to_point(x, s, &p[o++]);
+    for (int k = 0; k < ND; k++)
+        for (int sg = 1; sg >= -1; sg -= 2) {
+            memcpy(y, x, sizeof y);
+            y[k] += sg * h[k];
+            to_point(y, s, &p[o++]);
+        }
+    for (int k = 0; k < ND; k++)
+        for (int l = k + 1; l < ND; l++)
+            for (int sg = 1; sg >= (symmetric ? -1 : 1); sg -= 2) {
+                memcpy(y, x, sizeof y);
+                y[k] += sg * h[k];
+                y[l] += sg * h[l];
+                to_point(y, s, &p[o++]);
+            }
+}
+
+/* Gradient and Hessian of the objective from the stencil values. An axis with a non-finite or
+ * bound-penalised value (1e30) anywhere in its points is frozen: zero gradient, unit curvature
+ * in scaled units, no coupling. Returns 0 when the centre itself is unusable. */
+static int stencil_derivs(const double *fv, const double *h, int symmetric, double g[ND],
+                          double H[ND][ND])
+{
+    const double bad = 1e29;
+    double f0 = fv[0];
+    int frozen[ND] = {0};
+    if (!isfinite(f0) || f0 >= bad)
+        return 0;
+    for (int k = 0; k < ND; k++) {
+        double fp = fv[1 + 2 * k], fm = fv[2 + 2 * k];
+        if (!isfinite(fp) || !isfinite(fm) || fp >= bad || fm >= bad) {
+            frozen[k] = 1;
+            g[k] = 0;
+            H[k][k] = 2 / (h[k] * h[k]);
+            continue;
+        }
+        g[k] = (fp - fm) / (2 * h[k]);
+        H[k][k] = (fp + fm - 2 * f0) / (h[k] * h[k]);
+    }
+    size_t q = 1 + 2 * ND;
+    for (int k = 0; k < ND; k++)
+        for (int l = k + 1; l < ND; l++) {
+            double fpp = fv[q++], fmm = symmetric ? fv[q++] : 0;
+            if (frozen[k] || frozen[l] || !isfinite(fpp) || fpp >= bad ||
+                (symmetric && (!isfinite(fmm) || fmm >= bad))) {
+                H[k][l] = H[l][k] = 0;
+                continue;
+            }
+            double fpk = fv[1 + 2 * k], fmk = fv[2 + 2 * k];
+            double fpl = fv[1 + 2 * l], fml = fv[2 + 2 * l];
+            if (symmetric)
+                H[k][l] = (fpp + fmm - fpk - fmk - fpl - fml + 2 * f0) / (2 * h[k] * h[l]);
+            else
+                H[k][l] = (fpp - fpk - fpl + f0) / (h[k] * h[l]);
+            H[l][k] = H[k][l];
+        }
+    return 1;
+}
+
+/* Cholesky factorisation of the n x n matrix a (row-major, stride ND) into l; 0 on success. */
+static int cholesky(int n, const double a[ND][ND], double l[ND][ND])
+{
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j <= i; j++) {
+            double s = a[i][j];
+            for (int k = 0; k < j; k++)
+                s -= l[i][k] * l[j][k];
+            if (i == j) {
+                if (!(s > 0) || !isfinite(s))
+                    return -1;
+                l[i][i] = sqrt(s);
+            } else
+                l[i][j] = s / l[j][j];
+        }
+    return 0;
+}
+
+static void cholesky_solve(int n, const double l[ND][ND], const double *b, double *x)
+{
+    double y[ND];
+    for (int i = 0; i < n; i++) {
+        double s = b[i];
+        for (int k = 0; k < i; k++)
+            s -= l[i][k] * y[k];
+        y[i] = s / l[i][i];
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        double s = y[i];
+        for (int k = i + 1; k < n; k++)
+            s -= l[k][i] * x[k];
+        x[i] = s / l[i][i];
+    }
+}
+
+/* The damped Newton step in scaled coordinates u = x / h: (Hs + lambda I) du = -gs, lambda
+ * raised until the matrix is positive definite. Returns the predicted decrease of the
+ * objective; *pd reports whether the undamped matrix was positive definite. */
+static double newton_step(const struct rvs_fit_walker *w, double *lambda, double dx[ND], int *pd)
+{
+    double gs[ND], Hs[ND][ND], A[ND][ND], L[ND][ND], du[ND];
+    for (int k = 0; k < ND; k++) {
+        gs[k] = w->g[k] * w->hx[k];
+        for (int l = 0; l < ND; l++)
+            Hs[k][l] = w->H[k][l] * w->hx[k] * w->hx[l];
+    }
+    *pd = cholesky(ND, Hs, L) == 0;
+    double lam = *lambda;
+    for (int tries = 0; tries < 40; tries++) {
+        memcpy(A, Hs, sizeof A);
+        for (int k = 0; k < ND; k++)
+            A[k][k] += lam;
+        if (cholesky(ND, A, L) == 0)
+            break;
+        lam = lam < 1e-3 ? 1e-3 : lam * 4;
+    }
+    *lambda = lam;
+    double mg[ND];
+    for (int k = 0; k < ND; k++)
+        mg[k] = -gs[k];
+    cholesky_solve(ND, L, mg, du);
+    double big = 0;
+    for (int k = 0; k < ND; k++)
+        big = fmax(big, fabs(du[k]));
+    if (big > MAX_SCALED_STEP)
+        for (int k = 0; k < ND; k++)
+            du[k] *= MAX_SCALED_STEP / big;
+    double pred = 0;
+    for (int k = 0; k < ND; k++) {
+        double hd = 0;
+        for (int l = 0; l < ND; l++)
+            hd += Hs[k][l] * du[l];
+        pred -= gs[k] * du[k] + 0.5 * du[k] * hd;
+        dx[k] = du[k] * w->hx[k];
+    }
+    return pred;
+}
+
+/* Newton decrement g^T H^-1 g / 2 (the gain an undamped step predicts), HUGE_VAL when H is not
+ * positive definite. */
+static double newton_decrement(const struct rvs_fit_walker *w)
+{
+    double gs[ND], Hs[ND][ND], L[ND][ND], du[ND];
+    for (int k = 0; k < ND; k++) {
+        gs[k] = w->g[k] * w->hx[k];
+        for (int l = 0; l < ND; l++)
+            Hs[k][l] = w->H[k][l] * w->hx[k] * w->hx[l];
+    }
+    if (cholesky(ND, Hs, L) != 0)
+        return HUGE_VAL;
+    cholesky_solve(ND, L, gs, du);
+    double d = 0;
+    for (int k = 0; k < ND; k++)
+        d += gs[k] * du[k];
+    return 0.5 * d;
+}
+
+/* Steps for a stencil at a point whose Hessian estimate is H (measured with steps hx): one step
+ * changes -2 log L by STEP_DCHI; a step shrinks at most 3x and grows at most 2x per iteration. */
+static void adapt_steps(const double H[ND][ND], const double *hx, double *h)
+{
+    for (int k = 0; k < ND; k++) {
+        double hk;
+        if (H[k][k] > 0 && isfinite(H[k][k]))
+            hk = sqrt(2 * STEP_DCHI / H[k][k]);
+        else
+            hk = 2 * hx[k];
+        hk = fmin(fmax(hk, hx[k] / 3), hx[k] * 2);
+        h[k] = fmin(fmax(hk, step_min[k]), step_max[k]);
+    }
+}
+
+/* Takes the derivatives measured by a stencil (values v, steps h) at a walker's new point. */
+static void take_stencil(struct rvs_fit_walker *s, const double g[ND], const double H[ND][ND],
+                         const double *h)
+{
+    memcpy(s->g, g, sizeof s->g);
+    memcpy(s->H, H, sizeof s->H);
+    memcpy(s->hx, h, sizeof s->hx);
+    adapt_steps(s->H, s->hx, s->h);
+    s->iter++;
+    if (newton_decrement(s) < DECREMENT_TOL) {
+        s->done = 1;
+        s->converged = 1;
+    }
+}
+
+/* RVSFIT_CL_TRACE_SPECTRUM=s: the iterations of the walkers of batch spectrum s on stderr (for
+ * diagnosing convergence) */
+static void trace(const struct rvs_fit_walker *s, const char *what, const double *x, double fx,
+                  double pred)
+{
+    static int want = -2;
+    if (want == -2) {
+        const char *e = getenv("RVSFIT_CL_TRACE_SPECTRUM");
+        want = e ? atoi(e) : -1;
+    }
+    if (want != s->s)
+        return;
+    fprintf(stderr,
+            "walker s=%d %-8s v %.3f vsini %.2f teff %.1f logg %.4f feh %.4f alpha %.4f | f "
+            "%.4f pred %.4g lambda %.3g h %.3g %.3g %.3g %.3g %.3g %.3g\n",
+            s->s, what, x[0], x[1], x[2], x[3], x[4], x[5], fx, pred, s->lambda, s->h[0],
+            s->h[1], s->h[2], s->h[3], s->h[4], s->h[5]);
+}
+
+int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter)
+{
+    int status = RVS_OK;
+    struct rvs_fit_point *pts = rvs_malloc((NSTENCIL * nw + 1) * sizeof *pts);
+    double *fv = rvs_malloc((NSTENCIL * nw + 1) * sizeof *fv);
+    size_t *who = rvs_malloc((nw + 1) * sizeof *who);
+    double (*cand)[ND] = rvs_malloc((nw + 1) * sizeof *cand);
+    double (*hc)[ND] = rvs_malloc((nw + 1) * sizeof *hc);
+    double *pred = rvs_malloc((nw + 1) * sizeof *pred);
+    if (!pts || !fv || !who || !cand || !hc || !pred) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    /* fresh walkers: the stencil at the start */
+    size_t na = 0;
+    for (size_t i = 0; i < nw; i++) {
+        if (w[i].done || w[i].iter > 0)
+            continue;
+        memcpy(hc[i], w[i].h, sizeof hc[i]);
+        stencil_points(w[i].x, hc[i], w[i].s, 0, pts + na * NSTENCIL);
+        who[na++] = i;
+    }
+    if (na > 0) {
+        RVS_TRY(rvs_fit_objective(f, pts, na * NSTENCIL, RVS_FIT_OPTIMIZER, fv, NULL));
+        f->newton_calls++;
+        for (size_t q = 0; q < na; q++) {
+            struct rvs_fit_walker *s = &w[who[q]];
+            double g[ND], H[ND][ND];
+            s->fx = fv[q * NSTENCIL];
+            if (!stencil_derivs(fv + q * NSTENCIL, hc[who[q]], 0, g, H)) {
+                s->done = 1;
+                s->failed = 1;
+                continue;
+            }
+            take_stencil(s, g, H, hc[who[q]]);
+            trace(s, "start", s->x, s->fx, 0);
+        }
+    }
+    for (size_t it = 0; it < maxiter; it++) {
+        /* candidates: damped Newton steps of every active walker */
+        na = 0;
+        for (size_t i = 0; i < nw; i++) {
+            struct rvs_fit_walker *s = &w[i];
+            if (s->done)
+                continue;
+            double dx[ND];
+            int pd;
+            pred[i] = newton_step(s, &s->lambda, dx, &pd);
+            if (s->resample == 2) {
+                /* the last step was rejected: the quadratic model from this stencil is not to
+                 * be trusted at its scale; measure again here with half the steps */
+                memcpy(cand[i], s->x, sizeof cand[i]);
+                for (int k = 0; k < ND; k++)
+                    hc[i][k] = fmax(0.5 * s->hx[k], step_min[k]);
+                trace(s, "refine", s->x, s->fx, 0);
+                stencil_points(cand[i], hc[i], s->s, 0, pts + na * NSTENCIL);
+                who[na++] = i;
+                continue;
+            }
+            s->resample = 0;
+            if (!(pred[i] > 0.1 * DECREMENT_TOL)) {
+                if (!pd && s->restarts < MAX_RESAMPLE) {
+                    /* stalled where the Hessian is not positive definite (a ridge or a saddle
+                     * at the scale of the steps): measure again with coarser steps, whose
+                     * quadratic model averages over the small-scale structure */
+                    s->restarts++;
+                    s->resample = 1;
+                    s->lambda = 1e-3;
+                    memcpy(cand[i], s->x, sizeof cand[i]);
+                    for (int k = 0; k < ND; k++)
+                        hc[i][k] = fmin(fmax(4 * s->hx[k], step_min[k]), step_max[k]);
+                    trace(s, "resample", s->x, s->fx, pred[i]);
+                    stencil_points(cand[i], hc[i], s->s, 0, pts + na * NSTENCIL);
+                    who[na++] = i;
+                    continue;
+                }
+                /* the model promises nothing more */
+                s->done = 1;
+                s->converged = pd;
+                trace(s, pd ? "flat" : "flat-npd", s->x, s->fx, pred[i]);
+                continue;
+            }
+            for (int k = 0; k < ND; k++)
+                cand[i][k] = s->x[k] + dx[k];
+            memcpy(hc[i], s->h, sizeof hc[i]);
+            stencil_points(cand[i], hc[i], s->s, 0, pts + na * NSTENCIL);
+            who[na++] = i;
+        }
+        if (na == 0)
+            break;
+        RVS_TRY(rvs_fit_objective(f, pts, na * NSTENCIL, RVS_FIT_OPTIMIZER, fv, NULL));
+        f->newton_calls++;
+        for (size_t q = 0; q < na; q++) {
+            size_t i = who[q];
+            struct rvs_fit_walker *s = &w[i];
+            const double *v = fv + q * NSTENCIL;
+            double g[ND], H[ND][ND];
+            if (s->resample) {
+                s->resample = 0;
+                if (v[0] < s->fx)
+                    s->fx = v[0]; /* the same point: only the emulator's last bits differ */
+                if (stencil_derivs(v, hc[i], 0, g, H)) {
+                    memcpy(s->g, g, sizeof s->g);
+                    memcpy(s->H, H, sizeof s->H);
+                    memcpy(s->hx, hc[i], sizeof s->hx);
+                    memcpy(s->h, hc[i], sizeof s->h);
+                } else
+                    s->done = 1;
+                continue;
+            }
+            if (v[0] < s->fx && stencil_derivs(v, hc[i], 0, g, H)) {
+                /* accepted: the trust in the quadratic model sets the damping */
+                double rho = pred[i] > 0 ? (s->fx - v[0]) / pred[i] : 1;
+                memcpy(s->x, cand[i], sizeof s->x);
+                s->fx = v[0];
+                if (rho > 0.75)
+                    s->lambda /= 4;
+                else if (rho < 0.25)
+                    s->lambda *= 2;
+                if (s->lambda < 1e-6)
+                    s->lambda = 1e-6;
+                s->rejects = 0;
+                take_stencil(s, g, H, hc[i]);
+                trace(s, s->done ? "accept*" : "accept", s->x, s->fx, pred[i]);
+            } else {
+                trace(s, "reject", cand[i], v[0], pred[i]);
+                /* rejected: keep the point, damp harder; after a rejection with steps well
+                 * above their minimum, re-measure the derivatives with finer steps first */
+                s->lambda = s->lambda < 0.1 ? 0.1 : s->lambda * 4;
+                s->resample = 0;
+                if (s->refines < MAX_REFINE) {
+                    int coarse = 0;
+                    for (int k = 0; k < ND; k++)
+                        coarse |= s->hx[k] > 2 * step_min[k];
+                    if (coarse) {
+                        s->resample = 2;
+                        s->refines++;
+                    }
+                }
+                if (++s->rejects > 12)
+                    s->done = 1;
+            }
+        }
+    }
+cleanup:
+    free(pts);
+    free(fv);
+    free(who);
+    free(cand);
+    free(hc);
+    free(pred);
+    return status;
+}
+
+/* vel_fit._uncertainties_from_hessian on the n x n matrix hm (Hessian of -log L): errors from
+ * the diagonal of the inverse; where that is negative the inverse of the diagonal; BAD when the
+ * inversion fails, an inverse diagonal is negative or an error is not finite. */
+static int uncertainties(int n, const double hm[ND][ND], double *err)
+{
+    double L[ND][ND], inv[ND][ND], dinv[ND];
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+        dinv[i] = hm[i][i] != 0 ? 1 / hm[i][i] : HUGE_VAL;
+    /* the inverse through Gauss-Jordan with partial pivoting (not Cholesky: an indefinite
+     * Hessian still has an inverse whose diagonal rvspecfit inspects) */
+    double m[ND][2 * ND];
+    int singular = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 2 * n; j++)
+            m[i][j] = j < n ? hm[i][j] : (j - n == i);
+    for (int c = 0; c < n && !singular; c++) {
+        int p = c;
+        for (int r = c + 1; r < n; r++)
+            if (fabs(m[r][c]) > fabs(m[p][c]))
+                p = r;
+        if (!(fabs(m[p][c]) > 0) || !isfinite(m[p][c])) {
+            singular = 1;
+            break;
+        }
+        if (p != c)
+            for (int j = 0; j < 2 * n; j++) {
+                double t = m[c][j];
+                m[c][j] = m[p][j];
+                m[p][j] = t;
+            }
+        double d = m[c][c];
+        for (int j = 0; j < 2 * n; j++)
+            m[c][j] /= d;
+        for (int r = 0; r < n; r++)
+            if (r != c) {
+                double fct = m[r][c];
+                for (int j = 0; j < 2 * n; j++)
+                    m[r][j] -= fct * m[c][j];
+            }
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            inv[i][j] = singular ? (i == j ? dinv[i] : 0) : m[i][j + n];
+    bad = singular || cholesky(n, hm, L) != 0;
+    for (int i = 0; i < n; i++) {
+        double d = inv[i][i];
+        if (d < 0) {
+            bad = 1;
+            if (dinv[i] >= 0)
+                d = dinv[i];
+            else {
+                err[i] = NAN;
+                continue;
+            }
+        }
+        err[i] = sqrt(d);
+        if (!isfinite(err[i]))
+            bad = 1;
+    }
+    return bad;
+}
+
+int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
+                         double (*err)[4], int *bad)
+{
+    int status = RVS_OK;
+    struct rvs_fit_point *pts = rvs_malloc((NSTENCIL_ERR * nw + 1) * sizeof *pts);
+    double *fv = rvs_malloc((NSTENCIL_ERR * nw + 1) * sizeof *fv);
+    double (*h)[ND] = rvs_malloc((nw + 1) * sizeof *h);
+    if (!pts || !fv || !h) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    /* the final stencil: steps matched to the curvature at the optimum, no clamp on the change
+     * (the optimizer's last steps may lag behind) */
+    for (size_t i = 0; i < nw; i++) {
+        for (int k = 0; k < ND; k++) {
+            double Hk = w[i].H[k][k], hk;
+            hk = Hk > 0 && isfinite(Hk) ? sqrt(2 * STEP_DCHI / Hk) : w[i].h[k];
+            h[i][k] = fmin(fmax(hk, step_min[k]), step_max[k]);
+        }
+        stencil_points(w[i].x, h[i], w[i].s, 1, pts + i * NSTENCIL_ERR);
+    }
+    if (nw > 0) {
+        RVS_TRY(rvs_fit_objective(f, pts, nw * NSTENCIL_ERR, RVS_FIT_OPTIMIZER, fv, NULL));
+    }
+    for (size_t i = 0; i < nw; i++) {
+        double g[ND], H[ND][ND], hm[ND][ND], e[ND];
+        int idx[ND], n = 0;
+        if (!stencil_derivs(fv + i * NSTENCIL_ERR, h[i], 1, g, H)) {
+            for (int k = 0; k < 4; k++)
+                err[i][k] = NAN;
+            bad[i] = 1;
+            continue;
+        }
+        memcpy(w[i].H, H, sizeof H);
+        memcpy(w[i].g, g, sizeof g);
+        memcpy(w[i].hx, h[i], sizeof w[i].hx);
+        /* velocity always free; vsini free unless the stencil reaches the clipped side */
+        idx[n++] = 0;
+        if (w[i].x[1] - h[i][1] > 0)
+            idx[n++] = 1;
+        for (int k = 2; k < ND; k++)
+            idx[n++] = k;
+        for (int a = 0; a < n; a++)
+            for (int b2 = 0; b2 < n; b2++)
+                hm[a][b2] = 0.5 * H[idx[a]][idx[b2]]; /* -log L = 0.5 (-2 log L) */
+        bad[i] = uncertainties(n, hm, e);
+        for (int k = 0; k < 4; k++)
+            err[i][k] = e[n - 4 + k];
+    }
+cleanup:
+    free(pts);
+    free(fv);
+    free(h);
+    return status;
+}
