@@ -4,7 +4,7 @@
 #    of the library's weights, rotated rows against a plain reference kernel applied to the
 #    vsini = 0 row of the same parameters (and the interior flux conserved), shifted rows
 #    against scipy's natural spline, the outside-hull penalty and WARN bits, the FITS layout and
-#    checksums (tests/eval_check.py);
+#    checksums (tests/eval_check.py); again with the rotation forced through the FFT path;
 #  - batch rows equal single calls (options, stdin with --vrad), text output equals the FITS;
 #  - forced fp32; the outside-hull warning; bad inputs give the documented exit code and message,
 #    and no output or temporary file.
@@ -56,6 +56,10 @@ run 0 "batch" -- "$eval_prog" --template-lib "$lib" --params "$scratch/p.txt" \
 expect_in err "1 of 12 parameter sets lie outside the training hull .*row 11" "outside warning"
 pycheck batch "$scratch/batch.fits" "$lib" "$scratch/p.txt"
 ls -a "$scratch" | grep -q '\.tmp$' && fail "a temporary file was left behind"
+# the same with every rotation kernel through the batched FFT (by default only wide kernels)
+run 0 "batch, rotation by FFT" -- env RVSFIT_CL_ROTATION_FFT_MIN=3 "$eval_prog" \
+    --template-lib "$lib" --params "$scratch/p.txt" --out "$scratch/batch_fft.fits"
+pycheck batch "$scratch/batch_fft.fits" "$lib" "$scratch/p.txt"
 
 # single calls give the batch rows (row numbers 0-based)
 run 0 "single" -- "$eval_prog" --template_lib "$lib" --teff 5000 --logg 4.5 --feh 0 --alpha 0 \
