@@ -39,7 +39,8 @@
 /* Templates per FFT launch: bounds the work buffers (rows x (len+2) reals, ~50 MB at DESI size in
  * double) and, with batch_bucket(), the number of distinct clFFT plans. */
 #define ROTATION_FFT_CHUNK 1024
-/* clFFT plans kept per object; the oldest is destroyed beyond this. */
+/* clFFT plans kept per object; beyond this the least recently used one is destroyed (never one
+ * fetched for the launch in progress: those are the most recently used). */
 #define ROTATION_MAX_PLANS 16
 
 struct rotation_plan {
@@ -47,6 +48,7 @@ struct rotation_plan {
     size_t len, batch;
     int forward;
     int used;
+    unsigned long long last_use;
 };
 
 struct rvs_rotation {
@@ -58,7 +60,7 @@ struct rvs_rotation {
     cl_mem weights, meta, work, hwork;
     size_t weights_bytes, meta_bytes, work_bytes, hwork_bytes;
     struct rotation_plan plans[ROTATION_MAX_PLANS];
-    unsigned next_evict;
+    unsigned long long use_clock;
 };
 
 /* ------------------------------------------------------------------ kernel weights (host) */
@@ -284,6 +286,7 @@ static int get_plan(struct rvs_context *ctx, struct rvs_rotation *rot, size_t le
     for (size_t i = 0; i < ROTATION_MAX_PLANS; i++) {
         struct rotation_plan *p = &rot->plans[i];
         if (p->used && p->len == len && p->batch == batch && p->forward == forward) {
+            p->last_use = ++rot->use_clock;
             *handle = p->handle;
             return RVS_OK;
         }
@@ -293,7 +296,12 @@ static int get_plan(struct rvs_context *ctx, struct rvs_rotation *rot, size_t le
         if (!rot->plans[i].used)
             slot = i;
     if (slot == ROTATION_MAX_PLANS) {
-        slot = rot->next_evict++ % ROTATION_MAX_PLANS;
+        /* least recently used: a round-robin choice could destroy a plan fetched a moment
+         * earlier for the same launch (clFFT then answers "invalid plan") */
+        slot = 0;
+        for (size_t i = 1; i < ROTATION_MAX_PLANS; i++)
+            if (rot->plans[i].last_use < rot->plans[slot].last_use)
+                slot = i;
         clfftDestroyPlan(&rot->plans[slot].handle);
         rot->plans[slot].used = 0;
     }
@@ -308,6 +316,7 @@ static int get_plan(struct rvs_context *ctx, struct rvs_rotation *rot, size_t le
     p->batch = batch;
     p->forward = forward;
     p->used = 1;
+    p->last_use = ++rot->use_clock;
     RVS_TRY(fft_check(clfftSetPlanPrecision(h, rot->is_double ? CLFFT_DOUBLE : CLFFT_SINGLE),
                       "clfftSetPlanPrecision", len, batch));
     RVS_TRY(fft_check(forward ? clfftSetLayout(h, CLFFT_REAL, CLFFT_HERMITIAN_INTERLEAVED)

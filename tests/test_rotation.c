@@ -254,8 +254,51 @@ static void test_unchanged_and_errors(struct rvs_context *ctx, enum rvs_rotation
     free(x), free(y);
 }
 
+/* One rotation object through many batch sizes on the FFT path: more distinct clFFT plans than
+ * the object keeps, so plans are evicted between and within launches (a round-robin eviction
+ * once destroyed a plan fetched for the launch in progress: "invalid plan" on NVIDIA). Every
+ * call must succeed and agree with the direct path. */
+static void test_plan_eviction(struct rvs_context *ctx)
+{
+    enum { N = 500, TMAX = 140 };
+    double *x = malloc(TMAX * N * sizeof *x), *yf = malloc(TMAX * N * sizeof *yf);
+    double *yd = malloc(TMAX * N * sizeof *yd), vs[TMAX];
+    struct rvs_rotation *fft = NULL, *direct = NULL;
+    CHECK(rvs_rotation_create(ctx, N, &fft) == RVS_OK && rvs_rotation_create(ctx, N, &direct) ==
+          RVS_OK, "create");
+    rvs_rotation_set_path(fft, RVS_ROTATION_FFT);
+    rvs_rotation_set_path(direct, RVS_ROTATION_DIRECT);
+    for (size_t i = 0; i < TMAX * N; i++)
+        x[i] = 1 + 0.3 * sin(0.37 * (double)i);
+    double worst = 0;
+    int failures = 0;
+    for (size_t call = 0; call < 60; call++) {
+        /* a scrambled order of sizes: plans hit long after they were made, then evictions */
+        size_t T = 1 + (call * 37 + (call * call) % 13) % TMAX;
+        /* varied kernel widths (slots) and, alternating, a wide kernel that lengthens the FFT */
+        for (size_t t = 0; t < T; t++)
+            vs[t] = (T % 2 ? 20 : 400) + 7 * (double)((t * 5 + T) % 11);
+        if (apply_host(ctx, fft, x, T, N, vs, yf) != RVS_OK ||
+            apply_host(ctx, direct, x, T, N, vs, yd) != RVS_OK) {
+            failures++;
+            continue;
+        }
+        for (size_t i = 0; i < T * N; i++)
+            worst = fmax(worst, fabs(yf[i] - yd[i]));
+    }
+    printf("  plan eviction: %d failed calls, max |fft - direct| %.3g\n", failures, worst);
+    CHECK(failures == 0, "FFT path failed after plan eviction (%d calls)", failures);
+    CHECK(worst < (ctx->use_fp64 ? 1e-9 : 1e-4), "FFT vs direct after eviction: %.3g", worst);
+    rvs_rotation_destroy(&fft);
+    rvs_rotation_destroy(&direct);
+    free(x);
+    free(yf);
+    free(yd);
+}
+
 static void run_context(struct rvs_context *ctx)
 {
+    test_plan_eviction(ctx);
     static const size_t sizes[] = {1, 7, 64, 1000, 4099, 6000};
     /* 0, tiny (R = 4e-11), sub-pixel (R = 0.02, 0.42), 1 px and up to R = 20.8 px */
     static const double vsini[] = {0, 1e-9, 0.5, 10, 100, 300, 500};
