@@ -139,6 +139,8 @@ void rvs_context_destroy(struct rvs_context **pctx)
         clReleaseCommandQueue(ctx->queue);
     if (ctx->context)
         clReleaseContext(ctx->context);
+    /* buffers still held are released later without being counted (the context is gone) */
+    rvs_devmem_forget_context(ctx);
     free(ctx);
     *pctx = NULL;
 }

@@ -1,6 +1,17 @@
 /* devmem.c: small device-memory and launch helpers that log what failed, so kernel modules stay
- * short: buffers, transfers, kernel arguments, and launches rounded to work-group multiples. */
+ * short: buffers, transfers, kernel arguments, and launches rounded to work-group multiples.
+ * Every command they enqueue is counted in the context (rvs_context_counters).
+ *
+ * Held memory: rvs_buffer_release has no context argument, so each buffer made here is recorded
+ * in a process-wide table (cl_mem -> size, context) that release consults; a buffer the table
+ * does not know (made with clCreateBuffer elsewhere) is released without being counted. The
+ * table's lock also guards the memory counters. Destroying a context drops its entries. */
 #include <config.h>
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -9,18 +20,137 @@ size_t rvs_context_real_size(const struct rvs_context *ctx)
     return ctx->use_fp64 ? sizeof(double) : sizeof(float);
 }
 
+/* ------------------------------------------------------------------ held-buffer table */
+
+#define HELD_BUCKETS 1024
+
+struct held {
+    cl_mem mem;
+    size_t bytes;
+    struct rvs_context *ctx;
+    struct held *next;
+};
+
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct held *held_table[HELD_BUCKETS];
+
+static size_t held_bucket(cl_mem mem)
+{
+    uintptr_t x = (uintptr_t)mem;
+    x ^= x >> 17;
+    x *= (uintptr_t)0x9e3779b97f4a7c15ULL;
+    return (size_t)(x >> 7) % HELD_BUCKETS;
+}
+
+/* With held_lock held: the total of the context's memory moved; peaks updated. */
+static void note_peaks(struct rvs_context_counters *c, size_t transient)
+{
+    if (c->mem_current > c->mem_peak)
+        c->mem_peak = c->mem_current;
+    size_t total = c->mem_current + c->fft_work + transient;
+    if (total > c->mem_peak_total)
+        c->mem_peak_total = total;
+}
+
+void rvs_devmem_forget_context(struct rvs_context *ctx)
+{
+    pthread_mutex_lock(&held_lock);
+    for (size_t b = 0; b < HELD_BUCKETS; b++) {
+        struct held **p = &held_table[b];
+        while (*p) {
+            if ((*p)->ctx == ctx) {
+                struct held *dead = *p;
+                *p = dead->next;
+                free(dead);
+            } else {
+                p = &(*p)->next;
+            }
+        }
+    }
+    pthread_mutex_unlock(&held_lock);
+}
+
+void rvs_devmem_fft_work(struct rvs_context *ctx, size_t bytes, int add)
+{
+    pthread_mutex_lock(&held_lock);
+    struct rvs_context_counters *c = &ctx->counters;
+    if (add)
+        c->fft_work += bytes;
+    else
+        c->fft_work -= bytes < c->fft_work ? bytes : c->fft_work;
+    note_peaks(c, 0);
+    pthread_mutex_unlock(&held_lock);
+}
+
+void rvs_devmem_gemm_work(struct rvs_context *ctx, size_t bytes)
+{
+    pthread_mutex_lock(&held_lock);
+    struct rvs_context_counters *c = &ctx->counters;
+    if (bytes > c->gemm_work_max)
+        c->gemm_work_max = bytes;
+    note_peaks(c, bytes);
+    pthread_mutex_unlock(&held_lock);
+}
+
+void rvs_context_counters_get(const struct rvs_context *ctx, struct rvs_context_counters *out)
+{
+    pthread_mutex_lock(&held_lock);
+    *out = ctx->counters;
+    pthread_mutex_unlock(&held_lock);
+}
+
+void rvs_context_counters_reset(struct rvs_context *ctx)
+{
+    pthread_mutex_lock(&held_lock);
+    struct rvs_context_counters *c = &ctx->counters;
+    size_t current = c->mem_current, fft = c->fft_work;
+    memset(c, 0, sizeof *c);
+    c->mem_current = c->mem_peak = current;
+    c->fft_work = fft;
+    c->mem_peak_total = current + fft;
+    pthread_mutex_unlock(&held_lock);
+}
+
+unsigned long long rvs_context_counters_commands(const struct rvs_context_counters *c)
+{
+    return c->kernel_launches + c->gemm_calls + c->fft_transforms + c->fills;
+}
+
+/* ------------------------------------------------------------------ buffers and transfers */
+
 int rvs_buffer_create(struct rvs_context *ctx, cl_mem_flags flags, size_t bytes,
                       const void *host, cl_mem *buffer)
 {
     cl_int err;
     if (host)
         flags |= CL_MEM_COPY_HOST_PTR;
-    *buffer = clCreateBuffer(ctx->context, flags, bytes ? bytes : 1, (void *)host, &err);
+    size_t size = bytes ? bytes : 1;
+    *buffer = clCreateBuffer(ctx->context, flags, size, (void *)host, &err);
     if (err != CL_SUCCESS) {
         rvs_log(RVS_LOG_ERROR, "devmem", "cannot allocate %zu bytes on %s: %s", bytes,
                 ctx->caps.device_name, rvs_strerror(err));
         *buffer = NULL;
+        return err;
     }
+    struct held *h = malloc(sizeof *h);
+    if (!h) {
+        rvs_log(RVS_LOG_ERROR, "devmem", "out of host memory recording a device buffer");
+        clReleaseMemObject(*buffer);
+        *buffer = NULL;
+        return RVS_ERR_NOMEM;
+    }
+    *h = (struct held){*buffer, size, ctx, NULL};
+    pthread_mutex_lock(&held_lock);
+    size_t b = held_bucket(*buffer);
+    h->next = held_table[b];
+    held_table[b] = h;
+    struct rvs_context_counters *c = &ctx->counters;
+    c->buffers_created++;
+    c->mem_current += size;
+    if (host)
+        c->bytes_to_device += bytes;
+    note_peaks(c, 0);
+    pthread_mutex_unlock(&held_lock);
     return err;
 }
 
@@ -31,9 +161,46 @@ int rvs_buffer_write(struct rvs_context *ctx, cl_mem buffer, size_t offset, size
         return RVS_OK;
     cl_int err =
         clEnqueueWriteBuffer(ctx->queue, buffer, CL_TRUE, offset, bytes, host, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
+    if (err != CL_SUCCESS) {
         rvs_log(RVS_LOG_ERROR, "devmem", "writing %zu bytes to the device failed: %s", bytes,
                 rvs_strerror(err));
+        return err;
+    }
+    ctx->counters.writes++;
+    ctx->counters.bytes_to_device += bytes;
+    return err;
+}
+
+int rvs_buffer_write_async(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
+                           const void *host)
+{
+    if (bytes == 0)
+        return RVS_OK;
+    cl_int err =
+        clEnqueueWriteBuffer(ctx->queue, buffer, CL_FALSE, offset, bytes, host, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        rvs_log(RVS_LOG_ERROR, "devmem", "writing %zu bytes to the device failed: %s", bytes,
+                rvs_strerror(err));
+        return err;
+    }
+    ctx->counters.writes++;
+    ctx->counters.bytes_to_device += bytes;
+    return err;
+}
+
+int rvs_buffer_fill(struct rvs_context *ctx, cl_mem buffer, const void *pattern,
+                    size_t pattern_size, size_t offset, size_t bytes)
+{
+    if (bytes == 0)
+        return RVS_OK;
+    cl_int err = clEnqueueFillBuffer(ctx->queue, buffer, pattern, pattern_size, offset, bytes, 0,
+                                     NULL, NULL);
+    if (err != CL_SUCCESS) {
+        rvs_log(RVS_LOG_ERROR, "devmem", "filling %zu bytes on the device failed: %s", bytes,
+                rvs_strerror(err));
+        return err;
+    }
+    ctx->counters.fills++;
     return err;
 }
 
@@ -44,9 +211,13 @@ int rvs_buffer_read(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_
         return RVS_OK;
     cl_int err =
         clEnqueueReadBuffer(ctx->queue, buffer, CL_TRUE, offset, bytes, host, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
+    if (err != CL_SUCCESS) {
         rvs_log(RVS_LOG_ERROR, "devmem", "reading %zu bytes from the device failed: %s", bytes,
                 rvs_strerror(err));
+        return err;
+    }
+    ctx->counters.reads++;
+    ctx->counters.bytes_from_device += bytes;
     return err;
 }
 
@@ -68,10 +239,23 @@ int rvs_buffer_check_size(const char *module, cl_mem buffer, size_t bytes, const
 
 void rvs_buffer_release(cl_mem *buffer)
 {
-    if (buffer && *buffer) {
-        clReleaseMemObject(*buffer);
-        *buffer = NULL;
+    if (!buffer || !*buffer)
+        return;
+    pthread_mutex_lock(&held_lock);
+    for (struct held **p = &held_table[held_bucket(*buffer)]; *p; p = &(*p)->next) {
+        if ((*p)->mem != *buffer)
+            continue;
+        struct held *h = *p;
+        struct rvs_context_counters *c = &h->ctx->counters;
+        c->mem_current -= h->bytes;
+        c->buffers_released++;
+        *p = h->next;
+        free(h);
+        break;
     }
+    pthread_mutex_unlock(&held_lock);
+    clReleaseMemObject(*buffer);
+    *buffer = NULL;
 }
 
 static void kernel_name(cl_kernel kernel, char *name, size_t size)
@@ -116,13 +300,24 @@ int rvs_kernel_launch_2d(struct rvs_context *ctx, cl_kernel kernel, size_t n0, s
         local1 /= 2;
     size_t global[2] = {round_up(n0, local0), round_up(n1, local1)};
     size_t local[2] = {local0, local1};
-    cl_int err = clEnqueueNDRangeKernel(ctx->queue, kernel, n1 > 1 || local1 > 1 ? 2 : 1, NULL,
-                                        global, local, 0, NULL, NULL);
+    return rvs_kernel_launch_nd(ctx, kernel, n1 > 1 || local1 > 1 ? 2 : 1, global, local);
+}
+
+/* The one place our kernels are enqueued (and counted). */
+int rvs_kernel_launch_nd(struct rvs_context *ctx, cl_kernel kernel, cl_uint dims,
+                         const size_t *global, const size_t *local)
+{
+    cl_int err =
+        clEnqueueNDRangeKernel(ctx->queue, kernel, dims, NULL, global, local, 0, NULL, NULL);
     if (err != CL_SUCCESS) {
         char name[128];
         kernel_name(kernel, name, sizeof name);
-        rvs_log(RVS_LOG_ERROR, "devmem", "launch of %s (%zu x %zu, local %zu x %zu) failed: %s",
-                name, global[0], global[1], local0, local1, rvs_strerror(err));
+        rvs_log(RVS_LOG_ERROR, "devmem", "launch of %s (%u-D, %zu x %zu, local %zu x %zu) "
+                "failed: %s", name, dims, global[0], dims > 1 ? global[1] : 1,
+                local ? local[0] : 0, local && dims > 1 ? local[1] : local ? 1 : 0,
+                rvs_strerror(err));
+        return err;
     }
+    ctx->counters.kernel_launches++;
     return err;
 }

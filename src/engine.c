@@ -138,7 +138,7 @@ static int upload(struct rvs_engine *g, cl_mem buf, const void *host, size_t byt
     int status = RVS_OK;
     if (bytes == 0)
         return RVS_OK;
-    RVS_CL_TRY(clEnqueueWriteBuffer(g->ctx->queue, buf, CL_FALSE, 0, bytes, host, 0, NULL, NULL));
+    RVS_TRY(rvs_buffer_write_async(g->ctx, buf, 0, bytes, host));
     g->stats.bytes_in += bytes;
 cleanup:
     return status;
@@ -1187,9 +1187,9 @@ int rvs_engine_continuum(struct rvs_engine *g, double *chisq_arm, double *const 
             RVS_TRY(upload(g, g->sidx.mem, sidx, Ea * sizeof(cl_int)));
             g->stats.calls[RVS_ENGINE_STAGE_UPLOAD]++;
             /* rvspecfit's get_chisq_continuum: a template of ones, through the resolution */
-            RVS_CL_TRY(clEnqueueFillBuffer(ctx->queue, g->model.mem,
-                                           fp64 ? (const void *)&one : (const void *)&onef, es,
-                                           0, Ea * r->n * es, 0, NULL, NULL));
+            RVS_TRY(rvs_buffer_fill(ctx, g->model.mem,
+                                    fp64 ? (const void *)&one : (const void *)&onef, es, 0,
+                                    Ea * r->n * es));
             cl_mem m = g->model.mem;
             if (r->ndiag) {
                 RVS_TRY(rvs_resolution_apply(ctx, r->rdata, S, r->ndiag, r->n, m, g->sidx.mem, Ea,

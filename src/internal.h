@@ -102,6 +102,19 @@ void rvs_program_entries_free(struct rvs_program_entry *entries);
 /* clFFT's process-wide setup, reference counted (src/fft.c). */
 int rvs_fft_acquire(void);
 void rvs_fft_release(void);
+/* clFFT calls counted in ctx->counters (src/fft.c); `plan` is a clfftPlanHandle (a size_t in
+ * clFFT.h); the results are clfftStatus values. Baking records the plan's intermediate buffer
+ * (clfftGetTmpBufSize) as device memory until the plan is destroyed here. */
+int rvs_fft_plan_bake(struct rvs_context *ctx, size_t plan);
+void rvs_fft_plan_destroy(struct rvs_context *ctx, size_t *plan);
+int rvs_fft_transform(struct rvs_context *ctx, size_t plan, int forward, cl_mem buffer);
+
+/* Device memory counted beyond rvs_buffer_create (src/devmem.c): a context's entries are dropped
+ * when it is destroyed; clFFT work space held (add) or given back; a CLBlast GEMM's work space
+ * for the duration of the call. */
+void rvs_devmem_forget_context(struct rvs_context *ctx);
+void rvs_devmem_fft_work(struct rvs_context *ctx, size_t bytes, int add);
+void rvs_devmem_gemm_work(struct rvs_context *ctx, size_t bytes);
 
 /* Known-answer self-test of the built kernels (src/selftest.c). */
 int rvs_selftest_run(struct rvs_context *ctx);

@@ -52,6 +52,7 @@ struct rotation_plan {
 };
 
 struct rvs_rotation {
+    struct rvs_context *ctx; /* where its clFFT plans' work space is counted */
     size_t npix;
     int is_double;
     enum rvs_rotation_path path;
@@ -167,6 +168,7 @@ int rvs_rotation_create(struct rvs_context *ctx, size_t npix, struct rvs_rotatio
     rot = rvs_calloc(1, sizeof *rot);
     if (!rot)
         return RVS_ERR_NOMEM;
+    rot->ctx = ctx;
     rot->npix = npix;
     rot->is_double = ctx->use_fp64;
     rot->fft_min_default = rotation_default_threshold(ctx);
@@ -200,7 +202,7 @@ void rvs_rotation_destroy(struct rvs_rotation **rotp)
     struct rvs_rotation *rot = *rotp;
     for (size_t i = 0; i < ROTATION_MAX_PLANS; i++)
         if (rot->plans[i].used)
-            clfftDestroyPlan(&rot->plans[i].handle);
+            rvs_fft_plan_destroy(rot->ctx, &rot->plans[i].handle);
     cl_kernel *kernels[] = {&rot->k_direct, &rot->k_pad, &rot->k_kernel_pad, &rot->k_multiply,
                             &rot->k_crop};
     for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++)
@@ -302,7 +304,7 @@ static int get_plan(struct rvs_context *ctx, struct rvs_rotation *rot, size_t le
         for (size_t i = 1; i < ROTATION_MAX_PLANS; i++)
             if (rot->plans[i].last_use < rot->plans[slot].last_use)
                 slot = i;
-        clfftDestroyPlan(&rot->plans[slot].handle);
+        rvs_fft_plan_destroy(ctx, &rot->plans[slot].handle);
         rot->plans[slot].used = 0;
     }
     clfftPlanHandle h;
@@ -332,13 +334,13 @@ static int get_plan(struct rvs_context *ctx, struct rvs_rotation *rot, size_t le
                               : clfftSetPlanDistance(h, complex_dist, real_dist),
                       "clfftSetPlanDistance", len, batch));
     RVS_TRY(fft_check(clfftSetPlanBatchSize(h, batch), "clfftSetPlanBatchSize", len, batch));
-    RVS_TRY(fft_check(clfftBakePlan(h, 1, &ctx->queue, NULL, NULL), "clfftBakePlan", len, batch));
+    RVS_TRY(fft_check((clfftStatus)rvs_fft_plan_bake(ctx, h), "clfftBakePlan", len, batch));
     rvs_log(RVS_LOG_DEBUG, "rotation", "baked %s FFT plan: length %zu, batch %zu, %s",
             forward ? "forward" : "inverse", len, batch, rot->is_double ? "double" : "single");
     *handle = h;
 cleanup:
     if (status != RVS_OK && rot->plans[slot].used) { /* never keep a half-made plan */
-        clfftDestroyPlan(&rot->plans[slot].handle);
+        rvs_fft_plan_destroy(ctx, &rot->plans[slot].handle);
         rot->plans[slot].used = 0;
     }
     return status;
@@ -413,11 +415,9 @@ static int apply_fft(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem i
         RVS_TRY(rvs_kernel_arg(k, 8, sizeof stride_i, &stride_i));
         RVS_TRY(rvs_kernel_launch_2d(ctx, k, stride, slots_b, 0, 1));
 
-        RVS_TRY(fft_check(clfftEnqueueTransform(fwd_slots, CLFFT_FORWARD, 1, &ctx->queue, 0, NULL,
-                                                NULL, &rot->hwork, NULL, NULL),
+        RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, fwd_slots, 1, rot->hwork),
                           "clfftEnqueueTransform(kernels)", len, slots_b));
-        RVS_TRY(fft_check(clfftEnqueueTransform(fwd_rows, CLFFT_FORWARD, 1, &ctx->queue, 0, NULL,
-                                                NULL, &rot->work, NULL, NULL),
+        RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, fwd_rows, 1, rot->work),
                           "clfftEnqueueTransform(templates)", len, rows_b));
 
         k = rot->k_multiply;
@@ -431,8 +431,7 @@ static int apply_fft(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem i
         RVS_TRY(rvs_kernel_launch_2d(ctx, k, nfreq, nrows, 0, 1));
 
         /* clFFT's default backward scale is 1/len, which completes the inverse */
-        RVS_TRY(fft_check(clfftEnqueueTransform(inv_rows, CLFFT_BACKWARD, 1, &ctx->queue, 0, NULL,
-                                                NULL, &rot->work, NULL, NULL),
+        RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, inv_rows, 0, rot->work),
                           "clfftEnqueueTransform(inverse)", len, rows_b));
 
         k = rot->k_crop;

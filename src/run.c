@@ -53,6 +53,17 @@ struct stage_times {
     double open, select, read, prepare, fitter_create, fit, write, wait, wall;
 };
 
+/* Device commands per rvs_fitter_fit call (one batch), from the context's counters. */
+struct batch_stats {
+    size_t batches;
+    size_t size_min, size_max; /* spectra per batch */
+    unsigned long long cmd_min, cmd_max; /* device commands of one batch */
+    size_t cmd_min_size, cmd_max_size;   /* the sizes of those batches */
+    unsigned long long engine_calls;
+    size_t with_calls;                   /* batches that made engine calls */
+    double per_call_min, per_call_max;   /* commands / engine calls of one batch */
+};
+
 struct rvs_run {
     struct rvs_context *ctx;
     struct rvs_run_options options;
@@ -74,6 +85,7 @@ struct rvs_run {
     size_t ntemplates;
 
     struct stage_times times;
+    struct batch_stats batch;
     size_t files, failed, targets, spectra_fitted;
 };
 
@@ -356,6 +368,54 @@ static void progress_clear(void)
     fflush(stderr);
 }
 
+/* Counters before a batch's fit, and what the batch did, for --profile. */
+static void batch_begin(const struct rvs_run *run, struct rvs_context_counters *c0,
+                        struct rvs_fit_profile *p0)
+{
+    memset(c0, 0, sizeof *c0);
+    memset(p0, 0, sizeof *p0);
+    if (run->ctx)
+        rvs_context_counters_get(run->ctx, c0);
+    run->ops->profile(run->fitter, p0);
+}
+
+static void batch_end(struct rvs_run *run, const struct rvs_context_counters *c0,
+                      const struct rvs_fit_profile *p0, size_t count)
+{
+    struct rvs_context_counters c1;
+    struct rvs_fit_profile p1;
+    memset(&c1, 0, sizeof c1);
+    memset(&p1, 0, sizeof p1);
+    if (run->ctx)
+        rvs_context_counters_get(run->ctx, &c1);
+    run->ops->profile(run->fitter, &p1);
+    unsigned long long cmd = rvs_context_counters_commands(&c1) - rvs_context_counters_commands(c0);
+    unsigned long long calls = p1.engine_calls - p0->engine_calls;
+    struct batch_stats *b = &run->batch;
+    if (b->batches == 0 || count < b->size_min)
+        b->size_min = count;
+    if (b->batches == 0 || count > b->size_max)
+        b->size_max = count;
+    if (b->batches == 0 || cmd < b->cmd_min) {
+        b->cmd_min = cmd;
+        b->cmd_min_size = count;
+    }
+    if (b->batches == 0 || cmd > b->cmd_max) {
+        b->cmd_max = cmd;
+        b->cmd_max_size = count;
+    }
+    if (calls > 0) {
+        double per_call = (double)cmd / (double)calls;
+        if (b->with_calls == 0 || per_call < b->per_call_min)
+            b->per_call_min = per_call;
+        if (b->with_calls == 0 || per_call > b->per_call_max)
+            b->per_call_max = per_call;
+        b->with_calls++;
+    }
+    b->engine_calls += calls;
+    b->batches++;
+}
+
 /* Fits every selected row; rows and models (zeroed, [nsel][nwave]) are filled. */
 static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
                          const struct rvs_selection *sel, struct rvs_output_row *rows,
@@ -423,9 +483,14 @@ static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
         for (int a = 0; a < RVS_DESI_NARMS; a++)
             if (models[a])
                 batch_models[a] = models[a] + cur->first * run->fitter_nwave[a];
+        struct rvs_context_counters c0;
+        struct rvs_fit_profile p0;
+        batch_begin(run, &c0, &p0);
         double t0 = now_seconds();
         status = run->ops->fit(run->fitter, &cur->prepared, rows + cur->first, batch_models);
         run->times.fit += now_seconds() - t0;
+        if (status == RVS_OK)
+            batch_end(run, &c0, &p0, cur->count);
         if (status != RVS_OK) {
             rvs_log(RVS_LOG_ERROR, MODULE, "%s: fitting rows %zu..%zu failed: %s", input,
                     cur->first, cur->first + cur->count - 1, rvs_strerror(status));
@@ -612,6 +677,83 @@ int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status 
 
 /* ------------------------------------------------------------------ --profile */
 
+/* bytes with a binary unit, e.g. "12.3 MiB" */
+static const char *format_bytes(unsigned long long bytes, char *buf, size_t size)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    size_t u = 0;
+    while (v >= 1024 && u + 1 < sizeof units / sizeof units[0]) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%llu B", bytes);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+/* Device commands, per-batch spread, transfers and device memory (the context's counters since
+ * the caller's last rvs_context_counters_reset), then every number once more as key=value pairs
+ * on one "rvsfit-cl profile-data:" line for scripts (benchmarks/bench-e2e). */
+static void print_device_work(const struct rvs_run *run, const struct rvs_fit_profile *p,
+                              FILE *out)
+{
+    const struct stage_times *t = &run->times;
+    const struct batch_stats *b = &run->batch;
+    struct rvs_context_counters c;
+    char b1[32], b2[32], b3[32], b4[32];
+    memset(&c, 0, sizeof c);
+    if (run->ctx)
+        rvs_context_counters_get(run->ctx, &c);
+    unsigned long long commands = rvs_context_counters_commands(&c);
+    fprintf(out, "  device commands %llu: kernel launches %llu, GEMM calls %llu, FFT transforms "
+                 "%llu, buffer fills %llu\n",
+            commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills);
+    if (b->batches > 0) {
+        fprintf(out, "  per batch: %zu batch(es) of %zu..%zu spectra; %llu (batch of %zu) to %llu "
+                     "(batch of %zu) commands",
+                b->batches, b->size_min, b->size_max, b->cmd_min, b->cmd_min_size, b->cmd_max,
+                b->cmd_max_size);
+        if (b->with_calls > 0)
+            fprintf(out, ", %.1f to %.1f per engine call", b->per_call_min, b->per_call_max);
+        fputc('\n', out);
+    } else {
+        fprintf(out, "  per batch: no batch fitted\n");
+    }
+    fprintf(out, "  transfers: %s to the device in %llu writes, %s back in %llu reads; %s "
+                 "mapped in %llu maps (OpenBLAS path; no copy on CPU devices)\n",
+            format_bytes(c.bytes_to_device, b1, sizeof b1), c.writes,
+            format_bytes(c.bytes_from_device, b2, sizeof b2), c.reads,
+            format_bytes(c.bytes_mapped, b3, sizeof b3), c.maps);
+    fprintf(out, "  device memory: peak %s in rvsfit-cl's buffers (%llu made, %llu released), "
+                 "%s with the libraries' work space (clFFT plans %s now, largest CLBlast GEMM "
+                 "%s)\n",
+            format_bytes(c.mem_peak, b1, sizeof b1), c.buffers_created, c.buffers_released,
+            format_bytes(c.mem_peak_total, b2, sizeof b2), format_bytes(c.fft_work, b3, sizeof b3),
+            format_bytes(c.gemm_work_max, b4, sizeof b4));
+    fprintf(out, "rvsfit-cl profile-data: files=%zu failed=%zu targets=%zu spectra=%zu "
+                 "wall_s=%.6f open_s=%.6f select_s=%.6f read_s=%.6f prepare_s=%.6f "
+                 "write_s=%.6f setup_s=%.6f fit_s=%.6f wait_s=%.6f ccf_s=%.6f optimizer_s=%.6f "
+                 "posterior_s=%.6f hessian_s=%.6f models_s=%.6f engine_calls=%llu "
+                 "evaluations=%llu commands=%llu kernel_launches=%llu gemm_calls=%llu "
+                 "fft_transforms=%llu fills=%llu batches=%zu batch_min=%zu batch_max=%zu "
+                 "batch_commands_min=%llu batch_commands_max=%llu commands_per_call_min=%.3f "
+                 "commands_per_call_max=%.3f writes=%llu reads=%llu maps=%llu "
+                 "bytes_to_device=%llu bytes_from_device=%llu bytes_mapped=%llu "
+                 "buffers_created=%llu buffers_released=%llu mem_peak=%zu mem_peak_total=%zu "
+                 "fft_work=%zu gemm_work_max=%zu\n",
+            run->files, run->failed, run->targets, run->spectra_fitted, t->wall, t->open,
+            t->select, t->read, t->prepare, t->write, t->fitter_create, t->fit, t->wait, p->ccf,
+            p->optimizer, p->posterior, p->hessian, p->models, p->engine_calls, p->evaluations,
+            commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills, b->batches,
+            b->size_min, b->size_max, b->cmd_min, b->cmd_max, b->per_call_min, b->per_call_max,
+            c.writes, c.reads, c.maps, c.bytes_to_device, c.bytes_from_device, c.bytes_mapped,
+            c.buffers_created, c.buffers_released, c.mem_peak, c.mem_peak_total, c.fft_work,
+            c.gemm_work_max);
+}
+
 void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
 {
     const struct stage_times *t = &run->times;
@@ -646,4 +788,5 @@ void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
         fprintf(out, "  throughput %.1f spectra/s of fit time, %.1f spectra/s overall\n",
                 (double)run->spectra_fitted / t->fit,
                 t->wall > 0 ? (double)run->spectra_fitted / t->wall : 0.0);
+    print_device_work(run, &p, out);
 }

@@ -19,22 +19,10 @@
 /* Uploads host data into a new read-write buffer. */
 static int upload(struct rvs_context *ctx, const void *data, size_t size, cl_mem *buf)
 {
-    cl_int err;
-    *buf = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, size,
-                          (void *)data, &err);
-    if (err != CL_SUCCESS) {
-        rvs_cl_log_failure(err, "clCreateBuffer", __FILE__, __LINE__);
-        *buf = NULL;
-    }
-    return err;
+    return rvs_buffer_create(ctx, CL_MEM_READ_WRITE, size, data, buf);
 }
 
-static void release(cl_mem *buf)
-{
-    if (*buf)
-        clReleaseMemObject(*buf);
-    *buf = NULL;
-}
+static void release(cl_mem *buf) { rvs_buffer_release(buf); }
 
 static int check_axpy(struct rvs_context *ctx, char *detail, size_t detail_size)
 {
@@ -59,8 +47,8 @@ static int check_axpy(struct rvs_context *ctx, char *detail, size_t detail_size)
     size_t local = 64, global = (N + local - 1) / local * local;
     if (local > ctx->caps.max_work_group_size)
         local = global = N;
-    RVS_CL_TRY(clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, &local, 0, NULL, NULL));
-    RVS_CL_TRY(clEnqueueReadBuffer(ctx->queue, dy, CL_TRUE, 0, sizeof y, y, 0, NULL, NULL));
+    RVS_TRY(rvs_kernel_launch_nd(ctx, k, 1, &global, &local));
+    RVS_TRY(rvs_buffer_read(ctx, dy, 0, sizeof y, y));
     for (int i = 0; i < N; i++)
         if (y[i] != 5.0f * (float)i) {
             snprintf(detail, detail_size, "y[%d] = %g, expected %g", i, y[i], 5.0 * i);
@@ -95,9 +83,8 @@ static int check_sum(struct rvs_context *ctx, char *detail, size_t detail_size)
     RVS_CL_TRY(clSetKernelArg(k, 1, sizeof n, &n));
     RVS_CL_TRY(clSetKernelArg(k, 2, sizeof dout, &dout));
     size_t local = 64, global = 64;
-    RVS_CL_TRY(clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, &local, 0, NULL, NULL));
-    RVS_CL_TRY(
-        clEnqueueReadBuffer(ctx->queue, dout, CL_TRUE, 0, sizeof result, &result, 0, NULL, NULL));
+    RVS_TRY(rvs_kernel_launch_nd(ctx, k, 1, &global, &local));
+    RVS_TRY(rvs_buffer_read(ctx, dout, 0, sizeof result, &result));
     /* n(n+1)/2 = 8402950 < 2^24: exact in float whatever the accumulation order */
     if (result != 8402950.0f) {
         snprintf(detail, detail_size, "sum = %.1f, expected 8402950", result);
@@ -156,8 +143,7 @@ static int check_gemm(struct rvs_context *ctx, int is_double, char *detail, size
         else
             RVS_TRY(rvs_gemm_f32(ctx, tr, tr, 3, 4, 2, 2.0f, da, 0, lda, db, 0, ldb, 1.0f, dc, 0,
                                  4));
-        RVS_CL_TRY(
-            clEnqueueReadBuffer(ctx->queue, dc, CL_TRUE, 0, 12 * es, c_host, 0, NULL, NULL));
+        RVS_TRY(rvs_buffer_read(ctx, dc, 0, 12 * es, c_host));
         for (int i = 0; i < 12; i++) {
             double got = is_double ? ((double *)c_host)[i] : ((float *)c_host)[i];
             if (got != expect[i]) {

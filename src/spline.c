@@ -197,8 +197,7 @@ int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *
     RVS_TRY(rvs_kernel_arg(grid->construct, 4, sizeof(cl_mem), &coeffs));
     /* the kernel requires exactly SPLINE_GROUP work-items per group; checked at grid creation */
     size_t local = SPLINE_GROUP, global = (T + SPLINE_GROUP - 1) / SPLINE_GROUP * SPLINE_GROUP;
-    RVS_CL_TRY(clEnqueueNDRangeKernel(ctx->queue, grid->construct, 1, NULL, &global, &local, 0,
-                                      NULL, NULL));
+    RVS_TRY(rvs_kernel_launch_nd(ctx, grid->construct, 1, &global, &local));
 cleanup:
     return status;
 }

@@ -247,7 +247,7 @@ static int zero_buffer(struct rvs_context *ctx, cl_mem buf, size_t bytes)
 {
     int status = RVS_OK;
     const cl_uint zero = 0;
-    RVS_CL_TRY(clEnqueueFillBuffer(ctx->queue, buf, &zero, sizeof zero, 0, bytes, 0, NULL, NULL));
+    RVS_TRY(rvs_buffer_fill(ctx, buf, &zero, sizeof zero, 0, bytes));
 cleanup:
     return status;
 }

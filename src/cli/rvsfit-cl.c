@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "options.h"
@@ -131,7 +133,8 @@ static const struct rvs_cli_option cli_options[] = {
     {"batch-size", required_argument, OPT_BATCH_SIZE, "N", "at most N spectra per device batch (default: as many as device memory allows)", G_DEVICE},
     {"no-overlap", no_argument, OPT_NO_OVERLAP, NULL, "read and prepare each batch only after the previous fit (default: on a host thread, "
      "during it)", G_DEVICE},
-    {"profile", no_argument, OPT_PROFILE, NULL, "print the time of every stage, host and device, at the end", G_DEVICE},
+    {"profile", no_argument, OPT_PROFILE, NULL, "print the time of every stage, host and device, the device work (commands, transfers, "
+     "memory) and the host memory at the end", G_DEVICE},
     {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL", "DEBUG, INFO, WARNING (default), ERROR or CRITICAL", G_MSG},
     {"log", required_argument, OPT_LOG, "FILE", "append messages to FILE instead of stderr", G_MSG},
     {"quiet", no_argument, OPT_QUIET, NULL, "only errors (same as --log-level ERROR)", G_MSG},
@@ -777,6 +780,33 @@ static void show_config(const struct settings *s, const struct effective *e)
 
 /* ------------------------------------------------------------------ actions */
 
+/* Monotonic seconds; main() records its start for --profile's end-to-end line. */
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double program_start;
+
+/* --profile's last lines: what only the program knows (host memory, its whole run). */
+static void print_process_profile(const struct rvs_run *run, FILE *out)
+{
+    struct rusage ru;
+    long rss_kib = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1; /* KiB on Linux */
+    double elapsed = now_seconds() - program_start;
+    size_t targets = 0;
+    rvs_run_totals(run, NULL, NULL, &targets);
+    double rate = elapsed > 0 ? (double)targets / elapsed : 0.0;
+    fprintf(out, "  host peak RSS %.1f MiB\n", rss_kib >= 0 ? (double)rss_kib / 1024.0 : -1.0);
+    fprintf(out, "  end to end %.3f s (program start to now: device set-up, self-test and "
+                 "libraries included), %.2f spectra/s\n",
+            elapsed, rate);
+    fprintf(out, "rvsfit-cl profile-data: rss_max_kib=%ld e2e_s=%.6f e2e_spectra_per_s=%.6f\n",
+            rss_kib, elapsed, rate);
+}
+
 static int exit_for_status(int status)
 {
     return status == RVS_OK ? RVS_EXIT_OK : RVS_EXIT_DEVICE;
@@ -879,6 +909,8 @@ static int run_files(const struct settings *s, const struct effective *e, const 
     }
     rvs_log(RVS_LOG_INFO, "cli", "device: %s (%s), driver %s", ctx->caps.device_name,
             ctx->caps.platform_name, ctx->caps.driver_version);
+    /* --profile counts the run's device work, not the self-test's */
+    rvs_context_counters_reset(ctx);
 
     struct rvs_run_options ro;
     rvs_run_options_init(&ro);
@@ -966,8 +998,10 @@ static int run_files(const struct settings *s, const struct effective *e, const 
             nfiles, nfailed, ntargets);
     if (nfailed)
         rvs_log(RVS_LOG_WARNING, "cli", "%zu of %zu file(s) failed", nfailed, nfiles);
-    if (s->profile)
+    if (s->profile) {
         rvs_run_print_profile(run, stderr);
+        print_process_profile(run, stderr);
+    }
 cleanup:
     rvs_run_destroy(&run);
     rvs_context_destroy(&ctx);
@@ -978,6 +1012,7 @@ cleanup:
 
 int main(int argc, char **argv)
 {
+    program_start = now_seconds();
     struct option long_options[NUM_OPTIONS + 1];
     /* a leading ':' makes getopt report a missing argument as ':' */
     char short_options[3 * NUM_OPTIONS + 2] = ":";

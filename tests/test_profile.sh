@@ -1,0 +1,104 @@
+#!/bin/sh
+# test_profile.sh: rvsfit-cl --profile's device-work report (issue #7): the lines the man page
+# documents, the "rvsfit-cl profile-data:" key=value lines benchmarks/bench-e2e reads, and the
+# batching invariant seen from the command line.
+#
+# Invariant: every engine call costs the same fixed sequence of device commands whatever the
+# number of requests in it (asserted exactly in tests/test_counters.c), so the commands per engine
+# call of a batch must not depend on the batch size: fitting the same targets one per batch and
+# all in one batch gives the same commands per engine call (within 10%: the mix of call kinds
+# differs a little). What batching should also give, and the fitter of 2026-11 does not yet
+# (its engine calls add up over the spectra of a batch instead of being shared), is a batch of N
+# costing about the commands of its slowest single target rather than the sum: that ratio is
+# printed, and required (<= 1.5) only with RVSFIT_CL_STRICT_BATCHING=1.
+#
+# Cost: on PoCL two stars in arm b, fitted twice (~20 s on two cores); on a GPU all 10 stars of
+# examples/, three arms, seconds.
+. "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+require_device
+RVSFIT_CL_DATADIR="$top_srcdir/data"
+export RVSFIT_CL_DATADIR
+example="$top_srcdir/examples/coadd-main-bright-10000.fits"
+cd "$scratch" || exit 1
+
+# value KEY FILE: KEY's value on the profile-data lines of FILE
+value() {
+    sed -n 's/^rvsfit-cl profile-data: //p' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1
+}
+
+# --- the report without a fit (an empty selection): every line, zero device work
+run 0 "--profile, nothing selected" -- "$RVSFIT_CL" --profile --targetid 1 --no-subdirs \
+    --output-dir empty "$example"
+for pattern in "^rvsfit-cl profile: 1 file\(s\), 0 failed, 0 target\(s\) written" \
+    "host   read spectra" "device fit \(all stages\)" "engine calls 0, model evaluations 0" \
+    "device commands 0: kernel launches 0, GEMM calls 0, FFT transforms 0, buffer fills 0" \
+    "per batch: no batch fitted" "transfers: 0 B to the device in 0 writes" \
+    "device memory: peak 0 B in rvsfit-cl's buffers" "host peak RSS [0-9.]+ MiB" \
+    "end to end [0-9.]+ s" "^rvsfit-cl profile-data: files=1 failed=0 targets=0 " \
+    "^rvsfit-cl profile-data: rss_max_kib=[0-9]+ e2e_s=[0-9.]+ e2e_spectra_per_s="; do
+    expect_in err "$pattern" "--profile line /$pattern/"
+done
+keys="files targets spectra wall_s open_s select_s read_s prepare_s write_s setup_s fit_s ccf_s
+optimizer_s posterior_s hessian_s models_s engine_calls evaluations commands kernel_launches
+gemm_calls fft_transforms fills batches batch_min batch_max batch_commands_min batch_commands_max
+commands_per_call_min commands_per_call_max bytes_to_device bytes_from_device bytes_mapped
+mem_peak mem_peak_total fft_work gemm_work_max rss_max_kib e2e_s e2e_spectra_per_s"
+for k in $keys; do
+    [ -n "$(value "$k" "$scratch/err")" ] || fail "profile-data has no $k"
+done
+
+# --- the same targets one per batch and all in one batch
+if "$RVSFIT_CL" --self-test 2>/dev/null | grep -q '\[CPU\]'; then
+    printf '39627000002000210\n39627000004000274\n' > ids.txt
+    n=2
+    subset="--fitarm b --targetid-file-from ids.txt"
+else
+    n=10
+    subset=""
+fi
+# shellcheck disable=SC2086
+run 0 "one target per batch" -- "$RVSFIT_CL" --profile --batch-size 1 --no-subdirs \
+    --output-dir one $subset "$example"
+cp "$scratch/err" one.err
+# shellcheck disable=SC2086
+run 0 "all targets in one batch" -- "$RVSFIT_CL" --profile --batch-size "$n" --no-subdirs \
+    --output-dir all $subset "$example"
+cp "$scratch/err" all.err
+sed -n 's/^  \(per batch: .*\)/one per batch:  \1/p' one.err
+sed -n 's/^  \(per batch: .*\)/all in one:     \1/p' all.err
+
+[ "$(value batches one.err)" = "$n" ] || fail "batch size 1: $(value batches one.err) batches"
+[ "$(value batch_max one.err)" = 1 ] || fail "batch size 1: largest batch $(value batch_max one.err)"
+[ "$(value batches all.err)" = 1 ] || fail "batch size $n: $(value batches all.err) batches"
+[ "$(value batch_min all.err)" = "$n" ] || fail "batch size $n: batch of $(value batch_min all.err)"
+for f in one.err all.err; do
+    c=$(value commands $f) l=$(value kernel_launches $f) g=$(value gemm_calls $f)
+    t=$(value fft_transforms $f) fl=$(value fills $f) bmax=$(value batch_commands_max $f)
+    [ "$c" -eq $((l + g + t + fl)) ] || fail "$f: commands $c != $l + $g + $t + $fl"
+    [ "$c" -ge "$bmax" ] && [ "$bmax" -gt 0 ] || fail "$f: batch commands $bmax, total $c"
+    [ "$(value mem_peak $f)" -gt 0 ] || fail "$f: no device memory counted"
+    [ "$(value bytes_to_device $f)" -gt 0 ] && [ "$(value bytes_from_device $f)" -gt 0 ] ||
+        fail "$f: no transfers counted"
+done
+
+# commands per engine call: the same for both batch sizes
+awk -v a1="$(value commands_per_call_min one.err)" -v b1="$(value commands_per_call_max one.err)" \
+    -v a2="$(value commands_per_call_min all.err)" -v b2="$(value commands_per_call_max all.err)" \
+    'BEGIN { ok = a1 > 0 && a2 >= 0.9 * a1 && b2 <= 1.1 * b1
+             printf "commands per engine call: %.2f..%.2f one per batch, %.2f..%.2f all in one\n",
+                    a1, b1, a2, b2
+             exit !ok }' || fail "commands per engine call depend on the batch size"
+
+# commands of the batch of n against its slowest single target
+ratio=$(awk -v all="$(value batch_commands_max all.err)" -v one="$(value batch_commands_max one.err)" \
+    'BEGIN { printf "%.2f", all / one }')
+echo "commands of one batch of $n / of the costliest batch of 1: $ratio (ideal batching: ~1)"
+if [ "${RVSFIT_CL_STRICT_BATCHING:-0}" = 1 ]; then
+    awk -v r="$ratio" 'BEGIN { exit !(r <= 1.5) }' ||
+        fail "a batch of $n costs $ratio x its costliest target's commands (want <= 1.5)"
+elif awk -v r="$ratio" 'BEGIN { exit !(r > 1.5) }'; then
+    echo "NOTE: the fitter's device commands grow with the batch (RVSFIT_CL_STRICT_BATCHING=1 fails on this)"
+fi
+
+finish
