@@ -384,7 +384,9 @@ static void *worker(void *arg)
     struct pool *p = arg;
     size_t npix = rvs_synth_npix(p->synth);
     double *flux = malloc(npix * sizeof *flux);
-    if (!flux) {
+    struct rvs_synth_work *work = NULL;
+    if (!flux || rvs_synth_work_create(p->synth, &work) != RVS_OK) {
+        free(flux);
         pthread_mutex_lock(&p->lock);
         p->fatal = 1;
         pthread_mutex_unlock(&p->lock);
@@ -397,7 +399,7 @@ static void *worker(void *arg)
         if (i >= p->count)
             break;
         const struct rvs_synth_params *par = &p->points[p->first + i];
-        int st = rvs_synth_spectrum(p->synth, par, flux, NULL);
+        int st = rvs_synth_spectrum_work(p->synth, work, par, flux, NULL);
         for (int a = 0; a < RVS_MKGRID_NARMS && st == RVS_OK; a++) {
             if (!(p->arms & (1u << a)))
                 continue;
@@ -419,6 +421,7 @@ static void *worker(void *arg)
         }
     }
     free(flux);
+    rvs_synth_work_destroy(&work);
     return NULL;
 }
 
