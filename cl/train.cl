@@ -153,7 +153,7 @@ __kernel void rvs_train_loss(__global float *y, __global const float *params, ui
                              __global const float *d0, __global const float *sd0,
                              __global const float *data, __global const uint *rows_idx,
                              uint rows_off, uint cols, uint rows, float gscale, uint with_grad,
-                             __global rvs_acc *loss_acc, __global float *grads)
+                             uint squared, __global rvs_acc *loss_acc, __global float *grads)
 {
     size_t j = get_global_id(0);
     if (j >= cols)
@@ -165,10 +165,11 @@ __kernel void rvs_train_loss(__global float *y, __global const float *params, ui
     for (uint e = 0; e < rows; e++) {
         size_t i = (size_t)e * cols + j;
         float r = (y[i] + b) * s + m - data[(size_t)rows_idx[rows_off + e] * cols + j];
-        rvs_ksum_add(&l, fabs(r));
+        rvs_ksum_add(&l, squared ? r * r : fabs(r));
         if (with_grad) {
-            /* torch's l1_loss gradient: sign, 0 at 0 */
-            float g = r > 0.0f ? s * gscale : r < 0.0f ? -s * gscale : 0.0f;
+            /* torch's l1_loss gradient: sign, 0 at 0; mse_loss: 2 r */
+            float g = squared ? 2.0f * r * s * gscale
+                              : r > 0.0f ? s * gscale : r < 0.0f ? -s * gscale : 0.0f;
             y[i] = g;
             rvs_ksum_add(&gs, g);
         }

@@ -735,6 +735,12 @@ cleanup:
     return status;
 }
 
+/* What the summed loss is divided by, besides rows x pixels: spread0 (L1) or spread0^2 (L2). */
+static double loss_scale(const struct rvs_trainer *tr)
+{
+    return tr->cfg.loss == RVS_TRAIN_LOSS_L2 ? tr->spread0 * tr->spread0 : tr->spread0;
+}
+
 /* The loss kernel over tr->y: adds to loss_acc; with_grad turns y into dL/dy and writes the
  * pc_layer bias gradient. */
 static int loss_kernel(struct rvs_trainer *tr, cl_mem idx, size_t off, size_t rows, int with_grad)
@@ -742,10 +748,11 @@ static int loss_kernel(struct rvs_trainer *tr, cl_mem idx, size_t off, size_t ro
     int status = RVS_OK;
     cl_uint o = (cl_uint)off, r = (cl_uint)rows, cols = (cl_uint)tr->npix;
     cl_uint boff = (cl_uint)tr->lay.pc_b, wg = with_grad ? 1u : 0u;
-    float gscale = (float)(1.0 / (tr->spread0 * (double)rows * (double)tr->npix));
+    cl_uint sq = tr->cfg.loss == RVS_TRAIN_LOSS_L2 ? 1u : 0u;
+    float gscale = (float)(1.0 / (loss_scale(tr) * (double)rows * (double)tr->npix));
     RVS_TRY(SET_ARGS(tr->k[K_LOSS], KA(tr->y), KA(tr->params), KA(boff), KA(tr->d_d0),
                      KA(tr->d_sd0), KA(tr->d_flux), KA(idx), KA(o), KA(cols), KA(r), KA(gscale),
-                     KA(wg), KA(tr->loss_acc), KA(tr->grads)));
+                     KA(wg), KA(sq), KA(tr->loss_acc), KA(tr->grads)));
     RVS_TRY(rvs_kernel_launch_1d(tr->ctx, tr->k[K_LOSS], tr->npix, 0));
 cleanup:
     return status;
@@ -886,7 +893,7 @@ int rvs_trainer_gradient(struct rvs_trainer *tr, const size_t *rows, size_t coun
     if (loss) {
         double total;
         RVS_TRY(read_loss(tr, &total));
-        *loss = total / ((double)count * (double)tr->npix) / tr->spread0;
+        *loss = total / ((double)count * (double)tr->npix) / loss_scale(tr);
     }
 cleanup:
     return status;
@@ -936,7 +943,7 @@ int rvs_trainer_epoch(struct rvs_trainer *tr, double *train_loss)
     if (train_loss) {
         double total;
         RVS_TRY(read_loss(tr, &total));
-        *train_loss = total / ((double)used * (double)tr->npix) / tr->spread0;
+        *train_loss = total / ((double)used * (double)tr->npix) / loss_scale(tr);
     } else
         RVS_CL_TRY(clFinish(tr->ctx->queue));
 cleanup:
@@ -973,7 +980,7 @@ static int evaluate_dev(struct rvs_trainer *tr, cl_mem idx, size_t count, double
     if (loss) {
         double total;
         RVS_TRY(read_loss(tr, &total));
-        *loss = total / ((double)count * (double)npix) / tr->spread0;
+        *loss = total / ((double)count * (double)npix) / loss_scale(tr);
     }
 cleanup:
     free(tmp);

@@ -2,7 +2,8 @@
  *
  *  1. A plain-C double reference of the training forward/backward pass (written here from the
  *     maths, not from src/train.c) against central finite differences, for tiny networks with
- *     and without BatchNorm: max |analytic - FD| / max |gradient| <= 1e-6 per tensor.
+ *     and without BatchNorm, with the L1 loss and the L2 one (--loss l2): max |analytic - FD| /
+ *     max |gradient| <= 1e-6 per tensor.
  *  2. The device gradients (fp32 network, rvs_acc column sums) against that reference on the
  *     same float weights: max |device - reference| / max |reference| <= 1e-4 per tensor, the
  *     loss to 1e-5 relative, BatchNorm running statistics to 1e-5; in the default context and
@@ -36,7 +37,10 @@ struct ref_net {
     size_t indim, nlayers, width, npc, npix;
     int bn;
     double eps;
+    int l2; /* mean r^2 / spread0^2 instead of mean |r| / spread0 */
 };
+
+static int test_loss = RVS_TRAIN_LOSS_L1; /* the loss of the trainers make_trainer makes */
 
 static double sigmoid(double z) { return 1 / (1 + exp(-z)); }
 
@@ -97,15 +101,15 @@ static double ref_loss_grad(const struct ref_net *n, const double *p, const doub
         }
     }
     const double *hl = h[nlin - 1];
-    double loss = 0, scale = 1 / (spread0 * (double)B * (double)npix);
+    double loss = 0, scale = 1 / ((n->l2 ? spread0 * spread0 : spread0) * (double)B * (double)npix);
     for (size_t e = 0; e < B; e++)
         for (size_t j = 0; j < npix; j++) {
             double s = p[L->pc_b + j];
             for (size_t c = 0; c < n->npc; c++)
                 s += hl[e * n->npc + c] * p[L->pc_w + j * n->npc + c];
             double r = s * sd0[j] + d0[j] - t[e * npix + j];
-            loss += fabs(r);
-            y[e * npix + j] = (r > 0 ? 1 : r < 0 ? -1 : 0) * sd0[j] * scale; /* dL/dy */
+            loss += n->l2 ? r * r : fabs(r);
+            y[e * npix + j] = (n->l2 ? 2 * r : r > 0 ? 1 : r < 0 ? -1 : 0) * sd0[j] * scale;
         }
     loss *= scale;
     if (g) {
@@ -243,7 +247,7 @@ static struct rvs_trainer *make_trainer(struct rvs_context *ctx, struct problem 
     struct rvs_train_config cfg;
     rvs_train_config_init(&cfg);
     cfg.nlayers = nlayers, cfg.width = width, cfg.npc = npc, cfg.with_batchnorm = bn;
-    cfg.batch = 16, cfg.seed = seed;
+    cfg.batch = 16, cfg.seed = seed, cfg.loss = test_loss;
     struct rvs_trainer *tr = NULL;
     int st = rvs_trainer_create(ctx, &cfg, pb->indim, pb->npix, &tr);
     CHECK(st == RVS_OK, "rvs_trainer_create: %s", rvs_strerror(st));
@@ -287,7 +291,8 @@ static void test_gradients(struct rvs_context *ctx, const char *label, size_t in
         return;
     }
     const struct rvs_train_layout *L = rvs_trainer_layout(tr);
-    struct ref_net n = {L, indim, nlayers, width, npc, npix, bn, 1e-5};
+    struct ref_net n = {L, indim, nlayers, width, npc, npix, bn, 1e-5,
+                        test_loss == RVS_TRAIN_LOSS_L2};
     size_t P = L->total;
     float *pf = malloc(P * sizeof(float)), *gf = malloc(P * sizeof(float));
     double *p = malloc(P * sizeof(double)), *g = malloc(P * sizeof(double));
@@ -627,6 +632,10 @@ int main(void)
     test_gradients(ctx, "tiny, no hidden layer", 2, 0, 4, 2, 5, 3, 0, 1);
     test_gradients(ctx, "4x32x32x16 -> 301 px, BN", 4, 2, 32, 16, 301, 50, 1, 0);
     test_gradients(ctx, "4x64x16 -> 1000 px", 4, 1, 64, 16, 1000, 37, 0, 0);
+    test_loss = RVS_TRAIN_LOSS_L2;
+    test_gradients(ctx, "L2: tiny, BatchNorm", 3, 2, 5, 3, 7, 6, 1, 1);
+    test_gradients(ctx, "L2: 4x64x16 -> 1000 px", 4, 1, 64, 16, 1000, 37, 0, 0);
+    test_loss = RVS_TRAIN_LOSS_L1;
     test_pca(ctx);
     test_toy(ctx);
     rvs_context_destroy(&ctx);

@@ -32,6 +32,10 @@
 extern "C" {
 #endif
 
+/* The loss on the log-flux residual r = R - D: rvspecfit's mean |r| / spread0 (torch l1_loss),
+ * or mean r^2 / spread0^2 (mse_loss), which weighs the largest residuals more. */
+enum rvs_train_loss { RVS_TRAIN_LOSS_L1 = 0, RVS_TRAIN_LOSS_L2 = 1 };
+
 struct rvs_train_config {
     size_t nlayers, width, npc; /* network shape (rvspecfit defaults 2, 256, 200) */
     int with_batchnorm;         /* BatchNorm after the SiLU of hidden layers 1..nlayers */
@@ -44,6 +48,7 @@ struct rvs_train_config {
     double lr_factor, lr_threshold, lr_eps; /* 0.5, 1e-5 (relative), 1e-9 */
     size_t stop_patience; /* epochs without a better validation loss before stopping; 0: off */
     int pca_init;
+    int loss;                  /* enum rvs_train_loss (RVS_TRAIN_LOSS_L1) */
     uint64_t seed;             /* weights and mini-batch order */
     size_t eval_rows;          /* rows per evaluation chunk (validation), default 1024 */
     size_t checkpoint_every;   /* epochs between checkpoints (with checkpoint_path), 32 */

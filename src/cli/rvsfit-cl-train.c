@@ -43,6 +43,7 @@ enum option_id {
     OPT_PATIENCE,
     OPT_STOP_PATIENCE,
     OPT_PCA_INIT,
+    OPT_LOSS,
     OPT_BATCHNORM,
     OPT_SEED,
     OPT_VAL_FRAC,
@@ -53,6 +54,7 @@ enum option_id {
     OPT_RESUME,
     OPT_CHECKPOINT_EVERY,
     OPT_PREDICTIONS,
+    OPT_REPORT,
     OPT_DEVICE,
     OPT_FP32,
     OPT_LOG_LEVEL
@@ -78,6 +80,9 @@ static const struct rvs_cli_option cli_options[] = {
      "off)", NULL},
     {"pca-init", no_argument, OPT_PCA_INIT, NULL,
      "initialise the last layer with principal components of the training spectra", NULL},
+    {"loss", required_argument, OPT_LOSS, "KIND",
+     "l1: mean |d ln flux| (rvspecfit's, the default); l2: mean squared, which weighs the "
+     "largest errors more", NULL},
     {"batchnorm", no_argument, OPT_BATCHNORM, NULL,
      "BatchNorm after the hidden layers (rvspecfit's trainer has it off)", NULL},
     {"seed", required_argument, OPT_SEED, "S", "random seed for weights, split and batches", NULL},
@@ -94,6 +99,9 @@ static const struct rvs_cli_option cli_options[] = {
      "write a checkpoint every N epochs (32; 0: never)", NULL},
     {"predictions", required_argument, OPT_PREDICTIONS, "FILE",
      "also write the held-out spectra and their predicted log-flux to FILE (FITS)", NULL},
+    {"report", required_argument, OPT_REPORT, "FILE",
+     "also write the breakdown of the held-out error (by parameter and wavelength) to FILE",
+     NULL},
     {"device", required_argument, OPT_DEVICE, "SPEC",
      "OpenCL device: index, P:D, name substring, cpu or gpu", NULL},
     {"fp32", no_argument, OPT_FP32, NULL, "compensated fp32 accumulation even with fp64", NULL},
@@ -114,9 +122,11 @@ static void print_help(void)
            "Options:\n");
     rvs_cli_print_options(stdout, cli_options, NUM_OPTIONS, 26);
     printf("\nEach epoch prints its training and validation loss (mean |delta ln flux| over\n"
-           "pixels, divided by the grid's spread). At the end the held-out spectra are\n"
-           "emulated as the fit does and the median and 99th percentile of |dflux|/flux per\n"
-           "pixel are printed and stored in the library (VALMED, VAL99).\n\n"
+           "pixels, divided by the grid's spread; with --loss l2 the mean square divided by\n"
+           "the spread squared). At the end the held-out spectra are emulated as the fit does,\n"
+           "the median and 99th percentile of |dflux|/flux per pixel are printed and stored in\n"
+           "the library (VALMED, VAL99), and their breakdown by parameter and wavelength is\n"
+           "printed (and written with --report).\n\n"
            "Exit status:\n"
            "  0  library written\n"
            "  1  a file could not be read or written, or training failed\n"
@@ -185,29 +195,14 @@ static int report_epoch(const struct rvs_train_epoch *e, void *user)
     return 0;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* The quantile q of sorted values, linear between neighbours (numpy's default). */
-static double quantile(const double *v, size_t n, double q)
-{
-    double pos = q * (double)(n - 1);
-    size_t i = (size_t)pos;
-    if (i + 1 >= n)
-        return v[n - 1];
-    return v[i] + (pos - (double)i) * (v[i + 1] - v[i]);
-}
-
 /* Held-out emulation error through rvs_nn (BatchNorm folded, mapping on the device: the fit's
- * path): |exp(pred - true) - 1| per pixel, median and 99th percentile; also the largest
- * difference between that prediction and the trainer's own (trainer_pred, log-flux). */
+ * path): err = |exp(pred - true) - 1| per pixel (count x npix; a non-finite value counts as
+ * infinite), its median and 99th percentile; also the largest difference between that
+ * prediction and the trainer's own (trainer_pred, log-flux). */
 static int emulation_error(struct rvs_context *ctx, const struct rvs_trained_net *net,
                            const struct rvs_train_mapping *map, const struct rvs_train_grid *g,
                            const size_t *rows, size_t count, const float *trainer_pred,
-                           double *median, double *p99, double *max_dev)
+                           float *err, double *median, double *p99, double *max_dev)
 {
     int status = RVS_OK;
     struct rvs_nn *nn = NULL;
@@ -215,8 +210,8 @@ static int emulation_error(struct rvs_context *ctx, const struct rvs_trained_net
     size_t P = g->nparam, npix = g->npix, es = rvs_context_real_size(ctx);
     unsigned char *hp = malloc(count * P * es);
     float *pred = malloc(count * npix * sizeof *pred);
-    double *err = malloc(count * npix * sizeof *err);
-    if (!hp || !pred || !err) {
+    float *tmp = malloc(count * npix * sizeof *tmp);
+    if (!hp || !pred || !tmp) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -246,13 +241,15 @@ static int emulation_error(struct rvs_context *ctx, const struct rvs_trained_net
     for (size_t i = 0; i < count; i++)
         for (size_t j = 0; j < npix; j++) {
             double pv = pred[i * npix + j], tv = g->logflux[rows[i] * npix + j];
-            err[i * npix + j] = fabs(expm1(pv - tv));
+            double e = fabs(expm1(pv - tv));
+            err[i * npix + j] = isfinite(e) ? (float)e : INFINITY;
             double dd = fabs(pv - (double)trainer_pred[i * npix + j]);
             dev = dd > dev ? dd : dev;
         }
-    qsort(err, count * npix, sizeof *err, cmp_double);
-    *median = quantile(err, count * npix, 0.5);
-    *p99 = quantile(err, count * npix, 0.99);
+    memcpy(tmp, err, count * npix * sizeof *tmp);
+    *median = rvs_train_quantile(tmp, count * npix, 0.5);
+    memcpy(tmp, err, count * npix * sizeof *tmp);
+    *p99 = rvs_train_quantile(tmp, count * npix, 0.99);
     *max_dev = dev;
 cleanup:
     rvs_nn_destroy(&nn);
@@ -260,7 +257,31 @@ cleanup:
     rvs_buffer_release(&dout);
     free(hp);
     free(pred);
-    free(err);
+    free(tmp);
+    return status;
+}
+
+/* The error breakdown to stdout (unless quiet) and to `path` (when given). */
+static int error_report(const char *path, int quiet, const struct rvs_train_grid *g,
+                        const size_t *rows, size_t count, const float *err, const char *what)
+{
+    int status = RVS_OK;
+    if (!quiet && (status = rvs_train_error_report(stdout, g, rows, count, err, what)) != RVS_OK)
+        return status;
+    if (!path)
+        return RVS_OK;
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "rvsfit-cl-train: cannot write the report %s: %s\n", path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    status = rvs_train_error_report(f, g, rows, count, err, what);
+    if (fclose(f) != 0 && status == RVS_OK) {
+        fprintf(stderr, "rvsfit-cl-train: cannot write the report %s: %s\n", path,
+                strerror(errno));
+        status = RVS_ERR_IO;
+    }
     return status;
 }
 
@@ -327,7 +348,7 @@ int main(int argc, char **argv)
     struct rvs_context_options copt;
     rvs_context_options_init(&copt);
     const char *grid_path = NULL, *setup = NULL, *out_dir = NULL, *revision = "",
-               *pred_path = NULL;
+               *pred_path = NULL, *report_path = NULL;
     char params_buf[256] = "teff,logg,feh,alpha", logp_buf[256] = "teff";
     double val_frac = 0.1;
     int force = 0, resume = 0, quiet = 0, log_level = RVS_LOG_INFO;
@@ -384,6 +405,14 @@ int main(int argc, char **argv)
                 return usage_error("invalid --stop-patience '%s'", optarg);
             break;
         case OPT_PCA_INIT: cfg.pca_init = 1; break;
+        case OPT_LOSS:
+            if (strcmp(optarg, "l1") == 0)
+                cfg.loss = RVS_TRAIN_LOSS_L1;
+            else if (strcmp(optarg, "l2") == 0)
+                cfg.loss = RVS_TRAIN_LOSS_L2;
+            else
+                return usage_error("invalid --loss '%s' (l1 or l2)", optarg);
+            break;
         case OPT_BATCHNORM: cfg.with_batchnorm = 1; break;
         case OPT_SEED: {
             size_t s;
@@ -414,6 +443,7 @@ int main(int argc, char **argv)
                 return usage_error("invalid --checkpoint-every '%s'", optarg);
             break;
         case OPT_PREDICTIONS: pred_path = optarg; break;
+        case OPT_REPORT: report_path = optarg; break;
         case OPT_DEVICE:
             if (!*optarg)
                 return usage_error("--device needs a value (%s)", "see rvsfit-cl --list-devices");
@@ -486,7 +516,7 @@ int main(int argc, char **argv)
     struct rvs_context *ctx = NULL;
     struct rvs_trainer *tr = NULL;
     double *mapped = NULL;
-    float *inputs = NULL, *vpred = NULL;
+    float *inputs = NULL, *vpred = NULL, *verr = NULL;
     size_t *train_rows = NULL, *val_rows = NULL;
     char ckpt[4096];
     memset(&net, 0, sizeof net);
@@ -566,11 +596,12 @@ int main(int argc, char **argv)
         rvs_log(RVS_LOG_WARNING, "train", "no validation spectra: the emulation error below is "
                 "measured on the training spectra");
     vpred = malloc(ecount * grid.npix * sizeof *vpred);
+    verr = malloc(ecount * grid.npix * sizeof *verr);
     double eval_loss, med = NAN, p99 = NAN, dev = NAN;
-    if (!vpred || (status = rvs_trainer_evaluate(tr, erows, ecount, &eval_loss, vpred)) !=
-                      RVS_OK ||
-        (status = emulation_error(ctx, &net, &map, &grid, erows, ecount, vpred, &med, &p99,
-                                  &dev)) != RVS_OK)
+    if (!vpred || !verr ||
+        (status = rvs_trainer_evaluate(tr, erows, ecount, &eval_loss, vpred)) != RVS_OK ||
+        (status = emulation_error(ctx, &net, &map, &grid, erows, ecount, vpred, verr, &med,
+                                  &p99, &dev)) != RVS_OK)
         goto done;
     printf("final: %zu epochs, train loss %.6f, validation loss %.6f\n", epochs, final_train,
            final_val);
@@ -578,6 +609,9 @@ int main(int argc, char **argv)
            "percentile %.4f%%\n", ecount, nval ? "held-out" : "training", 100 * med, 100 * p99);
     rvs_log(RVS_LOG_INFO, "train", "inference path vs trainer forward: max |d ln flux| = %.3g",
             dev);
+    if ((status = error_report(report_path, quiet, &grid, erows, ecount, verr,
+                               nval ? "held-out" : "training")) != RVS_OK)
+        goto done;
     if (pred_path && (status = write_predictions(pred_path, &grid, erows, ecount, vpred)) !=
                          RVS_OK)
         goto done;
@@ -605,6 +639,7 @@ done:
     free(train_rows);
     free(val_rows);
     free(vpred);
+    free(verr);
     free(cmdline);
     if (fflush(stdout) != 0 && code == EXIT_OK)
         code = EXIT_FAIL;
