@@ -335,6 +335,10 @@ const struct rvs_train_layout *rvs_trainer_layout(const struct rvs_trainer *tr)
 }
 
 double rvs_trainer_lr(const struct rvs_trainer *tr) { return tr->lr; }
+void rvs_trainer_set_time_limit(struct rvs_trainer *tr, double seconds)
+{
+    tr->cfg.time_limit = seconds > 0 ? seconds : 0.0;
+}
 
 void rvs_trainer_normalisation(const struct rvs_trainer *tr, const float **d0, const float **sd0,
                                double *spread0)
@@ -1033,6 +1037,7 @@ int rvs_trainer_fit(struct rvs_trainer *tr, rvs_train_report_fn report, void *us
     double best_val = INFINITY, best_train = NAN, last_train = NAN, last_val = NAN;
     size_t since_best = 0, start = tr->epoch;
     int have_best = 0;
+    double fit_start = now_seconds();
     best = rvs_malloc(tr->lay.total * sizeof *best);
     best_mean = rvs_malloc((L + 1) * W * sizeof *best_mean);
     best_var = rvs_malloc((L + 1) * W * sizeof *best_var);
@@ -1086,6 +1091,11 @@ int rvs_trainer_fit(struct rvs_trainer *tr, rvs_train_report_fn report, void *us
         if (tr->lr < tr->cfg.min_lr) {
             rvs_log(RVS_LOG_INFO, "train", "learning rate %.3g below %.3g: done", tr->lr,
                     tr->cfg.min_lr);
+            break;
+        }
+        if (tr->cfg.time_limit > 0 && now_seconds() - fit_start > tr->cfg.time_limit) {
+            rvs_log(RVS_LOG_INFO, "train", "time limit of %.0f s reached after epoch %zu",
+                    tr->cfg.time_limit, tr->epoch);
             break;
         }
         if (tr->nval && tr->cfg.stop_patience && since_best >= tr->cfg.stop_patience) {

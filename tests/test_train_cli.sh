@@ -27,7 +27,7 @@ expect_in out "^rvsfit-cl-train \(rvsfit-cl\) " "--version line"
 for kind in shape nowave negflux noparam; do
     "$py" "$check" grid "$scratch/bad_$kind.fits" "$kind" || fail "making grid $kind"
 done
-mkdir -p "$scratch/lib" "$scratch/libbn"
+mkdir -p "$scratch/lib" "$scratch/libbn" "$scratch/libt"
 
 common="--setup toy_b --width 32 --nlayers 2 --npc 10 --batch 32 --epochs 150 --lr 3e-3 --seed 7"
 # shellcheck disable=SC2086
@@ -69,6 +69,17 @@ med=$(sed -n 's/.*median \([0-9.]*\)%.*/\1/p' "$scratch/train.out")
 awk -v m="$med" 'BEGIN { exit !(m != "" && m < 1.0) }' \
     || fail "toy held-out median |dflux|/flux = $med% (bound 1%)"
 echo "toy held-out median |dflux|/flux: $med%"
+
+# --time-limit: a run asked for a million epochs stops in time, with the best weights kept
+start=$(date +%s)
+# shellcheck disable=SC2086
+run 0 "time limit" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/libt" $common \
+    --epochs 1000000 --stop-patience 0 --time-limit 10 -v
+took=$(( $(date +%s) - start ))
+expect_in err "time limit of [0-9]+ s reached after epoch" "time limit reached"
+[ -s "$scratch/libt/rvsfit_toy_b.fits" ] || fail "no library after the time limit"
+[ "$took" -le 40 ] || fail "--time-limit 10 took $took s"
+echo "--time-limit 10: $took s"
 
 # errors
 run 1 "missing grid" -- "$train" --grid "$scratch/none.fits" --setup toy_b --out "$scratch/lib"
@@ -118,6 +129,7 @@ run 2 "bad --width" -- "$train" --grid g --setup s --out o --width 0
 run 2 "bad --val-frac" -- "$train" --grid g --setup s --out o --val-frac 1.5
 run 2 "bad --loss" -- "$train" --grid g --setup s --out o --loss l3
 expect_in err "invalid --loss 'l3'" "bad --loss message"
+run 2 "bad --time-limit" -- "$train" --grid g --setup s --out o --time-limit -3
 run 2 "unknown option" -- "$train" --frobnicate
 run 1 "npc larger than the grid allows with --pca-init" -- "$train" \
     --grid "$scratch/grid.fits" --setup toy_b --out "$scratch/lib" --force --npc 500 \

@@ -52,6 +52,8 @@ struct rvs_train_config {
     uint64_t seed;             /* weights and mini-batch order */
     size_t eval_rows;          /* rows per evaluation chunk (validation), default 1024 */
     size_t checkpoint_every;   /* epochs between checkpoints (with checkpoint_path), 32 */
+    double time_limit;         /* > 0: stop after the epoch that ends this many seconds after
+                                  rvs_trainer_fit began (wall time); 0: no limit */
     const char *checkpoint_path; /* NULL: no checkpoints */
 };
 
@@ -146,9 +148,12 @@ int rvs_trainer_epoch(struct rvs_trainer *tr, double *train_loss);
 int rvs_trainer_evaluate(struct rvs_trainer *tr, const size_t *rows, size_t count, double *loss,
                          float *pred);
 double rvs_trainer_lr(const struct rvs_trainer *tr);
+/* Changes the configuration's time_limit (seconds, 0: none) of an existing trainer. */
+void rvs_trainer_set_time_limit(struct rvs_trainer *tr, double seconds);
 
-/* The training loop: epochs until max_epochs, the learning rate below min_lr, or (with
- * validation rows and stop_patience) no better validation loss for stop_patience epochs, with
+/* The training loop: epochs until max_epochs, the learning rate below min_lr, the time limit,
+ * or (with validation rows and stop_patience) no better validation loss for stop_patience
+ * epochs, with
  * the schedule, checkpoints, and the best validation weights restored at the end. report (may
  * be NULL) is called after every epoch; a non-zero return stops training. *final_train and
  * *final_val (may be NULL) get the losses of the weights kept. */

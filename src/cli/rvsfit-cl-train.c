@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <fitsio.h>
@@ -53,6 +54,7 @@ enum option_id {
     OPT_FORCE,
     OPT_RESUME,
     OPT_CHECKPOINT_EVERY,
+    OPT_TIME_LIMIT,
     OPT_PREDICTIONS,
     OPT_REPORT,
     OPT_DEVICE,
@@ -97,6 +99,9 @@ static const struct rvs_cli_option cli_options[] = {
     {"resume", no_argument, OPT_RESUME, NULL, "continue from the checkpoint in DIR", NULL},
     {"checkpoint-every", required_argument, OPT_CHECKPOINT_EVERY, "N",
      "write a checkpoint every N epochs (32; 0: never)", NULL},
+    {"time-limit", required_argument, OPT_TIME_LIMIT, "SECONDS",
+     "stop training so that the whole run (reading, training, writing) ends within about "
+     "SECONDS of wall time, keeping the best weights so far", NULL},
     {"predictions", required_argument, OPT_PREDICTIONS, "FILE",
      "also write the held-out spectra and their predicted log-flux to FILE (FITS)", NULL},
     {"report", required_argument, OPT_REPORT, "FILE",
@@ -350,7 +355,9 @@ int main(int argc, char **argv)
     const char *grid_path = NULL, *setup = NULL, *out_dir = NULL, *revision = "",
                *pred_path = NULL, *report_path = NULL;
     char params_buf[256] = "teff,logg,feh,alpha", logp_buf[256] = "teff";
-    double val_frac = 0.1;
+    double val_frac = 0.1, time_limit = 0.0;
+    struct timespec prog_start;
+    clock_gettime(CLOCK_MONOTONIC, &prog_start);
     int force = 0, resume = 0, quiet = 0, log_level = RVS_LOG_INFO;
     int opt;
     opterr = 0;
@@ -441,6 +448,10 @@ int main(int argc, char **argv)
         case OPT_CHECKPOINT_EVERY:
             if (parse_size(optarg, 0, &cfg.checkpoint_every))
                 return usage_error("invalid --checkpoint-every '%s'", optarg);
+            break;
+        case OPT_TIME_LIMIT:
+            if (parse_double(optarg, &time_limit) || !(time_limit > 0))
+                return usage_error("invalid --time-limit '%s' (seconds > 0)", optarg);
             break;
         case OPT_PREDICTIONS: pred_path = optarg; break;
         case OPT_REPORT: report_path = optarg; break;
@@ -579,6 +590,20 @@ int main(int argc, char **argv)
         if ((status = rvs_trainer_pca_init(tr, &loss0)) != RVS_OK)
             goto done;
         rvs_log(RVS_LOG_INFO, "train", "PCA initialisation: reconstruction loss (L1 / spread0) %.3g", loss0);
+    }
+    if (time_limit > 0) {
+        /* what is left of the run's wall time, less a reserve for the final evaluation and
+         * writing the library (a few seconds, more for big grids) */
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        double used = (double)(t.tv_sec - prog_start.tv_sec) +
+                      1e-9 * (double)(t.tv_nsec - prog_start.tv_nsec);
+        double reserve = 5.0 + 2e-8 * (double)grid.nspec * (double)grid.npix;
+        cfg.time_limit = time_limit - used - reserve;
+        if (cfg.time_limit < 1.0)
+            cfg.time_limit = 1.0; /* at least one epoch */
+        rvs_trainer_set_time_limit(tr, cfg.time_limit);
+        rvs_log(RVS_LOG_INFO, "train", "time limit: %.0f s of training left", cfg.time_limit);
     }
     struct report_state rs = {quiet};
     double final_train = NAN, final_val = NAN;
