@@ -88,6 +88,8 @@ void rvs_train_config_init(struct rvs_train_config *c)
     c->seed = 343432323;
     c->eval_rows = 1024;
     c->checkpoint_every = 32;
+    c->loss = RVS_TRAIN_LOSS_L1;
+    c->loss_delta = 0.02;
 }
 
 /* xoshiro256** (Blackman & Vigna), seeded through splitmix64: reproducible everywhere. */
@@ -739,7 +741,8 @@ cleanup:
     return status;
 }
 
-/* What the summed loss is divided by, besides rows x pixels: spread0 (L1) or spread0^2 (L2). */
+/* What the summed loss is divided by, besides rows x pixels: spread0 (L1, L1L2) or spread0^2
+ * (L2). */
 static double loss_scale(const struct rvs_trainer *tr)
 {
     return tr->cfg.loss == RVS_TRAIN_LOSS_L2 ? tr->spread0 * tr->spread0 : tr->spread0;
@@ -752,11 +755,12 @@ static int loss_kernel(struct rvs_trainer *tr, cl_mem idx, size_t off, size_t ro
     int status = RVS_OK;
     cl_uint o = (cl_uint)off, r = (cl_uint)rows, cols = (cl_uint)tr->npix;
     cl_uint boff = (cl_uint)tr->lay.pc_b, wg = with_grad ? 1u : 0u;
-    cl_uint sq = tr->cfg.loss == RVS_TRAIN_LOSS_L2 ? 1u : 0u;
+    cl_uint kind = (cl_uint)tr->cfg.loss;
+    float inv_delta = tr->cfg.loss_delta > 0 ? (float)(1.0 / tr->cfg.loss_delta) : 0.0f;
     float gscale = (float)(1.0 / (loss_scale(tr) * (double)rows * (double)tr->npix));
     RVS_TRY(SET_ARGS(tr->k[K_LOSS], KA(tr->y), KA(tr->params), KA(boff), KA(tr->d_d0),
                      KA(tr->d_sd0), KA(tr->d_flux), KA(idx), KA(o), KA(cols), KA(r), KA(gscale),
-                     KA(wg), KA(sq), KA(tr->loss_acc), KA(tr->grads)));
+                     KA(wg), KA(kind), KA(inv_delta), KA(tr->loss_acc), KA(tr->grads)));
     RVS_TRY(rvs_kernel_launch_1d(tr->ctx, tr->k[K_LOSS], tr->npix, 0));
 cleanup:
     return status;

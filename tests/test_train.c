@@ -2,8 +2,8 @@
  *
  *  1. A plain-C double reference of the training forward/backward pass (written here from the
  *     maths, not from src/train.c) against central finite differences, for tiny networks with
- *     and without BatchNorm, with the L1 loss and the L2 one (--loss l2): max |analytic - FD| /
- *     max |gradient| <= 1e-6 per tensor.
+ *     and without BatchNorm, with the L1 loss and the others (--loss l2, l1l2): max |analytic -
+ *     FD| / max |gradient| <= 1e-6 per tensor.
  *  2. The device gradients (fp32 network, rvs_acc column sums) against that reference on the
  *     same float weights: max |device - reference| / max |reference| <= 1e-4 per tensor, the
  *     loss to 1e-5 relative, BatchNorm running statistics to 1e-5; in the default context and
@@ -37,7 +37,8 @@ struct ref_net {
     size_t indim, nlayers, width, npc, npix;
     int bn;
     double eps;
-    int l2; /* mean r^2 / spread0^2 instead of mean |r| / spread0 */
+    int loss;     /* enum rvs_train_loss */
+    double delta; /* of RVS_TRAIN_LOSS_L1L2 */
 };
 
 static int test_loss = RVS_TRAIN_LOSS_L1; /* the loss of the trainers make_trainer makes */
@@ -101,15 +102,17 @@ static double ref_loss_grad(const struct ref_net *n, const double *p, const doub
         }
     }
     const double *hl = h[nlin - 1];
-    double loss = 0, scale = 1 / ((n->l2 ? spread0 * spread0 : spread0) * (double)B * (double)npix);
+    int l2 = n->loss == RVS_TRAIN_LOSS_L2, l1l2 = n->loss == RVS_TRAIN_LOSS_L1L2;
+    double loss = 0, scale = 1 / ((l2 ? spread0 * spread0 : spread0) * (double)B * (double)npix);
     for (size_t e = 0; e < B; e++)
         for (size_t j = 0; j < npix; j++) {
             double s = p[L->pc_b + j];
             for (size_t c = 0; c < n->npc; c++)
                 s += hl[e * n->npc + c] * p[L->pc_w + j * n->npc + c];
             double r = s * sd0[j] + d0[j] - t[e * npix + j];
-            loss += n->l2 ? r * r : fabs(r);
-            y[e * npix + j] = (n->l2 ? 2 * r : r > 0 ? 1 : r < 0 ? -1 : 0) * sd0[j] * scale;
+            double sg = r > 0 ? 1 : r < 0 ? -1 : 0;
+            loss += l2 ? r * r : l1l2 ? fabs(r) + r * r / (2 * n->delta) : fabs(r);
+            y[e * npix + j] = (l2 ? 2 * r : l1l2 ? sg + r / n->delta : sg) * sd0[j] * scale;
         }
     loss *= scale;
     if (g) {
@@ -291,8 +294,7 @@ static void test_gradients(struct rvs_context *ctx, const char *label, size_t in
         return;
     }
     const struct rvs_train_layout *L = rvs_trainer_layout(tr);
-    struct ref_net n = {L, indim, nlayers, width, npc, npix, bn, 1e-5,
-                        test_loss == RVS_TRAIN_LOSS_L2};
+    struct ref_net n = {L, indim, nlayers, width, npc, npix, bn, 1e-5, test_loss, 0.02};
     size_t P = L->total;
     float *pf = malloc(P * sizeof(float)), *gf = malloc(P * sizeof(float));
     double *p = malloc(P * sizeof(double)), *g = malloc(P * sizeof(double));
@@ -635,6 +637,9 @@ int main(void)
     test_loss = RVS_TRAIN_LOSS_L2;
     test_gradients(ctx, "L2: tiny, BatchNorm", 3, 2, 5, 3, 7, 6, 1, 1);
     test_gradients(ctx, "L2: 4x64x16 -> 1000 px", 4, 1, 64, 16, 1000, 37, 0, 0);
+    test_loss = RVS_TRAIN_LOSS_L1L2;
+    test_gradients(ctx, "L1L2: tiny, BatchNorm", 3, 2, 5, 3, 7, 6, 1, 1);
+    test_gradients(ctx, "L1L2: 4x64x16 -> 1000 px", 4, 1, 64, 16, 1000, 37, 0, 0);
     test_loss = RVS_TRAIN_LOSS_L1;
     test_pca(ctx);
     test_toy(ctx);

@@ -4,7 +4,8 @@
 # library that tests/train_check.py check verifies (format, checksums, hulls, mapping, and the
 # numpy forward of the written weights against the trainer's own predictions), the breakdown
 # of the held-out error (--report: parameter bins, wavelength regions, Teff x log g, worst
-# spectra; its shares must add up) and the L2 loss (--loss l2). Then the errors:
+# spectra; its shares must add up), the L1+L2 loss (--loss l1l2) and --time-limit. Then the
+# errors:
 # missing grid, bad shapes, missing HDU, non-positive flux, unwritable output, existing file,
 # bad options.
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -58,9 +59,9 @@ cp "$scratch/out" "$scratch/train.out"
 ls -a "$scratch/lib" | grep -q 'tmp\|ckpt' && fail "temporary or checkpoint files left behind"
 
 # shellcheck disable=SC2086
-run 0 "training (BatchNorm, L2 loss)" -- "$train" --grid "$scratch/grid.fits" \
-    --out "$scratch/libbn" $common --batchnorm --loss l2 --predictions "$scratch/predbn.fits"
-expect_in out "emulation error on [0-9]+ held-out spectra" "emulation error line (L2)"
+run 0 "training (BatchNorm, L1+L2 loss)" -- "$train" --grid "$scratch/grid.fits" \
+    --out "$scratch/libbn" $common --batchnorm --loss l1l2:0.05 --predictions "$scratch/predbn.fits"
+expect_in out "emulation error on [0-9]+ held-out spectra" "emulation error line (L1+L2)"
 "$py" "$check" check "$scratch/libbn/rvsfit_toy_b.fits" "$scratch/grid.fits" \
     "$scratch/predbn.fits" || fail "library check (BatchNorm)"
 
@@ -129,6 +130,7 @@ run 2 "bad --width" -- "$train" --grid g --setup s --out o --width 0
 run 2 "bad --val-frac" -- "$train" --grid g --setup s --out o --val-frac 1.5
 run 2 "bad --loss" -- "$train" --grid g --setup s --out o --loss l3
 expect_in err "invalid --loss 'l3'" "bad --loss message"
+run 2 "bad --loss delta" -- "$train" --grid g --setup s --out o --loss l1l2:0
 run 2 "bad --time-limit" -- "$train" --grid g --setup s --out o --time-limit -3
 run 2 "unknown option" -- "$train" --frobnicate
 run 1 "npc larger than the grid allows with --pca-init" -- "$train" \

@@ -32,9 +32,12 @@
 extern "C" {
 #endif
 
-/* The loss on the log-flux residual r = R - D: rvspecfit's mean |r| / spread0 (torch l1_loss),
- * or mean r^2 / spread0^2 (mse_loss), which weighs the largest residuals more. */
-enum rvs_train_loss { RVS_TRAIN_LOSS_L1 = 0, RVS_TRAIN_LOSS_L2 = 1 };
+/* The loss on the log-flux residual r = R - D: rvspecfit's mean |r| / spread0 (torch l1_loss);
+ * mean r^2 / spread0^2 (mse_loss), which weighs the largest residuals more; or
+ * mean (|r| + r^2 / (2 delta)) / spread0: L1 below delta, quadratic above, so that residuals
+ * beyond delta (e.g. 0.02, the 2% target of the 99th percentile) are pushed down harder while
+ * the small ones keep L1's median. */
+enum rvs_train_loss { RVS_TRAIN_LOSS_L1 = 0, RVS_TRAIN_LOSS_L2 = 1, RVS_TRAIN_LOSS_L1L2 = 2 };
 
 struct rvs_train_config {
     size_t nlayers, width, npc; /* network shape (rvspecfit defaults 2, 256, 200) */
@@ -49,6 +52,7 @@ struct rvs_train_config {
     size_t stop_patience; /* epochs without a better validation loss before stopping; 0: off */
     int pca_init;
     int loss;                  /* enum rvs_train_loss (RVS_TRAIN_LOSS_L1) */
+    double loss_delta;         /* delta of RVS_TRAIN_LOSS_L1L2, in ln flux (0.02) */
     uint64_t seed;             /* weights and mini-batch order */
     size_t eval_rows;          /* rows per evaluation chunk (validation), default 1024 */
     size_t checkpoint_every;   /* epochs between checkpoints (with checkpoint_path), 32 */

@@ -82,9 +82,9 @@ static const struct rvs_cli_option cli_options[] = {
      "off)", NULL},
     {"pca-init", no_argument, OPT_PCA_INIT, NULL,
      "initialise the last layer with principal components of the training spectra", NULL},
-    {"loss", required_argument, OPT_LOSS, "KIND",
-     "l1: mean |d ln flux| (rvspecfit's, the default); l2: mean squared, which weighs the "
-     "largest errors more", NULL},
+    {"loss", required_argument, OPT_LOSS, "KIND[:DELTA]",
+     "l1: mean |d ln flux| (rvspecfit's, the default); l2: mean squared; l1l2[:DELTA]: "
+     "|d| + d^2 / (2 DELTA), L1 below DELTA (0.02) and quadratic above", NULL},
     {"batchnorm", no_argument, OPT_BATCHNORM, NULL,
      "BatchNorm after the hidden layers (rvspecfit's trainer has it off)", NULL},
     {"seed", required_argument, OPT_SEED, "S", "random seed for weights, split and batches", NULL},
@@ -128,10 +128,11 @@ static void print_help(void)
     rvs_cli_print_options(stdout, cli_options, NUM_OPTIONS, 26);
     printf("\nEach epoch prints its training and validation loss (mean |delta ln flux| over\n"
            "pixels, divided by the grid's spread; with --loss l2 the mean square divided by\n"
-           "the spread squared). At the end the held-out spectra are emulated as the fit does,\n"
-           "the median and 99th percentile of |dflux|/flux per pixel are printed and stored in\n"
-           "the library (VALMED, VAL99), and their breakdown by parameter and wavelength is\n"
-           "printed (and written with --report).\n\n"
+           "the spread squared; with l1l2 the mean of |d| + d^2 / (2 DELTA) over the spread).\n"
+           "At the end the held-out spectra are emulated as the fit does, the median and 99th\n"
+           "percentile of |dflux|/flux per pixel are printed and stored in the library (VALMED,\n"
+           "VAL99), and their breakdown by parameter and wavelength is printed (and written\n"
+           "with --report).\n\n"
            "Exit status:\n"
            "  0  library written\n"
            "  1  a file could not be read or written, or training failed\n"
@@ -417,8 +418,14 @@ int main(int argc, char **argv)
                 cfg.loss = RVS_TRAIN_LOSS_L1;
             else if (strcmp(optarg, "l2") == 0)
                 cfg.loss = RVS_TRAIN_LOSS_L2;
+            else if (strncmp(optarg, "l1l2", 4) == 0 &&
+                     (optarg[4] == '\0' ||
+                      (optarg[4] == ':' && parse_double(optarg + 5, &cfg.loss_delta) == 0 &&
+                       cfg.loss_delta > 0)))
+                cfg.loss = RVS_TRAIN_LOSS_L1L2;
             else
-                return usage_error("invalid --loss '%s' (l1 or l2)", optarg);
+                return usage_error("invalid --loss '%s' (l1, l2 or l1l2[:DELTA], DELTA > 0)",
+                                   optarg);
             break;
         case OPT_BATCHNORM: cfg.with_batchnorm = 1; break;
         case OPT_SEED: {
