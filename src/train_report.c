@@ -111,10 +111,10 @@ struct bin_stats {
     double median, p99;
 };
 
-/* Median and 99th percentile of the pixels selected by mask (spectrum-major), and how many of
- * them exceed the overall threshold `top`. */
-static int stats_of(const float *err, size_t count, size_t npix, const unsigned char *spec_in,
-                    size_t pix_lo, size_t pix_hi, double top, float *buf, struct bin_stats *st)
+/* Median and 99th percentile of the pixels pix_lo..pix_hi-1 of the spectra selected by spec_in
+ * (NULL: all), and how many of them exceed the overall threshold `top`; buf holds them all. */
+static void stats_of(const float *err, size_t count, size_t npix, const unsigned char *spec_in,
+                     size_t pix_lo, size_t pix_hi, double top, float *buf, struct bin_stats *st)
 {
     size_t m = 0, ntop = 0, nspec = 0;
     for (size_t i = 0; i < count; i++) {
@@ -132,7 +132,6 @@ static int stats_of(const float *err, size_t count, size_t npix, const unsigned 
     st->ntop = ntop;
     st->median = m ? rvs_train_quantile(buf, m, 0.5) : NAN;
     st->p99 = m ? rvs_train_quantile(buf, m, 0.99) : NAN;
-    return RVS_OK;
 }
 
 static void print_row(FILE *out, const char *label, size_t n, const struct bin_stats *st,

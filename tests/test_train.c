@@ -11,7 +11,9 @@
  *  3. Adam: two steps against the hand-computed torch update (bias corrections included).
  *  4. PCA of a rank-5 synthetic log-flux set reconstructs it to float precision (1e-5 of its
  *     range); the trainer's PCA initialisation reproduces it (loss0 < 1e-5).
- *  5. A toy training run: 200 spectra from a smooth analytic function of (teff, logg, feh,
+ *  5. rvs_train_quantile (quickselect, numpy's linear interpolation) against a sort, on random
+ *     values with ties, for several sizes and quantiles: equal.
+ *  6. A toy training run: 200 spectra from a smooth analytic function of (teff, logg, feh,
  *     alpha), two arms of 200 px, each trained from its own grid; the validation loss must fall
  *     below a stated bound, and a second run with the same seed gives identical weights. */
 #include <config.h>
@@ -22,6 +24,7 @@
 
 #include "rvsfit.h"
 #include "rvsfit/train.h"
+#include "rvsfit/train_io.h"
 #include "testutil.h"
 
 #define TOL_FD 1e-6       /* reference vs finite differences, relative to max |grad| */
@@ -626,8 +629,46 @@ static void test_toy(struct rvs_context *ctx)
     }
 }
 
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_quantile(void)
+{
+    static const size_t sizes[] = {1, 2, 3, 10, 101, 1000, 4097};
+    static const double qs[] = {0.0, 0.01, 0.5, 0.99, 1.0};
+    size_t worst_bad = 0;
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        float *v = malloc(n * sizeof *v), *w = malloc(n * sizeof *w);
+        for (size_t i = 0; i < n; i++) /* ties: a few distinct values among many */
+            v[i] = (float)(i % 3 == 0 ? floor(test_uniform(0, 5)) : test_uniform(-1, 1));
+        memcpy(w, v, n * sizeof *w);
+        qsort(w, n, sizeof *w, cmp_float);
+        for (size_t j = 0; j < sizeof qs / sizeof qs[0]; j++) {
+            float *c = malloc(n * sizeof *c);
+            memcpy(c, v, n * sizeof *c);
+            double pos = qs[j] * (double)(n - 1);
+            size_t i = (size_t)pos;
+            double want = i + 1 < n ? w[i] + (pos - (double)i) * ((double)w[i + 1] - w[i]) : w[i];
+            double got = rvs_train_quantile(c, n, qs[j]);
+            CHECK(fabs(got - want) <= 1e-12 * (1 + fabs(want)),
+                  "quantile %.2f of %zu values: %.9g, sorted %.9g", qs[j], n, got, want);
+            worst_bad += fabs(got - want) > 1e-12 * (1 + fabs(want));
+            free(c);
+        }
+        free(v);
+        free(w);
+    }
+    CHECK(isnan(rvs_train_quantile(NULL, 0, 0.5)), "quantile of nothing is NaN");
+    printf("rvs_train_quantile vs sort: %zu mismatches\n", worst_bad);
+}
+
 int main(void)
 {
+    test_quantile();
     struct rvs_context *ctx = test_context(1);
     test_gradients(ctx, "tiny, no BatchNorm", 3, 2, 5, 3, 7, 6, 0, 1);
     test_gradients(ctx, "tiny, BatchNorm", 3, 2, 5, 3, 7, 6, 1, 1);
