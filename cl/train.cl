@@ -145,15 +145,19 @@ __kernel void rvs_train_bn_backward(__global float *g, __global const float *a, 
 
 /* The loss of rvspecfit (nn/train_interpolator.py, train_step_compiled): the network output y
  * (rows x cols, pc_layer without its bias) is un-normalised as R = (y + b) sd0 + d0 and compared
- * with the log-flux row `rows_idx[rows_off + e]` of `data`: loss = mean |R - D| / spread0. One work-item per
- * pixel: adds its column's sum of |R - D| to loss_acc[j] (summed over the epoch, read once per
- * epoch); when with_grad, replaces y by dloss/dy = sign(R - D) sd0 * gscale (gscale =
- * 1 / (spread0 rows cols)) and writes the pc_layer bias gradient, their column sum. */
+ * with the log-flux row `rows_idx[rows_off + e]` of `data`: loss = mean |R - D| / spread0
+ * (kind 0; kind 1: mean (R - D)^2 / spread0^2; kind 2: mean (|R - D| + (R - D)^2 / (2 delta)) /
+ * spread0, see include/rvsfit/train.h). One work-item per pixel: adds its column's sum to
+ * loss_acc[j] (summed over the epoch, read once per epoch); when with_grad, replaces y by
+ * dloss/dy = (sign(R - D), 2 (R - D) or sign(R - D) + (R - D) / delta) sd0 * gscale (gscale =
+ * 1 / (scale rows cols), scale spread0 or spread0^2) and writes the pc_layer bias gradient,
+ * their column sum. */
 __kernel void rvs_train_loss(__global float *y, __global const float *params, uint bias_off,
                              __global const float *d0, __global const float *sd0,
                              __global const float *data, __global const uint *rows_idx,
                              uint rows_off, uint cols, uint rows, float gscale, uint with_grad,
-                             __global rvs_acc *loss_acc, __global float *grads)
+                             uint kind, float inv_delta, __global rvs_acc *loss_acc,
+                             __global float *grads)
 {
     size_t j = get_global_id(0);
     if (j >= cols)
@@ -165,10 +169,12 @@ __kernel void rvs_train_loss(__global float *y, __global const float *params, ui
     for (uint e = 0; e < rows; e++) {
         size_t i = (size_t)e * cols + j;
         float r = (y[i] + b) * s + m - data[(size_t)rows_idx[rows_off + e] * cols + j];
-        rvs_ksum_add(&l, fabs(r));
+        /* kind 0: |r| (torch l1_loss); 1: r^2 (mse_loss); 2: |r| + r^2 / (2 delta) */
+        float sg = r > 0.0f ? 1.0f : r < 0.0f ? -1.0f : 0.0f;
+        rvs_ksum_add(&l, kind == 1u ? r * r : kind == 2u ? fabs(r) + 0.5f * r * r * inv_delta
+                                                           : fabs(r));
         if (with_grad) {
-            /* torch's l1_loss gradient: sign, 0 at 0 */
-            float g = r > 0.0f ? s * gscale : r < 0.0f ? -s * gscale : 0.0f;
+            float g = (kind == 1u ? 2.0f * r : kind == 2u ? sg + r * inv_delta : sg) * s * gscale;
             y[i] = g;
             rvs_ksum_add(&gs, g);
         }

@@ -157,6 +157,33 @@ int rvs_mkgrid_design_points(const struct rvs_mkgrid_design *d, struct rvs_synth
         }
     }
     if (d->nrandom > 0) {
+        /* the Teff axis: uniform u -> log10 Teff through the piecewise-linear inverse of the
+         * cumulative fractions at the knots */
+        double cx[RVS_MKGRID_MAX_KNOTS + 2], cf[RVS_MKGRID_MAX_KNOTS + 2];
+        size_t nc = 0;
+        if (d->teff_nknots > RVS_MKGRID_MAX_KNOTS) {
+            rvs_log(RVS_LOG_ERROR, "mkgrid", "at most %d Teff knots", RVS_MKGRID_MAX_KNOTS);
+            status = RVS_ERR_INVALID_ARGUMENT;
+            goto cleanup;
+        }
+        cx[nc] = log10(d->teff.min);
+        cf[nc++] = 0.0;
+        for (size_t k = 0; k < d->teff_nknots; k++) {
+            double t = d->teff_knot[k], f = d->teff_frac[k];
+            if (!(t > d->teff.min && t < d->teff.max && f > cf[nc - 1] && f < 1.0 &&
+                  log10(t) > cx[nc - 1])) {
+                rvs_log(RVS_LOG_ERROR, "mkgrid",
+                        "Teff knot %g with fraction %g: knots must increase inside the Teff "
+                        "range %g..%g and fractions increase inside (0, 1)",
+                        t, f, d->teff.min, d->teff.max);
+                status = RVS_ERR_INVALID_ARGUMENT;
+                goto cleanup;
+            }
+            cx[nc] = log10(t);
+            cf[nc++] = f;
+        }
+        cx[nc] = log10(d->teff.max);
+        cf[nc++] = 1.0;
         /* Latin hypercube in (log10 Teff, log g, [Fe/H], [alpha/Fe]): each axis cut into N
          * strata, one point per stratum, strata paired by random permutations; points in the
          * unphysical corner are dropped and the hypercube is redrawn for the remainder */
@@ -192,9 +219,13 @@ int rvs_mkgrid_design_points(const struct rvs_mkgrid_design *d, struct rvs_synth
                     u[4 * i + k] = ((double)perm[i] + uniform01(&state)) / (double)m;
             }
             for (size_t i = 0; i < m && n < want; i++) {
-                double lt0 = log10(d->teff.min), lt1 = log10(d->teff.max);
+                double ut = u[4 * i];
+                size_t k = 0;
+                while (k + 2 < nc && ut >= cf[k + 1])
+                    k++;
+                double lt = cx[k] + (cx[k + 1] - cx[k]) * (ut - cf[k]) / (cf[k + 1] - cf[k]);
                 struct rvs_synth_params p = {
-                    pow(10.0, lt0 + (lt1 - lt0) * u[4 * i]),
+                    pow(10.0, lt),
                     d->logg.min + (d->logg.max - d->logg.min) * u[4 * i + 1],
                     d->feh.min + (d->feh.max - d->feh.min) * u[4 * i + 2],
                     d->alpha.min + (d->alpha.max - d->alpha.min) * u[4 * i + 3]};
@@ -305,6 +336,10 @@ static int write_header(struct out_file *of, const struct rvs_mkgrid_output_opti
              "writing MODE");
     FITS_TRY(fits_write_key_lng(of->f, "SEED", (long)opt->seed, "Latin-hypercube seed", &fstatus),
              "writing SEED");
+    if (opt->teff_cdf)
+        FITS_TRY(fits_write_key_str(of->f, "TEFFCDF", opt->teff_cdf,
+                                    "fraction of points below each Teff: T1,F1,...", &fstatus),
+                 "writing TEFFCDF");
     FITS_TRY(fits_write_key_lng(of->f, "NSPEC", nspec, "number of spectra", &fstatus),
              "writing NSPEC");
     FITS_TRY(fits_write_key_str(of->f, "LINELIST",
@@ -384,7 +419,9 @@ static void *worker(void *arg)
     struct pool *p = arg;
     size_t npix = rvs_synth_npix(p->synth);
     double *flux = malloc(npix * sizeof *flux);
-    if (!flux) {
+    struct rvs_synth_work *work = NULL;
+    if (!flux || rvs_synth_work_create(p->synth, &work) != RVS_OK) {
+        free(flux);
         pthread_mutex_lock(&p->lock);
         p->fatal = 1;
         pthread_mutex_unlock(&p->lock);
@@ -397,7 +434,7 @@ static void *worker(void *arg)
         if (i >= p->count)
             break;
         const struct rvs_synth_params *par = &p->points[p->first + i];
-        int st = rvs_synth_spectrum(p->synth, par, flux, NULL);
+        int st = rvs_synth_spectrum_work(p->synth, work, par, flux, NULL);
         for (int a = 0; a < RVS_MKGRID_NARMS && st == RVS_OK; a++) {
             if (!(p->arms & (1u << a)))
                 continue;
@@ -419,6 +456,7 @@ static void *worker(void *arg)
         }
     }
     free(flux);
+    rvs_synth_work_destroy(&work);
     return NULL;
 }
 

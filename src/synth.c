@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 #include "synth_internal.h"
@@ -19,9 +20,14 @@ struct rvs_synth {
     size_t npix;
     double *wave;
     struct rvs_synth_linelist list;
+    /* per line, independent of the star: centre in pixels, pi e^2/(m c) gf lambda / (c dlnl),
+     * Unsoeld's 10^(19.6 + 0.4 log C6) (0 without van der Waals damping) */
+    double *lcentre, *lk, *lc6;
     double threshold;
     double vmic;
 };
+
+static void tables_init(void);
 
 void rvs_synth_options_init(struct rvs_synth_options *o)
 {
@@ -73,6 +79,21 @@ int rvs_synth_create(const struct rvs_synth_options *o, struct rvs_synth **out)
     /* lines up to 30 A outside the grid still reach it with their wings */
     RVS_TRY(rvs_synth_linelist_load(o->linelist_dir, o->lambda_min - 30.0,
                                     o->lambda_max + 30.0, &s->list));
+    size_t nlines = s->list.count ? s->list.count : 1;
+    s->lcentre = rvs_malloc(nlines * sizeof *s->lcentre);
+    s->lk = rvs_malloc(nlines * sizeof *s->lk);
+    s->lc6 = rvs_malloc(nlines * sizeof *s->lc6);
+    if (!s->lcentre || !s->lk || !s->lc6) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < s->list.count; i++) {
+        const struct rvs_synth_line *ln = &s->list.lines[i];
+        s->lcentre[i] = (log(ln->lambda) - s->lnl0) / s->dlnl;
+        s->lk[i] = RVS_PI_E2_MC * pow(10.0, ln->loggf) * ln->lambda * 1e-8 / (RVS_C * s->dlnl);
+        s->lc6[i] = ln->z > 0 && ln->log_c6 < 0 ? pow(10.0, 19.6 + 0.4 * ln->log_c6) : 0.0;
+    }
+    tables_init();
     rvs_log(RVS_LOG_INFO, "mkgrid", "%zu lines (%s), %zu pixels %.1f-%.1f A", s->list.count,
             s->list.from_files ? o->linelist_dir : "built-in list", s->npix, s->wave[0],
             s->wave[s->npix - 1]);
@@ -88,6 +109,9 @@ void rvs_synth_destroy(struct rvs_synth **ps)
     if (!ps || !*ps)
         return;
     rvs_synth_linelist_free(&(*ps)->list);
+    free((*ps)->lcentre);
+    free((*ps)->lk);
+    free((*ps)->lc6);
     free((*ps)->wave);
     free(*ps);
     *ps = NULL;
@@ -238,63 +262,122 @@ static void stark_init(void)
         stark_w[k] /= sum;
 }
 
-/* Profile value at pixel offset dx (normalised to unit area in pixels). */
-static double profile(const struct line_layer *p, double dx)
+/* One line in one layer, ready to evaluate: opacity per pixel at offset dx (pixels) from the
+ * centre = sum over components k of coef[k] H(a_k, dx inv_w[k]). Metal lines have one
+ * component; hydrogen lines the N_STARK Gaussian components of the Stark profile, each
+ * convolved with the Doppler/Lorentz core. */
+struct prof {
+    int n;
+    double coef[N_STARK], inv_w[N_STARK];
+    struct rvs_synth_voigt_a va[N_STARK];
+};
+
+static void prof_prepare(const struct line_layer *p, struct prof *pr)
 {
-    if (p->stark <= 0.0)
-        return rvs_synth_voigt(p->a, dx / p->dop) / (RVS_SQRT_PI * p->dop);
-    double sum = 0.0;
+    if (p->stark <= 0.0) {
+        pr->n = 1;
+        pr->coef[0] = p->k / (RVS_SQRT_PI * p->dop);
+        pr->inv_w[0] = 1.0 / p->dop;
+        rvs_synth_voigt_prepare(p->a, &pr->va[0]);
+        return;
+    }
     double s2 = p->stark * p->stark;
+    pr->n = N_STARK;
     for (int k = 0; k < N_STARK; k++) {
         /* a Gaussian of variance s^2/w has 1/e half width sqrt(2 s^2 / w) */
         double width = sqrt(p->dop * p->dop + 2.0 * s2 / stark_prec[k]);
-        double a = p->a * p->dop / width;
-        sum += stark_w[k] * rvs_synth_voigt(a, dx / width) / width;
+        pr->coef[k] = p->k * stark_w[k] / (RVS_SQRT_PI * width);
+        pr->inv_w[k] = 1.0 / width;
+        rvs_synth_voigt_prepare(p->a * p->dop / width, &pr->va[k]);
     }
-    return sum / RVS_SQRT_PI;
 }
 
-/* Adds k * profile to row[] over centre +- half pixels; the core is sampled at every pixel, the
- * wings at nodes whose spacing grows with the distance (about 1/16 of it), with linear
- * interpolation between nodes: the wing shape changes slowly there. */
-static void add_line(float *row, size_t npix, double centre, const struct line_layer *p,
-                     double half)
+/* Opacity (k times the unit-area profile per pixel) at pixel offset dx. */
+RVS_SYNTH_INLINE double prof_eval(const struct prof *pr, double dx)
 {
-    long c = lround(centre);
-    long lo = (long)floor(centre - half), hi = (long)ceil(centre + half);
-    if (hi < 0 || lo >= (long)npix)
-        return;
-    long core = (long)ceil(4.0 * p->dop) + 4;
-    for (int side = -1; side <= 1; side += 2) {
-        long prev_d = -1;
-        double prev_v = 0.0;
-        long d = side < 0 ? 1 : 0;
-        long dmax = side < 0 ? c - lo : hi - c;
-        while (d <= dmax) {
-            long px = c + side * d;
-            double v = p->k * profile(p, (double)px - centre);
-            if (px >= 0 && px < (long)npix)
-                row[px] += (float)v;
-            if (prev_d >= 0 && d - prev_d > 1) {
-                for (long j = prev_d + 1; j < d; j++) {
-                    long q = c + side * j;
-                    if (q >= 0 && q < (long)npix)
-                        row[q] += (float)(prev_v + (v - prev_v) * (double)(j - prev_d) /
-                                                       (double)(d - prev_d));
+    if (pr->n == 1)
+        return pr->coef[0] * rvs_synth_voigt_eval(&pr->va[0], dx * pr->inv_w[0]);
+    double sum = 0.0;
+    for (int k = 0; k < pr->n; k++)
+        sum += pr->coef[k] * rvs_synth_voigt_eval(&pr->va[k], dx * pr->inv_w[k]);
+    return sum;
+}
+
+#define CSTEP 16 /* continuum, TiO bands and Planck function sampled every CSTEP pixels */
+
+/* Adds the line at the pixels of one side (side = +1: centre and right, -1: left) out to dmax
+ * pixels from the rounded centre c: every pixel within `core`, then nodes spaced ~1/16 of the
+ * distance with linear interpolation between them (the wing shape changes slowly there). Node
+ * values go to row[]; the straight segments between nodes go to h2[] as second differences
+ * (four entries per segment, whatever its length; the transfer sums them up), or to row[]
+ * when h2 is NULL. */
+static void add_fine(float *row, double *h2, long npix, double centre, long c,
+                     const struct prof *pr, long core, long dmax, int side)
+{
+    long prev_d = -1;
+    double prev_v = 0.0;
+    long d = side < 0 ? 1 : 0;
+    while (d <= dmax) {
+        long px = c + side * d;
+        double v = prof_eval(pr, (double)px - centre);
+        if (px >= 0 && px < npix)
+            row[px] += (float)v;
+        if (prev_d >= 0 && d - prev_d > 1) {
+            /* the segment between the nodes as a function of the pixel index: value fa at
+             * pixel pa, slope b per pixel; clipped to the row */
+            long pa = c + side * (prev_d + 1), pb = c + side * (d - 1);
+            double b = side * (v - prev_v) / (double)(d - prev_d);
+            double fa = prev_v + side * b;
+            if (pa > pb) {
+                long t = pa;
+                pa = pb;
+                pb = t;
+                fa = prev_v + (v - prev_v) * (double)(d - 1 - prev_d) / (double)(d - prev_d);
+            }
+            if (pa < 0) {
+                fa += b * (double)(-pa);
+                pa = 0;
+            }
+            if (pb > npix - 1)
+                pb = npix - 1;
+            if (pa <= pb) {
+                double fb = fa + b * (double)(pb - pa);
+                if (h2) {
+                    h2[pa] += fa;
+                    h2[pa + 1] += b - fa;
+                    h2[pb + 1] -= b + fb;
+                    h2[pb + 2] += fb;
+                } else {
+                    for (long q = pa; q <= pb; q++)
+                        row[q] += (float)(fa + b * (double)(q - pa));
                 }
             }
-            prev_d = d;
-            prev_v = v;
-            long step = d <= core ? 1 : d / 16;
-            if (step < 1)
-                step = 1;
-            if (d < dmax && d + step > dmax)
-                step = dmax - d;
-            if (step < 1)
-                step = 1;
-            d += step;
         }
+        prev_d = d;
+        prev_v = v;
+        long step = d <= core ? 1 : d / 16;
+        if (step < 1)
+            step = 1;
+        if (d < dmax && d + step > dmax)
+            step = dmax - d;
+        if (step < 1)
+            step = 1;
+        d += step;
     }
+}
+
+/* Adds the line's opacity over centre +- half pixels to row[] and h2[] (see add_fine; h2 has
+ * npix + 2 entries). */
+static void add_line(float *row, double *h2, size_t npix, double centre, const struct prof *pr,
+                     double dop, double half)
+{
+    long c = lround(centre), n = (long)npix;
+    long lo = (long)floor(centre - half), hi = (long)ceil(centre + half);
+    if (hi < 0 || lo >= n)
+        return;
+    long core = (long)ceil(4.0 * dop) + 4;
+    add_fine(row, h2, n, centre, c, pr, core, hi - c, 1);
+    add_fine(row, h2, n, centre, c, pr, core, c - lo, -1);
 }
 
 /* ---------------------------------------------------------------- hydrogen */
@@ -352,6 +435,10 @@ static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 static void tables_fill(void)
 {
     stark_init();
+    /* without memory for the table every Voigt value is computed directly: slower, same result
+     * to 1e-4 */
+    if (rvs_synth_voigt_table_init() != RVS_OK)
+        rvs_log(RVS_LOG_WARNING, "mkgrid", "no memory for the Voigt table; computing directly");
     for (int b = 0; b < N_TIO; b++)
         tio_head_vac[b] = rvs_synth_air_to_vacuum(tio_bands[b][0]);
 }
@@ -381,49 +468,133 @@ static double tio_opacity(double lambda, double t, double n_tio, double u_tio)
     return sum;
 }
 
-/* Opacity coefficient, widths and damping of an atomic or molecular line in layer l. */
-static void metal_line_layer(const struct rvs_synth_atmosphere *atm, const struct layer_pop *pop,
-                             int l, const struct rvs_synth_line *ln, double vmic, double vfloor2,
-                             double cpx, double dlnl, struct line_layer *out)
+/* Wavelength-independent constants of one layer for the metal lines. */
+struct layer_const {
+    double beta;      /* 1 / (k T) in 1/eV */
+    double vth2_amu;  /* 2 k T / amu in (km/s)^2: thermal speed^2 of a particle of 1 amu */
+    double vdw;       /* Pg / T^0.7: the layer's factor of Unsoeld's gamma6 */
+};
+
+static void layer_const_init(const struct rvs_synth_atmosphere *atm, int l, struct layer_const *lc)
 {
     double t = atm->t[l];
+    lc->beta = 1.0 / (RVS_K_EV * t);
+    lc->vth2_amu = 2.0 * RVS_K_B * t / RVS_AMU * 1e-10;
+    lc->vdw = pow(10.0, log10(atm->pg[l]) - 0.7 * log10(t));
+}
+
+/* Opacity coefficient, widths and damping of line i in layer l. The line's own constants
+ * (s->lk, s->lc6) are computed once in rvs_synth_create. vxi2 = vmic^2 + the sampling term,
+ * stim = 1 - exp(-h nu / k T). */
+static void metal_line_layer(const struct rvs_synth *s, const struct layer_pop *pop,
+                             const struct layer_const *lc, size_t i, double vxi2, double cpx,
+                             double stim, struct line_layer *out)
+{
+    const struct rvs_synth_line *ln = &s->list.lines[i];
     double n_over_u = ln->z > 0 ? pop->atom[ln->z][ln->ion] : pop->mol[-1 - ln->z];
-    double vth2 = 2.0 * RVS_K_B * t / (ln->mass * RVS_AMU) * 1e-10; /* (km/s)^2 */
-    double xi = sqrt(vth2 + vmic * vmic + vfloor2);                  /* km/s */
-    double lcm = ln->lambda * 1e-8;
-    double stim = -expm1(-RVS_HC_EV_A / (ln->lambda * RVS_K_EV * t));
+    double xi = sqrt(lc->vth2_amu / ln->mass + vxi2); /* km/s */
     /* kappa = pi e^2/(m c) gf n/U exp(-E/kT) stim phi_nu, and phi_nu = profile per pixel /
-     * (nu dlnl) */
-    out->k = RVS_PI_E2_MC * pow(10.0, ln->loggf) * n_over_u * exp(-ln->ep / (RVS_K_EV * t)) *
-             stim * lcm / (RVS_C * dlnl);
-    double gamma = ln->gamma_rad;
-    if (ln->z > 0 && ln->log_c6 < 0) {
-        /* Unsoeld: log gamma6 = 19.6 + 0.4 log C6 + log Pg - 0.7 log T (Gray 2005, eq. 11.29),
-         * times 2 for the theory's well-known underestimate */
-        gamma += 1.0 * pow(10.0, 19.6 + 0.4 * ln->log_c6 + log10(atm->pg[l]) - 0.7 * log10(t));
-    }
-    double dnu_d = xi / RVS_C_KMS * RVS_C / lcm; /* Hz */
+     * (nu dlnl): s->lk holds pi e^2/(m c) gf lambda / (c dlnl) */
+    out->k = s->lk[i] * n_over_u * exp(-ln->ep * lc->beta) * stim;
+    /* Unsoeld: log gamma6 = 19.6 + 0.4 log C6 + log Pg - 0.7 log T (Gray 2005, eq. 11.29) */
+    double gamma = ln->gamma_rad + s->lc6[i] * lc->vdw;
+    double dnu_d = xi * 1e5 / (ln->lambda * 1e-8); /* Hz: xi / c * c / lambda */
     out->dop = xi / cpx;
     out->a = gamma / (4.0 * RVS_PI * dnu_d);
     out->stark = 0.0;
 }
 
+/* Line / continuum ratio at the peak of the profile, and the half width [pixels] where the
+ * profile (Gaussian core exp(-v^2), Lorentz wing a / (sqrt(pi) v^2)) falls to eps of the
+ * continuum kc. */
+static double line_ratio_half(const struct line_layer *ll, double kc, double eps, double *half)
+{
+    double ratio = ll->k / (RVS_SQRT_PI * ll->dop) / kc;
+    double hw = 3.0;
+    if (ratio > eps)
+        hw = fmax(hw, sqrt(log(ratio / eps)));
+    *half = fmax(hw, sqrt(ratio * ll->a / (RVS_SQRT_PI * eps))) * ll->dop;
+    return ratio;
+}
+
 /* ---------------------------------------------------------------- the spectrum */
 
-#define CSTEP 16 /* continuum sampled every CSTEP pixels, interpolated in between */
+static double cpu_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
-struct work {
-    float *kl;  /* [NLAYER][npix] line opacity */
-    double *kc; /* [NLAYER][ncoarse] continuum */
-    double *kb; /* [NLAYER][ncoarse] TiO bands */
+struct rvs_synth_work {
+    size_t npix;
+    struct layer_pop *pop; /* [NLAYER] */
+    float *kl;    /* [NLAYER][npix] line opacity (zero between spectra) */
+    double *h2;   /* [NLAYER][npix + 2] line opacity, second differences (zero between) */
+    double *kc;   /* [NLAYER][ncoarse] continuum */
+    double *kx;   /* [NLAYER][ncoarse] TiO bands */
+    double *bc;   /* [NLAYER][ncoarse] Planck function */
+    double *tauc; /* [NLAYER][ncoarse] continuum optical depth */
+    double *stim; /* [NLAYER][ncoarse] stimulated-emission factor 1 - exp(-h nu / k T) */
+    float *shape; /* [npix] scratch: one line's unit profile */
     size_t ncoarse;
 };
 
-static void work_free(struct work *w)
+void rvs_synth_work_destroy(struct rvs_synth_work **pw)
 {
+    if (!pw || !*pw)
+        return;
+    struct rvs_synth_work *w = *pw;
+    free(w->pop);
     free(w->kl);
+    free(w->h2);
     free(w->kc);
-    free(w->kb);
+    free(w->kx);
+    free(w->bc);
+    free(w->tauc);
+    free(w->stim);
+    free(w->shape);
+    free(w);
+    *pw = NULL;
+}
+
+int rvs_synth_work_create(const struct rvs_synth *s, struct rvs_synth_work **out)
+{
+    int status = RVS_OK;
+    const size_t npix = s->npix, nl = RVS_SYNTH_NLAYER;
+    struct rvs_synth_work *w = rvs_calloc(1, sizeof *w);
+    *out = NULL;
+    if (!w) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    w->npix = npix;
+    w->ncoarse = (npix - 1) / CSTEP + 2;
+    w->pop = rvs_malloc(nl * sizeof *w->pop);
+    w->kl = rvs_calloc(nl * npix, sizeof *w->kl);
+    w->h2 = rvs_calloc(nl * (npix + 2), sizeof *w->h2);
+    w->kc = rvs_malloc(nl * w->ncoarse * sizeof *w->kc);
+    w->kx = rvs_malloc(nl * w->ncoarse * sizeof *w->kx);
+    w->bc = rvs_malloc(nl * w->ncoarse * sizeof *w->bc);
+    w->tauc = rvs_malloc(nl * w->ncoarse * sizeof *w->tauc);
+    w->stim = rvs_malloc(nl * w->ncoarse * sizeof *w->stim);
+    w->shape = rvs_calloc(npix, sizeof *w->shape);
+    if (!w->pop || !w->kl || !w->h2 || !w->kc || !w->kx || !w->bc || !w->tauc || !w->stim ||
+        !w->shape) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    *out = w;
+    w = NULL;
+cleanup:
+    rvs_synth_work_destroy(&w);
+    return status;
+}
+
+/* row[] between coarse nodes j and j + 1, at fraction f */
+static inline double coarse_node(const double *row, size_t j, double f)
+{
+    return row[j] + f * (row[j + 1] - row[j]);
 }
 
 static double coarse_at(const double *row, size_t ncoarse, size_t px)
@@ -435,20 +606,26 @@ static double coarse_at(const double *row, size_t ncoarse, size_t px)
     return row[j] + f * (row[j + 1] - row[j]);
 }
 
-/* Emergent flux at one pixel from the opacity in each layer. */
-static double formal(const struct rvs_synth_atmosphere *atm, const double *kappa, double lambda)
+/* Optical depth at each layer for the opacity kappa[l] (the formal solution's quadrature). */
+static void optical_depth(const struct rvs_synth_atmosphere *atm, const double *kappa,
+                          double *tau)
 {
-    double tau[RVS_SYNTH_NLAYER], s[RVS_SYNTH_NLAYER];
     double r_prev = kappa[0] / atm->kref[0];
     tau[0] = r_prev * atm->tau[0];
     const double h = 0.25 * log(10.0);
-    for (int l = 0; l < RVS_SYNTH_NLAYER; l++) {
+    for (int l = 1; l < RVS_SYNTH_NLAYER; l++) {
         double r = kappa[l] / atm->kref[l];
-        if (l > 0)
-            tau[l] = tau[l - 1] + 0.5 * h * (r_prev * atm->tau[l - 1] + r * atm->tau[l]);
+        tau[l] = tau[l - 1] + 0.5 * h * (r_prev * atm->tau[l - 1] + r * atm->tau[l]);
         r_prev = r;
-        s[l] = rvs_synth_planck(lambda, atm->t[l]);
     }
+}
+
+/* Emergent flux at one pixel from the opacity kappa and the source function s (B_lambda) in
+ * each layer. */
+static double formal(const struct rvs_synth_atmosphere *atm, const double *kappa, const double *s)
+{
+    double tau[RVS_SYNTH_NLAYER];
+    optical_depth(atm, kappa, tau);
     /* F/(2 pi) = int S E2 dt: constant S above the top layer, linear between layers, linear
      * extrapolation below the bottom one */
     double e[4], ea[4];
@@ -474,12 +651,40 @@ static double formal(const struct rvs_synth_atmosphere *atm, const double *kappa
     return 2.0 * RVS_PI * f;
 }
 
+/* A line is kept when its peak opacity exceeds the threshold option (1e-3) of the continuum
+ * in one of four test layers; its profile is cut where it falls to 3e-4 of the continuum in
+ * the test layer where it reaches farthest (at most 300 A). Numerical short cuts, each
+ * measured against the spectra of the plain computation at DESI resolution
+ * (tests/test_mkgrid_reference.c):
+ *   - a layer gets no opacity from a line whose peak there is below LAYER_EPS of the
+ *     continuum or whose peak times the continuum optical depth is below TAU_EPS (the line
+ *     adds < 1e-6 to tau there): together < 2e-5 relative flux;
+ *   - a line whose peak stays below WEAK_RATIO of the continuum in every layer (optically
+ *     thin: the flux responds to its opacity linearly) gets one profile shape, that of the
+ *     layer with the largest weight ratio * tau_c / (1 + tau_c)^3, scaled by its opacity in
+ *     each layer, instead of a profile per layer: < 1.3e-4 relative flux, 10-15% of the
+ *     time. */
+#define LAYER_EPS 1e-4
+#define TAU_EPS 1e-6
+#define WEAK_RATIO 0.1
+
 int rvs_synth_spectrum(const struct rvs_synth *s, const struct rvs_synth_params *p,
                        double *flux, double *continuum)
 {
+    struct rvs_synth_work *w = NULL;
+    int status = rvs_synth_work_create(s, &w);
+    if (status == RVS_OK)
+        status = rvs_synth_spectrum_work(s, w, p, flux, continuum);
+    rvs_synth_work_destroy(&w);
+    return status;
+}
+
+int rvs_synth_spectrum_work(const struct rvs_synth *s, struct rvs_synth_work *wk,
+                            const struct rvs_synth_params *p, double *flux, double *continuum)
+{
     int status = RVS_OK;
-    struct work w = {0};
-    struct layer_pop *pop = NULL;
+    struct rvs_synth_work w = *wk; /* the buffers, by value: shorter names below */
+    struct layer_pop *pop = wk->pop;
     struct rvs_synth_atmosphere atm;
     const char *why;
     if (rvs_synth_params_check(p, &why) != RVS_OK) {
@@ -489,73 +694,134 @@ int rvs_synth_spectrum(const struct rvs_synth *s, const struct rvs_synth_params 
         goto cleanup;
     }
     tables_init();
+    double tm0 = cpu_seconds();
     double vmic = rvs_synth_vmic(s, p);
     RVS_TRY(rvs_synth_atmosphere_build(p, vmic, &atm));
 
     const size_t npix = s->npix, nl = RVS_SYNTH_NLAYER;
-    w.ncoarse = (npix - 1) / CSTEP + 2;
-    w.kl = rvs_calloc(nl * npix, sizeof *w.kl);
-    w.kc = rvs_malloc(nl * w.ncoarse * sizeof *w.kc);
-    w.kb = rvs_malloc(nl * w.ncoarse * sizeof *w.kb);
-    pop = rvs_malloc(nl * sizeof *pop);
-    if (!w.kl || !w.kc || !w.kb || !pop) {
-        status = RVS_ERR_NOMEM;
+    if (wk->npix != npix) {
+        rvs_log(RVS_LOG_ERROR, "mkgrid", "work space made for another generator");
+        status = RVS_ERR_INVALID_ARGUMENT;
         goto cleanup;
     }
+    struct layer_const lconst[RVS_SYNTH_NLAYER];
     for (size_t l = 0; l < nl; l++) {
         layer_populations(&atm, (int)l, &pop[l]);
+        layer_const_init(&atm, (int)l, &lconst[l]);
         double u_tio = rvs_synth_molecule_partition(RVS_MOL_TIO, atm.t[l]);
+        struct rvs_synth_continuum_layer cl;
+        rvs_synth_continuum_prepare(atm.t[l], atm.ne[l], atm.nhi[l], atm.nhii[l], atm.nh2[l],
+                                    &cl);
         for (size_t j = 0; j < w.ncoarse; j++) {
             double lam = exp(s->lnl0 + s->dlnl * (double)(j * CSTEP));
-            w.kc[l * w.ncoarse + j] = rvs_synth_continuum_opacity(
-                lam, atm.t[l], atm.ne[l], atm.nhi[l], atm.nhii[l], atm.nh2[l]);
-            w.kb[l * w.ncoarse + j] =
+            w.kc[l * w.ncoarse + j] = rvs_synth_continuum_eval(&cl, lam);
+            w.kx[l * w.ncoarse + j] =
                 tio_opacity(lam, atm.t[l], pop[l].mol_n[RVS_MOL_TIO], u_tio);
+            w.bc[l * w.ncoarse + j] = rvs_synth_planck(lam, atm.t[l]);
+            w.stim[l * w.ncoarse + j] = -expm1(-RVS_HC_EV_A / lam * lconst[l].beta);
         }
     }
+    for (size_t j = 0; j < w.ncoarse; j++) {
+        double kap[RVS_SYNTH_NLAYER], tau[RVS_SYNTH_NLAYER];
+        for (size_t l = 0; l < nl; l++)
+            kap[l] = w.kc[l * w.ncoarse + j];
+        optical_depth(&atm, kap, tau);
+        for (size_t l = 0; l < nl; l++)
+            w.tauc[l * w.ncoarse + j] = tau[l];
+    }
 
+    double tm1 = cpu_seconds();
     /* atomic and molecular lines */
     const double cpx = RVS_C_KMS * s->dlnl; /* km/s per pixel */
-    const double vfloor2 = (0.6 * cpx) * (0.6 * cpx);
-    size_t kept = 0;
+    const double vfloor2 = (0.6 * cpx) * (0.6 * cpx), vxi2 = vmic * vmic + vfloor2;
+    size_t kept = 0, layers = 0;
     for (size_t i = 0; i < s->list.count; i++) {
         const struct rvs_synth_line *ln = &s->list.lines[i];
-        double centre = (log(ln->lambda) - s->lnl0) / s->dlnl;
+        double centre = s->lcentre[i];
         struct line_layer ll[RVS_SYNTH_NLAYER];
-        double best = 0.0, half = 0.0;
+        double best = 0.0;
         size_t px = centre < 0 ? 0 : centre >= (double)npix ? npix - 1 : (size_t)centre;
+        /* the coarse-grid interpolation at the line centre, for kc, stim and tauc */
+        size_t jc = px / CSTEP;
+        double fc = (double)(px - jc * CSTEP) / CSTEP;
+#define AT(arr, l) coarse_node(&(arr)[(l) * w.ncoarse], jc, fc)
         /* strength test at a few layers against the local continuum first: most lines of the
          * list are far too weak in any given star */
-        static const int test_layers[] = {0, 9, 18, RVS_SYNTH_NLAYER - 1};
+        static const size_t test_layers[] = {0, 9, 18, RVS_SYNTH_NLAYER - 1};
+        double half = 0.0, kcl[RVS_SYNTH_NLAYER];
         for (size_t q = 0; q < 4; q++) {
-            int l = test_layers[q];
-            metal_line_layer(&atm, &pop[l], l, ln, vmic, vfloor2, cpx, s->dlnl, &ll[l]);
-            double kc = coarse_at(&w.kc[(size_t)l * w.ncoarse], w.ncoarse, px);
-            double ratio = ll[l].k / (RVS_SQRT_PI * ll[l].dop) / kc;
-            if (ratio > best)
-                best = ratio;
-            /* half width where the profile falls to 3e-4 of the continuum: Gaussian core and
-             * Lorentzian wings a/(sqrt(pi) v^2) */
-            double eps = 3e-4, hw = 3.0;
-            if (ratio > eps)
-                hw = fmax(hw, sqrt(log(ratio / eps)));
-            hw = fmax(hw, sqrt(ratio * ll[l].a / (RVS_SQRT_PI * eps))) * ll[l].dop;
-            if (hw > half)
-                half = hw;
+            size_t l = test_layers[q];
+            metal_line_layer(s, &pop[l], &lconst[l], i, vxi2, cpx, AT(w.stim, l), &ll[l]);
+            kcl[l] = AT(w.kc, l);
+            best = fmax(best, ll[l].k / (RVS_SQRT_PI * ll[l].dop) / kcl[l]);
         }
         if (best < s->threshold)
             continue;
-        double maxhalf = 300.0 / ln->lambda / s->dlnl; /* 300 A */
-        if (half > maxhalf)
-            half = maxhalf;
-        kept++;
-        for (size_t l = 0; l < nl; l++) {
-            if (l != 0 && l != 9 && l != 18 && l != nl - 1)
-                metal_line_layer(&atm, &pop[l], (int)l, ln, vmic, vfloor2, cpx, s->dlnl, &ll[l]);
-            add_line(&w.kl[l * npix], npix, centre, &ll[l], half);
+        for (size_t q = 0; q < 4; q++) {
+            double hw;
+            line_ratio_half(&ll[test_layers[q]], kcl[test_layers[q]], 3e-4, &hw);
+            half = fmax(half, hw);
         }
+        double maxhalf = 300.0 / ln->lambda / s->dlnl; /* 300 A */
+        half = fmin(half, maxhalf);
+        kept++;
+        double ratio[RVS_SYNTH_NLAYER], rmax = 0.0, wbest = -1.0;
+        size_t lbest = 0;
+        for (size_t l = 0; l < nl; l++) {
+            if (l != 0 && l != 9 && l != 18 && l != nl - 1) {
+                metal_line_layer(s, &pop[l], &lconst[l], i, vxi2, cpx, AT(w.stim, l), &ll[l]);
+                kcl[l] = AT(w.kc, l);
+            }
+            ratio[l] = ll[l].k / (RVS_SQRT_PI * ll[l].dop * kcl[l]);
+            double tc = AT(w.tauc, l);
+            if (ratio[l] < LAYER_EPS || ratio[l] * tc < TAU_EPS)
+                ratio[l] = 0.0;
+            rmax = fmax(rmax, ratio[l]);
+            double wt = ratio[l] * tc / ((1.0 + tc) * (1.0 + tc) * (1.0 + tc));
+            if (wt > wbest) {
+                wbest = wt;
+                lbest = l;
+            }
+        }
+        if (rmax == 0.0)
+            continue;
+        if (rmax < WEAK_RATIO) {
+            /* optically thin: one shape for every layer (see WEAK_RATIO) */
+            struct line_layer unit = ll[lbest];
+            unit.k = 1.0;
+            struct prof pr;
+            prof_prepare(&unit, &pr);
+            add_line(w.shape, NULL, npix, centre, &pr, unit.dop, half);
+            long lo = (long)floor(centre - half), hi = (long)ceil(centre + half);
+            if (lo < 0)
+                lo = 0;
+            if (hi > (long)npix - 1)
+                hi = (long)npix - 1;
+            for (size_t l = 0; l < nl; l++) {
+                if (ratio[l] == 0.0)
+                    continue;
+                layers++;
+                float k = (float)ll[l].k, *row = &w.kl[l * npix];
+                for (long q = lo; q <= hi; q++)
+                    row[q] += k * w.shape[q];
+            }
+            for (long q = lo; q <= hi; q++)
+                w.shape[q] = 0.0f;
+            continue;
+        }
+        for (size_t l = 0; l < nl; l++) {
+            if (ratio[l] == 0.0)
+                continue;
+            layers++;
+            struct prof pr;
+            prof_prepare(&ll[l], &pr);
+            add_line(&w.kl[l * npix], &w.h2[l * (npix + 2)], npix, centre, &pr, ll[l].dop,
+                     half);
+        }
+#undef AT
     }
 
+    double tm2 = cpu_seconds();
     /* hydrogen: Balmer (n_lower 2) and Paschen (3) series */
     for (int nlow = 2; nlow <= 3; nlow++) {
         for (int nup = nlow + 1; nup <= 40; nup++) {
@@ -626,33 +892,54 @@ int rvs_synth_spectrum(const struct rvs_synth *s, const struct rvs_synth_params 
             double maxhalf = 400.0 / lam / s->dlnl;
             if (half > maxhalf)
                 half = maxhalf;
-            for (size_t l = 0; l < nl; l++)
-                add_line(&w.kl[l * npix], npix, centre, &ll[l], half);
+            for (size_t l = 0; l < nl; l++) {
+                struct prof pr;
+                prof_prepare(&ll[l], &pr);
+                add_line(&w.kl[l * npix], &w.h2[l * (npix + 2)], npix, centre, &pr,
+                         ll[l].dop, half);
+            }
         }
     }
-    rvs_log(RVS_LOG_DEBUG, "mkgrid", "Teff=%g logg=%g: %zu of %zu lines above threshold",
-            p->teff, p->logg, kept, s->list.count);
 
-    /* transfer */
+    double tm3 = cpu_seconds();
+    /* transfer; the line opacity arrays are zeroed as they are read, ready for the next
+     * spectrum (also after an error) */
+    double g[RVS_SYNTH_NLAYER] = {0}, f[RVS_SYNTH_NLAYER] = {0};
     for (size_t i = 0; i < npix; i++) {
-        double kap[RVS_SYNTH_NLAYER], kcont[RVS_SYNTH_NLAYER];
+        double kap[RVS_SYNTH_NLAYER], kcont[RVS_SYNTH_NLAYER], src[RVS_SYNTH_NLAYER];
+        /* coarse-grid interpolation (as coarse_at: node j + 1 exists for every pixel) */
+        size_t j = i / CSTEP;
+        double fr = (double)(i - j * CSTEP) / CSTEP;
         for (size_t l = 0; l < nl; l++) {
-            kcont[l] = coarse_at(&w.kc[l * w.ncoarse], w.ncoarse, i);
-            kap[l] = kcont[l] + coarse_at(&w.kb[l * w.ncoarse], w.ncoarse, i) +
-                     (double)w.kl[l * npix + i];
+            size_t b = l * w.ncoarse + j;
+            double *h = &w.h2[l * (npix + 2) + i];
+            float *k = &w.kl[l * npix + i];
+            g[l] += *h;
+            f[l] += g[l];
+            kcont[l] = w.kc[b] + fr * (w.kc[b + 1] - w.kc[b]);
+            kap[l] = kcont[l] + w.kx[b] + fr * (w.kx[b + 1] - w.kx[b]) + (double)*k + f[l];
+            src[l] = w.bc[b] + fr * (w.bc[b + 1] - w.bc[b]);
+            *h = 0.0;
+            *k = 0.0f;
         }
-        flux[i] = formal(&atm, kap, s->wave[i]);
+        flux[i] = formal(&atm, kap, src);
         if (continuum)
-            continuum[i] = formal(&atm, kcont, s->wave[i]);
-        if (!isfinite(flux[i])) {
+            continuum[i] = formal(&atm, kcont, src);
+        if (!isfinite(flux[i]) && status == RVS_OK) {
             rvs_log(RVS_LOG_ERROR, "mkgrid", "non-finite flux at %.2f A for Teff=%g logg=%g",
                     s->wave[i], p->teff, p->logg);
             status = RVS_ERR_INVALID_ARGUMENT;
-            goto cleanup;
         }
     }
+    for (size_t l = 0; l < nl; l++)
+        w.h2[l * (npix + 2) + npix] = w.h2[l * (npix + 2) + npix + 1] = 0.0;
+    if (status != RVS_OK)
+        goto cleanup;
+    rvs_log(RVS_LOG_DEBUG, "mkgrid",
+            "Teff=%g logg=%g: %zu of %zu lines above threshold (%zu line-layers); CPU s: "
+            "atmosphere+continuum %.3f, lines %.3f, hydrogen %.3f, transfer %.3f",
+            p->teff, p->logg, kept, s->list.count, layers, tm1 - tm0, tm2 - tm1, tm3 - tm2,
+            cpu_seconds() - tm3);
 cleanup:
-    work_free(&w);
-    free(pop);
     return status;
 }

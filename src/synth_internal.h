@@ -74,6 +74,57 @@ void rvs_synth_expint(double x, double e[4]);
 /* Planck function B_lambda [erg s^-1 cm^-2 A^-1 sr^-1]. */
 double rvs_synth_planck(double lambda_a, double t);
 
+/* Tabulated Voigt function (synth_physics.c): H(a, v) for |v| < RVS_VOIGT_VMAX and
+ * a < RVS_VOIGT_AMAX from a table of rvs_synth_voigt (error < 9e-5 H(a, 0)), elsewhere
+ * rvs_synth_voigt itself, which is cheap there (Humlicek's rational regions, no exp/cos). The
+ * table is built once by rvs_synth_voigt_table_init (call it before threads start); until then
+ * every value is computed directly. */
+#if defined(__GNUC__)
+#define RVS_SYNTH_INLINE __attribute__((always_inline)) static inline /* hot inner loops */
+#else
+#define RVS_SYNTH_INLINE static inline
+#endif
+#define RVS_VOIGT_VMAX 8
+#define RVS_VOIGT_VSTEPS 64
+#define RVS_VOIGT_AMIN 1e-4
+#define RVS_VOIGT_AMAX 30.0
+#define RVS_VOIGT_ARATIO 1.03
+int rvs_synth_voigt_table_init(void);
+/* H(a, .) for one a: the two table rows around a and the weight of the upper one. */
+struct rvs_synth_voigt_a {
+    const float *r0, *r1; /* NULL: evaluate directly */
+    float w1, scale;      /* the rows hold (1 + a) H: scale = 1 / (1 + a) */
+    double a;
+};
+void rvs_synth_voigt_prepare(double a, struct rvs_synth_voigt_a *va);
+RVS_SYNTH_INLINE double rvs_synth_voigt_eval(const struct rvs_synth_voigt_a *va, double v)
+{
+    v = v < 0 ? -v : v;
+    double a = va->a;
+    if (v >= (double)RVS_VOIGT_VMAX) {
+        /* Humlicek's regions 1 (a + v >= 15) and 2 (5.5 <= a + v < 15), as rvs_synth_voigt
+         * computes them, in real arithmetic (t = a - i v, u = t^2) */
+        double a2 = a * a, v2 = v * v;
+        if (a + v >= 15.0) {
+            double d = 0.5 + a2 - v2; /* w = t / (sqrt(pi) (1/2 + u)) */
+            return 0.5641896 * a * (0.5 + a2 + v2) / (d * d + 4.0 * a2 * v2);
+        }
+        double ur = a2 - v2, ui = -2.0 * a * v; /* w = t (1.410474 + u / sqrt(pi)) / */
+        double qr = 1.410474 + 0.5641896 * ur, qi = 0.5641896 * ui; /* (0.75 + u (3 + u)) */
+        double nr = a * qr + v * qi, ni = a * qi - v * qr;
+        double dr = 0.75 + ur * (3.0 + ur) - ui * ui, di = ur * ui + ui * (3.0 + ur);
+        return (nr * dr + ni * di) / (dr * dr + di * di);
+    }
+    if (!va->r0)
+        return rvs_synth_voigt(a, v);
+    float x = (float)v * (float)RVS_VOIGT_VSTEPS;
+    int i = (int)x;
+    float t = x - (float)i;
+    const float *p = va->r0 + i, *q = va->r1 + i;
+    float h0 = p[0] + t * (p[1] - p[0]), h1 = q[0] + t * (q[1] - q[0]);
+    return (double)((h0 + va->w1 * (h1 - h0)) * va->scale);
+}
+
 /* Hydrogen (n_lower -> n_upper) absorption oscillator strength: Kramers' formula times the
  * Johnson (1972) bound-bound Gaunt factor. */
 double rvs_synth_hydrogen_f(int n_lower, int n_upper);
@@ -136,5 +187,19 @@ void rvs_synth_ion_fractions(int z, double t, double ne, double frac[3]);
 /* Continuum absorption coefficient [cm^-1] of one layer at lambda (vacuum Å). */
 double rvs_synth_continuum_opacity(double lambda_a, double t, double ne, double nhi,
                                    double nhii, double nh2);
+/* The same in two steps: the wavelength-independent factors of one layer (level populations,
+ * temperature powers), then the opacity at any wavelength from them. */
+#define RVS_SYNTH_CONT_NLEVEL 30 /* H I bound-free from n = 1 ... 30 */
+struct rvs_synth_continuum_layer {
+    double t, alpha_t, hm_bf, hm_ff_theta[6], pe_nhi, h_k_t;
+    double hbf[RVS_SYNTH_CONT_NLEVEL + 1];
+    double ff, thomson, nhi, nh2;
+};
+void rvs_synth_continuum_prepare(double t, double ne, double nhi, double nhii, double nh2,
+                                 struct rvs_synth_continuum_layer *c);
+double rvs_synth_continuum_eval(const struct rvs_synth_continuum_layer *c, double lambda_a);
+/* H- free-free as rvs_synth_hminus_ff with the powers theta^((n+2)/2), n = 0..5, of
+ * theta = 5040/T given. */
+double rvs_synth_hminus_ff_theta(double lambda_a, const double theta_pow[6]);
 
 #endif

@@ -88,6 +88,8 @@ void rvs_train_config_init(struct rvs_train_config *c)
     c->seed = 343432323;
     c->eval_rows = 1024;
     c->checkpoint_every = 32;
+    c->loss = RVS_TRAIN_LOSS_L1;
+    c->loss_delta = 0.02;
 }
 
 /* xoshiro256** (Blackman & Vigna), seeded through splitmix64: reproducible everywhere. */
@@ -335,6 +337,10 @@ const struct rvs_train_layout *rvs_trainer_layout(const struct rvs_trainer *tr)
 }
 
 double rvs_trainer_lr(const struct rvs_trainer *tr) { return tr->lr; }
+void rvs_trainer_set_time_limit(struct rvs_trainer *tr, double seconds)
+{
+    tr->cfg.time_limit = seconds > 0 ? seconds : 0.0;
+}
 
 void rvs_trainer_normalisation(const struct rvs_trainer *tr, const float **d0, const float **sd0,
                                double *spread0)
@@ -735,6 +741,13 @@ cleanup:
     return status;
 }
 
+/* What the summed loss is divided by, besides rows x pixels: spread0 (L1, L1L2) or spread0^2
+ * (L2). */
+static double loss_scale(const struct rvs_trainer *tr)
+{
+    return tr->cfg.loss == RVS_TRAIN_LOSS_L2 ? tr->spread0 * tr->spread0 : tr->spread0;
+}
+
 /* The loss kernel over tr->y: adds to loss_acc; with_grad turns y into dL/dy and writes the
  * pc_layer bias gradient. */
 static int loss_kernel(struct rvs_trainer *tr, cl_mem idx, size_t off, size_t rows, int with_grad)
@@ -742,10 +755,12 @@ static int loss_kernel(struct rvs_trainer *tr, cl_mem idx, size_t off, size_t ro
     int status = RVS_OK;
     cl_uint o = (cl_uint)off, r = (cl_uint)rows, cols = (cl_uint)tr->npix;
     cl_uint boff = (cl_uint)tr->lay.pc_b, wg = with_grad ? 1u : 0u;
-    float gscale = (float)(1.0 / (tr->spread0 * (double)rows * (double)tr->npix));
+    cl_uint kind = (cl_uint)tr->cfg.loss;
+    float inv_delta = tr->cfg.loss_delta > 0 ? (float)(1.0 / tr->cfg.loss_delta) : 0.0f;
+    float gscale = (float)(1.0 / (loss_scale(tr) * (double)rows * (double)tr->npix));
     RVS_TRY(SET_ARGS(tr->k[K_LOSS], KA(tr->y), KA(tr->params), KA(boff), KA(tr->d_d0),
                      KA(tr->d_sd0), KA(tr->d_flux), KA(idx), KA(o), KA(cols), KA(r), KA(gscale),
-                     KA(wg), KA(tr->loss_acc), KA(tr->grads)));
+                     KA(wg), KA(kind), KA(inv_delta), KA(tr->loss_acc), KA(tr->grads)));
     RVS_TRY(rvs_kernel_launch_1d(tr->ctx, tr->k[K_LOSS], tr->npix, 0));
 cleanup:
     return status;
@@ -886,7 +901,7 @@ int rvs_trainer_gradient(struct rvs_trainer *tr, const size_t *rows, size_t coun
     if (loss) {
         double total;
         RVS_TRY(read_loss(tr, &total));
-        *loss = total / ((double)count * (double)tr->npix) / tr->spread0;
+        *loss = total / ((double)count * (double)tr->npix) / loss_scale(tr);
     }
 cleanup:
     return status;
@@ -936,7 +951,7 @@ int rvs_trainer_epoch(struct rvs_trainer *tr, double *train_loss)
     if (train_loss) {
         double total;
         RVS_TRY(read_loss(tr, &total));
-        *train_loss = total / ((double)used * (double)tr->npix) / tr->spread0;
+        *train_loss = total / ((double)used * (double)tr->npix) / loss_scale(tr);
     } else
         RVS_CL_TRY(clFinish(tr->ctx->queue));
 cleanup:
@@ -973,7 +988,7 @@ static int evaluate_dev(struct rvs_trainer *tr, cl_mem idx, size_t count, double
     if (loss) {
         double total;
         RVS_TRY(read_loss(tr, &total));
-        *loss = total / ((double)count * (double)npix) / tr->spread0;
+        *loss = total / ((double)count * (double)npix) / loss_scale(tr);
     }
 cleanup:
     free(tmp);
@@ -1026,6 +1041,7 @@ int rvs_trainer_fit(struct rvs_trainer *tr, rvs_train_report_fn report, void *us
     double best_val = INFINITY, best_train = NAN, last_train = NAN, last_val = NAN;
     size_t since_best = 0, start = tr->epoch;
     int have_best = 0;
+    double fit_start = now_seconds();
     best = rvs_malloc(tr->lay.total * sizeof *best);
     best_mean = rvs_malloc((L + 1) * W * sizeof *best_mean);
     best_var = rvs_malloc((L + 1) * W * sizeof *best_var);
@@ -1079,6 +1095,11 @@ int rvs_trainer_fit(struct rvs_trainer *tr, rvs_train_report_fn report, void *us
         if (tr->lr < tr->cfg.min_lr) {
             rvs_log(RVS_LOG_INFO, "train", "learning rate %.3g below %.3g: done", tr->lr,
                     tr->cfg.min_lr);
+            break;
+        }
+        if (tr->cfg.time_limit > 0 && now_seconds() - fit_start > tr->cfg.time_limit) {
+            rvs_log(RVS_LOG_INFO, "train", "time limit of %.0f s reached after epoch %zu",
+                    tr->cfg.time_limit, tr->epoch);
             break;
         }
         if (tr->nval && tr->cfg.stop_patience && since_best >= tr->cfg.stop_patience) {

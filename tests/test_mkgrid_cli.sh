@@ -41,6 +41,12 @@ run 2 "--random 0" -- "$MKGRID" --out "$scratch/x.fits" --random 0
 expect_in err "--random needs" "bad count named"
 run 2 "--threads 0" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --threads 0
 expect_in err "--threads needs" "bad thread count named"
+run 2 "--teff-cdf without --random" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --teff-cdf 4000,0.5
+expect_in err "--teff-cdf needs --random" "--teff-cdf without --random explained"
+run 2 "--teff-cdf odd list" -- "$MKGRID" --out "$scratch/x.fits" --random 5 --teff-cdf 4000,0.5,5000
+expect_in err "--teff-cdf needs pairs" "odd --teff-cdf list explained"
+run 2 "--teff-cdf decreasing" -- "$MKGRID" --out "$scratch/x.fits" --random 5 --teff-cdf 5000,0.5,4000,0.6
+expect_in err "knots must increase" "decreasing knots explained"
 run 2 "--arms x" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --arms b,x
 expect_in err "--arms takes" "bad arm named"
 run 2 "--resolution" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --resolution 10
@@ -67,6 +73,8 @@ run 0 "regular grid" -- "$MKGRID" --out "$scratch/grid" --teff 5000,6000,1000 --
 run 0 "random A" -- "$MKGRID" --out "$scratch/ra.fits" --random 3 --seed 7 --arms r $FAST
 run 0 "random B" -- "$MKGRID" --out "$scratch/rb.fits" --random 3 --seed 7 --arms r $FAST
 run 0 "random C" -- "$MKGRID" --out "$scratch/rc.fits" --random 3 --seed 8 --arms r $FAST
+run 0 "random, log Teff uniform" -- "$MKGRID" --out "$scratch/ru.fits" --random 400 --seed 3 --arms z --threads 2 --linelist builtin --resolution 1000 -q
+run 0 "random, --teff-cdf" -- "$MKGRID" --out "$scratch/rk.fits" --random 400 --seed 3 --arms z --threads 2 --linelist builtin --resolution 1000 -q --teff-cdf 4000,0.5,6000,0.7
 mkdir -p "$scratch/bz"
 run 0 "two arms" -- "$MKGRID" --out "$scratch/bz" --single 4500,2,0,0 --arms b,z $FAST
 ls "$scratch"/*.tmp* "$scratch"/grid/*.tmp* >/dev/null 2>&1 && fail "temporary files left behind"
@@ -104,8 +112,21 @@ ra, rb, rc = [fits.open(d + "/%s.fits" % n)["PARAMS"].data for n in ("ra", "rb",
 check(np.array_equal(ra["TEFF"], rb["TEFF"]) and np.array_equal(ra["ALPHA"], rb["ALPHA"]), "same seed")
 check(not np.array_equal(ra["TEFF"], rc["TEFF"]), "different seed")
 check(len(fits.open(d + "/ra.fits")) == 4, "--arms r gives one arm")
+# fractions below 4000 and 6000 K: log-uniform 0.21 and 0.50, with --teff-cdf 4000,0.5,6000,0.7;
+# the points dropped at the Eddington limit (all above 4000 K) are redrawn, which raises both
+u = fits.open(d + "/ru.fits")["PARAMS"].data["TEFF"]
+k = fits.open(d + "/rk.fits")
+kt = k["PARAMS"].data["TEFF"]
+fu = [np.mean(u < t) for t in (4000, 6000)]
+fk = [np.mean(kt < t) for t in (4000, 6000)]
+print("fraction below 4000, 6000 K: log-uniform %.3f %.3f, --teff-cdf %.3f %.3f" % tuple(fu + fk))
+check(len(u) == 400 and len(kt) == 400 and u.min() >= 3000 and kt.max() <= 12000, "Teff range")
+check(0.19 < fu[0] < 0.27 and 0.48 < fu[1] < 0.60, "log-uniform Teff fractions %s" % fu)
+check(0.48 < fk[0] < 0.58 and 0.68 < fk[1] < 0.78, "--teff-cdf Teff fractions %s" % fk)
+check(k[0].header["TEFFCDF"] == "4000,0.5,6000,0.7", "TEFFCDF keyword")
 check(sorted(os.listdir(d + "/bz")) == ["rvsfit-grid-desi_b.fits", "rvsfit-grid-desi_z.fits"],
       "--arms b,z files %s" % os.listdir(d + "/bz"))
 print("file checks passed")
 PYEOF
+cat "$scratch/py.out"
 finish

@@ -2,7 +2,8 @@
  *
  *  1. A plain-C double reference of the training forward/backward pass (written here from the
  *     maths, not from src/train.c) against central finite differences, for tiny networks with
- *     and without BatchNorm: max |analytic - FD| / max |gradient| <= 1e-6 per tensor.
+ *     and without BatchNorm, with the L1 loss and the others (--loss l2, l1l2): max |analytic -
+ *     FD| / max |gradient| <= 1e-6 per tensor.
  *  2. The device gradients (fp32 network, rvs_acc column sums) against that reference on the
  *     same float weights: max |device - reference| / max |reference| <= 1e-4 per tensor, the
  *     loss to 1e-5 relative, BatchNorm running statistics to 1e-5; in the default context and
@@ -10,7 +11,9 @@
  *  3. Adam: two steps against the hand-computed torch update (bias corrections included).
  *  4. PCA of a rank-5 synthetic log-flux set reconstructs it to float precision (1e-5 of its
  *     range); the trainer's PCA initialisation reproduces it (loss0 < 1e-5).
- *  5. A toy training run: 200 spectra from a smooth analytic function of (teff, logg, feh,
+ *  5. rvs_train_quantile (quickselect, numpy's linear interpolation) against a sort, on random
+ *     values with ties, for several sizes and quantiles: equal.
+ *  6. A toy training run: 200 spectra from a smooth analytic function of (teff, logg, feh,
  *     alpha), two arms of 200 px, each trained from its own grid; the validation loss must fall
  *     below a stated bound, and a second run with the same seed gives identical weights. */
 #include <config.h>
@@ -21,6 +24,7 @@
 
 #include "rvsfit.h"
 #include "rvsfit/train.h"
+#include "rvsfit/train_io.h"
 #include "testutil.h"
 
 #define TOL_FD 1e-6       /* reference vs finite differences, relative to max |grad| */
@@ -36,7 +40,11 @@ struct ref_net {
     size_t indim, nlayers, width, npc, npix;
     int bn;
     double eps;
+    int loss;     /* enum rvs_train_loss */
+    double delta; /* of RVS_TRAIN_LOSS_L1L2 */
 };
+
+static int test_loss = RVS_TRAIN_LOSS_L1; /* the loss of the trainers make_trainer makes */
 
 static double sigmoid(double z) { return 1 / (1 + exp(-z)); }
 
@@ -97,15 +105,17 @@ static double ref_loss_grad(const struct ref_net *n, const double *p, const doub
         }
     }
     const double *hl = h[nlin - 1];
-    double loss = 0, scale = 1 / (spread0 * (double)B * (double)npix);
+    int l2 = n->loss == RVS_TRAIN_LOSS_L2, l1l2 = n->loss == RVS_TRAIN_LOSS_L1L2;
+    double loss = 0, scale = 1 / ((l2 ? spread0 * spread0 : spread0) * (double)B * (double)npix);
     for (size_t e = 0; e < B; e++)
         for (size_t j = 0; j < npix; j++) {
             double s = p[L->pc_b + j];
             for (size_t c = 0; c < n->npc; c++)
                 s += hl[e * n->npc + c] * p[L->pc_w + j * n->npc + c];
             double r = s * sd0[j] + d0[j] - t[e * npix + j];
-            loss += fabs(r);
-            y[e * npix + j] = (r > 0 ? 1 : r < 0 ? -1 : 0) * sd0[j] * scale; /* dL/dy */
+            double sg = r > 0 ? 1 : r < 0 ? -1 : 0;
+            loss += l2 ? r * r : l1l2 ? fabs(r) + r * r / (2 * n->delta) : fabs(r);
+            y[e * npix + j] = (l2 ? 2 * r : l1l2 ? sg + r / n->delta : sg) * sd0[j] * scale;
         }
     loss *= scale;
     if (g) {
@@ -243,7 +253,7 @@ static struct rvs_trainer *make_trainer(struct rvs_context *ctx, struct problem 
     struct rvs_train_config cfg;
     rvs_train_config_init(&cfg);
     cfg.nlayers = nlayers, cfg.width = width, cfg.npc = npc, cfg.with_batchnorm = bn;
-    cfg.batch = 16, cfg.seed = seed;
+    cfg.batch = 16, cfg.seed = seed, cfg.loss = test_loss;
     struct rvs_trainer *tr = NULL;
     int st = rvs_trainer_create(ctx, &cfg, pb->indim, pb->npix, &tr);
     CHECK(st == RVS_OK, "rvs_trainer_create: %s", rvs_strerror(st));
@@ -287,7 +297,7 @@ static void test_gradients(struct rvs_context *ctx, const char *label, size_t in
         return;
     }
     const struct rvs_train_layout *L = rvs_trainer_layout(tr);
-    struct ref_net n = {L, indim, nlayers, width, npc, npix, bn, 1e-5};
+    struct ref_net n = {L, indim, nlayers, width, npc, npix, bn, 1e-5, test_loss, 0.02};
     size_t P = L->total;
     float *pf = malloc(P * sizeof(float)), *gf = malloc(P * sizeof(float));
     double *p = malloc(P * sizeof(double)), *g = malloc(P * sizeof(double));
@@ -619,14 +629,59 @@ static void test_toy(struct rvs_context *ctx)
     }
 }
 
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_quantile(void)
+{
+    static const size_t sizes[] = {1, 2, 3, 10, 101, 1000, 4097};
+    static const double qs[] = {0.0, 0.01, 0.5, 0.99, 1.0};
+    size_t worst_bad = 0;
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        float *v = malloc(n * sizeof *v), *w = malloc(n * sizeof *w);
+        for (size_t i = 0; i < n; i++) /* ties: a few distinct values among many */
+            v[i] = (float)(i % 3 == 0 ? floor(test_uniform(0, 5)) : test_uniform(-1, 1));
+        memcpy(w, v, n * sizeof *w);
+        qsort(w, n, sizeof *w, cmp_float);
+        for (size_t j = 0; j < sizeof qs / sizeof qs[0]; j++) {
+            float *c = malloc(n * sizeof *c);
+            memcpy(c, v, n * sizeof *c);
+            double pos = qs[j] * (double)(n - 1);
+            size_t i = (size_t)pos;
+            double want = i + 1 < n ? w[i] + (pos - (double)i) * ((double)w[i + 1] - w[i]) : w[i];
+            double got = rvs_train_quantile(c, n, qs[j]);
+            CHECK(fabs(got - want) <= 1e-12 * (1 + fabs(want)),
+                  "quantile %.2f of %zu values: %.9g, sorted %.9g", qs[j], n, got, want);
+            worst_bad += fabs(got - want) > 1e-12 * (1 + fabs(want));
+            free(c);
+        }
+        free(v);
+        free(w);
+    }
+    CHECK(isnan(rvs_train_quantile(NULL, 0, 0.5)), "quantile of nothing is NaN");
+    printf("rvs_train_quantile vs sort: %zu mismatches\n", worst_bad);
+}
+
 int main(void)
 {
+    test_quantile();
     struct rvs_context *ctx = test_context(1);
     test_gradients(ctx, "tiny, no BatchNorm", 3, 2, 5, 3, 7, 6, 0, 1);
     test_gradients(ctx, "tiny, BatchNorm", 3, 2, 5, 3, 7, 6, 1, 1);
     test_gradients(ctx, "tiny, no hidden layer", 2, 0, 4, 2, 5, 3, 0, 1);
     test_gradients(ctx, "4x32x32x16 -> 301 px, BN", 4, 2, 32, 16, 301, 50, 1, 0);
     test_gradients(ctx, "4x64x16 -> 1000 px", 4, 1, 64, 16, 1000, 37, 0, 0);
+    test_loss = RVS_TRAIN_LOSS_L2;
+    test_gradients(ctx, "L2: tiny, BatchNorm", 3, 2, 5, 3, 7, 6, 1, 1);
+    test_gradients(ctx, "L2: 4x64x16 -> 1000 px", 4, 1, 64, 16, 1000, 37, 0, 0);
+    test_loss = RVS_TRAIN_LOSS_L1L2;
+    test_gradients(ctx, "L1L2: tiny, BatchNorm", 3, 2, 5, 3, 7, 6, 1, 1);
+    test_gradients(ctx, "L1L2: 4x64x16 -> 1000 px", 4, 1, 64, 16, 1000, 37, 0, 0);
+    test_loss = RVS_TRAIN_LOSS_L1;
     test_pca(ctx);
     test_toy(ctx);
     rvs_context_destroy(&ctx);

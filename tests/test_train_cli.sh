@@ -2,7 +2,10 @@
 # test_train_cli.sh: rvsfit-cl-train end to end on a toy grid (tests/train_check.py grid), with
 # and without BatchNorm: it trains, reports epochs and the held-out emulation error, writes a
 # library that tests/train_check.py check verifies (format, checksums, hulls, mapping, and the
-# numpy forward of the written weights against the trainer's own predictions). Then the errors:
+# numpy forward of the written weights against the trainer's own predictions), the breakdown
+# of the held-out error (--report: parameter bins, wavelength regions, Teff x log g, worst
+# spectra; its shares must add up), the L1+L2 loss (--loss l1l2) and --time-limit. Then the
+# errors:
 # missing grid, bad shapes, missing HDU, non-positive flux, unwritable output, existing file,
 # bad options.
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -25,13 +28,29 @@ expect_in out "^rvsfit-cl-train \(rvsfit-cl\) " "--version line"
 for kind in shape nowave negflux noparam; do
     "$py" "$check" grid "$scratch/bad_$kind.fits" "$kind" || fail "making grid $kind"
 done
-mkdir -p "$scratch/lib" "$scratch/libbn"
+mkdir -p "$scratch/lib" "$scratch/libbn" "$scratch/libt"
 
 common="--setup toy_b --width 32 --nlayers 2 --npc 10 --batch 32 --epochs 150 --lr 3e-3 --seed 7"
 # shellcheck disable=SC2086
 run 0 "training (PCA init)" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/lib" \
-    $common --pca-init --predictions "$scratch/pred.fits"
+    $common --pca-init --predictions "$scratch/pred.fits" --report "$scratch/report.txt"
 expect_in out "^epoch +150 +train [0-9.]+ +val [0-9.]+" "per-epoch lines"
+expect_in out "^emulation error \|dflux\|/flux of [0-9]+ held-out spectra x 150 pixels" \
+    "error breakdown printed"
+[ -s "$scratch/report.txt" ] || fail "no --report file"
+for sect in "^teff +spectra" "^logg +spectra" "^feh +spectra" "^alpha +spectra" \
+    "^wavelength \[A\] +pixels" "Teff rows x log g columns" "^worst held-out spectra"; do
+    grep -Eq "$sect" "$scratch/report.txt" || fail "report lacks '$sect'"
+done
+# every parameter's bins hold all held-out spectra, and their top-1% shares add up to 100%
+awk '/^(teff|logg|feh|alpha|wavelength)/ { if (name != "") print name, n, t; name = $1; n = 0; t = 0; next }
+     /^  [-0-9.]+ \.\. / && name != "" { n += $4; t += $(NF - 1) }
+     /^share/ { if (name != "") print name, n, t; name = "" }' "$scratch/report.txt" \
+    >"$scratch/sums.txt"
+cat "$scratch/sums.txt"
+awk 'NR == 1 { n0 = $2 } $1 != "wavelength" && $2 != n0 { bad = 1 }
+     { s = $3 + 0; if (s < 99.5 || s > 100.5) bad = 1 } END { exit bad }' "$scratch/sums.txt" \
+    || fail "report bins do not add up (spectra per parameter, top-1% shares)"
 expect_in out "emulation error on [0-9]+ held-out spectra" "emulation error line"
 expect_in out "wrote .*/rvsfit_toy_b.fits" "library written"
 cp "$scratch/out" "$scratch/train.out"
@@ -40,8 +59,9 @@ cp "$scratch/out" "$scratch/train.out"
 ls -a "$scratch/lib" | grep -q 'tmp\|ckpt' && fail "temporary or checkpoint files left behind"
 
 # shellcheck disable=SC2086
-run 0 "training (BatchNorm)" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/libbn" \
-    $common --batchnorm --predictions "$scratch/predbn.fits"
+run 0 "training (BatchNorm, L1+L2 loss)" -- "$train" --grid "$scratch/grid.fits" \
+    --out "$scratch/libbn" $common --batchnorm --loss l1l2:0.05 --predictions "$scratch/predbn.fits"
+expect_in out "emulation error on [0-9]+ held-out spectra" "emulation error line (L1+L2)"
 "$py" "$check" check "$scratch/libbn/rvsfit_toy_b.fits" "$scratch/grid.fits" \
     "$scratch/predbn.fits" || fail "library check (BatchNorm)"
 
@@ -50,6 +70,17 @@ med=$(sed -n 's/.*median \([0-9.]*\)%.*/\1/p' "$scratch/train.out")
 awk -v m="$med" 'BEGIN { exit !(m != "" && m < 1.0) }' \
     || fail "toy held-out median |dflux|/flux = $med% (bound 1%)"
 echo "toy held-out median |dflux|/flux: $med%"
+
+# --time-limit: a run asked for a million epochs stops in time, with the best weights kept
+start=$(date +%s)
+# shellcheck disable=SC2086
+run 0 "time limit" -- "$train" --grid "$scratch/grid.fits" --out "$scratch/libt" $common \
+    --epochs 1000000 --stop-patience 0 --time-limit 10 -v
+took=$(( $(date +%s) - start ))
+expect_in err "time limit of [0-9]+ s reached after epoch" "time limit reached"
+[ -s "$scratch/libt/rvsfit_toy_b.fits" ] || fail "no library after the time limit"
+[ "$took" -le 40 ] || fail "--time-limit 10 took $took s"
+echo "--time-limit 10: $took s"
 
 # errors
 run 1 "missing grid" -- "$train" --grid "$scratch/none.fits" --setup toy_b --out "$scratch/lib"
@@ -97,6 +128,10 @@ run 2 "missing --out" -- "$train" --grid "$scratch/grid.fits" --setup toy_b
 expect_in err "are required" "required options message"
 run 2 "bad --width" -- "$train" --grid g --setup s --out o --width 0
 run 2 "bad --val-frac" -- "$train" --grid g --setup s --out o --val-frac 1.5
+run 2 "bad --loss" -- "$train" --grid g --setup s --out o --loss l3
+expect_in err "invalid --loss 'l3'" "bad --loss message"
+run 2 "bad --loss delta" -- "$train" --grid g --setup s --out o --loss l1l2:0
+run 2 "bad --time-limit" -- "$train" --grid g --setup s --out o --time-limit -3
 run 2 "unknown option" -- "$train" --frobnicate
 run 1 "npc larger than the grid allows with --pca-init" -- "$train" \
     --grid "$scratch/grid.fits" --setup toy_b --out "$scratch/lib" --force --npc 500 \

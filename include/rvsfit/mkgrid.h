@@ -38,12 +38,19 @@ int rvs_mkgrid_degrade(const double *hw, const double *hf, size_t hn, double fwh
 struct rvs_mkgrid_range {
     double min, max, step;
 };
+#define RVS_MKGRID_MAX_KNOTS 8
 struct rvs_mkgrid_design {
     struct rvs_mkgrid_range teff, logg, feh, alpha;
     size_t nrandom;        /* > 0: Latin hypercube of this many points instead of a grid */
     uint64_t seed;         /* for the Latin hypercube */
+    /* Latin hypercube only: the fraction of points below each knot Teff (increasing, inside
+     * the Teff range; fractions increasing in (0, 1)), log Teff uniform between knots; no
+     * knots: log Teff uniform over the range */
+    size_t teff_nknots;
+    double teff_knot[RVS_MKGRID_MAX_KNOTS], teff_frac[RVS_MKGRID_MAX_KNOTS];
 };
-/* Points of the design that pass rvs_synth_params_check (unphysical corners are skipped).
+/* Points of the design that pass rvs_synth_params_check (unphysical corners are skipped; a
+ * Latin hypercube is redrawn for them, so its strata are only approximately kept).
  * *points is allocated (free()). RVS_ERR_INVALID_ARGUMENT for an empty or impossible design. */
 int rvs_mkgrid_design_points(const struct rvs_mkgrid_design *design,
                              struct rvs_synth_params **points, size_t *npoints);
@@ -57,6 +64,7 @@ struct rvs_mkgrid_output_options {
     size_t batch;      /* spectra per batch held in memory (0: 64 per thread) */
     const char *mode;  /* "single", "grid" or "random", recorded in the header */
     uint64_t seed;     /* recorded in the header */
+    const char *teff_cdf; /* the --teff-cdf knots, recorded as TEFFCDF (NULL: none) */
 };
 
 /* Computes every point, degrades it to the arms and writes the file(s) atomically (temporary

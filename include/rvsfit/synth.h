@@ -66,6 +66,15 @@ double rvs_synth_vmic(const struct rvs_synth *synth, const struct rvs_synth_para
 int rvs_synth_spectrum(const struct rvs_synth *synth, const struct rvs_synth_params *p,
                        double *flux, double *continuum);
 
+/* The same with the caller's work space (about 52 MB: opacities of every layer), which a
+ * thread keeps from one spectrum to the next instead of allocating it each time. A work space
+ * belongs to one synth and one thread at a time. */
+struct rvs_synth_work;
+int rvs_synth_work_create(const struct rvs_synth *synth, struct rvs_synth_work **work);
+void rvs_synth_work_destroy(struct rvs_synth_work **work);
+int rvs_synth_spectrum_work(const struct rvs_synth *synth, struct rvs_synth_work *work,
+                            const struct rvs_synth_params *p, double *flux, double *continuum);
+
 /* Physics pieces, exposed for the tests. */
 /* Voigt function H(a, v) (Humlicek 1982, W4 algorithm), normalised to integral sqrt(pi). */
 double rvs_synth_voigt(double a, double v);

@@ -32,6 +32,13 @@
 extern "C" {
 #endif
 
+/* The loss on the log-flux residual r = R - D: rvspecfit's mean |r| / spread0 (torch l1_loss);
+ * mean r^2 / spread0^2 (mse_loss), which weighs the largest residuals more; or
+ * mean (|r| + r^2 / (2 delta)) / spread0: L1 below delta, quadratic above, so that residuals
+ * beyond delta (e.g. 0.02, the 2% target of the 99th percentile) are pushed down harder while
+ * the small ones keep L1's median. */
+enum rvs_train_loss { RVS_TRAIN_LOSS_L1 = 0, RVS_TRAIN_LOSS_L2 = 1, RVS_TRAIN_LOSS_L1L2 = 2 };
+
 struct rvs_train_config {
     size_t nlayers, width, npc; /* network shape (rvspecfit defaults 2, 256, 200) */
     int with_batchnorm;         /* BatchNorm after the SiLU of hidden layers 1..nlayers */
@@ -44,9 +51,13 @@ struct rvs_train_config {
     double lr_factor, lr_threshold, lr_eps; /* 0.5, 1e-5 (relative), 1e-9 */
     size_t stop_patience; /* epochs without a better validation loss before stopping; 0: off */
     int pca_init;
+    int loss;                  /* enum rvs_train_loss (RVS_TRAIN_LOSS_L1) */
+    double loss_delta;         /* delta of RVS_TRAIN_LOSS_L1L2, in ln flux (0.02) */
     uint64_t seed;             /* weights and mini-batch order */
     size_t eval_rows;          /* rows per evaluation chunk (validation), default 1024 */
     size_t checkpoint_every;   /* epochs between checkpoints (with checkpoint_path), 32 */
+    double time_limit;         /* > 0: stop after the epoch that ends this many seconds after
+                                  rvs_trainer_fit began (wall time); 0: no limit */
     const char *checkpoint_path; /* NULL: no checkpoints */
 };
 
@@ -141,9 +152,12 @@ int rvs_trainer_epoch(struct rvs_trainer *tr, double *train_loss);
 int rvs_trainer_evaluate(struct rvs_trainer *tr, const size_t *rows, size_t count, double *loss,
                          float *pred);
 double rvs_trainer_lr(const struct rvs_trainer *tr);
+/* Changes the configuration's time_limit (seconds, 0: none) of an existing trainer. */
+void rvs_trainer_set_time_limit(struct rvs_trainer *tr, double seconds);
 
-/* The training loop: epochs until max_epochs, the learning rate below min_lr, or (with
- * validation rows and stop_patience) no better validation loss for stop_patience epochs, with
+/* The training loop: epochs until max_epochs, the learning rate below min_lr, the time limit,
+ * or (with validation rows and stop_patience) no better validation loss for stop_patience
+ * epochs, with
  * the schedule, checkpoints, and the best validation weights restored at the end. report (may
  * be NULL) is called after every epoch; a non-zero return stops training. *final_train and
  * *final_val (may be NULL) get the losses of the weights kept. */

@@ -5,6 +5,7 @@
 #define RVSFIT_TRAIN_IO_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "rvsfit/nn.h"
 #include "rvsfit/train.h"
@@ -81,6 +82,19 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *grid,
                             const struct rvs_train_mapping *map, const double *mapped,
                             const struct rvs_trained_net *net,
                             const struct rvs_train_provenance *prov, int force);
+
+/* The quantile q (0..1) of v[0..n-1], linear between order statistics (numpy's default);
+ * reorders v. NAN for n = 0. */
+double rvs_train_quantile(float *v, size_t n, double q);
+
+/* Where the emulation error comes from (src/train_report.c): err holds |dflux|/flux of the
+ * spectra rows[0..count-1] of g, count x npix; writes to out the overall median and 99th
+ * percentile, the same per bin of each parameter (teff, logg, feh, alpha: fixed physical bins;
+ * other names: six equal-width bins) and per twelfth of the wavelength range, each bin's share
+ * of the pixels above the overall 99th percentile, that share on a Teff x log g grid, and the
+ * ten spectra with the largest 99th percentile. `what` names the spectra ("held-out"). */
+int rvs_train_error_report(FILE *out, const struct rvs_train_grid *g, const size_t *rows,
+                           size_t count, const float *err, const char *what);
 
 #ifdef __cplusplus
 }

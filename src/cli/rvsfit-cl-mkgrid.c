@@ -34,6 +34,7 @@ enum option_id {
     OPT_FEH,
     OPT_ALPHA,
     OPT_RANDOM,
+    OPT_TEFF_CDF,
     OPT_SEED,
     OPT_THREADS,
     OPT_LINELIST,
@@ -55,6 +56,9 @@ static const struct rvs_cli_option cli_options[] = {
     {"alpha", required_argument, OPT_ALPHA, "MIN,MAX[,STEP]", "[alpha/Fe] range (-0.4,1)", NULL},
     {"random", required_argument, OPT_RANDOM, "N",
      "N points of a Latin hypercube (log Teff uniform) instead of a regular grid", NULL},
+    {"teff-cdf", required_argument, OPT_TEFF_CDF, "T1,F1[,T2,F2...]",
+     "with --random: a fraction F of the points below each Teff T (log Teff uniform between; "
+     "default: uniform over the whole range)", NULL},
     {"seed", required_argument, OPT_SEED, "N", "seed of the Latin hypercube (default 1)", NULL},
     {"threads", required_argument, OPT_THREADS, "N", "worker threads (default: all CPUs)", NULL},
     {"linelist", required_argument, OPT_LINELIST, "DIR",
@@ -180,10 +184,16 @@ int main(int argc, char **argv)
 
     struct rvs_synth_options sopt;
     rvs_synth_options_init(&sopt);
-    struct rvs_mkgrid_design design = {{3000, 12000, 0}, {0, 5.5, 0}, {-4, 1, 0}, {-0.4, 1, 0},
-                                       0, 1};
+    struct rvs_mkgrid_design design = {.teff = {3000, 12000, 0},
+                                       .logg = {0, 5.5, 0},
+                                       .feh = {-4, 1, 0},
+                                       .alpha = {-0.4, 1, 0},
+                                       .nrandom = 0,
+                                       .seed = 1,
+                                       .teff_nknots = 0};
     struct rvs_mkgrid_output_options oopt = {0};
     const char *out = NULL, *single = NULL, *linelist = getenv("RVSFIT_CL_LINELIST_DIR");
+    const char *teff_cdf = NULL;
     int verbosity = 0, log_level = -1, have_range = 0;
     long nthreads = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned arms = 0;
@@ -227,6 +237,19 @@ int main(int argc, char **argv)
                 return usage_error("--random needs a count of 1..10000000 (got '%s')", optarg);
             design.nrandom = (size_t)u;
             break;
+        case OPT_TEFF_CDF: {
+            double kv[2 * RVS_MKGRID_MAX_KNOTS];
+            int nk = parse_list(optarg, kv, 2 * RVS_MKGRID_MAX_KNOTS);
+            if (nk < 2 || nk % 2)
+                return usage_error("--teff-cdf needs pairs T,F (at most 8; got '%s')", optarg);
+            design.teff_nknots = (size_t)nk / 2;
+            for (int k = 0; k < nk / 2; k++) {
+                design.teff_knot[k] = kv[2 * k];
+                design.teff_frac[k] = kv[2 * k + 1];
+            }
+            teff_cdf = optarg;
+            break;
+        }
         case OPT_SEED:
             if (parse_count(optarg, &u) != 0)
                 return usage_error("--seed needs a non-negative integer (got '%s')", optarg);
@@ -287,6 +310,8 @@ int main(int argc, char **argv)
         return usage_error("%s", "--out is required");
     if (single && (have_range || design.nrandom))
         return usage_error("%s", "--single cannot be combined with ranges or --random");
+    if (teff_cdf && !design.nrandom)
+        return usage_error("%s", "--teff-cdf needs --random");
     if (log_level < 0)
         log_level = verbosity >= 2 ? RVS_LOG_DEBUG : verbosity == 1 ? RVS_LOG_INFO
                                                                      : RVS_LOG_WARNING;
@@ -338,6 +363,7 @@ int main(int argc, char **argv)
     oopt.nthreads = (int)(nthreads > 0 ? nthreads : 1);
     oopt.mode = single ? "single" : design.nrandom ? "random" : "grid";
     oopt.seed = design.seed;
+    oopt.teff_cdf = teff_cdf;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     size_t failed = 0;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <fitsio.h>
@@ -43,6 +44,7 @@ enum option_id {
     OPT_PATIENCE,
     OPT_STOP_PATIENCE,
     OPT_PCA_INIT,
+    OPT_LOSS,
     OPT_BATCHNORM,
     OPT_SEED,
     OPT_VAL_FRAC,
@@ -52,7 +54,9 @@ enum option_id {
     OPT_FORCE,
     OPT_RESUME,
     OPT_CHECKPOINT_EVERY,
+    OPT_TIME_LIMIT,
     OPT_PREDICTIONS,
+    OPT_REPORT,
     OPT_DEVICE,
     OPT_FP32,
     OPT_LOG_LEVEL
@@ -78,6 +82,9 @@ static const struct rvs_cli_option cli_options[] = {
      "off)", NULL},
     {"pca-init", no_argument, OPT_PCA_INIT, NULL,
      "initialise the last layer with principal components of the training spectra", NULL},
+    {"loss", required_argument, OPT_LOSS, "KIND[:DELTA]",
+     "l1: mean |d ln flux| (rvspecfit's, the default); l2: mean squared; l1l2[:DELTA]: "
+     "|d| + d^2 / (2 DELTA), L1 below DELTA (0.02) and quadratic above", NULL},
     {"batchnorm", no_argument, OPT_BATCHNORM, NULL,
      "BatchNorm after the hidden layers (rvspecfit's trainer has it off)", NULL},
     {"seed", required_argument, OPT_SEED, "S", "random seed for weights, split and batches", NULL},
@@ -92,8 +99,14 @@ static const struct rvs_cli_option cli_options[] = {
     {"resume", no_argument, OPT_RESUME, NULL, "continue from the checkpoint in DIR", NULL},
     {"checkpoint-every", required_argument, OPT_CHECKPOINT_EVERY, "N",
      "write a checkpoint every N epochs (32; 0: never)", NULL},
+    {"time-limit", required_argument, OPT_TIME_LIMIT, "SECONDS",
+     "stop training so that the whole run (reading, training, writing) ends within about "
+     "SECONDS of wall time, keeping the best weights so far", NULL},
     {"predictions", required_argument, OPT_PREDICTIONS, "FILE",
      "also write the held-out spectra and their predicted log-flux to FILE (FITS)", NULL},
+    {"report", required_argument, OPT_REPORT, "FILE",
+     "also write the breakdown of the held-out error (by parameter and wavelength) to FILE",
+     NULL},
     {"device", required_argument, OPT_DEVICE, "SPEC",
      "OpenCL device: index, P:D, name substring, cpu or gpu", NULL},
     {"fp32", no_argument, OPT_FP32, NULL, "compensated fp32 accumulation even with fp64", NULL},
@@ -114,9 +127,12 @@ static void print_help(void)
            "Options:\n");
     rvs_cli_print_options(stdout, cli_options, NUM_OPTIONS, 26);
     printf("\nEach epoch prints its training and validation loss (mean |delta ln flux| over\n"
-           "pixels, divided by the grid's spread). At the end the held-out spectra are\n"
-           "emulated as the fit does and the median and 99th percentile of |dflux|/flux per\n"
-           "pixel are printed and stored in the library (VALMED, VAL99).\n\n"
+           "pixels, divided by the grid's spread; with --loss l2 the mean square divided by\n"
+           "the spread squared; with l1l2 the mean of |d| + d^2 / (2 DELTA) over the spread).\n"
+           "At the end the held-out spectra are emulated as the fit does, the median and 99th\n"
+           "percentile of |dflux|/flux per pixel are printed and stored in the library (VALMED,\n"
+           "VAL99), and their breakdown by parameter and wavelength is printed (and written\n"
+           "with --report).\n\n"
            "Exit status:\n"
            "  0  library written\n"
            "  1  a file could not be read or written, or training failed\n"
@@ -185,29 +201,14 @@ static int report_epoch(const struct rvs_train_epoch *e, void *user)
     return 0;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* The quantile q of sorted values, linear between neighbours (numpy's default). */
-static double quantile(const double *v, size_t n, double q)
-{
-    double pos = q * (double)(n - 1);
-    size_t i = (size_t)pos;
-    if (i + 1 >= n)
-        return v[n - 1];
-    return v[i] + (pos - (double)i) * (v[i + 1] - v[i]);
-}
-
 /* Held-out emulation error through rvs_nn (BatchNorm folded, mapping on the device: the fit's
- * path): |exp(pred - true) - 1| per pixel, median and 99th percentile; also the largest
- * difference between that prediction and the trainer's own (trainer_pred, log-flux). */
+ * path): err = |exp(pred - true) - 1| per pixel (count x npix; a non-finite value counts as
+ * infinite), its median and 99th percentile; also the largest difference between that
+ * prediction and the trainer's own (trainer_pred, log-flux). */
 static int emulation_error(struct rvs_context *ctx, const struct rvs_trained_net *net,
                            const struct rvs_train_mapping *map, const struct rvs_train_grid *g,
                            const size_t *rows, size_t count, const float *trainer_pred,
-                           double *median, double *p99, double *max_dev)
+                           float *err, double *median, double *p99, double *max_dev)
 {
     int status = RVS_OK;
     struct rvs_nn *nn = NULL;
@@ -215,8 +216,8 @@ static int emulation_error(struct rvs_context *ctx, const struct rvs_trained_net
     size_t P = g->nparam, npix = g->npix, es = rvs_context_real_size(ctx);
     unsigned char *hp = malloc(count * P * es);
     float *pred = malloc(count * npix * sizeof *pred);
-    double *err = malloc(count * npix * sizeof *err);
-    if (!hp || !pred || !err) {
+    float *tmp = malloc(count * npix * sizeof *tmp);
+    if (!hp || !pred || !tmp) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -246,13 +247,15 @@ static int emulation_error(struct rvs_context *ctx, const struct rvs_trained_net
     for (size_t i = 0; i < count; i++)
         for (size_t j = 0; j < npix; j++) {
             double pv = pred[i * npix + j], tv = g->logflux[rows[i] * npix + j];
-            err[i * npix + j] = fabs(expm1(pv - tv));
+            double e = fabs(expm1(pv - tv));
+            err[i * npix + j] = isfinite(e) ? (float)e : INFINITY;
             double dd = fabs(pv - (double)trainer_pred[i * npix + j]);
             dev = dd > dev ? dd : dev;
         }
-    qsort(err, count * npix, sizeof *err, cmp_double);
-    *median = quantile(err, count * npix, 0.5);
-    *p99 = quantile(err, count * npix, 0.99);
+    memcpy(tmp, err, count * npix * sizeof *tmp);
+    *median = rvs_train_quantile(tmp, count * npix, 0.5);
+    memcpy(tmp, err, count * npix * sizeof *tmp);
+    *p99 = rvs_train_quantile(tmp, count * npix, 0.99);
     *max_dev = dev;
 cleanup:
     rvs_nn_destroy(&nn);
@@ -260,7 +263,31 @@ cleanup:
     rvs_buffer_release(&dout);
     free(hp);
     free(pred);
-    free(err);
+    free(tmp);
+    return status;
+}
+
+/* The error breakdown to stdout (unless quiet) and to `path` (when given). */
+static int error_report(const char *path, int quiet, const struct rvs_train_grid *g,
+                        const size_t *rows, size_t count, const float *err, const char *what)
+{
+    int status = RVS_OK;
+    if (!quiet && (status = rvs_train_error_report(stdout, g, rows, count, err, what)) != RVS_OK)
+        return status;
+    if (!path)
+        return RVS_OK;
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "rvsfit-cl-train: cannot write the report %s: %s\n", path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    status = rvs_train_error_report(f, g, rows, count, err, what);
+    if (fclose(f) != 0 && status == RVS_OK) {
+        fprintf(stderr, "rvsfit-cl-train: cannot write the report %s: %s\n", path,
+                strerror(errno));
+        status = RVS_ERR_IO;
+    }
     return status;
 }
 
@@ -327,9 +354,11 @@ int main(int argc, char **argv)
     struct rvs_context_options copt;
     rvs_context_options_init(&copt);
     const char *grid_path = NULL, *setup = NULL, *out_dir = NULL, *revision = "",
-               *pred_path = NULL;
+               *pred_path = NULL, *report_path = NULL;
     char params_buf[256] = "teff,logg,feh,alpha", logp_buf[256] = "teff";
-    double val_frac = 0.1;
+    double val_frac = 0.1, time_limit = 0.0;
+    struct timespec prog_start;
+    clock_gettime(CLOCK_MONOTONIC, &prog_start);
     int force = 0, resume = 0, quiet = 0, log_level = RVS_LOG_INFO;
     int opt;
     opterr = 0;
@@ -384,6 +413,20 @@ int main(int argc, char **argv)
                 return usage_error("invalid --stop-patience '%s'", optarg);
             break;
         case OPT_PCA_INIT: cfg.pca_init = 1; break;
+        case OPT_LOSS:
+            if (strcmp(optarg, "l1") == 0)
+                cfg.loss = RVS_TRAIN_LOSS_L1;
+            else if (strcmp(optarg, "l2") == 0)
+                cfg.loss = RVS_TRAIN_LOSS_L2;
+            else if (strncmp(optarg, "l1l2", 4) == 0 &&
+                     (optarg[4] == '\0' ||
+                      (optarg[4] == ':' && parse_double(optarg + 5, &cfg.loss_delta) == 0 &&
+                       cfg.loss_delta > 0)))
+                cfg.loss = RVS_TRAIN_LOSS_L1L2;
+            else
+                return usage_error("invalid --loss '%s' (l1, l2 or l1l2[:DELTA], DELTA > 0)",
+                                   optarg);
+            break;
         case OPT_BATCHNORM: cfg.with_batchnorm = 1; break;
         case OPT_SEED: {
             size_t s;
@@ -413,7 +456,12 @@ int main(int argc, char **argv)
             if (parse_size(optarg, 0, &cfg.checkpoint_every))
                 return usage_error("invalid --checkpoint-every '%s'", optarg);
             break;
+        case OPT_TIME_LIMIT:
+            if (parse_double(optarg, &time_limit) || !(time_limit > 0))
+                return usage_error("invalid --time-limit '%s' (seconds > 0)", optarg);
+            break;
         case OPT_PREDICTIONS: pred_path = optarg; break;
+        case OPT_REPORT: report_path = optarg; break;
         case OPT_DEVICE:
             if (!*optarg)
                 return usage_error("--device needs a value (%s)", "see rvsfit-cl --list-devices");
@@ -486,7 +534,7 @@ int main(int argc, char **argv)
     struct rvs_context *ctx = NULL;
     struct rvs_trainer *tr = NULL;
     double *mapped = NULL;
-    float *inputs = NULL, *vpred = NULL;
+    float *inputs = NULL, *vpred = NULL, *verr = NULL;
     size_t *train_rows = NULL, *val_rows = NULL;
     char ckpt[4096];
     memset(&net, 0, sizeof net);
@@ -550,6 +598,20 @@ int main(int argc, char **argv)
             goto done;
         rvs_log(RVS_LOG_INFO, "train", "PCA initialisation: reconstruction loss (L1 / spread0) %.3g", loss0);
     }
+    if (time_limit > 0) {
+        /* what is left of the run's wall time, less a reserve for the final evaluation and
+         * writing the library (a few seconds, more for big grids) */
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        double used = (double)(t.tv_sec - prog_start.tv_sec) +
+                      1e-9 * (double)(t.tv_nsec - prog_start.tv_nsec);
+        double reserve = 5.0 + 2e-8 * (double)grid.nspec * (double)grid.npix;
+        cfg.time_limit = time_limit - used - reserve;
+        if (cfg.time_limit < 1.0)
+            cfg.time_limit = 1.0; /* at least one epoch */
+        rvs_trainer_set_time_limit(tr, cfg.time_limit);
+        rvs_log(RVS_LOG_INFO, "train", "time limit: %.0f s of training left", cfg.time_limit);
+    }
     struct report_state rs = {quiet};
     double final_train = NAN, final_val = NAN;
     size_t epochs = 0;
@@ -566,11 +628,12 @@ int main(int argc, char **argv)
         rvs_log(RVS_LOG_WARNING, "train", "no validation spectra: the emulation error below is "
                 "measured on the training spectra");
     vpred = malloc(ecount * grid.npix * sizeof *vpred);
+    verr = malloc(ecount * grid.npix * sizeof *verr);
     double eval_loss, med = NAN, p99 = NAN, dev = NAN;
-    if (!vpred || (status = rvs_trainer_evaluate(tr, erows, ecount, &eval_loss, vpred)) !=
-                      RVS_OK ||
-        (status = emulation_error(ctx, &net, &map, &grid, erows, ecount, vpred, &med, &p99,
-                                  &dev)) != RVS_OK)
+    if (!vpred || !verr ||
+        (status = rvs_trainer_evaluate(tr, erows, ecount, &eval_loss, vpred)) != RVS_OK ||
+        (status = emulation_error(ctx, &net, &map, &grid, erows, ecount, vpred, verr, &med,
+                                  &p99, &dev)) != RVS_OK)
         goto done;
     printf("final: %zu epochs, train loss %.6f, validation loss %.6f\n", epochs, final_train,
            final_val);
@@ -578,6 +641,9 @@ int main(int argc, char **argv)
            "percentile %.4f%%\n", ecount, nval ? "held-out" : "training", 100 * med, 100 * p99);
     rvs_log(RVS_LOG_INFO, "train", "inference path vs trainer forward: max |d ln flux| = %.3g",
             dev);
+    if ((status = error_report(report_path, quiet, &grid, erows, ecount, verr,
+                               nval ? "held-out" : "training")) != RVS_OK)
+        goto done;
     if (pred_path && (status = write_predictions(pred_path, &grid, erows, ecount, vpred)) !=
                          RVS_OK)
         goto done;
@@ -605,6 +671,7 @@ done:
     free(train_rows);
     free(val_rows);
     free(vpred);
+    free(verr);
     free(cmdline);
     if (fflush(stdout) != 0 && code == EXIT_OK)
         code = EXIT_FAIL;
