@@ -17,6 +17,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -118,6 +119,8 @@ int rvs_fitter_create(struct rvs_context *ctx, const struct rvs_fit_config *conf
         goto cleanup;
     }
     RVS_TRY(rvs_engine_create(ctx, ac, f->narm, &f->engine));
+    if (getenv("RVSFIT_CL_ENGINE_PROFILE"))
+        rvs_engine_set_profiling(f->engine, 1);
     f->vcov_lo = -HUGE_VAL;
     f->vcov_hi = HUGE_VAL;
     for (size_t k = 0; k < f->narm; k++) {
@@ -147,6 +150,20 @@ void rvs_fitter_destroy(struct rvs_fitter **fitter)
     if (!fitter || !*fitter)
         return;
     struct rvs_fitter *f = *fitter;
+    if (f->engine && getenv("RVSFIT_CL_ENGINE_PROFILE")) {
+        /* diagnostic: where the engine's time went, per stage (benchmarks/README.md) */
+        static const char *names[RVS_ENGINE_NSTAGES] = {
+            "upload", "nn", "gather", "rotation", "spline build", "spline eval", "resolution",
+            "chisq", "download"};
+        struct rvs_engine_stats st;
+        rvs_engine_stats_get(f->engine, &st);
+        fprintf(stderr, "engine profile: %llu calls, %llu requests, %llu unique theta, %llu "
+                "templates, %llu chunks, %.3f s\n", st.evals, st.requests, st.unique_theta,
+                st.unique_templates, st.chunks, st.total_seconds);
+        for (int k = 0; k < RVS_ENGINE_NSTAGES; k++)
+            fprintf(stderr, "  %-12s %8llu calls %9.3f s\n", names[k], st.calls[k],
+                    st.seconds[k]);
+    }
     rvs_fit_ccf_destroy(f);
     rvs_engine_destroy(&f->engine);
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
@@ -168,10 +185,13 @@ size_t rvs_fitter_max_batch(const struct rvs_fitter *f)
 {
     if (f->cfg.batch_size > 0)
         return f->cfg.batch_size;
-    /* The widest per-spectrum calls are the posterior's first velocity grid and the bruteforce
-     * scans (chunked anyway); size the batch for a full velocity grid per spectrum. */
-    size_t nvel = (size_t)((f->cfg.max_vel - f->cfg.min_vel) / f->cfg.vel_step0) + 2;
-    size_t m = rvs_engine_max_batch(f->engine, nvel);
+    /* The widest per-spectrum call is the optimizer's screening (RVS_FIT_NALT + 1 starts x 28
+     * stencil points = 84 requests) or the posterior's first grid (~100); the bruteforce
+     * start's scans are wider but chunked by the engine anyway. */
+    size_t per = f->cfg.param_init == RVS_FIT_INIT_BRUTEFORCE
+                     ? (size_t)((f->cfg.max_vel - f->cfg.min_vel) / f->cfg.vel_step0) + 2
+                     : 128;
+    size_t m = rvs_engine_max_batch(f->engine, per);
     return m < 1 ? 1 : m;
 }
 

@@ -13,8 +13,10 @@
 #include <config.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "fit_internal.h"
@@ -23,6 +25,7 @@
 #define CCF_N 8192
 #define CCF_EPS 0.6 /* limb darkening of rvspecfit's rotation kernel */
 #define CCF_MAX_TEFF_NODES 6
+#define CCF_MAX_THREADS 64
 
 struct rvs_fit_ccf {
     size_t n;        /* FFT length */
@@ -355,10 +358,26 @@ cleanup:
     return status;
 }
 
-int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
-                      size_t n, struct rvs_fit_point *start, double *vstart,
-                      struct rvs_fit_point *alt, size_t nalt)
+/* One worker's share of the spectra: list[first], list[first + stride], ... */
+struct ccf_job {
+    struct rvs_fitter *f;
+    const struct rvs_prepared *b;
+    const size_t *list;
+    size_t n, first, stride;
+    struct rvs_fit_point *start, *alt;
+    double *vstart;
+    size_t nalt;
+    int status;
+};
+
+static int ccf_range(struct ccf_job *job)
 {
+    struct rvs_fitter *f = job->f;
+    const struct rvs_prepared *b = job->b;
+    const size_t *list = job->list;
+    size_t n = job->n, nalt = job->nalt;
+    struct rvs_fit_point *start = job->start, *alt = job->alt;
+    double *vstart = job->vstart;
     int status = RVS_OK;
     struct rvs_fit_ccf *c = f->ccf;
     size_t N = c->n;
@@ -375,7 +394,7 @@ int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const 
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = job->first; i < n; i += job->stride) {
         size_t t = list[i];
         memset(dw, 0, N * 2 * sizeof(double));
         memset(w, 0, N * 2 * sizeof(double));
@@ -515,5 +534,46 @@ cleanup:
     free(good);
     free(chi);
     (void)b;
+    return status;
+}
+
+static void *ccf_thread(void *arg)
+{
+    struct ccf_job *job = arg;
+    job->status = ccf_range(job);
+    return NULL;
+}
+
+/* The correlations are host work (about 20 ms per spectrum: one inverse FFT per bank
+ * template), spread over the host's cores: a thread per core, spectra dealt round-robin. */
+int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
+                      size_t n, struct rvs_fit_point *start, double *vstart,
+                      struct rvs_fit_point *alt, size_t nalt)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t nth = ncpu > 1 ? (size_t)ncpu : 1;
+    if (nth > CCF_MAX_THREADS)
+        nth = CCF_MAX_THREADS;
+    if (nth > n)
+        nth = n ? n : 1;
+    struct ccf_job jobs[CCF_MAX_THREADS];
+    pthread_t tid[CCF_MAX_THREADS];
+    int started[CCF_MAX_THREADS] = {0};
+    for (size_t k = 0; k < nth; k++)
+        jobs[k] = (struct ccf_job){f, b, list, n, k, nth, start, alt, vstart, nalt, RVS_OK};
+    /* worker 0 runs here; the others on threads (on failure to start one, its share runs
+     * here too) */
+    for (size_t k = 1; k < nth; k++)
+        started[k] = pthread_create(&tid[k], NULL, ccf_thread, &jobs[k]) == 0;
+    jobs[0].status = ccf_range(&jobs[0]);
+    int status = jobs[0].status;
+    for (size_t k = 1; k < nth; k++) {
+        if (started[k])
+            pthread_join(tid[k], NULL);
+        else
+            jobs[k].status = ccf_range(&jobs[k]);
+        if (status == RVS_OK)
+            status = jobs[k].status;
+    }
     return status;
 }

@@ -54,6 +54,7 @@ void rvs_mock_options_init(struct rvs_mock_options *o)
     o->vsini_hi = 30;
     o->lsf_scale = 1;
     o->unflagged_cosmics = 1;
+    o->continuum_scale = 1;
     o->seed = 1;
     o->healpix = 10000;
     o->nside = 64;
@@ -440,7 +441,7 @@ static int draw_targets(struct rvs_mock *m, struct rvs_library_arm *const lib[RV
         g->flux_level = exp(rng_range(&r, log(10.0), log(300.0)));
         for (int a = 0; a < RVS_DESI_NARMS; a++)
             for (int k = 0; k < 3; k++)
-                g->cont[a][k] = 0.1 * rng_gauss(&r);
+                g->cont[a][k] = 0.1 * rng_gauss(&r) * o->continuum_scale;
         g->lsf_factor = 1 + 0.03 * fmax(-3, fmin(3, rng_gauss(&r)));
         g->ra = 150 + rng_range(&r, -0.5, 0.5);
         g->dec = 2 + rng_range(&r, -0.5, 0.5);

@@ -26,6 +26,7 @@ struct rvs_mock_options {
     double vsini_lo, vsini_hi; /* km/s, uniform */
     double lsf_scale;        /* multiplies the mock LSF FWHM; 0: identity RESOLUTION */
     int unflagged_cosmics;   /* cosmics per arm left out of the mask (default 1; 0..5) */
+    double continuum_scale;  /* multiplies the continuum coefficients (default 1; 0: flat) */
     uint64_t seed;
     long healpix, nside;
     const char *survey, *program;

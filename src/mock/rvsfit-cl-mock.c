@@ -26,6 +26,7 @@ enum option_id {
     OPT_VSINI,
     OPT_LSF,
     OPT_COSMICS,
+    OPT_CONTINUUM,
     OPT_SEED,
     OPT_REDROCK,
     OPT_HEALPIX,
@@ -57,6 +58,8 @@ static const struct rvs_cli_option cli_options[] = {
      "multiply the resolution-matrix LSF width (default 1; 0: identity matrix)", NULL},
     {"unflagged-cosmics", required_argument, OPT_COSMICS, "N",
      "cosmics per arm left out of the mask (default 1; 0..5)", NULL},
+    {"continuum-scale", required_argument, OPT_CONTINUUM, "S",
+     "multiply the continuum coefficients (default 1; 0: flat continuum)", NULL},
     {"seed", required_argument, OPT_SEED, "N", "random seed (default 1)", NULL},
     {"redrock", no_argument, OPT_REDROCK, NULL, "also write redrock-*.fits (REDSHIFTS)", NULL},
     {"healpix", required_argument, OPT_HEALPIX, "PIX", "HPXPIXEL/SPGRPVAL (default 10000)", NULL},
@@ -192,6 +195,11 @@ int main(int argc, char **argv)
                 return usage_error("--unflagged-cosmics '%s': give an integer from 0 to 5",
                                    optarg);
             o.unflagged_cosmics = (int)u;
+            break;
+        case OPT_CONTINUUM:
+            if (!parse_double(optarg, &o.continuum_scale) || o.continuum_scale < 0 ||
+                o.continuum_scale > 10)
+                return usage_error("--continuum-scale '%s': give a number from 0 to 10", optarg);
             break;
         case OPT_SEED:
             if (!parse_ulong(optarg, &u))
