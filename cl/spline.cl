@@ -138,6 +138,79 @@ rvs_spline_construct(__global const rvs_real *geom, const int N, __global const 
     }
 }
 
+/* Segmented construction for devices with many threads (GPUs): one work-group per template,
+ * work-item s of RVS_SPLINE_SEG_GROUP sweeps the knots [s L, s L + L), L = ceil((N-1)/group).
+ *
+ * Both Thomas recurrences are contractions: dd'[i] = (dd[i] - h[i] dd'[i-1]) / piv[i] and
+ * z[i] = dd'[i-1] - cc'[i-1] z[i+1] with |h[i] / piv[i]|, |cc'[i]| <= 1/3 on any grid (the
+ * matrix is strictly diagonally dominant: piv[i] >= 2 (h[i] + h[i+1]) - h[i]/2... >= 3 h/2 on
+ * uniform steps, ~0.27 in practice on log grids), so a value RVS_SPLINE_WARM rows away
+ * contributes less than (1/3)^48 ~ 1e-23 of itself: each work-item starts its sweeps that many
+ * rows outside its segment from zero and agrees with the serial sweep to rounding. Phase 1
+ * writes dd' of the segment into the template's coefficient region (as the serial kernel does),
+ * phase 2 copies the dd' its backward sweep needs into private memory, phase 3 writes the
+ * coefficients over them: the group barriers order the phases (all work-items of a template
+ * are in one group). Requires N - 1 <= RVS_SPLINE_SEG_GROUP * RVS_SPLINE_SEG_MAXLEN. */
+#define RVS_SPLINE_SEG_GROUP 128
+#define RVS_SPLINE_SEG_MAXLEN 64
+#define RVS_SPLINE_WARM 48
+__kernel __attribute__((reqd_work_group_size(RVS_SPLINE_SEG_GROUP, 1, 1))) void
+rvs_spline_construct_seg(__global const rvs_real *geom, const int N,
+                         __global const rvs_real *templates, const int T,
+                         __global rvs_real *coeffs)
+{
+    rvs_real dloc[RVS_SPLINE_SEG_MAXLEN + RVS_SPLINE_WARM + 1];
+    const int t = (int)get_group_id(0), s = (int)get_local_id(0);
+    const int N1 = N - 1, N2 = N - 2;
+    const int L = (N1 + RVS_SPLINE_SEG_GROUP - 1) / RVS_SPLINE_SEG_GROUP;
+    const int is = s * L, ie = min(is + L, N1); /* intervals [is, ie); dd' rows [is, min(ie, N2)) */
+    __global const rvs_real *h = geom + RVS_SPLINE_H * (size_t)N;
+    __global const rvs_real *hinv = geom + RVS_SPLINE_HINV * (size_t)N;
+    __global const rvs_real *ccd = geom + RVS_SPLINE_CCD * (size_t)N;
+    __global const rvs_real *piv = geom + RVS_SPLINE_PIV * (size_t)N;
+    __global const rvs_real *t1 = geom + RVS_SPLINE_T1 * (size_t)N;
+    __global const rvs_real *t2 = geom + RVS_SPLINE_T2 * (size_t)N;
+    __global const rvs_real *y = templates + (size_t)min(t, T - 1) * N;
+    __global rvs_real *c = coeffs + (size_t)min(t, T - 1) * 4 * (size_t)N1;
+    const int active = t < T && is < N1;
+
+    /* phase 1: forward sweep from RVS_SPLINE_WARM rows before the segment (row 0 exactly) */
+    if (active) {
+        rvs_real ddp = 0;
+        const int i0 = max(0, is - RVS_SPLINE_WARM), i1 = min(ie, N2);
+        for (int i = i0; i < i1; i++) {
+            const rvs_real bs0 = (y[i + 1] - y[i]) * hinv[i];
+            const rvs_real bs1 = (y[i + 2] - y[i + 1]) * hinv[i + 1];
+            const rvs_real dd = 6 * (bs1 - bs0);
+            ddp = i == 0 ? dd / piv[0] : (dd - h[i] * ddp) / piv[i];
+            if (i >= is)
+                c[i] = ddp;
+        }
+    }
+    barrier(CLK_GLOBAL_MEM_FENCE);
+    /* phase 2: dd'[is - 1 .. itop - 1] into private memory */
+    const int itop = min(N1 - 1, ie - 1 + RVS_SPLINE_WARM);
+    if (active)
+        for (int i = is; i <= itop; i++)
+            dloc[i - is] = i == 0 ? 0 : c[i - 1];
+    barrier(CLK_GLOBAL_MEM_FENCE);
+    /* phase 3: backward sweep from RVS_SPLINE_WARM intervals above (z[N-1] = 0 exactly) */
+    if (active) {
+        rvs_real zr = 0; /* z[i+1] */
+        for (int i = itop; i >= is; i--) {
+            const rvs_real zl = i == 0 ? 0 : dloc[i - is] - ccd[i - 1] * zr;
+            if (i < ie) {
+                const rvs_real tmp1 = t1[i], tmp2 = t2[i], hi = hinv[i];
+                c[4 * i + 0] = zr * tmp1;
+                c[4 * i + 1] = zl * tmp1;
+                c[4 * i + 2] = y[i + 1] * hi - zr * tmp2;
+                c[4 * i + 3] = y[i] * hi - zl * tmp2;
+            }
+            zr = zl;
+        }
+    }
+}
+
 /* out[e * n + j] = spline template_index[e] at lam[j] sqrt((1 - b) / (1 + b)), b = v[e] / c
  * (rvspecfit spec_fit.evalRV), NaN outside [xs[0], xs[N-1]) or for a bad template index.
  * Work-item (j, e). Port of spliner.c evaler(): pos = (int)((log(x) - log(x0)) / logstep) (log

@@ -33,6 +33,7 @@ static const struct rvs_routine_args construct_cases[] = {
     {.batch = 1000, .m = 64},
     {.batch = 65, .m = 4099},
     {.batch = 70, .m = 6000},
+    {.batch = 5, .m = 8193}, /* the segmented kernel's longest grid: 128 segments of 64 */
     {0}};
 
 static const struct rvs_routine_args eval_cases[] = {
@@ -121,7 +122,15 @@ static void run_all(int fp32)
 
 int main(void)
 {
+    /* both construction kernels on every device: the serial one (CPU default) and the
+     * segmented one (GPU default), each in fp64 and fp32 */
+    setenv("RVSFIT_CL_SPLINE_KERNEL", "serial", 1);
     run_all(0);
     run_all(1);
+    setenv("RVSFIT_CL_SPLINE_KERNEL", "segmented", 1);
+    printf("segmented construction kernel:\n");
+    run_all(0);
+    run_all(1);
+    unsetenv("RVSFIT_CL_SPLINE_KERNEL");
     return test_finish("test_spline");
 }
