@@ -1,18 +1,22 @@
 /* test_fit.c: the batched fitter (rvsfit/fit.h) end to end on a mock from the default library:
  * mock (in memory, src/mock) -> rvs_prepare_batch -> rvs_fitter_fit -> comparison with the truth.
  *
- * Checks: velocities within a few VRAD_ERR (pull median and robust width printed; |median| <
- * 1, width < 2.5); TEFF/LOGG/FEH within 3 sigma for most targets (>= 75%); the final -2 log L
- * at the reported (v, vsini, theta) is not improved by more than 0.1 by any point of a local grid
- * of perturbations (one engine call through the fitter's objective); a bad spectrum keeps
- * BAD_SPECTRUM and NaN values; the same batch twice gives identical rows; the bruteforce and
- * CCF starts give the same answer (velocity within VRAD_ERR/2, -2 log L within 1).
+ * Checks: velocity pulls (median and robust width printed; |median| < 1.5, width < 2.5, and >
+ * 0.5 from 20 targets on); the final -2 log L at the reported (v, vsini, theta) is not improved
+ * by more than 0.1 by any point of a local grid of perturbations (one engine call through the
+ * fitter's objective); a bad spectrum keeps BAD_SPECTRUM and NaN values; the same batch twice
+ * gives identical rows; the bruteforce and CCF starts give the same answer (velocity within
+ * VRAD_ERR/2, -2 log L within 1). Printed: the optimizer started at the truth (the reference
+ * for "the fit reaches the maximum-likelihood point"), how many fits come within 0.1 of it, the
+ * mean of -2 log L(truth) - -2 log L(fit) (6 expected) and where the truth-started optimum lies.
  *
- * The mock uses the identity resolution (lsf_scale 0) so that the fit model (no
- * --resolution-matrix) is exactly the generating model. Env: FIT_TEST_N targets (default 4: the
- * lockstep optimizer makes ~3500 engine calls of ~16 ms each on PoCL); FIT_TEST_BRUTEFORCE runs
- * the bruteforce-start comparison (minutes on PoCL); FIT_TEST_STRICT enables the 3-sigma
- * parameter check (currently failing). */
+ * The mock uses the identity resolution (lsf_scale 0), no unmasked cosmics and a flat continuum,
+ * so that the fit model is exactly the generating model. Env: FIT_TEST_N targets (default 4);
+ * FIT_TEST_BRUTEFORCE runs the bruteforce-start comparison (minutes on PoCL); FIT_TEST_STRICT
+ * adds issue #6's criteria: TEFF/LOGG/FEH within 3 sigma for >= 75 % and the fit within 0.1 of
+ * the truth-started optimum for >= 99 % (GPU, 2026-11-21: 40 of 40 pass; 475 of 500, i.e. the
+ * 99 % criterion still fails at N = 500); FIT_TEST_PROFILE prints the engine's stage times;
+ * FIT_TEST_VERBOSE the per-target -2 log L values. */
 #include <config.h>
 
 #include <math.h>
