@@ -154,13 +154,14 @@ int rvs_buffer_create(struct rvs_context *ctx, cl_mem_flags flags, size_t bytes,
     return err;
 }
 
-int rvs_buffer_write(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
-                     const void *host)
+/* The one counted host-to-device write; blocking or not. */
+static int buffer_write(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
+                        const void *host, cl_bool blocking)
 {
     if (bytes == 0)
         return RVS_OK;
     cl_int err =
-        clEnqueueWriteBuffer(ctx->queue, buffer, CL_TRUE, offset, bytes, host, 0, NULL, NULL);
+        clEnqueueWriteBuffer(ctx->queue, buffer, blocking, offset, bytes, host, 0, NULL, NULL);
     if (err != CL_SUCCESS) {
         rvs_log(RVS_LOG_ERROR, "devmem", "writing %zu bytes to the device failed: %s", bytes,
                 rvs_strerror(err));
@@ -171,21 +172,16 @@ int rvs_buffer_write(struct rvs_context *ctx, cl_mem buffer, size_t offset, size
     return err;
 }
 
+int rvs_buffer_write(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
+                     const void *host)
+{
+    return buffer_write(ctx, buffer, offset, bytes, host, CL_TRUE);
+}
+
 int rvs_buffer_write_async(struct rvs_context *ctx, cl_mem buffer, size_t offset, size_t bytes,
                            const void *host)
 {
-    if (bytes == 0)
-        return RVS_OK;
-    cl_int err =
-        clEnqueueWriteBuffer(ctx->queue, buffer, CL_FALSE, offset, bytes, host, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        rvs_log(RVS_LOG_ERROR, "devmem", "writing %zu bytes to the device failed: %s", bytes,
-                rvs_strerror(err));
-        return err;
-    }
-    ctx->counters.writes++;
-    ctx->counters.bytes_to_device += bytes;
-    return err;
+    return buffer_write(ctx, buffer, offset, bytes, host, CL_FALSE);
 }
 
 int rvs_buffer_fill(struct rvs_context *ctx, cl_mem buffer, const void *pattern,

@@ -431,6 +431,14 @@ void rvs_engine_stats_get(const struct rvs_engine *g, struct rvs_engine_stats *s
         *stats = g->stats;
 }
 
+const char *rvs_engine_stage_name(int stage)
+{
+    static const char *const names[RVS_ENGINE_NSTAGES] = {
+        "upload", "nn", "gather", "rotation", "spline build", "spline eval", "resolution",
+        "chisq", "download"};
+    return stage >= 0 && stage < RVS_ENGINE_NSTAGES ? names[stage] : "?";
+}
+
 void rvs_engine_stats_reset(struct rvs_engine *g)
 {
     if (g)

@@ -152,16 +152,13 @@ void rvs_fitter_destroy(struct rvs_fitter **fitter)
     struct rvs_fitter *f = *fitter;
     if (f->engine && getenv("RVSFIT_CL_ENGINE_PROFILE")) {
         /* diagnostic: where the engine's time went, per stage (benchmarks/README.md) */
-        static const char *names[RVS_ENGINE_NSTAGES] = {
-            "upload", "nn", "gather", "rotation", "spline build", "spline eval", "resolution",
-            "chisq", "download"};
         struct rvs_engine_stats st;
         rvs_engine_stats_get(f->engine, &st);
         fprintf(stderr, "engine profile: %llu calls, %llu requests, %llu unique theta, %llu "
                 "templates, %llu chunks, %.3f s\n", st.evals, st.requests, st.unique_theta,
                 st.unique_templates, st.chunks, st.total_seconds);
         for (int k = 0; k < RVS_ENGINE_NSTAGES; k++)
-            fprintf(stderr, "  %-12s %8llu calls %9.3f s\n", names[k], st.calls[k],
+            fprintf(stderr, "  %-12s %8llu calls %9.3f s\n", rvs_engine_stage_name(k), st.calls[k],
                     st.seconds[k]);
     }
     rvs_fit_ccf_destroy(f);

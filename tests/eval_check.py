@@ -16,6 +16,9 @@ import sys
 import numpy as np
 from astropy.io import fits
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from library_ref import check, finish, forward, load_library, map_params, outside  # noqa: E402
+
 C_KMS = 299792.458
 EPS = 0.6
 # log-flux: the device's float32 network vs numpy in double from the same float32 weights,
@@ -36,73 +39,16 @@ TOL_CONSERVE = 1e-3
 TOL_OUTSIDE = 1e-9
 
 COLS = ('TEFF', 'LOGG', 'FEH', 'ALPHAFE', 'VSINI', 'VRAD')
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print('FAIL: ' + what, file=sys.stderr)
-    return cond
-
-
-def finish():
-    if failures:
-        print('%d check(s) failed' % len(failures), file=sys.stderr)
-        sys.exit(1)
-    print('all checks passed')
-    sys.exit(0)
-
-
 # ------------------------------------------------------------------ library references
-def load_library(path):
-    with fits.open(path) as f:
-        h = f[0].header
-        p = f['PARAMS'].data
-        lib = dict(setup=h['SETUP'], nlayers=h['NLAYERS'], withbn=h['WITHBN'], eps=h['BNEPS'],
-                   clip=h['LOGCLIP'], wave=f['WAVE'].data.astype(np.float64),
-                   log10=np.array(p['LOG10'], dtype=bool), M=np.array(p['M'], dtype=np.float64),
-                   S=np.array(p['S'], dtype=np.float64),
-                   arrays={hdu.name: hdu.data.astype(np.float64) for hdu in f[1:]
-                           if hdu.name.startswith(('LIN', 'BN', 'PC_'))},
-                   hulls=[])
-        for k in range(1, h['NHULL'] + 1):
-            t = f['HULL%d' % k]
-            lib['hulls'].append((t.header['HULLI1'], t.header['HULLI2'], t.data['NX'],
-                                 t.data['NY'], t.data['OFFSET']))
-    return lib
-
-
-def mapped(lib, theta):
-    y = np.array(theta, dtype=np.float64)
-    y[..., lib['log10']] = np.log10(y[..., lib['log10']])
-    return (y - lib['M']) / lib['S']
-
-
 def log_flux(lib, theta):
-    """doc/template-library.md section 4, unfolded BatchNorm, double precision."""
-    a = lib['arrays']
-    h = mapped(lib, theta)
-    silu = lambda z: z / (1 + np.exp(-z))  # noqa: E731
-    for i in range(lib['nlayers'] + 2):
-        h = silu(h @ a['LIN%d_W' % i].T + a['LIN%d_B' % i])
-        if lib['withbn'] and 0 < i <= lib['nlayers']:
-            h = ((h - a['BN%d_MEAN' % i]) / np.sqrt(a['BN%d_VAR' % i] + lib['eps'])
-                 * a['BN%d_W' % i] + a['BN%d_B' % i])
-    out = h @ a['PC_W'].T + a['PC_B']
-    return np.clip(out, -lib['clip'], lib['clip'])
+    """doc/template-library.md section 4 in double precision (tests/library_ref.py)."""
+    return forward(lib, map_params(lib, theta, like_rvspecfit=False), like_rvspecfit=False,
+                   log=True)
 
 
-def outside(lib, theta):
-    """OutsideInterpolator on rvspecfit's mapping (Mapper.forward: theta and log10 in float32,
-    as rvs_library_map documents), the largest facet value over the hulls, squared when > 0."""
-    y = np.array(theta, dtype=np.float32)
-    y[lib['log10']] = np.log10(y[lib['log10']])
-    x = (y.astype(np.float64) - lib['M']) / lib['S']
-    worst = 0.0
-    for i1, i2, nx, ny, off in lib['hulls']:
-        worst = max(worst, float(np.max(nx * x[i1] + ny * x[i2] + off)))
-    return worst ** 2
+def outside_of(lib, theta):
+    """The penalty on rvspecfit's float32 mapping, as rvs_library_map documents."""
+    return float(outside(lib, map_params(lib, np.atleast_2d(theta)))[0])
 
 
 def rotation_kernel(R, eps=EPS, nquad=400001):
@@ -228,7 +174,7 @@ def mode_batch(path, libdir, params_txt):
     for i in range(n):
         theta, vs, vr = rows[i, :4], rows[i, 4], rows[i, 5]
         # outside-grid penalty: the worst over the arms; WARN bit 1 exactly when > 0
-        ref_out = max(outside(lib_of(libdir, s), theta) for s in arms)
+        ref_out = max(outside_of(lib_of(libdir, s), theta) for s in arms)
         err = abs(par['OUTSIDE'][i] - ref_out) / max(ref_out, 1.0)
         worst['outside'] = max(worst['outside'], err)
         check(err <= TOL_OUTSIDE, 'row %d: OUTSIDE %.10g, reference %.10g'

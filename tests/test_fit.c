@@ -15,8 +15,8 @@
  * FIT_TEST_BRUTEFORCE runs the bruteforce-start comparison (minutes on PoCL); FIT_TEST_STRICT
  * adds issue #6's criteria: TEFF/LOGG/FEH within 3 sigma for >= 75 % and the fit within 0.1 of
  * the truth-started optimum for >= 99 % (GPU, 2026-11-21: 40 of 40 pass; 475 of 500, i.e. the
- * 99 % criterion still fails at N = 500); FIT_TEST_PROFILE prints the engine's stage times;
- * FIT_TEST_VERBOSE the per-target -2 log L values. */
+ * 99 % criterion still fails at N = 500); FIT_TEST_VERBOSE prints the per-target -2 log L
+ * values (RVSFIT_CL_ENGINE_PROFILE, read by the fitter, the engine's stage times). */
 #include <config.h>
 
 #include <math.h>
@@ -135,8 +135,6 @@ int main(void)
     if (!fit)
         return test_finish("test_fit");
     printf("  fitter max batch %zu\n", rvs_fitter_max_batch(fit));
-    if (getenv("FIT_TEST_PROFILE"))
-        rvs_engine_set_profiling(fit->engine, 1);
 
     struct rvs_output_row *rows = calloc(nt, sizeof *rows), *rows2 = calloc(nt, sizeof *rows2);
     float *models[RVS_DESI_NARMS];
@@ -150,16 +148,6 @@ int main(void)
     CHECK(rvs_fitter_fit(fit, &pr, rows, models) == RVS_OK, "fit (CCF start)");
     printf("  CCF fit of %zu targets: %.2f s\n", nt, rvs_fit_now() - t0);
     print_profile("CCF", fit);
-    if (getenv("FIT_TEST_PROFILE")) {
-        static const char *names[] = {"upload", "nn", "gather", "rotation", "spline build",
-                                      "spline eval", "resolution", "chisq", "download"};
-        struct rvs_engine_stats st;
-        rvs_engine_stats_get(fit->engine, &st);
-        printf("  engine: %llu calls, %llu requests, %llu unique theta, %llu templates, %.2f s\n",
-               st.evals, st.requests, st.unique_theta, st.unique_templates, st.total_seconds);
-        for (int k = 0; k < RVS_ENGINE_NSTAGES; k++)
-            printf("    %-12s %6llu calls %8.3f s\n", names[k], st.calls[k], st.seconds[k]);
-    }
 
     /* compare with the truth */
     double *pv = calloc(nt, sizeof *pv), *pt = calloc(nt, sizeof *pt), *pg = calloc(nt, sizeof *pg),

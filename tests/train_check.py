@@ -5,7 +5,7 @@
 #   python3 train_check.py check LIB.fits GRID.fits PRED.fits
 #
 # "check" reads the library the trainer wrote with astropy only and verifies it against
-# doc/template-library.md with tests/rvs_import_check.py's helpers (checksums, hull geometry,
+# doc/template-library.md with tests/library_ref.py's helpers (checksums, hull geometry,
 # and its numpy reference forward pass, written from the document): the numpy forward of the
 # written weights must reproduce the trainer's own predictions (PRED.fits, --predictions), and
 # the mapping must be rvspecfit's (M, S = mean and std of the grid's log10 teff, logg, ...).
@@ -17,11 +17,7 @@ from astropy.io import fits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-# rvs_import_check reads its mode and paths from argv when imported; give it inert ones
-_argv = sys.argv
-sys.argv = [_argv[0], 'import', '', '', '']
-import rvs_import_check as ric  # noqa: E402
-sys.argv = _argv
+import library_ref as ref  # noqa: E402
 
 # log-flux of the trainer's forward pass vs the numpy forward of the written library
 PRED_ATOL = 1e-5
@@ -67,58 +63,58 @@ def make_grid(path, kind):
     fits.HDUList(hdus).writeto(path, overwrite=True)
 
 
-REQUIRED = [k for k in ric.PRIMARY_KEYS
+REQUIRED = [k for k in ref.PRIMARY_KEYS
             if k[0] not in ('SRCH5', 'SRCH5SHA', 'SRCNN', 'SRCNNSHA', 'CKPTVER', 'NNARCHV')]
 
 
 def check(lib_path, grid_path, pred_path):
-    ric.check(ric.checksums_ok(lib_path), lib_path + ': checksums')
+    ref.check(ref.checksums_ok(lib_path), lib_path + ': checksums')
     with fits.open(lib_path) as f:
         h = f[0].header
         for key, typ in REQUIRED:
-            if ric.check(key in h, '%s: keyword %s missing' % (lib_path, key)):
-                ric.check(type(h[key]) is typ, '%s: %s has type %s' % (lib_path, key,
+            if ref.check(key in h, '%s: keyword %s missing' % (lib_path, key)):
+                ref.check(type(h[key]) is typ, '%s: %s has type %s' % (lib_path, key,
                                                                         type(h[key]).__name__))
         for key in ('TRNLOSS', 'VALERR', 'VALMED', 'VAL99', 'TRAINCMD'):
-            ric.check(key in h, '%s: provenance keyword %s missing' % (lib_path, key))
-        ric.check(h.get('RVSFMT') == 'rvsfit-cl template library' and h.get('RVSFVER') == 1,
+            ref.check(key in h, '%s: provenance keyword %s missing' % (lib_path, key))
+        ref.check(h.get('RVSFMT') == 'rvsfit-cl template library' and h.get('RVSFVER') == 1,
                   lib_path + ': format name/version')
-        ric.check(h.get('CREATOR') == 'rvsfit-cl-train', lib_path + ': CREATOR')
-        ric.check(h.get('GRIDNAME') == 'toy-analytic', lib_path + ': GRIDNAME')
+        ref.check(h.get('CREATOR') == 'rvsfit-cl-train', lib_path + ': CREATOR')
+        ref.check(h.get('GRIDNAME') == 'toy-analytic', lib_path + ': GRIDNAME')
         for hdu in f[1:]:
             if hdu.name.startswith(('LIN', 'BN', 'PC_')):
-                ric.check(hdu.data.dtype == np.dtype('>f4'), hdu.name + ' is not float32')
-                ric.check('SRCKEY' in hdu.header, hdu.name + ' lacks SRCKEY')
-        ric.check(list(f['PARAMS'].columns.names) == ['NAME', 'LOG10', 'M', 'S', 'TRAINMIN',
+                ref.check(hdu.data.dtype == np.dtype('>f4'), hdu.name + ' is not float32')
+                ref.check('SRCKEY' in hdu.header, hdu.name + ' lacks SRCKEY')
+        ref.check(list(f['PARAMS'].columns.names) == ['NAME', 'LOG10', 'M', 'S', 'TRAINMIN',
                                                       'TRAINMAX'], 'PARAMS columns')
-    lib = ric.load_library(lib_path)
+    lib = ref.load_library(lib_path)
     with fits.open(grid_path) as g:
         par = g['PARAMS'].data
         theta = np.stack([np.asarray(par[n], dtype=np.float64)
                           for n in ('TEFF', 'LOGG', 'FEH', 'ALPHA')], axis=1)
         wave = np.asarray(g['WAVE'].data, dtype=np.float64)
-    ric.check(np.array_equal(lib['wave'], wave), 'WAVE differs from the grid')
+    ref.check(np.array_equal(lib['wave'], wave), 'WAVE differs from the grid')
     # rvspecfit train_interpolator.getData: M, S = mean, std of the (log10) parameters
     y = theta.copy()
     y[:, 0] = np.log10(y[:, 0])
-    ric.check(lib['names'] == ['teff', 'logg', 'feh', 'alpha'], 'names %r' % lib['names'])
-    ric.check(list(lib['log10']) == [True, False, False, False], 'LOG10 flags')
-    ric.check(np.allclose(lib['M'], y.mean(axis=0), rtol=1e-12, atol=1e-12), 'M')
-    ric.check(np.allclose(lib['S'], y.std(axis=0), rtol=1e-12, atol=1e-12), 'S')
-    mapped = ric.map_params(lib, theta, like_rvspecfit=False)
-    ric.check_hulls(lib, lib_path, mapped)
-    inside = ric.outside(lib, mapped)
-    ric.check(inside.max() < 1e-20, 'a grid point is outside the hulls (%g)' % inside.max())
+    ref.check(lib['names'] == ['teff', 'logg', 'feh', 'alpha'], 'names %r' % lib['names'])
+    ref.check(list(lib['log10']) == [True, False, False, False], 'LOG10 flags')
+    ref.check(np.allclose(lib['M'], y.mean(axis=0), rtol=1e-12, atol=1e-12), 'M')
+    ref.check(np.allclose(lib['S'], y.std(axis=0), rtol=1e-12, atol=1e-12), 'S')
+    mapped = ref.map_params(lib, theta, like_rvspecfit=False)
+    ref.check_hulls(lib, lib_path, mapped)
+    inside = ref.outside(lib, mapped)
+    ref.check(inside.max() < 1e-20, 'a grid point is outside the hulls (%g)' % inside.max())
     with fits.open(pred_path) as p:
         ptheta = np.asarray(p['PARAMS'].data, dtype=np.float64)
         pred = np.asarray(p['PRED'].data, dtype=np.float64)
-    flux = ric.forward(lib, ric.map_params(lib, ptheta, like_rvspecfit=False),
+    flux = ref.forward(lib, ref.map_params(lib, ptheta, like_rvspecfit=False),
                        like_rvspecfit=False)
     dev = np.abs(np.log(flux) - pred).max()
     print('numpy forward of the written library vs the trainer: max |d ln flux| = %.3g '
           '(tol %.0e) over %d spectra x %d px' % (dev, PRED_ATOL, pred.shape[0], pred.shape[1]))
-    ric.check(dev <= PRED_ATOL, 'library forward differs from the trainer by %g' % dev)
-    ric.finish()
+    ref.check(dev <= PRED_ATOL, 'library forward differs from the trainer by %g' % dev)
+    ref.finish()
 
 
 if __name__ == '__main__':

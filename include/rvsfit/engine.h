@@ -174,6 +174,8 @@ size_t rvs_engine_max_batch(const struct rvs_engine *engine, size_t requests_per
 
 /* Profiling: on = each stage ends with clFinish and its wall time is added to stats.seconds. */
 void rvs_engine_set_profiling(struct rvs_engine *engine, int on);
+/* Short name of a stage (enum rvs_engine_stage) for profile tables. */
+const char *rvs_engine_stage_name(int stage);
 void rvs_engine_stats_get(const struct rvs_engine *engine, struct rvs_engine_stats *stats);
 void rvs_engine_stats_reset(struct rvs_engine *engine);
 

@@ -1,6 +1,8 @@
 /* options.c: getopt tables, --help listing and underscore spellings from one option table. */
 #include <config.h>
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "options.h"
@@ -62,4 +64,35 @@ void rvs_cli_normalise_underscores(int argc, char **argv)
             if (*p == '_')
                 *p = '-';
     }
+}
+
+char *rvs_cli_join_arguments(const char *prefix, int argc, char **argv)
+{
+    size_t size = (prefix ? strlen(prefix) + 1 : 0) + 1;
+    for (int i = 1; i < argc; i++)
+        size += 4 * strlen(argv[i]) + 3;
+    char *line = malloc(size);
+    if (!line)
+        return NULL;
+    char *p = line;
+    if (prefix)
+        p += sprintf(p, "%s", prefix);
+    for (int i = 1; i < argc; i++) {
+        if (p > line)
+            *p++ = ' ';
+        int quote = !*argv[i] || strpbrk(argv[i], " \t\n'\"\\$*?") != NULL;
+        if (quote)
+            *p++ = '\'';
+        for (const char *c = argv[i]; *c; c++) {
+            if (*c == '\'') {
+                memcpy(p, "'\\''", 4);
+                p += 4;
+            } else
+                *p++ = *c;
+        }
+        if (quote)
+            *p++ = '\'';
+    }
+    *p = '\0';
+    return line;
 }

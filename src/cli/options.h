@@ -32,4 +32,10 @@ void rvs_cli_print_options(FILE *out, const struct rvs_cli_option *options, size
 /* "--log_level=X" -> "--log-level=X": only option names, never values; stops at "--". */
 void rvs_cli_normalise_underscores(int argc, char **argv);
 
+/* argv[1..argc) joined with spaces, after `prefix` and a space when prefix is not NULL;
+ * arguments with blanks, quotes or shell characters single-quoted so the line can be pasted
+ * back into a shell (provenance keywords: RVS_CMD, EVALCMD). malloc'ed; NULL when out of
+ * memory. */
+char *rvs_cli_join_arguments(const char *prefix, int argc, char **argv);
+
 #endif

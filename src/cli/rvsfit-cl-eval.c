@@ -1056,36 +1056,6 @@ static void text_arm(FILE *out, const struct run_info *ri, const struct eval_arm
 
 /* ------------------------------------------------------------------ main */
 
-/* The command line for EVALCMD: the program's name, then the arguments, single-quoted where a
- * shell would need it. */
-static char *join_command_line(int argc, char **argv)
-{
-    size_t size = sizeof PROG + 1;
-    for (int i = 1; i < argc; i++)
-        size += 4 * strlen(argv[i]) + 3;
-    char *line = malloc(size);
-    if (!line)
-        return NULL;
-    char *p = line + sprintf(line, "%s", PROG);
-    for (int i = 1; i < argc; i++) {
-        *p++ = ' ';
-        int quote = !*argv[i] || strpbrk(argv[i], " \t\n'\"\\$*?") != NULL;
-        if (quote)
-            *p++ = '\'';
-        for (const char *c = argv[i]; *c; c++) {
-            if (*c == '\'') {
-                memcpy(p, "'\\''", 4);
-                p += 4;
-            } else
-                *p++ = *c;
-        }
-        if (quote)
-            *p++ = '\'';
-    }
-    *p = '\0';
-    return line;
-}
-
 /* Exit code of a failed library or device call. */
 static int exit_code_of(int status)
 {
@@ -1398,7 +1368,7 @@ int main(int argc, char **argv)
     rvs_context_options_init(&r.s.ctx);
     r.s.log_level = RVS_LOG_WARNING;
     rvs_cli_getopt_tables(cli_options, NUM_OPTIONS, long_options, short_options);
-    r.command = join_command_line(argc, argv);
+    r.command = rvs_cli_join_arguments(PROG, argc, argv);
     rvs_cli_normalise_underscores(argc, argv);
 
     int code = EVAL_EXIT_OK, stop = 0, opt;

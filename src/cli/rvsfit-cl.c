@@ -257,37 +257,6 @@ static int bad_value(const char *fmt, ...)
 }
 
 
-/* The arguments as one string for RVS_CMD (rvspecfit joins them with spaces); arguments with
- * blanks or quotes are single-quoted so the line can be pasted back into a shell. */
-static char *join_command_line(int argc, char **argv)
-{
-    size_t size = 1;
-    for (int i = 1; i < argc; i++)
-        size += 4 * strlen(argv[i]) + 3;
-    char *line = malloc(size);
-    if (!line)
-        return NULL;
-    char *p = line;
-    for (int i = 1; i < argc; i++) {
-        if (i > 1)
-            *p++ = ' ';
-        int quote = !*argv[i] || strpbrk(argv[i], " \t\n'\"\\$*?") != NULL;
-        if (quote)
-            *p++ = '\'';
-        for (const char *c = argv[i]; *c; c++) {
-            if (*c == '\'') {
-                memcpy(p, "'\\''", 4);
-                p += 4;
-            } else
-                *p++ = *c;
-        }
-        if (quote)
-            *p++ = '\'';
-    }
-    *p = '\0';
-    return line;
-}
-
 /* ------------------------------------------------------------------ option values */
 
 static int parse_ll(const char *option, const char *text, long long min, long long max,
@@ -1017,7 +986,7 @@ int main(int argc, char **argv)
     /* a leading ':' makes getopt report a missing argument as ':' */
     char short_options[3 * NUM_OPTIONS + 2] = ":";
     rvs_cli_getopt_tables(cli_options, NUM_OPTIONS, long_options, short_options);
-    char *cmdline = join_command_line(argc, argv);
+    char *cmdline = rvs_cli_join_arguments(NULL, argc, argv);
     rvs_cli_normalise_underscores(argc, argv);
 
     struct settings s;

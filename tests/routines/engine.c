@@ -305,9 +305,6 @@ static int nn_templates(struct rvs_context *ctx, const struct engine_state *s,
  * when the case ends (for benchmarks/bench_kernels: where an evaluation's time goes). */
 static void print_profile(const struct engine_state *s)
 {
-    static const char *names[RVS_ENGINE_NSTAGES] = {"upload", "nn", "gather", "rotation",
-                                                    "spline build", "spline eval", "resolution",
-                                                    "chi2", "download"};
     struct rvs_engine_stats st;
     rvs_engine_stats_get(s->engine, &st);
     printf("# engine profile: %llu calls, %llu requests, %llu unique theta, %llu templates, "
@@ -316,7 +313,7 @@ static void print_profile(const struct engine_state *s)
            st.total_seconds, (double)st.bytes_in / (double)st.evals,
            (double)st.bytes_out / (double)st.evals);
     for (int k = 0; k < RVS_ENGINE_NSTAGES; k++)
-        printf("#   %-13s %6.2f device calls/eval %8.2f ms/eval\n", names[k],
+        printf("#   %-13s %6.2f device calls/eval %8.2f ms/eval\n", rvs_engine_stage_name(k),
                (double)st.calls[k] / (double)st.evals, 1e3 * st.seconds[k] / (double)st.evals);
 }
 
