@@ -20,6 +20,9 @@
 #define RVS_SPLINE_PIV 4  /* pivots: bb[0], then bb[i] - cc[i-1] cc'[i-1] */
 #define RVS_SPLINE_T1 5   /* hinv[i] / 6 */
 #define RVS_SPLINE_T2 6   /* h[i] / 6 */
+#define RVS_SPLINE_LW 7   /* fir: left ratio of knot i, 0 where unused (see below) */
+#define RVS_SPLINE_RW 8   /* fir: right ratio of knot i */
+#define RVS_SPLINE_DIAG 9 /* fir: diagonal of the inverse at knot i; 0 at knots 0 and N-1 */
 
 /* Templates per work-group of the construct kernel and knots per tile: the group moves tiles of
  * its templates through local memory so that global reads and writes are contiguous runs even
@@ -208,6 +211,123 @@ rvs_spline_construct_seg(__global const rvs_real *geom, const int N,
             }
             zr = zl;
         }
+    }
+}
+
+/* Fully parallel construction ("fir"): one work-item per knot, no sequential sweep.
+ *
+ * The second derivatives M (spliner.c's zs) solve S M = d with S the symmetric tridiagonal
+ * matrix of the interior knots 1..N-2 (diagonal 2 (h[i-1] + h[i]), off-diagonals h) and
+ * d[i] = 6 ((y[i+1] - y[i]) / h[i] - (y[i] - y[i-1]) / h[i-1]); M[0] = M[N-1] = 0. The inverse
+ * of a symmetric tridiagonal matrix is semi-separable: column i of S^-1 is diag[i] at row i and
+ * decays geometrically away from it, its ratio from row j-1 to row j being lw[j] = -h[j-1] /
+ * p[j-1] for j <= i (p: the pivots of the left-to-right elimination, the serial kernel's PIV)
+ * and rw[j] = -h[j-1] / q[j] for j > i (q: the pivots of a right-to-left elimination), with
+ * diag[i] = 1 / (p[i] + q[i] - S[i][i]). So, exactly,
+ *   M[i] = diag[i] (sum_{j<i} d[j] lw[j+1] ... lw[i] + d[i] + sum_{j>i} d[j] rw[i+1] ... rw[j]),
+ * both natural ends included (the ratios near the ends carry them). The host computes lw, rw,
+ * diag once per grid (src/spline.c) from the rounded knots, so any grid the validation accepts
+ * is handled exactly, not only an exactly geometric one: on a log-uniform grid the rows divided
+ * by h[i] are nearly the Toeplitz rows (1/r, 2 (1 + 1/r), 1) of the issue, but knots rounded to
+ * float move h by ~2e-3 of itself (DESI grid), which a constant-coefficient filter would turn
+ * into 1e-3 errors in M. |lw|, |rw| -> 2 - sqrt(3) = 0.268 (the root z1 of z^2 + 4 z + 1 on a
+ * uniform grid; 0.268 within 1e-4 on DESI's log grids), so the sums are cut at RVS_SPLINE_FIR_K
+ * terms each side, the smallest K with 0.268^(K+1) / (1 - 0.268) <= u / 8 (u = 2^-53 or
+ * 2^-24): the neglected weight is below an eighth of a rounding of M. src/spline.c checks the
+ * grid's largest ratio against the same bound and uses another kernel where it fails (coarse
+ * grids, r >~ 1.01). Each sum is a K-step Horner recurrence over local memory; d is the same
+ * arithmetic as the serial kernel's, so the second-difference cancellation is the same.
+ *
+ * Work-group: RVS_SPLINE_FIR_GROUP knots of one template (group id 1 = template), i.e.
+ * RVS_SPLINE_FIR_GROUP - 1 intervals; the tile's y, d, lw, rw with K knots of halo each side
+ * go to local memory, every work-item forms M of its knot, then A, B, C, D of its interval,
+ * written as contiguous 4-vectors. Must match src/spline.c. */
+#define RVS_SPLINE_FIR_GROUP 128
+#if RVS_HAVE_FP64
+#define RVS_SPLINE_FIR_K 29
+#else
+#define RVS_SPLINE_FIR_K 14
+#endif
+#define RVS_SPLINE_FIR_SPAN (RVS_SPLINE_FIR_GROUP + 2 * RVS_SPLINE_FIR_K)
+__kernel __attribute__((reqd_work_group_size(RVS_SPLINE_FIR_GROUP, 1, 1))) void
+rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
+                         __global const rvs_real *templates, const int T,
+                         __global rvs_real *coeffs)
+{
+    /* local index q <-> knot k0 - K + q (ly: q + 1 <-> that knot, one more at each end) */
+    __local rvs_real ly[RVS_SPLINE_FIR_SPAN + 2];
+    __local rvs_real ld[RVS_SPLINE_FIR_SPAN];
+    __local rvs_real llw[RVS_SPLINE_FIR_SPAN];
+    __local rvs_real lrw[RVS_SPLINE_FIR_SPAN];
+    __local rvs_real lm[RVS_SPLINE_FIR_GROUP];
+    const int K = RVS_SPLINE_FIR_K;
+    const int s = (int)get_local_id(0);
+    const int t = (int)get_group_id(1);
+    const int k0 = (int)get_group_id(0) * (RVS_SPLINE_FIR_GROUP - 1); /* first knot of the tile */
+    const int base = k0 - K;                                           /* knot of local index 0 */
+    __global const rvs_real *hinv = geom + RVS_SPLINE_HINV * (size_t)N;
+    __global const rvs_real *t1 = geom + RVS_SPLINE_T1 * (size_t)N;
+    __global const rvs_real *t2 = geom + RVS_SPLINE_T2 * (size_t)N;
+    __global const rvs_real *lw = geom + RVS_SPLINE_LW * (size_t)N;
+    __global const rvs_real *rw = geom + RVS_SPLINE_RW * (size_t)N;
+    __global const rvs_real *diag = geom + RVS_SPLINE_DIAG * (size_t)N;
+    /* the launch has exactly T rows of groups (src/spline.c), so t < T: no early return, which
+     * some compilers (PoCL) mishandle before barriers even when the whole group takes it */
+    __global const rvs_real *y = templates + (size_t)t * N;
+
+    for (int q = s; q < RVS_SPLINE_FIR_SPAN + 2; q += RVS_SPLINE_FIR_GROUP) {
+        const int k = base - 1 + q;
+        ly[q] = k >= 0 && k < N ? y[k] : 0;
+    }
+    for (int q = s; q < RVS_SPLINE_FIR_SPAN; q += RVS_SPLINE_FIR_GROUP) {
+        const int k = base + q;
+        const int in = k >= 0 && k < N;
+        llw[q] = in ? lw[k] : 0;
+        lrw[q] = in ? rw[k] : 0;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    /* d at the interior knots, zero elsewhere (the serial kernel's arithmetic) */
+    for (int q = s; q < RVS_SPLINE_FIR_SPAN; q += RVS_SPLINE_FIR_GROUP) {
+        const int k = base + q;
+        rvs_real dk = 0;
+        if (k >= 1 && k <= N - 2) {
+            const rvs_real bs0 = (ly[q + 1] - ly[q]) * hinv[k - 1];
+            const rvs_real bs1 = (ly[q + 2] - ly[q + 1]) * hinv[k];
+            dk = 6 * (bs1 - bs0);
+        }
+        ld[q] = dk;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    const int k = k0 + s; /* this work-item's knot; local index s + K */
+    {
+        /* left: d[k-K] lw[k-K+1] ... lw[k] + ... + d[k-1] lw[k] (Horner from the far end) */
+        rvs_real left = ld[s];
+#pragma unroll
+        for (int c = 1; c < RVS_SPLINE_FIR_K; c++)
+            left = left * llw[s + c] + ld[s + c];
+        left *= llw[s + K];
+        /* right: d[k+1] rw[k+1] + ... + d[k+K] rw[k+1] ... rw[k+K] */
+        rvs_real right = ld[s + 2 * K];
+#pragma unroll
+        for (int c = RVS_SPLINE_FIR_K - 1; c >= 1; c--)
+            right = right * lrw[s + K + c + 1] + ld[s + K + c];
+        right *= lrw[s + K + 1];
+        lm[s] = k < N ? diag[k] * ((left + right) + ld[s + K]) : 0;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    /* interval k = [knot k, knot k+1]: spliner.c's A, B, C, D */
+    if (s < RVS_SPLINE_FIR_GROUP - 1 && k < N - 1) {
+        const rvs_real ml = lm[s], mr = lm[s + 1];
+        const rvs_real tmp1 = t1[k], tmp2 = t2[k], hi = hinv[k];
+        const rvs_real yl = ly[s + K + 1], yr = ly[s + K + 2];
+#if RVS_HAVE_FP64
+        const double4 c = (double4)(mr * tmp1, ml * tmp1, yr * hi - mr * tmp2, yl * hi - ml * tmp2);
+#else
+        const float4 c = (float4)(mr * tmp1, ml * tmp1, yr * hi - mr * tmp2, yl * hi - ml * tmp2);
+#endif
+        vstore4(c, (size_t)t * (N - 1) + k, coeffs);
     }
 }
 

@@ -1,7 +1,9 @@
 /* spline.c: batched natural cubic splines (rvspecfit py/rvspecfit/src/spliner.c) on OpenCL:
- * grid validation and the template-independent half of the Thomas sweep on the host, one
- * launch that builds the coefficients of many templates, one launch that evaluates many
- * (template, velocity) requests at the data wavelengths of an arm (cl/spline.cl). */
+ * grid validation and the template-independent parts of the tridiagonal solve on the host
+ * (Thomas pivots; the ratios and diagonal of the inverse for the parallel "fir" kernel), the
+ * choice among three construction kernels, one launch that builds the coefficients of many
+ * templates, one launch that evaluates many (template, velocity) requests at the data
+ * wavelengths of an arm (cl/spline.cl). */
 #include <config.h>
 
 #include <limits.h>
@@ -21,12 +23,23 @@ enum {
     SPLINE_PIV,
     SPLINE_T1,
     SPLINE_T2,
+    SPLINE_LW,
+    SPLINE_RW,
+    SPLINE_DIAG,
     SPLINE_SECTIONS
 };
 #define SPLINE_GROUP 32
 /* cl/spline.cl's segmented construction: work-items per template, longest segment */
 #define SPLINE_SEG_GROUP 128
 #define SPLINE_SEG_MAXLEN 64
+/* cl/spline.cl's fir construction: knots per work-group, terms per side in fp64 / fp32 */
+#define SPLINE_FIR_GROUP 128
+#define SPLINE_FIR_K64 29
+#define SPLINE_FIR_K32 14
+
+/* The construction kernels (RVSFIT_CL_SPLINE_KERNEL=serial|segmented|fir). */
+enum spline_kind { SPLINE_SERIAL, SPLINE_SEGMENTED, SPLINE_FIR };
+static const char *const spline_kind_names[] = {"serial", "segmented", "fir"};
 
 /* spliner.c evaler()'s step-consistency threshold */
 #define SPLINE_STEP_TOL 1e-10
@@ -37,7 +50,8 @@ struct rvs_spline_grid {
     double x0, step; /* step: log(xs[1]/xs[0]) for log grids, xs[1] - xs[0] otherwise */
     cl_mem geom;     /* SPLINE_SECTIONS arrays of n rvs_real */
     cl_kernel construct, eval;
-    cl_kernel construct_seg; /* NULL: the serial kernel only (CPU devices, long grids) */
+    enum spline_kind kind; /* the construction kernel in use */
+    cl_kernel construct_other; /* the segmented or fir kernel when kind says so */
 };
 
 size_t rvs_spline_grid_size(const struct rvs_spline_grid *grid) { return grid ? grid->n : 0; }
@@ -51,8 +65,8 @@ void rvs_spline_grid_destroy(struct rvs_spline_grid **grid)
         clReleaseKernel((*grid)->construct);
     if ((*grid)->eval)
         clReleaseKernel((*grid)->eval);
-    if ((*grid)->construct_seg)
-        clReleaseKernel((*grid)->construct_seg);
+    if ((*grid)->construct_other)
+        clReleaseKernel((*grid)->construct_other);
     free(*grid);
     *grid = NULL;
 }
@@ -91,6 +105,52 @@ static int grid_validate(const double *xs, size_t n, int log_step)
     return RVS_OK;
 }
 
+/* The fir kernel's sections (cl/spline.cl): for the interior knots i = 1..n-2 of the system
+ * S M = d (S[i][i] = 2 (h[i-1] + h[i]), S[i][i+1] = h[i]), the left-to-right pivots p[i], the
+ * right-to-left pivots q[i], then lw[j] = -h[j-1] / p[j-1] and rw[j] = -h[j-1] / q[j]
+ * (j = 2..n-2: the ratios of neighbouring entries of a column of S^-1 on either side of its
+ * diagonal) and diag[i] = 1 / (p[i] + q[i] - S[i][i]); zero where a knot has no such entry.
+ * In long double: they are computed once per grid. Returns the largest |lw|, |rw|. */
+static double fir_sections(size_t n, const double *h, double *lw, double *rw, double *diag)
+{
+    long double *p = rvs_malloc(2 * n * sizeof *p), *q;
+    double ratio = 0;
+    if (!p)
+        return 1; /* no fir kernel: the caller's bound check fails */
+    q = p + n;
+    for (size_t i = 0; i < n; i++)
+        lw[i] = rw[i] = diag[i] = 0;
+    for (size_t i = 1; i + 1 < n; i++) {
+        long double a = 2 * ((long double)h[i - 1] + h[i]);
+        p[i] = i == 1 ? a : a - (long double)h[i - 1] * h[i - 1] / p[i - 1];
+    }
+    for (size_t i = n - 2; i >= 1; i--) {
+        long double a = 2 * ((long double)h[i - 1] + h[i]);
+        q[i] = i == n - 2 ? a : a - (long double)h[i] * h[i] / q[i + 1];
+    }
+    for (size_t i = 1; i + 1 < n; i++) {
+        long double a = 2 * ((long double)h[i - 1] + h[i]);
+        diag[i] = (double)(1 / (p[i] + q[i] - a));
+        if (i >= 2) {
+            lw[i] = (double)(-h[i - 1] / p[i - 1]);
+            rw[i] = (double)(-h[i - 1] / q[i]);
+            ratio = fmax(ratio, fmax(fabs(lw[i]), fabs(rw[i])));
+        }
+    }
+    free(p);
+    return ratio;
+}
+
+/* Whether the fir kernel's sums of k terms per side, with ratios at most `ratio`, drop less
+ * than u / 8 of the weight (cl/spline.cl): ratio^(k+1) / (1 - ratio) <= u / 8; always true
+ * when k terms reach every interior knot (n - 3 <= k). */
+static int fir_truncation_ok(size_t n, double ratio, int fp64)
+{
+    int k = fp64 ? SPLINE_FIR_K64 : SPLINE_FIR_K32;
+    double u = fp64 ? 0x1p-53 : 0x1p-24;
+    return n - 3 <= (size_t)k || (ratio < 1 && pow(ratio, k + 1) / (1 - ratio) <= u / 8);
+}
+
 /* Stores v at element i of an rvs_real array. */
 static void put_real(const struct rvs_context *ctx, void *base, size_t i, double v)
 {
@@ -98,6 +158,85 @@ static void put_real(const struct rvs_context *ctx, void *base, size_t i, double
         ((double *)base)[i] = v;
     else
         ((float *)base)[i] = (float)v;
+}
+
+/* Loads `name` into grid->construct_other if the device runs `group` work-items of it per
+ * work-group; *ok = 0 (and no kernel) otherwise. */
+static int load_construction(struct rvs_context *ctx, struct rvs_spline_grid *grid,
+                             const char *name, size_t group, int *ok)
+{
+    int status = RVS_OK;
+    size_t wg = 0;
+    *ok = 0;
+    RVS_TRY(rvs_context_kernel(ctx, "spline", name, &grid->construct_other));
+    RVS_CL_TRY(clGetKernelWorkGroupInfo(grid->construct_other, ctx->caps.device,
+                                        CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL));
+    *ok = wg >= group;
+cleanup:
+    if (!*ok && grid->construct_other) {
+        clReleaseKernel(grid->construct_other);
+        grid->construct_other = NULL;
+    }
+    return status;
+}
+
+/* The construction kernel. Defaults: fir on GPUs, segmented elsewhere (measured:
+ * benchmarks/RESULTS.md and the comment below); RVSFIT_CL_SPLINE_KERNEL=serial|segmented|fir
+ * overrides it (tests, benchmarks). Each falls back to the next simpler one where it cannot
+ * run: fir needs its truncation bound (fir_ok) and 128-item groups, segmented grids of at most
+ * 128 x 64 intervals and 128-item groups; serial runs everywhere.
+ * History: the segmented kernel (128 work-items per template, 48-row warm-ups) replaced the
+ * serial one, whose few thousand 6000-step dependent chains per engine call left ~99 % of an
+ * H200 idle (65 % of the engine's time); it still ran at ~200 GB/s there (8.6 s of an 18.5 s
+ * engine, 5000 targets), latency-bound. fir has no chain longer than 2 x 29 steps. On PoCL
+ * (2 cores) segmented stays the fastest (see the report in benchmarks/RESULTS.md). */
+static int choose_construction(struct rvs_context *ctx, struct rvs_spline_grid *grid, int fir_ok)
+{
+    int status = RVS_OK, ok = 0, asked = 0;
+    size_t n = grid->n;
+    enum spline_kind kind = (ctx->caps.type & CL_DEVICE_TYPE_GPU) ? SPLINE_FIR : SPLINE_SEGMENTED;
+    const char *choice = getenv("RVSFIT_CL_SPLINE_KERNEL");
+    if (choice && *choice) {
+        int found = 0;
+        for (int k = 0; k < 3; k++)
+            if (strcmp(choice, spline_kind_names[k]) == 0)
+                kind = (enum spline_kind)k, found = asked = 1;
+        if (!found)
+            rvs_log(RVS_LOG_WARNING, "spline",
+                    "RVSFIT_CL_SPLINE_KERNEL=%s is not serial, segmented or fir; using %s",
+                    choice, spline_kind_names[kind]);
+    }
+    const int level = asked ? RVS_LOG_WARNING : RVS_LOG_DEBUG;
+    if (kind == SPLINE_FIR) {
+        if (fir_ok)
+            RVS_TRY(load_construction(ctx, grid, "rvs_spline_construct_fir", SPLINE_FIR_GROUP,
+                                      &ok));
+        if (!ok) {
+            rvs_log(level, "spline",
+                    "the fir spline construction cannot run on this %zu-knot grid (%s); using "
+                    "the segmented one", n,
+                    fir_ok ? "work-groups of 128 are not available"
+                           : "steps too uneven: the truncated sums would lose precision");
+            kind = SPLINE_SEGMENTED;
+        }
+    }
+    if (kind == SPLINE_SEGMENTED) {
+        if (n - 1 <= (size_t)SPLINE_SEG_GROUP * SPLINE_SEG_MAXLEN)
+            RVS_TRY(load_construction(ctx, grid, "rvs_spline_construct_seg", SPLINE_SEG_GROUP,
+                                      &ok));
+        if (!ok) {
+            rvs_log(level, "spline",
+                    "the segmented spline construction cannot run on this %zu-knot grid (at "
+                    "most %d knots and work-groups of %d); using the serial one", n,
+                    SPLINE_SEG_GROUP * SPLINE_SEG_MAXLEN + 1, SPLINE_SEG_GROUP);
+            kind = SPLINE_SERIAL;
+        }
+    }
+    grid->kind = kind;
+    rvs_log(RVS_LOG_DEBUG, "spline", "%zu-knot grid: %s construction kernel", n,
+            spline_kind_names[kind]);
+cleanup:
+    return status;
 }
 
 int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, int log_step,
@@ -148,6 +287,8 @@ int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, 
             ccd[i] = h[i + 1] / piv[i];
     }
     ccd[n3] = 0; /* makes z[N-2] = dd'[N-3] - 0 * z[N-1] exactly spliner.c's z[N-2] = dd'[N-3] */
+    double ratio = fir_sections(n, h, sec + SPLINE_LW * n, sec + SPLINE_RW * n,
+                                sec + SPLINE_DIAG * n);
     for (size_t i = 0; i < SPLINE_SECTIONS * n; i++)
         put_real(ctx, host, i, sec[i]);
 
@@ -165,29 +306,7 @@ int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, 
         status = RVS_ERR_UNSUPPORTED;
         goto cleanup;
     }
-    /* The segmented kernel (128 work-items per template) is the default: with one work-item per
-     * template, the few thousand templates of an engine call left ~99 % of an H200's thread
-     * slots idle behind 6000-step dependent chains (spline construction was 65 % of the
-     * engine's time); on PoCL it is also faster (4096 x 6000 knots: 202 ms against 461 ms
-     * serial, 2 cores), although it repeats the 48-row warm-ups. The serial kernel remains
-     * for grids longer than 128 x 64 knots. RVSFIT_CL_SPLINE_KERNEL=serial|segmented
-     * overrides the choice (tests, benchmarks). */
-    const char *choice = getenv("RVSFIT_CL_SPLINE_KERNEL");
-    int segmented = 1;
-    if (choice && strcmp(choice, "serial") == 0)
-        segmented = 0;
-    else if (choice && strcmp(choice, "segmented") == 0)
-        segmented = 1;
-    if (segmented && n - 1 <= (size_t)SPLINE_SEG_GROUP * SPLINE_SEG_MAXLEN) {
-        RVS_TRY(rvs_context_kernel(ctx, "spline", "rvs_spline_construct_seg",
-                                   &grid->construct_seg));
-        RVS_CL_TRY(clGetKernelWorkGroupInfo(grid->construct_seg, ctx->caps.device,
-                                            CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL));
-        if (wg < SPLINE_SEG_GROUP) {
-            clReleaseKernel(grid->construct_seg);
-            grid->construct_seg = NULL;
-        }
-    }
+    RVS_TRY(choose_construction(ctx, grid, fir_truncation_ok(n, ratio, ctx->use_fp64)));
     *out = grid;
     grid = NULL;
 cleanup:
@@ -224,15 +343,22 @@ int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *
     RVS_TRY(rvs_kernel_arg(grid->construct, 2, sizeof(cl_mem), &templates));
     RVS_TRY(rvs_kernel_arg(grid->construct, 3, sizeof nt, &nt));
     RVS_TRY(rvs_kernel_arg(grid->construct, 4, sizeof(cl_mem), &coeffs));
-    if (grid->construct_seg) {
-        cl_kernel k = grid->construct_seg;
+    if (grid->kind != SPLINE_SERIAL) {
+        cl_kernel k = grid->construct_other;
         RVS_TRY(rvs_kernel_arg(k, 0, sizeof(cl_mem), &grid->geom));
         RVS_TRY(rvs_kernel_arg(k, 1, sizeof n, &n));
         RVS_TRY(rvs_kernel_arg(k, 2, sizeof(cl_mem), &templates));
         RVS_TRY(rvs_kernel_arg(k, 3, sizeof nt, &nt));
         RVS_TRY(rvs_kernel_arg(k, 4, sizeof(cl_mem), &coeffs));
-        size_t local = SPLINE_SEG_GROUP, global = T * SPLINE_SEG_GROUP;
-        RVS_TRY(rvs_kernel_launch_nd(ctx, k, 1, &global, &local));
+        if (grid->kind == SPLINE_SEGMENTED) {
+            size_t local = SPLINE_SEG_GROUP, global = T * SPLINE_SEG_GROUP;
+            RVS_TRY(rvs_kernel_launch_nd(ctx, k, 1, &global, &local));
+        } else {
+            /* tiles of SPLINE_FIR_GROUP knots overlapping by one: GROUP - 1 intervals each */
+            size_t tiles = (grid->n - 2) / (SPLINE_FIR_GROUP - 1) + 1;
+            size_t local[2] = {SPLINE_FIR_GROUP, 1}, global[2] = {tiles * SPLINE_FIR_GROUP, T};
+            RVS_TRY(rvs_kernel_launch_nd(ctx, k, 2, global, local));
+        }
         goto cleanup;
     }
     /* the kernel requires exactly SPLINE_GROUP work-items per group; checked at grid creation */

@@ -1,8 +1,10 @@
 /* test_spline.c: natural cubic splines (src/spline.c, cl/spline.cl) against the long-double port
  * of rvspecfit's spliner.c in tests/routines/spline.c, in the default precision and in forced
- * fp32: coefficients (spline_construct) and Doppler-shifted evaluation (spline_eval) on
- * log-uniform and linear grids, random and impulse templates, at knots, next to the last knot
- * and outside the grid (NaN); plus grid validation and the self-test row.
+ * fp32: coefficients (spline_construct) by each of the three construction kernels (serial,
+ * segmented, fir; RVSFIT_CL_SPLINE_KERNEL) and Doppler-shifted evaluation (spline_eval, after
+ * the default construction) on log-uniform and linear grids, random and impulse templates, at
+ * knots, next to the last knot and outside the grid (NaN); plus grid validation and the
+ * self-test row (per kernel).
  * Tolerances (tests/tolerances.h): RVS_TOL_FP64_REL in fp64, RVS_TOL_FP32_REL in fp32 (against
  * the same long-double reference), relative to the largest |value| of the case; coefficient
  * errors count as the error they put into a value (times h^3 for A, B and h for C, D). */
@@ -20,6 +22,7 @@ extern const struct rvs_routine rvs_routine_spline_construct, rvs_routine_spline
 #define IMPULSE (1u << 25)
 #define KNOTS (1u << 26)
 #define OUTSIDE (1u << 27)
+#define COARSE (1u << 28)
 
 static const struct rvs_routine_args construct_cases[] = {
     {.batch = 1, .m = 3},
@@ -34,6 +37,18 @@ static const struct rvs_routine_args construct_cases[] = {
     {.batch = 65, .m = 4099},
     {.batch = 70, .m = 6000},
     {.batch = 5, .m = 8193}, /* the segmented kernel's longest grid: 128 segments of 64 */
+    /* fir: grids shorter than its sums (N - 3 <= K: exact), one and two tiles of 127
+     * intervals and one knot over, tile edges with impulses, a grid too coarse for its
+     * truncation (falls back to segmented) */
+    {.batch = 3, .m = 5},
+    {.batch = 2, .m = 17, .k = LINEAR},
+    {.batch = 9, .m = 31},
+    {.batch = 9, .m = 33, .k = LINEAR},
+    {.batch = 4, .m = 128},
+    {.batch = 4, .m = 129},
+    {.batch = 4, .m = 255, .k = LINEAR},
+    {.batch = 300, .m = 256, .k = IMPULSE},
+    {.batch = 6, .m = 300, .k = COARSE},
     {0}};
 
 static const struct rvs_routine_args eval_cases[] = {
@@ -88,24 +103,41 @@ static void check_validation(struct rvs_context *ctx)
           "a negative knot was accepted on a log grid");
 }
 
-static void run_all(int fp32)
+/* The construction kernels (RVSFIT_CL_SPLINE_KERNEL values); evaluation cases run once per
+ * precision, after the default construction. */
+static const char *const kinds[] = {"serial", "segmented", "fir", NULL};
+
+static void run_all(int fp32, const char *kind)
 {
     if (fp32)
         setenv("RVSFIT_CL_FP32", "1", 1);
     else
         unsetenv("RVSFIT_CL_FP32");
+    if (kind)
+        setenv("RVSFIT_CL_SPLINE_KERNEL", kind, 1);
+    else
+        unsetenv("RVSFIT_CL_SPLINE_KERNEL");
+    printf("%s construction kernel, %s:\n", kind ? kind : "default", fp32 ? "fp32" : "default precision");
     struct rvs_context *ctx = test_context(0); /* runs the spline self-test row too */
     CHECK(fp32 ? !ctx->use_fp64 : ctx->use_fp64 == ctx->caps.has_fp64, "precision not as asked");
     char detail[256] = "";
     int st = rvs_spline_selftest(ctx, detail, sizeof detail);
     CHECK(st == RVS_OK, "spline self-test: %s %s", rvs_strerror(st), detail);
-    check_validation(ctx);
     double tol_c = ctx->use_fp64 ? RVS_TOL_FP64_REL : RVS_TOL_FP32_REL;
-    for (const struct rvs_routine_args *a = construct_cases; a->batch; a++) {
+    double worst = 0;
+    for (const struct rvs_routine_args *a = construct_cases; kind && a->batch; a++) {
         double e = rvs_routine_check(ctx, &rvs_routine_spline_construct, a);
-        CHECK(e >= 0 && e <= tol_c, "construct T=%zu N=%zu k=%#zx: error %.3g > %.3g", a->batch,
-              a->m, a->k, e, tol_c);
+        CHECK(e >= 0 && e <= tol_c, "%s construct T=%zu N=%zu k=%#zx: error %.3g > %.3g", kind,
+              a->batch, a->m, a->k, e, tol_c);
+        worst = e > worst ? e : worst;
     }
+    if (kind) {
+        printf("%s construction, %s: max error %.3g, tolerance %.1e\n", kind,
+               ctx->use_fp64 ? "fp64" : "fp32", worst, tol_c);
+        rvs_context_destroy(&ctx);
+        return;
+    }
+    check_validation(ctx);
     for (const struct rvs_routine_args *a = eval_cases; a->batch; a++) {
         double e = rvs_routine_check(ctx, &rvs_routine_spline_eval, a);
         CHECK(e >= 0 && e <= tol_c, "eval E=%zu n=%zu N=%zu k=%#zx: error %.3g > %.3g", a->batch,
@@ -122,15 +154,13 @@ static void run_all(int fp32)
 
 int main(void)
 {
-    /* both construction kernels on every device: the serial one (CPU default) and the
-     * segmented one (GPU default), each in fp64 and fp32 */
-    setenv("RVSFIT_CL_SPLINE_KERNEL", "serial", 1);
-    run_all(0);
-    run_all(1);
-    setenv("RVSFIT_CL_SPLINE_KERNEL", "segmented", 1);
-    printf("segmented construction kernel:\n");
-    run_all(0);
-    run_all(1);
+    /* every construction kernel on every device, each in fp64 and fp32, then the evaluation
+     * and validation cases with the device's default construction */
+    for (int fp32 = 0; fp32 < 2; fp32++) {
+        for (const char *const *k = kinds; *k; k++)
+            run_all(fp32, *k);
+        run_all(fp32, NULL);
+    }
     unsetenv("RVSFIT_CL_SPLINE_KERNEL");
     return test_finish("test_spline");
 }

@@ -20,6 +20,7 @@
 #define SPLINE_CASE_IMPULSE (1u << 25) /* templates with one non-zero knot each */
 #define SPLINE_CASE_KNOTS (1u << 26)   /* v = 0, data at knots, next to the last knot, outside */
 #define SPLINE_CASE_OUTSIDE (1u << 27) /* data beyond both ends, bad template indices */
+#define SPLINE_CASE_COARSE (1u << 28)  /* log grid with 3 % steps (fir's truncation fails) */
 #define SPLINE_CASE_COUNT(k) ((size_t)((k) & ((1u << 24) - 1)))
 
 struct spline_state {
@@ -88,6 +89,8 @@ static int make_templates(struct rvs_context *ctx, struct spline_state *s)
         return RVS_ERR_NOMEM;
     }
     double lstep = fmax(5e-5, 0.05 / (double)N), step = fmax(0.4, 0.05 * x0 / (double)N);
+    if (s->flags & SPLINE_CASE_COARSE)
+        lstep = 0.03;
     for (size_t i = 0; i < N; i++) {
         exact[i] = log_step ? x0 * exp((double)i * lstep) : x0 + (double)i * step;
         s->xs[i] = round_real(s, exact[i]);
@@ -398,7 +401,8 @@ static const struct rvs_routine_args eval_bench[] = {
 
 const struct rvs_routine rvs_routine_spline_construct = {
     .name = "spline_construct",
-    .args_doc = "batch=T templates, m=N knots, k=flags (linear grid 1<<24, impulses 1<<25)",
+    .args_doc = "batch=T templates, m=N knots, k=flags (linear grid 1<<24, impulses 1<<25, "
+                "coarse log grid 1<<28)",
     .error_kind = "max coeff error x h^k / max|y|",
     .setup = construct_setup,
     .run = construct_run,
