@@ -238,10 +238,14 @@ rvs_spline_construct_seg(__global const rvs_real *geom, const int N,
  * grids, r >~ 1.01). Each sum is a K-step Horner recurrence over local memory; d is the same
  * arithmetic as the serial kernel's, so the second-difference cancellation is the same.
  *
- * Work-group: RVS_SPLINE_FIR_GROUP knots of one template (group id 1 = template), i.e.
- * RVS_SPLINE_FIR_GROUP - 1 intervals; the tile's y, d, lw, rw with K knots of halo each side
- * go to local memory, every work-item forms M of its knot, then A, B, C, D of its interval,
- * written as contiguous 4-vectors. Must match src/spline.c. */
+ * Work-group: a tile of RVS_SPLINE_FIR_GROUP knots of one template, i.e.
+ * RVS_SPLINE_FIR_GROUP - 1 intervals (1-D launch: group g is tile g % tiles of template
+ * g / tiles, so a template's tiles run side by side and share their halos in cache; 1-D also
+ * keeps clear of 65535-group limits on a second dimension). The tile's y, d, lw, rw with K
+ * knots of halo each side go to local memory, every work-item forms M of its knot, then
+ * A, B, C, D of its interval, written as contiguous 4-vectors. Per knot: ~4K + 20 flops and
+ * ~4K local-memory reads; global traffic y in, A..D out (plus grid sections, shared by all
+ * templates and cached). Must match src/spline.c. */
 #define RVS_SPLINE_FIR_GROUP 128
 #if RVS_HAVE_FP64
 #define RVS_SPLINE_FIR_K 29
@@ -262,8 +266,9 @@ rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
     __local rvs_real lm[RVS_SPLINE_FIR_GROUP];
     const int K = RVS_SPLINE_FIR_K;
     const int s = (int)get_local_id(0);
-    const int t = (int)get_group_id(1);
-    const int k0 = (int)get_group_id(0) * (RVS_SPLINE_FIR_GROUP - 1); /* first knot of the tile */
+    const size_t tiles = (size_t)(N - 2) / (RVS_SPLINE_FIR_GROUP - 1) + 1;
+    const size_t t = get_group_id(0) / tiles;
+    const int k0 = (int)(get_group_id(0) % tiles) * (RVS_SPLINE_FIR_GROUP - 1); /* tile's first knot */
     const int base = k0 - K;                                           /* knot of local index 0 */
     __global const rvs_real *hinv = geom + RVS_SPLINE_HINV * (size_t)N;
     __global const rvs_real *t1 = geom + RVS_SPLINE_T1 * (size_t)N;
@@ -271,9 +276,10 @@ rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
     __global const rvs_real *lw = geom + RVS_SPLINE_LW * (size_t)N;
     __global const rvs_real *rw = geom + RVS_SPLINE_RW * (size_t)N;
     __global const rvs_real *diag = geom + RVS_SPLINE_DIAG * (size_t)N;
-    /* the launch has exactly T rows of groups (src/spline.c), so t < T: no early return, which
-     * some compilers (PoCL) mishandle before barriers even when the whole group takes it */
-    __global const rvs_real *y = templates + (size_t)t * N;
+    /* the launch has exactly T x tiles groups (src/spline.c), so t < T: no early return, which
+     * PoCL mishandles before barriers even when the whole group takes it (measured: stale
+     * local values across the barrier) */
+    __global const rvs_real *y = templates + t * N;
 
     for (int q = s; q < RVS_SPLINE_FIR_SPAN + 2; q += RVS_SPLINE_FIR_GROUP) {
         const int k = base - 1 + q;
@@ -327,7 +333,7 @@ rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
 #else
         const float4 c = (float4)(mr * tmp1, ml * tmp1, yr * hi - mr * tmp2, yl * hi - ml * tmp2);
 #endif
-        vstore4(c, (size_t)t * (N - 1) + k, coeffs);
+        vstore4(c, t * (N - 1) + k, coeffs);
     }
 }
 

@@ -188,10 +188,14 @@ cleanup:
  * History: the segmented kernel (128 work-items per template, 48-row warm-ups) replaced the
  * serial one, whose few thousand 6000-step dependent chains per engine call left ~99 % of an
  * H200 idle (65 % of the engine's time); it still ran at ~200 GB/s there (8.6 s of an 18.5 s
- * engine, 5000 targets), latency-bound. fir has no chain longer than 2 x 29 steps. On PoCL
- * (2 cores) segmented stays the fastest (see the report in benchmarks/RESULTS.md). */
-static int choose_construction(struct rvs_context *ctx, struct rvs_spline_grid *grid, int fir_ok)
+ * engine, 5000 targets), latency-bound. fir has no chain longer than 2 x 29 steps, but does
+ * ~4K flops per knot against the sweeps' ~10, so on CPUs segmented stays the fastest (PoCL,
+ * 2 cores, 4096 x 6000 knots: fir 1616 / 759 ms fp64 / fp32, segmented 401 / 329 ms, serial
+ * 1065 / 751 ms). */
+static int choose_construction(struct rvs_context *ctx, struct rvs_spline_grid *grid,
+                               double ratio)
 {
+    const int fir_ok = fir_truncation_ok(grid->n, ratio, ctx->use_fp64);
     int status = RVS_OK, ok = 0, asked = 0;
     size_t n = grid->n;
     enum spline_kind kind = (ctx->caps.type & CL_DEVICE_TYPE_GPU) ? SPLINE_FIR : SPLINE_SEGMENTED;
@@ -212,11 +216,17 @@ static int choose_construction(struct rvs_context *ctx, struct rvs_spline_grid *
             RVS_TRY(load_construction(ctx, grid, "rvs_spline_construct_fir", SPLINE_FIR_GROUP,
                                       &ok));
         if (!ok) {
-            rvs_log(level, "spline",
-                    "the fir spline construction cannot run on this %zu-knot grid (%s); using "
-                    "the segmented one", n,
-                    fir_ok ? "work-groups of 128 are not available"
-                           : "steps too uneven: the truncated sums would lose precision");
+            if (fir_ok)
+                rvs_log(level, "spline",
+                        "the fir spline construction needs work-groups of %d on %s; using the "
+                        "segmented one", SPLINE_FIR_GROUP, ctx->caps.device_name);
+            else
+                rvs_log(level, "spline",
+                        "the fir spline construction would lose precision on this %zu-knot "
+                        "grid (steps too coarse: the inverse of its spline system decays by "
+                        "only %.4f per knot, too slowly for %d terms; fp64 needs log steps "
+                        "below ~0.02); using the segmented one",
+                        n, ratio, ctx->use_fp64 ? SPLINE_FIR_K64 : SPLINE_FIR_K32);
             kind = SPLINE_SEGMENTED;
         }
     }
@@ -306,7 +316,7 @@ int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, 
         status = RVS_ERR_UNSUPPORTED;
         goto cleanup;
     }
-    RVS_TRY(choose_construction(ctx, grid, fir_truncation_ok(n, ratio, ctx->use_fp64)));
+    RVS_TRY(choose_construction(ctx, grid, ratio));
     *out = grid;
     grid = NULL;
 cleanup:
@@ -354,10 +364,11 @@ int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *
             size_t local = SPLINE_SEG_GROUP, global = T * SPLINE_SEG_GROUP;
             RVS_TRY(rvs_kernel_launch_nd(ctx, k, 1, &global, &local));
         } else {
-            /* tiles of SPLINE_FIR_GROUP knots overlapping by one: GROUP - 1 intervals each */
+            /* tiles of SPLINE_FIR_GROUP knots overlapping by one (GROUP - 1 intervals each),
+             * one group per tile and template, 1-D */
             size_t tiles = (grid->n - 2) / (SPLINE_FIR_GROUP - 1) + 1;
-            size_t local[2] = {SPLINE_FIR_GROUP, 1}, global[2] = {tiles * SPLINE_FIR_GROUP, T};
-            RVS_TRY(rvs_kernel_launch_nd(ctx, k, 2, global, local));
+            size_t local = SPLINE_FIR_GROUP, global = T * tiles * SPLINE_FIR_GROUP;
+            RVS_TRY(rvs_kernel_launch_nd(ctx, k, 1, &global, &local));
         }
         goto cleanup;
     }
