@@ -1,6 +1,7 @@
 /* rvsfit/spline.h: batched natural cubic splines on a template wavelength grid, as rvspecfit's
- * spliner.c defines them (construct: Thomas algorithm; evaler: knot index from the uniform
- * (log-)step), evaluated at Doppler-shifted data wavelengths. */
+ * spliner.c defines them (construct: the tridiagonal system of the second derivatives, solved by
+ * one of three kernels with the same result; evaler: knot index from the uniform (log-)step),
+ * evaluated at Doppler-shifted data wavelengths. */
 #ifndef RVSFIT_SPLINE_H
 #define RVSFIT_SPLINE_H
 
@@ -20,7 +21,9 @@ struct rvs_spline_grid;
 
 /* Validates xs (n >= 3 knots, strictly increasing, uniform in log when log_step != 0, else
  * uniform; the step test is spliner.c's: the first two steps agree within 1e-10) and uploads
- * the grid. Returns RVS_ERR_INVALID_ARGUMENT with a logged reason for a bad grid. */
+ * the grid. Returns RVS_ERR_INVALID_ARGUMENT with a logged reason for a bad grid. Chooses the
+ * construction kernel for the grid: fir (parallel over knots) on GPUs, segmented elsewhere,
+ * RVSFIT_CL_SPLINE_KERNEL=serial|segmented|fir to override (src/spline.c). */
 int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, int log_step,
                            struct rvs_spline_grid **grid);
 /* Releases the grid; accepts NULL and sets *grid to NULL. */
