@@ -657,6 +657,56 @@ cleanup:
 
 /* ------------------------------------------------------------------------------------------ */
 
+/* Near vsini = 0 the objective is flat to second order in vsini (rotation changes a profile by
+ * ~vsini^2, so -2 log L moves by ~vsini^4 there) and the Newton iteration stops short of the
+ * boundary, up to a few tenths in -2 log L above the optimum. Points at fractions of the final
+ * vsini (one engine call for the batch) move such walkers to the best of them. */
+#define RVS_FIT_POLISH_VSINI_MAX 6.0
+static int polish_vsini(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw)
+{
+    static const double frac[] = {0, 0.25, 0.5, 0.75};
+    enum { NF = sizeof frac / sizeof frac[0] };
+    int status = RVS_OK;
+    struct rvs_fit_point *p = rvs_malloc((nw * NF + 1) * sizeof *p);
+    size_t *who = rvs_malloc((nw + 1) * sizeof *who);
+    double *fv = rvs_malloc((nw * NF + 1) * sizeof *fv);
+    size_t m = 0;
+    if (!p || !who || !fv) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < nw; i++) {
+        if (w[i].failed || !isfinite(w[i].fx) || !(w[i].x[1] > 0) ||
+            w[i].x[1] > RVS_FIT_POLISH_VSINI_MAX)
+            continue;
+        for (size_t q = 0; q < NF; q++) {
+            struct rvs_fit_point *c = &p[m * NF + q];
+            c->s = w[i].s;
+            c->v = w[i].x[0];
+            c->vsini = frac[q] * w[i].x[1];
+            for (int k = 0; k < 4; k++)
+                c->th[k] = w[i].x[2 + k];
+        }
+        who[m++] = i;
+    }
+    if (m > 0) {
+        RVS_TRY(rvs_fit_objective(f, p, m * NF, RVS_FIT_OPTIMIZER, fv, NULL));
+        for (size_t j = 0; j < m; j++) {
+            struct rvs_fit_walker *s = &w[who[j]];
+            for (size_t q = 0; q < NF; q++)
+                if (fv[j * NF + q] < s->fx) {
+                    s->fx = fv[j * NF + q];
+                    s->x[1] = p[j * NF + q].vsini;
+                }
+        }
+    }
+cleanup:
+    free(p);
+    free(who);
+    free(fv);
+    return status;
+}
+
 static void nan_row(struct rvs_output_row *r)
 {
     r->vrad = r->vrad_err = r->vrad_skew = r->vrad_kurt = r->vsini = NAN;
@@ -681,7 +731,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     size_t *list = NULL;
     struct rvs_fit_point *start = NULL, *best = NULL;
     double *vstart = NULL;
-    struct rvs_fit_walker *wk = NULL, *wall = NULL;
+    struct rvs_fit_walker *wk = NULL, *wall = NULL, *wk2 = NULL;
     struct rvs_fit_point *alt = NULL;
     double *sigv = NULL;
     const size_t nalt = f->cfg.param_init == RVS_FIT_INIT_CCF ? RVS_FIT_NALT : 0;
@@ -777,13 +827,14 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     vstart = rvs_calloc(nt, sizeof *vstart);
     wk = rvs_calloc(n + 1, sizeof *wk);
     wall = rvs_calloc(n * K + 1, sizeof *wall);
+    wk2 = rvs_calloc(2 * n + 1, sizeof *wk2);
     alt = rvs_calloc(nt * nalt + 1, sizeof *alt);
     sigv = rvs_calloc(n + 1, sizeof *sigv);
     sr = rvs_calloc(n + 1, sizeof *sr);
     post = rvs_calloc(n + 1, sizeof *post);
     perr = rvs_calloc(n + 1, sizeof *perr);
     badh = rvs_calloc(n + 1, sizeof *badh);
-    if (!start || !best || !vstart || !wk || !wall || !alt || !sigv || !sr || !post || !perr || !badh) {
+    if (!start || !best || !vstart || !wk || !wall || !wk2 || !alt || !sigv || !sr || !post || !perr || !badh) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -815,15 +866,40 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
                 if (j > 0 && s->s < 0)
                     w->done = 1; /* no alternative: fx stays +inf */
             }
+        /* successive halving: all K starts walk RVS_FIT_SCREEN_ITER iterations, the best two
+         * per target RVS_FIT_SCREEN_ITER more (a start that lost an iteration to a rejected
+         * step, typically the hot one of a hot/cool metal-poor pair, catches up here), then the
+         * best one goes on to convergence */
         RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60));
-        for (size_t i = 0; i < n; i++) {
-            size_t jb = 0;
-            for (size_t j = 1; j < K; j++)
-                if (wall[i * K + j].fx < wall[i * K + jb].fx)
-                    jb = j;
-            wk[i] = wall[i * K + jb];
+        if (K > 2) {
+            for (size_t i = 0; i < n; i++) {
+                struct rvs_fit_walker *c = wall + i * K;
+                for (size_t r = 0; r < 2; r++) { /* selection of the best two to the front */
+                    size_t jb = r;
+                    for (size_t j = r + 1; j < K; j++)
+                        if (c[j].fx < c[jb].fx)
+                            jb = j;
+                    struct rvs_fit_walker tmpw = c[r];
+                    c[r] = c[jb];
+                    c[jb] = tmpw;
+                }
+                wk2[2 * i] = c[0];
+                wk2[2 * i + 1] = c[1];
+            }
+            RVS_TRY(rvs_fit_newton(f, wk2, 2 * n, RVS_FIT_SCREEN_ITER));
+            for (size_t i = 0; i < n; i++)
+                wk[i] = wk2[2 * i + 1].fx < wk2[2 * i].fx ? wk2[2 * i + 1] : wk2[2 * i];
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                size_t jb = 0;
+                for (size_t j = 1; j < K; j++)
+                    if (wall[i * K + j].fx < wall[i * K + jb].fx)
+                        jb = j;
+                wk[i] = wall[i * K + jb];
+            }
         }
         RVS_TRY(rvs_fit_newton(f, wk, n, 60));
+        RVS_TRY(polish_vsini(f, wk, n));
         for (size_t i = 0; i < n; i++) {
             struct rvs_fit_point *p = &best[list[i]];
             p->s = (int)list[i];
@@ -980,6 +1056,7 @@ cleanup:
     free(vstart);
     free(wk);
     free(wall);
+    free(wk2);
     free(alt);
     free(sigv);
     free(sr);

@@ -24,7 +24,7 @@
 #define CCF_C 299792.458
 #define CCF_N 8192
 #define CCF_EPS 0.6 /* limb darkening of rvspecfit's rotation kernel */
-#define CCF_MAX_TEFF_NODES 6
+#define CCF_MAX_TEFF_NODES 7
 #define CCF_MAX_THREADS 64
 
 struct rvs_fit_ccf {
@@ -146,7 +146,9 @@ void rvs_fit_ccf_destroy(struct rvs_fitter *f)
 
 int rvs_fit_ccf_create(struct rvs_fitter *f)
 {
-    static const double teffs[] = {3500, 4500, 5500, 6500, 8000, 10000};
+    /* up to 11500 K: without a hot node, hot metal-poor stars (Balmer lines only) start from a
+     * cooler template and their walkers end in the cool, metal-poor, fast-rotating basin */
+    static const double teffs[] = {3500, 4500, 5500, 6500, 8000, 10000, 11500};
     static const double loggs[] = {1, 2.5, 4, 5};
     static const double fehs[] = {-2, -1, 0};
     static const double vsinis[] = {0, 300};
@@ -189,13 +191,13 @@ int rvs_fit_ccf_create(struct rvs_fitter *f)
             c->hi[a] = c->n;
     }
     /* bank parameters inside every arm's training hull */
-    size_t nth = 0, ng = 6 * 4 * 3;
+    size_t nth = 0, ng = CCF_MAX_TEFF_NODES * 4 * 3;
     double (*th)[4] = rvs_malloc(ng * sizeof *th);
     if (!th) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
-    for (size_t i = 0; i < 6; i++)
+    for (size_t i = 0; i < CCF_MAX_TEFF_NODES; i++)
         for (size_t j = 0; j < 4; j++)
             for (size_t m = 0; m < 3; m++) {
                 double p[4] = {teffs[i], loggs[j], fehs[m], 0};
@@ -323,7 +325,7 @@ int rvs_fit_ccf_create(struct rvs_fitter *f)
     {
         /* bank parameters (re-derived in the same order as above) */
         size_t bi = 0;
-        for (size_t i = 0; i < 6; i++)
+        for (size_t i = 0; i < CCF_MAX_TEFF_NODES; i++)
             for (size_t j = 0; j < 4; j++)
                 for (size_t m = 0; m < 3; m++) {
                     double p[4] = {teffs[i], loggs[j], fehs[m], 0};

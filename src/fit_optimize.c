@@ -276,17 +276,67 @@ static void take_stencil(struct rvs_fit_walker *s, const double g[ND], const dou
     }
 }
 
-/* RVSFIT_CL_TRACE_SPECTRUM=s: the iterations of the walkers of batch spectrum s on stderr (for
- * diagnosing convergence) */
+/* Largest outside-grid distance of x's theta over the fitted arms (0 inside every hull). */
+static double outside_any(const struct rvs_fitter *f, const double *x)
+{
+    double d = 0;
+    for (size_t k = 0; k < f->narm; k++) {
+        double o = rvs_library_outside(f->lib[f->engine_arm[k]], x + 2);
+        d = isfinite(o) ? fmax(d, o) : HUGE_VAL;
+    }
+    return d;
+}
+
+/* A step from inside the training hulls that would leave them is shortened to 90 % of the way
+ * to the boundary (bisection on the host): beyond it the outside penalty (distance^2 x 10 x the
+ * pixels) makes the step a certain rejection, and each rejection costs an iteration. A walker
+ * already at the boundary keeps its step. */
+static void shorten_to_hull(const struct rvs_fitter *f, const double *x, double *dx)
+{
+    double y[ND];
+    for (int k = 0; k < ND; k++)
+        y[k] = x[k] + dx[k];
+    if (outside_any(f, y) == 0 || outside_any(f, x) != 0)
+        return;
+    double lo = 0, hi = 1;
+    for (int it = 0; it < 30; it++) {
+        double t = 0.5 * (lo + hi);
+        for (int k = 0; k < ND; k++)
+            y[k] = x[k] + t * dx[k];
+        if (outside_any(f, y) == 0)
+            lo = t;
+        else
+            hi = t;
+    }
+    if (lo < 0.1)
+        return; /* at the boundary already: the penalised objective decides, as before */
+    for (int k = 0; k < ND; k++)
+        dx[k] *= 0.9 * lo;
+}
+
+/* RVSFIT_CL_TRACE_SPECTRUM=s[,s...]: the iterations of the walkers of these batch spectra on
+ * stderr (for diagnosing convergence) */
 static void trace(const struct rvs_fit_walker *s, const char *what, const double *x, double fx,
                   double pred)
 {
-    static int want = -2;
-    if (want == -2) {
-        const char *e = getenv("RVSFIT_CL_TRACE_SPECTRUM");
-        want = e ? atoi(e) : -1;
+    static const char *list;
+    static int read_env;
+    if (!read_env) {
+        list = getenv("RVSFIT_CL_TRACE_SPECTRUM");
+        read_env = 1;
     }
-    if (want != s->s)
+    if (!list)
+        return;
+    int want = 0;
+    for (const char *c = list; *c && !want;) {
+        char *end;
+        long v = strtol(c, &end, 10);
+        if (end == c)
+            break;
+        want = v == s->s;
+        c = *end == ',' ? end + 1 : end;
+    }
+    if (!want)
         return;
     fprintf(stderr,
             "walker s=%d %-8s v %.3f vsini %.2f teff %.1f logg %.4f feh %.4f alpha %.4f | f "
@@ -377,6 +427,7 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 trace(s, pd ? "flat" : "flat-npd", s->x, s->fx, pred[i]);
                 continue;
             }
+            shorten_to_hull(f, s->x, dx);
             for (int k = 0; k < ND; k++)
                 cand[i][k] = s->x[k] + dx[k];
             memcpy(hc[i], s->h, sizeof hc[i]);
