@@ -38,11 +38,12 @@
 #define CCF_MAX_TEFF_NODES 6
 #define CCF_MAX_THREADS 64
 #define CCF_WG 64 /* RVS_CCF_WG of cl/ccf.cl */
-/* clFFT plans kept (one per batch size, a power of two: forward and inverse share them) */
-#define CCF_MAX_PLANS 16
-/* bytes of one chunk's cross-spectra (clFFT's intermediate buffer for length 8192 may take as
- * much again): 4096 pairs in double, 8192 in float */
-#define CCF_CHUNK_BYTES ((size_t)512 << 20)
+/* clFFT plans kept (one per batch size, a power of two: forward and inverse share them): a
+ * run's batches need the spectra's and the pairs' plans of at most two batch sizes */
+#define CCF_MAX_PLANS 4
+/* bytes of one chunk's cross-spectra, 2048 pairs in double, 4096 in float; each plan's clFFT
+ * intermediate buffer takes as much again (length 8192 takes two passes) */
+#define CCF_CHUNK_BYTES ((size_t)256 << 20)
 
 struct ccf_plan {
     clfftPlanHandle handle;
@@ -74,7 +75,7 @@ struct rvs_fit_ccf {
     cl_mem out;    /* out_pairs x 3 */
     cl_mem tscale; /* nb: t'^2 rows are t'^2 / tscale (cl/ccf.cl) */
     cl_mem wscale; /* spec_rows / 2: w rows are w / wscale */
-    size_t spec_rows, out_pairs, chunk;
+    size_t spec_rows, out_pairs, work_rows, chunk;
     void *stage;   /* host rows of the spectra's inputs (rvs_real) */
     void *stage_scale; /* their wscale (rvs_real) */
     size_t stage_rows;
@@ -308,7 +309,7 @@ void rvs_fit_ccf_set_chunk(struct rvs_fitter *f, size_t pairs)
     if (!c || pairs == 0)
         return;
     while (c->chunk > pairs && c->chunk > 1)
-        c->chunk /= 2; /* the work buffer, sized for the first chunk, stays large enough */
+        c->chunk /= 2;
 }
 
 /* ------------------------------------------------------------------ device plumbing */
@@ -515,6 +516,12 @@ static int ccf_device_setup(struct rvs_fitter *f)
     RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, plan, 1, c->bank),
                       "clfftEnqueueTransform(bank)", rows));
     RVS_CL_TRY(clFinish(ctx->queue));
+    /* used once: its intermediate buffer need not stay */
+    for (size_t i = 0; i < CCF_MAX_PLANS; i++)
+        if (c->plans[i].used && c->plans[i].handle == plan) {
+            rvs_fft_plan_destroy(ctx, &c->plans[i].handle);
+            c->plans[i].used = 0;
+        }
 cleanup:
     free(host);
     free(scale);
@@ -876,8 +883,10 @@ int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const 
         c->out_pairs = npairs;
     }
     size_t chunk = c->chunk < pow2_ceil(npairs) ? c->chunk : pow2_ceil(npairs);
-    if (!c->work) /* sized once for the largest chunk */
-        RVS_TRY(ensure_buffer(ctx, &c->work, c->chunk * row));
+    if (c->work_rows < chunk) {
+        RVS_TRY(ensure_buffer(ctx, &c->work, chunk * row));
+        c->work_rows = chunk;
+    }
     clfftPlanHandle fwd, inv;
     RVS_TRY(get_plan(f, srows, &fwd));
     RVS_TRY(get_plan(f, chunk, &inv));
@@ -890,10 +899,6 @@ int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const 
     cl_int cont_i = f->cfg.ccf_continuum_normalize ? 1 : 0;
     for (size_t pair0 = 0; pair0 < npairs; pair0 += chunk) {
         size_t nrows = npairs - pair0 < chunk ? npairs - pair0 : chunk;
-        /* the last chunk's transform covers a power of two >= its rows, not the whole chunk */
-        size_t rows_b = pow2_ceil(nrows) < chunk ? pow2_ceil(nrows) : chunk;
-        if (rows_b != chunk)
-            RVS_TRY(get_plan(f, rows_b, &inv));
         cl_int p0_i = (cl_int)pair0, nrows_i = (cl_int)nrows;
         cl_kernel k = c->k_multiply;
         RVS_TRY(rvs_kernel_arg(k, 0, sizeof c->spec, &c->spec));
@@ -907,7 +912,7 @@ int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const 
         /* clFFT's default backward scale 1/n completes the inverse; the rows past nrows hold
          * stale values whose transforms are never read */
         RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, inv, 0, c->work),
-                          "clfftEnqueueTransform(correlations)", rows_b));
+                          "clfftEnqueueTransform(correlations)", chunk));
         k = c->k_reduce;
         RVS_TRY(rvs_kernel_arg(k, 0, sizeof c->work, &c->work));
         RVS_TRY(rvs_kernel_arg(k, 1, sizeof c->wscale, &c->wscale));
