@@ -8,15 +8,16 @@
  * Once per fitter: the bank is evaluated on the device (one rvs_nn_forward per arm for all bank
  * parameters), brought onto the grid and continuum-normalised on the host, and
  * Fourier-transformed on the device. Per batch: the host prepares every spectrum's grid input
- * (block-median continuum, resampling, apodisation: ~0.1 ms a spectrum, on all cores); the
- * device transforms them (one batched clFFT), forms the cross-spectra of all (spectrum,
+ * (block-median continuum, resampling, apodisation: ~0.5 ms a spectrum, a thread per core);
+ * the device transforms them (one batched clFFT), forms the cross-spectra of all (spectrum,
  * template) pairs, transforms them back in chunks of pairs bounded by memory (one batched clFFT
  * per chunk) and reduces each pair to its best chi^2 and shift (cl/ccf.cl); the host reads back
- * three numbers per pair and picks the best template and the alternative starts. Launches per
- * batch: 2 + 3 per chunk, never per spectrum or template. The CCF only chooses the start:
- * vel_fit.process then rescans the velocity at vel_step0 with the chosen template, so a
- * velocity resolution of ~35 km/s per grid pixel is enough here. tests/test_ccf.c holds the
- * plain-C reference (the former host implementation) and compares. */
+ * three numbers per pair and picks the best template and the alternative starts. Device
+ * commands per batch: 2 writes, 1 transform, 3 per chunk (2048 pairs in double, 4096 in float:
+ * ~40 or ~20 chunks for 650 spectra x 132 templates), 1 read; never per spectrum or template.
+ * The CCF only chooses the start: vel_fit.process then rescans the velocity at vel_step0 with
+ * the chosen template, so a velocity resolution of ~35 km/s per grid pixel is enough here.
+ * tests/test_ccf.c holds the plain-C reference (the former host implementation) and compares. */
 #include <config.h>
 
 /* first: it fixes the OpenCL API level before clFFT.h includes CL/cl.h */
