@@ -86,6 +86,26 @@ void rvs_fit_ccf_destroy(struct rvs_fitter *f);
 int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
                       size_t n, struct rvs_fit_point *start, double *vstart,
                       struct rvs_fit_point *alt, size_t nalt);
+/* The CCF's pieces, for tests/test_ccf.c and its plain-C reference. Per (spectrum list[i],
+ * bank template j), res[3 (i nb + j) + 0..2] = the smallest chi^2 over the allowed shifts, its
+ * shift index s in 0..2 smax (shift s - smax grid pixels; -1 when none is defined) and the
+ * parabola-refined shift in pixels (on the device, one batch). */
+int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
+                      size_t n, double *res);
+/* Spectrum t's input on the CCF grid (n values each): data x weight and weight. */
+int rvs_fit_ccf_input(const struct rvs_fitter *f, const struct rvs_prepared *b, size_t t,
+                      double *dw, double *w);
+struct rvs_fit_ccf_info {
+    size_t n, nb, smax; /* grid points, bank templates, largest shift */
+    double ln0, dln;    /* ln(lambda_k) = ln0 + k dln */
+    const double (*bank_theta)[5]; /* teff, logg, feh, alpha, vsini */
+    const size_t *bank_node;       /* temperature class of each template */
+    const double *bank_t;          /* nb x n: continuum-normalised templates on the grid */
+    size_t chunk;                  /* pairs per device chunk */
+};
+void rvs_fit_ccf_info(const struct rvs_fitter *f, struct rvs_fit_ccf_info *info);
+/* Pairs per device chunk: the largest power of two <= pairs and <= the memory bound (tests). */
+void rvs_fit_ccf_set_chunk(struct rvs_fitter *f, size_t pairs);
 int rvs_fit_start_bruteforce(struct rvs_fitter *f, const size_t *list, size_t n,
                              struct rvs_fit_point *start, double *vstart);
 

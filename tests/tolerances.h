@@ -34,6 +34,11 @@
 /* rvsfit-cl-mkgrid spectra at DESI resolution vs values stored from the code before its
  * speed-up (tests/test_mkgrid_reference.c): relative (measured <= 1.9e-4) */
 #define RVS_TOL_MKGRID_REF 1e-3
+/* CCF start (tests/test_ccf.c) in fp32: chi^2(shift) through two single-precision clFFT
+ * transforms of length 8192 (forward, then the inverse shared by the two correlations) vs the
+ * double reference, relative to the spectrum's largest |chi^2|: ~eps * log2(8192) of the
+ * terms' magnitude (measured 2.7e-6 continuum-normalised, 4.2e-6 raw flux; PoCL) */
+#define RVS_TOL_CCF_FP32_REL 1e-5
 /* GEMM: eps * 4k relative to the scale of the inputs (see tests/test_gemm.c) */
 
 #endif
