@@ -37,8 +37,9 @@
 /* CCF start (tests/test_ccf.c) in fp32: chi^2(shift) through two single-precision clFFT
  * transforms of length 8192 (forward, then the inverse shared by the two correlations) vs the
  * double reference, relative to the spectrum's largest |chi^2|: ~eps * log2(8192) of the
- * terms' magnitude (measured 2.7e-6 continuum-normalised, 4.2e-6 raw flux; PoCL) */
-#define RVS_TOL_CCF_FP32_REL 1e-5
+ * terms' magnitude (measured 2.7e-6 continuum-normalised, 4.2e-6 raw flux on PoCL; 1.2e-5 raw flux
+ * with NVIDIA's OpenCL on an H200, 2026-11-21) */
+#define RVS_TOL_CCF_FP32_REL 3e-5
 /* GEMM: eps * 4k relative to the scale of the inputs (see tests/test_gemm.c) */
 
 #endif
