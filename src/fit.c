@@ -657,53 +657,86 @@ cleanup:
 
 /* ------------------------------------------------------------------------------------------ */
 
-/* Near vsini = 0 the objective is flat to second order in vsini (rotation changes a profile by
- * ~vsini^2, so -2 log L moves by ~vsini^4 there) and the Newton iteration stops short of the
- * boundary, up to a few tenths in -2 log L above the optimum. Points at fractions of the final
- * vsini (one engine call for the batch) move such walkers to the best of them. */
-#define RVS_FIT_POLISH_VSINI_MAX 6.0
+/* vsini is the least constrained parameter: near 0 the objective is flat to fourth order in vsini
+ * (rotation changes a profile by ~vsini^2) and in hot stars, whose Balmer lines are much wider
+ * than the rotation kernel, it is nearly flat over tens of km/s; the Newton iteration then stops
+ * a few tenths of -2 log L short of the optimum. Candidates along vsini (one engine call for the
+ * batch: fractions of a small vsini, offsets up to +24 km/s) move a walker to the best of them, and
+ * the moved walkers iterate again from there. */
+#define RVS_FIT_POLISH_VSINI_SMALL 6.0
+#define RVS_FIT_POLISH_ITER 8
 static int polish_vsini(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw)
 {
-    static const double frac[] = {0, 0.25, 0.5, 0.75};
-    enum { NF = sizeof frac / sizeof frac[0] };
+    static const double frac[] = {0, 0.25, 0.5, 0.75}, offs[] = {3, 6, 12, 24};
+    enum { NF = sizeof frac / sizeof frac[0], NO = sizeof offs / sizeof offs[0], NC = NF + NO };
     int status = RVS_OK;
-    struct rvs_fit_point *p = rvs_malloc((nw * NF + 1) * sizeof *p);
+    struct rvs_fit_point *p = rvs_malloc((nw * NC + 1) * sizeof *p);
     size_t *who = rvs_malloc((nw + 1) * sizeof *who);
-    double *fv = rvs_malloc((nw * NF + 1) * sizeof *fv);
-    size_t m = 0;
-    if (!p || !who || !fv) {
+    double *fv = rvs_malloc((nw * NC + 1) * sizeof *fv);
+    struct rvs_fit_walker *moved = rvs_malloc((nw + 1) * sizeof *moved);
+    size_t *mi = rvs_malloc((nw + 1) * sizeof *mi);
+    size_t m = 0, nm = 0;
+    if (!p || !who || !fv || !moved || !mi) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
     for (size_t i = 0; i < nw; i++) {
-        if (w[i].failed || !isfinite(w[i].fx) || !(w[i].x[1] > 0) ||
-            w[i].x[1] > RVS_FIT_POLISH_VSINI_MAX)
+        if (w[i].failed || !isfinite(w[i].fx))
             continue;
-        for (size_t q = 0; q < NF; q++) {
-            struct rvs_fit_point *c = &p[m * NF + q];
+        double x1 = fmax(w[i].x[1], 0);
+        for (size_t q = 0; q < NC; q++) {
+            struct rvs_fit_point *c = &p[m * NC + q];
             c->s = w[i].s;
             c->v = w[i].x[0];
-            c->vsini = frac[q] * w[i].x[1];
+            if (q < NF)
+                c->vsini = x1 <= RVS_FIT_POLISH_VSINI_SMALL ? frac[q] * x1 : x1;
+            else
+                c->vsini = fmin(x1 + offs[q - NF], f->cfg.max_vsini);
             for (int k = 0; k < 4; k++)
                 c->th[k] = w[i].x[2 + k];
         }
         who[m++] = i;
     }
     if (m > 0) {
-        RVS_TRY(rvs_fit_objective(f, p, m * NF, RVS_FIT_OPTIMIZER, fv, NULL));
+        RVS_TRY(rvs_fit_objective(f, p, m * NC, RVS_FIT_OPTIMIZER, fv, NULL));
         for (size_t j = 0; j < m; j++) {
             struct rvs_fit_walker *s = &w[who[j]];
-            for (size_t q = 0; q < NF; q++)
-                if (fv[j * NF + q] < s->fx) {
-                    s->fx = fv[j * NF + q];
-                    s->x[1] = p[j * NF + q].vsini;
+            size_t qb = NC;
+            double fb = s->fx - 0.01;
+            for (size_t q = 0; q < NC; q++)
+                if (fv[j * NC + q] < fb) {
+                    fb = fv[j * NC + q];
+                    qb = q;
                 }
+            if (qb == NC)
+                continue;
+            if (qb < NF) { /* towards 0: the flat bottom, no need to iterate again */
+                s->fx = fb;
+                s->x[1] = p[j * NC + qb].vsini;
+                continue;
+            }
+            double x0[RVS_FIT_NDIM];
+            memcpy(x0, s->x, sizeof x0);
+            x0[1] = p[j * NC + qb].vsini;
+            rvs_fit_walker_init(&moved[nm], s->s, x0);
+            mi[nm++] = who[j];
         }
+    }
+    if (nm > 0) {
+        RVS_TRY(rvs_fit_newton(f, moved, nm, RVS_FIT_POLISH_ITER));
+        for (size_t j = 0; j < nm; j++)
+            if (!moved[j].failed && moved[j].fx < w[mi[j]].fx) {
+                size_t it = w[mi[j]].iter;
+                w[mi[j]] = moved[j];
+                w[mi[j]].iter += it;
+            }
     }
 cleanup:
     free(p);
     free(who);
     free(fv);
+    free(moved);
+    free(mi);
     return status;
 }
 
