@@ -34,6 +34,30 @@
 #define RVS_SPLINE_LD (RVS_SPLINE_TILE + 1)
 #define RVS_SPLINE_LO (4 * RVS_SPLINE_TILE + 1)
 
+#if RVS_HAVE_FP64
+typedef double4 rvs_spline_real4;
+#else
+typedef float4 rvs_spline_real4;
+#endif
+
+/* The three construction kernels share spliner.c's two formulas: the right-hand side of the
+ * second-derivative equation at knot i + 1 from y[i..i+2] and the inverse steps of intervals
+ * i, i + 1 ... */
+static inline rvs_real rvs_spline_rhs(rvs_real y0, rvs_real y1, rvs_real y2, rvs_real hinv0,
+                                      rvs_real hinv1)
+{
+    return 6 * ((y2 - y1) * hinv1 - (y1 - y0) * hinv0);
+}
+
+/* ... and interval i's A, B, C, D from its end values yl, yr, the second derivatives at its
+ * ends zl, zr (x 1/6 folded into t1 = hinv / 6, t2 = h / 6) */
+static inline rvs_spline_real4 rvs_spline_interval(rvs_real zl, rvs_real zr, rvs_real yl,
+                                                   rvs_real yr, rvs_real t1, rvs_real t2,
+                                                   rvs_real hinv)
+{
+    return (rvs_spline_real4)(zr * t1, zl * t1, yr * hinv - zr * t2, yl * hinv - zl * t2);
+}
+
 /* rvspecfit spec_fit.SPEED_OF_LIGHT; a float literal where doubles may be absent */
 #if RVS_HAVE_FP64
 #define RVS_SPLINE_C_KMS 299792.458
@@ -81,9 +105,7 @@ rvs_spline_construct(__global const rvs_real *geom, const int N, __global const 
             __local const rvs_real *y = ly + lid * RVS_SPLINE_LY;
             for (int k = 0; k < rows; k++) {
                 const int i = i0 + k;
-                const rvs_real bs0 = (y[k + 1] - y[k]) * hinv[i];
-                const rvs_real bs1 = (y[k + 2] - y[k + 1]) * hinv[i + 1];
-                const rvs_real dd = 6 * (bs1 - bs0);
+                const rvs_real dd = rvs_spline_rhs(y[k], y[k + 1], y[k + 2], hinv[i], hinv[i + 1]);
                 ddp = i == 0 ? dd / piv[0] : (dd - h[i] * ddp) / piv[i];
                 ld[lid * RVS_SPLINE_LD + k] = ddp;
             }
@@ -123,11 +145,7 @@ rvs_spline_construct(__global const rvs_real *geom, const int N, __global const 
             for (int k = rows - 1; k >= 0; k--) {
                 const int i = i0 + k;
                 const rvs_real zl = i == 0 ? 0 : ld[lid * RVS_SPLINE_LD + k] - ccd[i - 1] * zr;
-                const rvs_real tmp1 = t1[i], tmp2 = t2[i], hi = hinv[i];
-                o[4 * k + 0] = zr * tmp1;
-                o[4 * k + 1] = zl * tmp1;
-                o[4 * k + 2] = y[k + 1] * hi - zr * tmp2;
-                o[4 * k + 3] = y[k] * hi - zl * tmp2;
+                vstore4(rvs_spline_interval(zl, zr, y[k], y[k + 1], t1[i], t2[i], hinv[i]), k, o);
                 zr = zl;
             }
         }
@@ -182,9 +200,7 @@ rvs_spline_construct_seg(__global const rvs_real *geom, const int N,
         rvs_real ddp = 0;
         const int i0 = max(0, is - RVS_SPLINE_WARM), i1 = min(ie, N2);
         for (int i = i0; i < i1; i++) {
-            const rvs_real bs0 = (y[i + 1] - y[i]) * hinv[i];
-            const rvs_real bs1 = (y[i + 2] - y[i + 1]) * hinv[i + 1];
-            const rvs_real dd = 6 * (bs1 - bs0);
+            const rvs_real dd = rvs_spline_rhs(y[i], y[i + 1], y[i + 2], hinv[i], hinv[i + 1]);
             ddp = i == 0 ? dd / piv[0] : (dd - h[i] * ddp) / piv[i];
             if (i >= is)
                 c[i] = ddp;
@@ -202,13 +218,8 @@ rvs_spline_construct_seg(__global const rvs_real *geom, const int N,
         rvs_real zr = 0; /* z[i+1] */
         for (int i = itop; i >= is; i--) {
             const rvs_real zl = i == 0 ? 0 : dloc[i - is] - ccd[i - 1] * zr;
-            if (i < ie) {
-                const rvs_real tmp1 = t1[i], tmp2 = t2[i], hi = hinv[i];
-                c[4 * i + 0] = zr * tmp1;
-                c[4 * i + 1] = zl * tmp1;
-                c[4 * i + 2] = y[i + 1] * hi - zr * tmp2;
-                c[4 * i + 3] = y[i] * hi - zl * tmp2;
-            }
+            if (i < ie)
+                vstore4(rvs_spline_interval(zl, zr, y[i], y[i + 1], t1[i], t2[i], hinv[i]), i, c);
             zr = zl;
         }
     }
@@ -296,11 +307,8 @@ rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
     for (int q = s; q < RVS_SPLINE_FIR_SPAN; q += RVS_SPLINE_FIR_GROUP) {
         const int k = base + q;
         rvs_real dk = 0;
-        if (k >= 1 && k <= N - 2) {
-            const rvs_real bs0 = (ly[q + 1] - ly[q]) * hinv[k - 1];
-            const rvs_real bs1 = (ly[q + 2] - ly[q + 1]) * hinv[k];
-            dk = 6 * (bs1 - bs0);
-        }
+        if (k >= 1 && k <= N - 2)
+            dk = rvs_spline_rhs(ly[q], ly[q + 1], ly[q + 2], hinv[k - 1], hinv[k]);
         ld[q] = dk;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -325,15 +333,9 @@ rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
 
     /* interval k = [knot k, knot k+1]: spliner.c's A, B, C, D */
     if (s < RVS_SPLINE_FIR_GROUP - 1 && k < N - 1) {
-        const rvs_real ml = lm[s], mr = lm[s + 1];
-        const rvs_real tmp1 = t1[k], tmp2 = t2[k], hi = hinv[k];
-        const rvs_real yl = ly[s + K + 1], yr = ly[s + K + 2];
-#if RVS_HAVE_FP64
-        const double4 c = (double4)(mr * tmp1, ml * tmp1, yr * hi - mr * tmp2, yl * hi - ml * tmp2);
-#else
-        const float4 c = (float4)(mr * tmp1, ml * tmp1, yr * hi - mr * tmp2, yl * hi - ml * tmp2);
-#endif
-        vstore4(c, t * (N - 1) + k, coeffs);
+        vstore4(rvs_spline_interval(lm[s], lm[s + 1], ly[s + K + 1], ly[s + K + 2], t1[k], t2[k],
+                                    hinv[k]),
+                t * (N - 1) + k, coeffs);
     }
 }
 

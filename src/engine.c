@@ -111,26 +111,6 @@ static void release_work(struct rvs_engine *g)
     }
 }
 
-static int is_alloc_failure(int status)
-{
-    return status == CL_MEM_OBJECT_ALLOCATION_FAILURE || status == CL_OUT_OF_RESOURCES ||
-           status == CL_OUT_OF_HOST_MEMORY || status == RVS_ERR_NOMEM;
-}
-
-/* Writes doubles to host staging as rvs_real. */
-static void put_real(int fp64, void *dst, size_t i, double v)
-{
-    if (fp64)
-        ((double *)dst)[i] = v;
-    else
-        ((float *)dst)[i] = (float)v;
-}
-
-static double get_real(int fp64, const void *src, size_t i)
-{
-    return fp64 ? ((const double *)src)[i] : (double)((const float *)src)[i];
-}
-
 /* Non-blocking upload; the host array must stay untouched until the queue has passed it (the
  * engine's next blocking read). */
 static int upload(struct rvs_engine *g, cl_mem buf, const void *host, size_t bytes)
@@ -277,7 +257,7 @@ static int arm_create(struct rvs_engine *g, struct engine_arm *r,
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++)
-        put_real(ctx->use_fp64, host, i, dw[i]);
+        rvs_real_put(ctx->use_fp64, host, i, dw[i]);
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, n * g->es, host, &r->lam));
     r->coef_fixed = rvs_spline_coeffs_bytes(ctx, r->grid, 1);
     r->coef_per_tmpl = rvs_spline_coeffs_bytes(ctx, r->grid, 2) - r->coef_fixed;
@@ -803,7 +783,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
     /* staging: theta rows, template -> theta row, vsini, requests */
     for (size_t t = 0; t < Uth; t++)
         for (size_t j = 0; j < RVS_ENGINE_NPARAM; j++)
-            put_real(fp64, p->h_params, t * RVS_ENGINE_NPARAM + j,
+            rvs_real_put(fp64, p->h_params, t * RVS_ENGINE_NPARAM + j,
                      p->theta[((size_t)th_lo + t) * RVS_ENGINE_NPARAM + j]);
     for (size_t k = 0; k < Ut; k++) {
         int32_t v = p->tv_at_rank[r_lo + (int32_t)k];
@@ -815,7 +795,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         const struct rvs_engine_request *q = &p->req[p->order[c0 + i]];
         p->h_tidx[i] = p->rank_of_tv[p->tv_of_req[p->order[c0 + i]]] - r_lo;
         p->h_sidx[i] = q->spectrum;
-        put_real(fp64, p->h_vel, i, q->vrad);
+        rvs_real_put(fp64, p->h_vel, i, q->vrad);
     }
 
     /* device buffers for this pass */
@@ -875,7 +855,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
                 size_t i = (size_t)p->arm_req[k];
                 p->h_ptidx[k] = p->h_tidx[i];
                 p->h_psidx[k] = p->h_sidx[i];
-                put_real(fp64, p->h_pvel, k, get_real(fp64, p->h_vel, i));
+                rvs_real_put(fp64, p->h_pvel, k, rvs_real_get(fp64, p->h_vel, i));
             }
             t0 = stage_begin(g);
             RVS_TRY(upload(g, g->ptidx.mem, p->h_ptidx, Ea * sizeof(cl_int)));
@@ -955,10 +935,10 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
             out->chisq_arm[e * g->narms + a] = p->h_chisq[k];
             if (want_model)
                 for (size_t i = 0; i < r->n; i++)
-                    out->models[a][e * r->n + i] = get_real(fp64, p->h_best, k * r->n + i);
+                    out->models[a][e * r->n + i] = rvs_real_get(fp64, p->h_best, k * r->n + i);
             if (want_coef)
                 for (size_t j = 0; j < r->np; j++)
-                    out->coeffs[a][e * r->np + j] = get_real(fp64, p->h_coef, k * r->np + j);
+                    out->coeffs[a][e * r->np + j] = rvs_real_get(fp64, p->h_coef, k * r->np + j);
         }
     }
 cleanup:
@@ -1066,7 +1046,7 @@ static int engine_call(struct rvs_engine *g, const struct rvs_engine_request *re
     while (c0 < p.nvalid) {
         size_t c1 = chunk_end(g, &p, c0, cap_req, cap_tmpl, per_req, per_tmpl, budget);
         status = run_chunk(g, &p, c0, c1, &out);
-        if (status != RVS_OK && is_alloc_failure(status)) {
+        if (status != RVS_OK && rvs_is_alloc_failure(status)) {
             size_t ntmpl = (size_t)(p.rank_of_tv[p.tv_of_req[p.order[c1 - 1]]] -
                                     p.rank_of_tv[p.tv_of_req[p.order[c0]]] + 1);
             if (c1 - c0 == 1 && ntmpl == 1) {
@@ -1226,9 +1206,9 @@ int rvs_engine_continuum(struct rvs_engine *g, double *chisq_arm, double *const 
                 size_t sp = (size_t)sidx[k];
                 chisq_arm[sp * narms + a] = chisq[k];
                 for (size_t i = 0; want_model && i < r->n; i++)
-                    models[a][sp * r->n + i] = get_real(fp64, hbest, k * r->n + i);
+                    models[a][sp * r->n + i] = rvs_real_get(fp64, hbest, k * r->n + i);
                 for (size_t j = 0; want_coef && j < r->np; j++)
-                    coeffs[a][sp * r->np + j] = get_real(fp64, hcoef, k * r->np + j);
+                    coeffs[a][sp * r->np + j] = rvs_real_get(fp64, hcoef, k * r->np + j);
             }
         }
     }

@@ -1,6 +1,7 @@
 /* fft.c: clFFT's process-wide runtime, set up by the first context and torn down by the last
- * (clfftSetup/clfftTeardown must happen once per process, not per plan), and the clFFT calls
- * that the context counts: baking and destroying plans (their work space), transforms. */
+ * (clfftSetup/clfftTeardown must happen once per process, not per plan), the clFFT calls
+ * that the context counts: baking and destroying plans (their work space), transforms, and the
+ * plan cache of the modules that transform (rotation, CCF start). */
 #include <config.h>
 
 /* first: it fixes the OpenCL API level before clblast_c.h or clFFT.h include CL/cl.h */
@@ -79,4 +80,105 @@ int rvs_fft_transform(struct rvs_context *ctx, size_t plan, int forward, cl_mem 
     if (s == CLFFT_SUCCESS)
         ctx->counters.fft_transforms++;
     return s;
+}
+
+int rvs_fft_check(int s, const char *module, const char *call, size_t len, size_t batch)
+{
+    if (s != CLFFT_SUCCESS)
+        rvs_log(RVS_LOG_ERROR, module, "%s (length %zu, batch %zu) failed: %s", call, len, batch,
+                rvs_strerror(s));
+    return s;
+}
+
+void rvs_fft_plan_drop(struct rvs_context *ctx, struct rvs_fft_plan_cache *cache, size_t handle)
+{
+    for (size_t i = 0; i < cache->capacity; i++)
+        if (cache->plan[i].used && cache->plan[i].handle == handle) {
+            rvs_fft_plan_destroy(ctx, &cache->plan[i].handle);
+            cache->plan[i].used = 0;
+        }
+}
+
+void rvs_fft_plan_cache_clear(struct rvs_context *ctx, struct rvs_fft_plan_cache *cache)
+{
+    for (size_t i = 0; i < cache->capacity; i++)
+        if (cache->plan[i].used) {
+            rvs_fft_plan_destroy(ctx, &cache->plan[i].handle);
+            cache->plan[i].used = 0;
+        }
+}
+
+int rvs_fft_plan_get(struct rvs_context *ctx, struct rvs_fft_plan_cache *cache, int layout,
+                     size_t len, size_t batch, size_t *handle)
+{
+    int status = RVS_OK;
+    const char *m = cache->module;
+    size_t slot = 0;
+    for (size_t i = 0; i < cache->capacity; i++) {
+        if (cache->plan[i].used && cache->plan[i].layout == layout && cache->plan[i].len == len &&
+            cache->plan[i].batch == batch) {
+            cache->plan[i].last_use = ++cache->clock;
+            *handle = cache->plan[i].handle;
+            return RVS_OK;
+        }
+    }
+    /* a free slot, else the least recently used one */
+    for (size_t i = 0; i < cache->capacity; i++) {
+        if (!cache->plan[i].used) {
+            slot = i;
+            break;
+        }
+        if (cache->plan[i].last_use < cache->plan[slot].last_use)
+            slot = i;
+    }
+    if (cache->plan[slot].used) {
+        rvs_fft_plan_destroy(ctx, &cache->plan[slot].handle);
+        cache->plan[slot].used = 0;
+    }
+    clfftPlanHandle h;
+    size_t lengths[1] = {len}, unit[1] = {1};
+    size_t real_dist = len + 2, complex_dist = len / 2 + 1;
+    RVS_TRY(rvs_fft_check(clfftCreateDefaultPlan(&h, ctx->context, CLFFT_1D, lengths), m,
+                          "clfftCreateDefaultPlan", len, batch));
+    cache->plan[slot].handle = h;
+    cache->plan[slot].len = len;
+    cache->plan[slot].batch = batch;
+    cache->plan[slot].layout = layout;
+    cache->plan[slot].used = 1;
+    cache->plan[slot].last_use = ++cache->clock;
+    RVS_TRY(rvs_fft_check(clfftSetPlanPrecision(h, cache->is_double ? CLFFT_DOUBLE : CLFFT_SINGLE),
+                          m, "clfftSetPlanPrecision", len, batch));
+    clfftStatus s;
+    if (layout == RVS_FFT_COMPLEX)
+        s = clfftSetLayout(h, CLFFT_COMPLEX_INTERLEAVED, CLFFT_COMPLEX_INTERLEAVED);
+    else if (layout == RVS_FFT_REAL_TO_HERMITIAN)
+        s = clfftSetLayout(h, CLFFT_REAL, CLFFT_HERMITIAN_INTERLEAVED);
+    else
+        s = clfftSetLayout(h, CLFFT_HERMITIAN_INTERLEAVED, CLFFT_REAL);
+    RVS_TRY(rvs_fft_check(s, m, "clfftSetLayout", len, batch));
+    RVS_TRY(rvs_fft_check(clfftSetResultLocation(h, CLFFT_INPLACE), m, "clfftSetResultLocation",
+                          len, batch));
+    RVS_TRY(rvs_fft_check(clfftSetPlanInStride(h, CLFFT_1D, unit), m, "clfftSetPlanInStride", len,
+                          batch));
+    RVS_TRY(rvs_fft_check(clfftSetPlanOutStride(h, CLFFT_1D, unit), m, "clfftSetPlanOutStride",
+                          len, batch));
+    if (layout == RVS_FFT_COMPLEX)
+        s = clfftSetPlanDistance(h, len, len);
+    else if (layout == RVS_FFT_REAL_TO_HERMITIAN)
+        s = clfftSetPlanDistance(h, real_dist, complex_dist);
+    else
+        s = clfftSetPlanDistance(h, complex_dist, real_dist);
+    RVS_TRY(rvs_fft_check(s, m, "clfftSetPlanDistance", len, batch));
+    RVS_TRY(rvs_fft_check(clfftSetPlanBatchSize(h, batch), m, "clfftSetPlanBatchSize", len,
+                          batch));
+    RVS_TRY(rvs_fft_check(rvs_fft_plan_bake(ctx, h), m, "clfftBakePlan", len, batch));
+    rvs_log(RVS_LOG_DEBUG, m, "baked FFT plan: layout %d, length %zu, batch %zu, %s", layout, len,
+            batch, cache->is_double ? "double" : "single");
+    *handle = h;
+cleanup:
+    if (status != RVS_OK && cache->plan[slot].used) { /* never keep a half-made plan */
+        rvs_fft_plan_destroy(ctx, &cache->plan[slot].handle);
+        cache->plan[slot].used = 0;
+    }
+    return status;
 }

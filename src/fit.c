@@ -657,6 +657,26 @@ cleanup:
 
 /* ------------------------------------------------------------------------------------------ */
 
+/* From k walkers per target (n targets, target i's at w[i k ..]) the `keep` lowest, best first,
+ * into out[i keep ..]; a partial selection sort (k is a handful). */
+static void keep_best(struct rvs_fit_walker *w, size_t n, size_t k, size_t keep,
+                      struct rvs_fit_walker *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct rvs_fit_walker *c = w + i * k;
+        for (size_t r = 0; r < keep; r++) {
+            size_t jb = r;
+            for (size_t j = r + 1; j < k; j++)
+                if (c[j].fx < c[jb].fx)
+                    jb = j;
+            struct rvs_fit_walker tmp = c[r];
+            c[r] = c[jb];
+            c[jb] = tmp;
+            out[i * keep + r] = c[r];
+        }
+    }
+}
+
 /* vsini is the least constrained parameter: near 0 the objective is flat to fourth order in vsini
  * (rotation changes a profile by ~vsini^2) and in hot stars, whose Balmer lines are much wider
  * than the rotation kernel, it is nearly flat over tens of km/s; the Newton iteration then stops
@@ -905,32 +925,11 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
          * best one goes on to convergence */
         RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60));
         if (K > 2) {
-            for (size_t i = 0; i < n; i++) {
-                struct rvs_fit_walker *c = wall + i * K;
-                for (size_t r = 0; r < 2; r++) { /* selection of the best two to the front */
-                    size_t jb = r;
-                    for (size_t j = r + 1; j < K; j++)
-                        if (c[j].fx < c[jb].fx)
-                            jb = j;
-                    struct rvs_fit_walker tmpw = c[r];
-                    c[r] = c[jb];
-                    c[jb] = tmpw;
-                }
-                wk2[2 * i] = c[0];
-                wk2[2 * i + 1] = c[1];
-            }
+            keep_best(wall, n, K, 2, wk2);
             RVS_TRY(rvs_fit_newton(f, wk2, 2 * n, RVS_FIT_SCREEN_ITER));
-            for (size_t i = 0; i < n; i++)
-                wk[i] = wk2[2 * i + 1].fx < wk2[2 * i].fx ? wk2[2 * i + 1] : wk2[2 * i];
-        } else {
-            for (size_t i = 0; i < n; i++) {
-                size_t jb = 0;
-                for (size_t j = 1; j < K; j++)
-                    if (wall[i * K + j].fx < wall[i * K + jb].fx)
-                        jb = j;
-                wk[i] = wall[i * K + jb];
-            }
-        }
+            keep_best(wk2, n, 2, 1, wk);
+        } else
+            keep_best(wall, n, K, 1, wk);
         RVS_TRY(rvs_fit_newton(f, wk, n, 60));
         RVS_TRY(polish_vsini(f, wk, n));
         for (size_t i = 0; i < n; i++) {

@@ -23,7 +23,6 @@
 /* first: it fixes the OpenCL API level before clFFT.h includes CL/cl.h */
 #include "internal.h"
 
-#include <clFFT.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -45,13 +44,6 @@
 /* bytes of one chunk's cross-spectra, 2048 pairs in double, 4096 in float; each plan's clFFT
  * intermediate buffer takes as much again (length 8192 takes two passes) */
 #define CCF_CHUNK_BYTES ((size_t)256 << 20)
-
-struct ccf_plan {
-    clfftPlanHandle handle;
-    size_t batch;
-    int used;
-    unsigned long long last_use;
-};
 
 struct rvs_fit_ccf {
     size_t n;        /* FFT length */
@@ -82,8 +74,7 @@ struct rvs_fit_ccf {
     size_t stage_rows;
     void *res;     /* host copy of out (rvs_real) */
     size_t res_pairs;
-    struct ccf_plan plans[CCF_MAX_PLANS];
-    unsigned long long use_clock;
+    struct rvs_fft_plan_cache plans;
     /* statistics (RVSFIT_CL_ENGINE_PROFILE) */
     size_t calls, spectra, chunks;
     double t_prepare, t_device, t_select;
@@ -315,14 +306,6 @@ void rvs_fit_ccf_set_chunk(struct rvs_fitter *f, size_t pairs)
 
 /* ------------------------------------------------------------------ device plumbing */
 
-static int fft_check(clfftStatus s, const char *call, size_t batch)
-{
-    if (s != CLFFT_SUCCESS)
-        rvs_log(RVS_LOG_ERROR, "fit", "CCF: %s (length %d, batch %zu) failed: %s", call, CCF_N,
-                batch, rvs_strerror((int)s));
-    return (int)s;
-}
-
 /* smallest power of two >= n */
 static size_t pow2_ceil(size_t n)
 {
@@ -332,60 +315,10 @@ static size_t pow2_ceil(size_t n)
     return b;
 }
 
-/* The cached in-place batched complex plan of `batch` rows of length n, baked on first use. */
-static int get_plan(struct rvs_fitter *f, size_t batch, clfftPlanHandle *handle)
+/* The cached in-place batched complex plan of `batch` rows of the grid's length. */
+static int get_plan(struct rvs_fitter *f, size_t batch, size_t *handle)
 {
-    int status = RVS_OK;
-    struct rvs_fit_ccf *c = f->ccf;
-    for (size_t i = 0; i < CCF_MAX_PLANS; i++)
-        if (c->plans[i].used && c->plans[i].batch == batch) {
-            c->plans[i].last_use = ++c->use_clock;
-            *handle = c->plans[i].handle;
-            return RVS_OK;
-        }
-    size_t slot = 0;
-    for (size_t i = 0; i < CCF_MAX_PLANS; i++) {
-        if (!c->plans[i].used) {
-            slot = i;
-            break;
-        }
-        if (c->plans[i].last_use < c->plans[slot].last_use)
-            slot = i;
-    }
-    struct ccf_plan *p = &c->plans[slot];
-    if (p->used) {
-        rvs_fft_plan_destroy(f->ctx, &p->handle);
-        p->used = 0;
-    }
-    size_t lengths[1] = {c->n}, unit[1] = {1};
-    RVS_TRY(fft_check(clfftCreateDefaultPlan(&p->handle, f->ctx->context, CLFFT_1D, lengths),
-                      "clfftCreateDefaultPlan", batch));
-    p->used = 1;
-    p->batch = batch;
-    p->last_use = ++c->use_clock;
-    RVS_TRY(fft_check(clfftSetPlanPrecision(p->handle,
-                                            f->ctx->use_fp64 ? CLFFT_DOUBLE : CLFFT_SINGLE),
-                      "clfftSetPlanPrecision", batch));
-    RVS_TRY(fft_check(clfftSetLayout(p->handle, CLFFT_COMPLEX_INTERLEAVED,
-                                     CLFFT_COMPLEX_INTERLEAVED),
-                      "clfftSetLayout", batch));
-    RVS_TRY(fft_check(clfftSetResultLocation(p->handle, CLFFT_INPLACE), "clfftSetResultLocation",
-                      batch));
-    RVS_TRY(fft_check(clfftSetPlanInStride(p->handle, CLFFT_1D, unit), "clfftSetPlanInStride",
-                      batch));
-    RVS_TRY(fft_check(clfftSetPlanOutStride(p->handle, CLFFT_1D, unit), "clfftSetPlanOutStride",
-                      batch));
-    RVS_TRY(fft_check(clfftSetPlanDistance(p->handle, c->n, c->n), "clfftSetPlanDistance", batch));
-    RVS_TRY(fft_check(clfftSetPlanBatchSize(p->handle, batch), "clfftSetPlanBatchSize", batch));
-    RVS_TRY(fft_check((clfftStatus)rvs_fft_plan_bake(f->ctx, p->handle), "clfftBakePlan", batch));
-    rvs_log(RVS_LOG_DEBUG, "fit", "CCF: baked FFT plan of length %zu, batch %zu", c->n, batch);
-    *handle = p->handle;
-cleanup:
-    if (status != RVS_OK && p->used) { /* never keep a half-made plan */
-        rvs_fft_plan_destroy(f->ctx, &p->handle);
-        p->used = 0;
-    }
-    return status;
+    return rvs_fft_plan_get(f->ctx, &f->ccf->plans, RVS_FFT_COMPLEX, f->ccf->n, batch, handle);
 }
 
 /* A power of two near big / small (1 when either is 0 or not finite), kept well inside float's
@@ -419,9 +352,7 @@ void rvs_fit_ccf_destroy(struct rvs_fitter *f)
                 "%zu pairs; host input %.3f s, device %.3f s, selection %.3f s\n",
                 c->calls, c->spectra, c->nb, c->chunks, c->chunk, c->t_prepare, c->t_device,
                 c->t_select);
-    for (size_t i = 0; i < CCF_MAX_PLANS; i++)
-        if (c->plans[i].used)
-            rvs_fft_plan_destroy(f->ctx, &c->plans[i].handle);
+    rvs_fft_plan_cache_clear(f->ctx, &c->plans);
     if (c->k_multiply)
         clReleaseKernel(c->k_multiply);
     if (c->k_reduce)
@@ -455,7 +386,7 @@ static int ccf_device_setup(struct rvs_fitter *f)
     size_t rs = rvs_context_real_size(ctx), row = c->n * 2 * rs;
     size_t rows = pow2_ceil(2 * c->nb);
     void *host = NULL, *scale = NULL;
-    clfftPlanHandle plan;
+    size_t plan; /* clFFT plan handle */
     RVS_TRY(rvs_context_kernel(ctx, "ccf", "rvs_ccf_multiply", &c->k_multiply));
     RVS_TRY(rvs_context_kernel(ctx, "ccf", "rvs_ccf_reduce", &c->k_reduce));
     size_t wg = 0;
@@ -496,33 +427,21 @@ static int ccf_device_setup(struct rvs_fitter *f)
         for (size_t g = 0; g < c->n; g++) {
             double v = c->bank_t[j * c->n + g];
             size_t q = (2 * j * c->n + g) * 2, q2 = q + c->n * 2;
-            if (rs == sizeof(float)) {
-                ((float *)host)[q] = (float)v;
-                ((float *)host)[q2] = (float)(v * v / ts);
-            } else {
-                ((double *)host)[q] = v;
-                ((double *)host)[q2] = v * v / ts;
-            }
+            rvs_real_put(ctx->use_fp64, host, q, v);
+            rvs_real_put(ctx->use_fp64, host, q2, v * v / ts);
         }
-        if (rs == sizeof(float))
-            ((float *)scale)[j] = (float)ts;
-        else
-            ((double *)scale)[j] = ts;
+        rvs_real_put(ctx->use_fp64, scale, j, ts);
     }
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, c->nb * rs, scale,
                               &c->tscale));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, rows * row, host,
                               &c->bank));
     RVS_TRY(get_plan(f, rows, &plan));
-    RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, plan, 1, c->bank),
-                      "clfftEnqueueTransform(bank)", rows));
+    RVS_TRY(rvs_fft_check(rvs_fft_transform(ctx, plan, 1, c->bank), "fit",
+                          "clfftEnqueueTransform(bank)", c->n, rows));
     RVS_CL_TRY(clFinish(ctx->queue));
     /* used once: its intermediate buffer need not stay */
-    for (size_t i = 0; i < CCF_MAX_PLANS; i++)
-        if (c->plans[i].used && c->plans[i].handle == plan) {
-            rvs_fft_plan_destroy(ctx, &c->plans[i].handle);
-            c->plans[i].used = 0;
-        }
+    rvs_fft_plan_drop(ctx, &c->plans, plan);
 cleanup:
     free(host);
     free(scale);
@@ -547,6 +466,9 @@ int rvs_fit_ccf_create(struct rvs_fitter *f)
     if (!c)
         return RVS_ERR_NOMEM;
     f->ccf = c;
+    c->plans.capacity = CCF_MAX_PLANS;
+    c->plans.is_double = f->ctx->use_fp64;
+    c->plans.module = "fit";
     /* the grid: all arms' data ranges plus room for the largest shift on each side */
     double lmin = HUGE_VAL, lmax = -HUGE_VAL;
     for (size_t k = 0; k < f->narm; k++) {
@@ -890,13 +812,13 @@ int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const 
         RVS_TRY(ensure_buffer(ctx, &c->work, chunk * row));
         c->work_rows = chunk;
     }
-    clfftPlanHandle fwd, inv;
+    size_t fwd, inv; /* clFFT plan handles */
     RVS_TRY(get_plan(f, srows, &fwd));
     RVS_TRY(get_plan(f, chunk, &inv));
     RVS_TRY(rvs_buffer_write(ctx, c->spec, 0, n * 2 * row, c->stage));
     RVS_TRY(rvs_buffer_write(ctx, c->wscale, 0, n * rs, c->stage_scale));
-    RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, fwd, 1, c->spec),
-                      "clfftEnqueueTransform(spectra)", srows));
+    RVS_TRY(rvs_fft_check(rvs_fft_transform(ctx, fwd, 1, c->spec), "fit",
+                          "clfftEnqueueTransform(spectra)", c->n, srows));
     cl_int n_i = (cl_int)N, nb_i = (cl_int)c->nb, smax_i = (cl_int)c->smax;
     cl_int slo_i = c->any_shift ? (cl_int)c->s_lo : 1, shi_i = c->any_shift ? (cl_int)c->s_hi : 0;
     cl_int cont_i = f->cfg.ccf_continuum_normalize ? 1 : 0;
@@ -914,8 +836,8 @@ int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const 
         RVS_TRY(rvs_kernel_launch_2d(ctx, k, N, nrows, 0, 1));
         /* clFFT's default backward scale 1/n completes the inverse; the rows past nrows hold
          * stale values whose transforms are never read */
-        RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, inv, 0, c->work),
-                          "clfftEnqueueTransform(correlations)", chunk));
+        RVS_TRY(rvs_fft_check(rvs_fft_transform(ctx, inv, 0, c->work), "fit",
+                          "clfftEnqueueTransform(correlations)", c->n, chunk));
         k = c->k_reduce;
         RVS_TRY(rvs_kernel_arg(k, 0, sizeof c->work, &c->work));
         RVS_TRY(rvs_kernel_arg(k, 1, sizeof c->wscale, &c->wscale));
@@ -935,8 +857,7 @@ int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const 
     }
     RVS_TRY(rvs_buffer_read(ctx, c->out, 0, npairs * 3 * rs, c->res));
     for (size_t q = 0; q < npairs * 3; q++)
-        res[q] = rs == sizeof(float) ? (double)((const float *)c->res)[q]
-                                     : ((const double *)c->res)[q];
+        res[q] = rvs_real_get(ctx->use_fp64, c->res, q);
     c->t_device += rvs_fit_now() - t1;
     c->calls++;
     c->spectra += n;
@@ -949,12 +870,23 @@ int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const 
                       struct rvs_fit_point *alt, size_t nalt)
 {
     int status = RVS_OK;
-    struct rvs_fit_ccf *c = f->ccf;
-    double *res = rvs_malloc((n * c->nb * 3 + 1) * sizeof(double));
+    double *res = rvs_malloc((n * f->ccf->nb * 3 + 1) * sizeof(double));
     if (!res)
         return RVS_ERR_NOMEM;
     RVS_TRY(rvs_fit_ccf_pairs(f, b, list, n, res));
     double t0 = rvs_fit_now();
+    rvs_fit_ccf_select(f, list, n, res, start, vstart, alt, nalt);
+    f->ccf->t_select += rvs_fit_now() - t0;
+cleanup:
+    free(res);
+    return status;
+}
+
+void rvs_fit_ccf_select(const struct rvs_fitter *f, const size_t *list, size_t n,
+                        const double *res, struct rvs_fit_point *start, double *vstart,
+                        struct rvs_fit_point *alt, size_t nalt)
+{
+    const struct rvs_fit_ccf *c = f->ccf;
     for (size_t i = 0; i < n; i++) {
         size_t t = list[i];
         const double *r = res + i * c->nb * 3;
@@ -1014,8 +946,4 @@ int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const 
             node_chi[q] = HUGE_VAL;
         }
     }
-    c->t_select += rvs_fit_now() - t0;
-cleanup:
-    free(res);
-    return status;
 }

@@ -92,6 +92,12 @@ int rvs_fit_ccf_start(struct rvs_fitter *f, const struct rvs_prepared *b, const 
  * parabola-refined shift in pixels (on the device, one batch). */
 int rvs_fit_ccf_pairs(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
                       size_t n, double *res);
+/* The starts from those per-pair results (host): per spectrum the best template and its refined
+ * velocity, and the best template of each other bank temperature (unrefined shift) as the
+ * alternatives, best first. rvs_fit_ccf_start = rvs_fit_ccf_pairs + this. */
+void rvs_fit_ccf_select(const struct rvs_fitter *f, const size_t *list, size_t n,
+                        const double *res, struct rvs_fit_point *start, double *vstart,
+                        struct rvs_fit_point *alt, size_t nalt);
 /* Spectrum t's input on the CCF grid (n values each): data x weight and weight. */
 int rvs_fit_ccf_input(const struct rvs_fitter *f, const struct rvs_prepared *b, size_t t,
                       double *dw, double *w);

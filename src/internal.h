@@ -99,6 +99,25 @@ char *rvs_program_translate_log(const char *log, const char *name,
 /* Built programs owned by a context (src/program.c). */
 void rvs_program_entries_free(struct rvs_program_entry *entries);
 
+/* Host staging of rvs_real device data (double on fp64 contexts, float otherwise). */
+static inline void rvs_real_put(int fp64, void *dst, size_t i, double v)
+{
+    if (fp64)
+        ((double *)dst)[i] = v;
+    else
+        ((float *)dst)[i] = (float)v;
+}
+static inline double rvs_real_get(int fp64, const void *src, size_t i)
+{
+    return fp64 ? ((const double *)src)[i] : (double)((const float *)src)[i];
+}
+/* Statuses that mean "too much device or host memory asked for": halve the batch and retry. */
+static inline int rvs_is_alloc_failure(int status)
+{
+    return status == CL_MEM_OBJECT_ALLOCATION_FAILURE || status == CL_OUT_OF_RESOURCES ||
+           status == CL_OUT_OF_HOST_MEMORY || status == RVS_ERR_NOMEM;
+}
+
 /* clFFT's process-wide setup, reference counted (src/fft.c). */
 int rvs_fft_acquire(void);
 void rvs_fft_release(void);
@@ -108,6 +127,37 @@ void rvs_fft_release(void);
 int rvs_fft_plan_bake(struct rvs_context *ctx, size_t plan);
 void rvs_fft_plan_destroy(struct rvs_context *ctx, size_t *plan);
 int rvs_fft_transform(struct rvs_context *ctx, size_t plan, int forward, cl_mem buffer);
+/* Logs a failed clFFT call (status s != 0) as "<call> (length, batch) failed" under `module`;
+ * returns s. */
+int rvs_fft_check(int s, const char *module, const char *call, size_t len, size_t batch);
+
+/* A module's baked in-place batched 1-D clFFT plans, keyed by (layout, length, batch), the
+ * least recently used one destroyed beyond `capacity` (never one fetched for the launch in
+ * progress: a round-robin choice could destroy it, and clFFT then answers "invalid plan").
+ * Zero-initialise, then set capacity (<= RVS_FFT_CACHE_MAX), is_double and module. */
+enum rvs_fft_layout {
+    RVS_FFT_COMPLEX,           /* complex interleaved rows of len, distance len */
+    RVS_FFT_REAL_TO_HERMITIAN, /* real rows of len + 2 reals to len / 2 + 1 complex */
+    RVS_FFT_HERMITIAN_TO_REAL  /* the inverse of that */
+};
+#define RVS_FFT_CACHE_MAX 16
+struct rvs_fft_plan_cache {
+    struct {
+        size_t handle, len, batch;
+        int layout, used;
+        unsigned long long last_use;
+    } plan[RVS_FFT_CACHE_MAX];
+    size_t capacity;
+    int is_double;
+    const char *module;
+    unsigned long long clock;
+};
+int rvs_fft_plan_get(struct rvs_context *ctx, struct rvs_fft_plan_cache *cache, int layout,
+                     size_t len, size_t batch, size_t *handle);
+/* Destroys one plan of the cache (a plan used once need not keep its work space). */
+void rvs_fft_plan_drop(struct rvs_context *ctx, struct rvs_fft_plan_cache *cache, size_t handle);
+/* Destroys every plan of the cache. */
+void rvs_fft_plan_cache_clear(struct rvs_context *ctx, struct rvs_fft_plan_cache *cache);
 
 /* Device memory counted beyond rvs_buffer_create (src/devmem.c): a context's entries are dropped
  * when it is destroyed; clFFT work space held (add) or given back; a CLBlast GEMM's work space

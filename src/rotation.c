@@ -13,7 +13,6 @@
 
 #include "internal.h"
 
-#include <clFFT.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -39,17 +38,8 @@
 /* Templates per FFT launch: bounds the work buffers (rows x (len+2) reals, ~50 MB at DESI size in
  * double) and, with batch_bucket(), the number of distinct clFFT plans. */
 #define ROTATION_FFT_CHUNK 1024
-/* clFFT plans kept per object; beyond this the least recently used one is destroyed (never one
- * fetched for the launch in progress: those are the most recently used). */
+/* clFFT plans kept per object (rvs_fft_plan_cache: least recently used destroyed beyond it) */
 #define ROTATION_MAX_PLANS 16
-
-struct rotation_plan {
-    clfftPlanHandle handle;
-    size_t len, batch;
-    int forward;
-    int used;
-    unsigned long long last_use;
-};
 
 struct rvs_rotation {
     struct rvs_context *ctx; /* where its clFFT plans' work space is counted */
@@ -60,8 +50,7 @@ struct rvs_rotation {
     cl_kernel k_direct, k_pad, k_kernel_pad, k_multiply, k_crop;
     cl_mem weights, meta, work, hwork;
     size_t weights_bytes, meta_bytes, work_bytes, hwork_bytes;
-    struct rotation_plan plans[ROTATION_MAX_PLANS];
-    unsigned long long use_clock;
+    struct rvs_fft_plan_cache plans;
 };
 
 /* ------------------------------------------------------------------ kernel weights (host) */
@@ -171,6 +160,9 @@ int rvs_rotation_create(struct rvs_context *ctx, size_t npix, struct rvs_rotatio
     rot->ctx = ctx;
     rot->npix = npix;
     rot->is_double = ctx->use_fp64;
+    rot->plans.capacity = ROTATION_MAX_PLANS;
+    rot->plans.is_double = rot->is_double;
+    rot->plans.module = "rotation";
     rot->fft_min_default = rotation_default_threshold(ctx);
     const char *env = getenv("RVSFIT_CL_ROTATION_FFT_MIN");
     if (env && *env) {
@@ -200,9 +192,7 @@ void rvs_rotation_destroy(struct rvs_rotation **rotp)
     if (!rotp || !*rotp)
         return;
     struct rvs_rotation *rot = *rotp;
-    for (size_t i = 0; i < ROTATION_MAX_PLANS; i++)
-        if (rot->plans[i].used)
-            rvs_fft_plan_destroy(rot->ctx, &rot->plans[i].handle);
+    rvs_fft_plan_cache_clear(rot->ctx, &rot->plans);
     cl_kernel *kernels[] = {&rot->k_direct, &rot->k_pad, &rot->k_kernel_pad, &rot->k_multiply,
                             &rot->k_crop};
     for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++)
@@ -272,80 +262,6 @@ static size_t batch_bucket(size_t n)
     return (n + 63) / 64 * 64;
 }
 
-static int fft_check(clfftStatus s, const char *call, size_t len, size_t batch)
-{
-    if (s != CLFFT_SUCCESS)
-        rvs_log(RVS_LOG_ERROR, "rotation", "%s (length %zu, batch %zu) failed: %s", call, len,
-                batch, rvs_strerror((int)s));
-    return (int)s;
-}
-
-/* The cached in-place batched real<->hermitian plan, baked on first use. */
-static int get_plan(struct rvs_context *ctx, struct rvs_rotation *rot, size_t len, size_t batch,
-                    int forward, clfftPlanHandle *handle)
-{
-    int status = RVS_OK;
-    for (size_t i = 0; i < ROTATION_MAX_PLANS; i++) {
-        struct rotation_plan *p = &rot->plans[i];
-        if (p->used && p->len == len && p->batch == batch && p->forward == forward) {
-            p->last_use = ++rot->use_clock;
-            *handle = p->handle;
-            return RVS_OK;
-        }
-    }
-    size_t slot = ROTATION_MAX_PLANS;
-    for (size_t i = 0; i < ROTATION_MAX_PLANS && slot == ROTATION_MAX_PLANS; i++)
-        if (!rot->plans[i].used)
-            slot = i;
-    if (slot == ROTATION_MAX_PLANS) {
-        /* least recently used: a round-robin choice could destroy a plan fetched a moment
-         * earlier for the same launch (clFFT then answers "invalid plan") */
-        slot = 0;
-        for (size_t i = 1; i < ROTATION_MAX_PLANS; i++)
-            if (rot->plans[i].last_use < rot->plans[slot].last_use)
-                slot = i;
-        rvs_fft_plan_destroy(ctx, &rot->plans[slot].handle);
-        rot->plans[slot].used = 0;
-    }
-    clfftPlanHandle h;
-    size_t lengths[1] = {len}, unit[1] = {1};
-    size_t real_dist = len + 2, complex_dist = len / 2 + 1;
-    RVS_TRY(fft_check(clfftCreateDefaultPlan(&h, ctx->context, CLFFT_1D, lengths),
-                      "clfftCreateDefaultPlan", len, batch));
-    struct rotation_plan *p = &rot->plans[slot];
-    p->handle = h;
-    p->len = len;
-    p->batch = batch;
-    p->forward = forward;
-    p->used = 1;
-    p->last_use = ++rot->use_clock;
-    RVS_TRY(fft_check(clfftSetPlanPrecision(h, rot->is_double ? CLFFT_DOUBLE : CLFFT_SINGLE),
-                      "clfftSetPlanPrecision", len, batch));
-    RVS_TRY(fft_check(forward ? clfftSetLayout(h, CLFFT_REAL, CLFFT_HERMITIAN_INTERLEAVED)
-                              : clfftSetLayout(h, CLFFT_HERMITIAN_INTERLEAVED, CLFFT_REAL),
-                      "clfftSetLayout", len, batch));
-    RVS_TRY(fft_check(clfftSetResultLocation(h, CLFFT_INPLACE), "clfftSetResultLocation", len,
-                      batch));
-    RVS_TRY(fft_check(clfftSetPlanInStride(h, CLFFT_1D, unit), "clfftSetPlanInStride", len,
-                      batch));
-    RVS_TRY(fft_check(clfftSetPlanOutStride(h, CLFFT_1D, unit), "clfftSetPlanOutStride", len,
-                      batch));
-    RVS_TRY(fft_check(forward ? clfftSetPlanDistance(h, real_dist, complex_dist)
-                              : clfftSetPlanDistance(h, complex_dist, real_dist),
-                      "clfftSetPlanDistance", len, batch));
-    RVS_TRY(fft_check(clfftSetPlanBatchSize(h, batch), "clfftSetPlanBatchSize", len, batch));
-    RVS_TRY(fft_check((clfftStatus)rvs_fft_plan_bake(ctx, h), "clfftBakePlan", len, batch));
-    rvs_log(RVS_LOG_DEBUG, "rotation", "baked %s FFT plan: length %zu, batch %zu, %s",
-            forward ? "forward" : "inverse", len, batch, rot->is_double ? "double" : "single");
-    *handle = h;
-cleanup:
-    if (status != RVS_OK && rot->plans[slot].used) { /* never keep a half-made plan */
-        rvs_fft_plan_destroy(ctx, &rot->plans[slot].handle);
-        rot->plans[slot].used = 0;
-    }
-    return status;
-}
-
 /* ------------------------------------------------------------------ apply */
 
 struct width_key {
@@ -388,10 +304,10 @@ static int apply_fft(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem i
         cl_int rows_i = (cl_int)(off_fft + first), nrows_i = (cl_int)nrows;
         cl_int local_i = (cl_int)(off_local + first);
         cl_int slots_i = (cl_int)slot_base, nslots_i = (cl_int)nslots;
-        clfftPlanHandle fwd_rows, fwd_slots, inv_rows;
-        RVS_TRY(get_plan(ctx, rot, len, rows_b, 1, &fwd_rows));
-        RVS_TRY(get_plan(ctx, rot, len, slots_b, 1, &fwd_slots));
-        RVS_TRY(get_plan(ctx, rot, len, rows_b, 0, &inv_rows));
+        size_t fwd_rows, fwd_slots, inv_rows; /* clFFT plan handles */
+        RVS_TRY(rvs_fft_plan_get(ctx, &rot->plans, RVS_FFT_REAL_TO_HERMITIAN, len, rows_b, &fwd_rows));
+        RVS_TRY(rvs_fft_plan_get(ctx, &rot->plans, RVS_FFT_REAL_TO_HERMITIAN, len, slots_b, &fwd_slots));
+        RVS_TRY(rvs_fft_plan_get(ctx, &rot->plans, RVS_FFT_HERMITIAN_TO_REAL, len, rows_b, &inv_rows));
 
         cl_kernel k = rot->k_pad;
         RVS_TRY(rvs_kernel_arg(k, 0, sizeof in, &in));
@@ -415,10 +331,10 @@ static int apply_fft(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem i
         RVS_TRY(rvs_kernel_arg(k, 8, sizeof stride_i, &stride_i));
         RVS_TRY(rvs_kernel_launch_2d(ctx, k, stride, slots_b, 0, 1));
 
-        RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, fwd_slots, 1, rot->hwork),
-                          "clfftEnqueueTransform(kernels)", len, slots_b));
-        RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, fwd_rows, 1, rot->work),
-                          "clfftEnqueueTransform(templates)", len, rows_b));
+        RVS_TRY(rvs_fft_check(rvs_fft_transform(ctx, fwd_slots, 1, rot->hwork), "rotation",
+                              "clfftEnqueueTransform(kernels)", len, slots_b));
+        RVS_TRY(rvs_fft_check(rvs_fft_transform(ctx, fwd_rows, 1, rot->work), "rotation",
+                              "clfftEnqueueTransform(templates)", len, rows_b));
 
         k = rot->k_multiply;
         RVS_TRY(rvs_kernel_arg(k, 0, sizeof rot->work, &rot->work));
@@ -431,8 +347,8 @@ static int apply_fft(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem i
         RVS_TRY(rvs_kernel_launch_2d(ctx, k, nfreq, nrows, 0, 1));
 
         /* clFFT's default backward scale is 1/len, which completes the inverse */
-        RVS_TRY(fft_check((clfftStatus)rvs_fft_transform(ctx, inv_rows, 0, rot->work),
-                          "clfftEnqueueTransform(inverse)", len, rows_b));
+        RVS_TRY(rvs_fft_check(rvs_fft_transform(ctx, inv_rows, 0, rot->work), "rotation",
+                              "clfftEnqueueTransform(inverse)", len, rows_b));
 
         k = rot->k_crop;
         RVS_TRY(rvs_kernel_arg(k, 0, sizeof rot->work, &rot->work));

@@ -33,7 +33,6 @@
 #include "tolerances.h"
 
 #define C_KMS 299792.458
-#define NODES 16 /* at least src/fit_ccf.c CCF_MAX_TEFF_NODES (checked per template) */
 #define NALT 2 /* RVS_FIT_NALT of src/fit.c */
 
 /* ------------------------------------------------------------------ reference */
@@ -114,8 +113,8 @@ static void ref_free(struct ref *r)
 }
 
 /* The former host CCF of the spectra list[0..n): per-pair results in res (the layout of
- * rvs_fit_ccf_pairs), every pair's chi^2 at all 2 smax + 1 shifts in curve, and the starts as
- * rvs_fit_ccf_start gives them. */
+ * rvs_fit_ccf_pairs), every pair's chi^2 at all 2 smax + 1 shifts in curve, and the starts that
+ * rvs_fit_ccf_select (the host selection rvs_fit_ccf_start uses too) makes of them. */
 static int ref_ccf(const struct ref *r, const struct rvs_fitter *f, const struct rvs_prepared *b,
                    const size_t *list, size_t n, double *res, double *curve,
                    struct rvs_fit_point *start, double *vstart, struct rvs_fit_point *alt,
@@ -141,20 +140,7 @@ static int ref_ccf(const struct ref *r, const struct rvs_fitter *f, const struct
         }
         fft(dw, N, r->tw, 0);
         fft(w, N, r->tw, 0);
-        double best = HUGE_VAL, bestv = 0;
-        size_t bb = 0;
-        double node_chi[NODES], node_v[NODES];
-        size_t node_b[NODES];
-        for (size_t q = 0; q < NODES; q++) {
-            node_chi[q] = HUGE_VAL;
-            node_b[q] = SIZE_MAX;
-        }
         for (size_t bi = 0; bi < nb; bi++) {
-            size_t node = r->in.bank_node[bi];
-            if (node >= NODES) {
-                fprintf(stderr, "bank template %zu: temperature node %zu >= NODES\n", bi, node);
-                abort();
-            }
             const double *T = r->ft + bi * N * 2, *T2 = r->ft2 + bi * N * 2;
             /* the two correlations by separate transforms (the device shares one between them) */
             for (size_t q = 0; q < N; q++) {
@@ -191,16 +177,6 @@ static int ref_ccf(const struct ref *r, const struct rvs_fitter *f, const struct
                     ps = (long)s;
                     psh = sh;
                 }
-                if (chi[s] < node_chi[node]) {
-                    node_chi[node] = chi[s];
-                    node_b[node] = bi;
-                    node_v[node] = vel;
-                }
-                if (chi[s] < best) {
-                    best = chi[s];
-                    bb = bi;
-                    bestv = C_KMS * tanh(sh * dln);
-                }
             }
             memcpy(curve + (i * nb + bi) * (2 * smax + 1), chi, (2 * smax + 1) * sizeof(double));
             double *o = res + (i * nb + bi) * 3;
@@ -208,33 +184,8 @@ static int ref_ccf(const struct ref *r, const struct rvs_fitter *f, const struct
             o[1] = (double)ps;
             o[2] = psh;
         }
-        struct rvs_fit_point *p = &start[t];
-        p->s = (int)t;
-        for (int k = 0; k < 4; k++)
-            p->th[k] = r->in.bank_theta[bb][k];
-        p->vsini = r->in.bank_theta[bb][4];
-        p->v = bestv;
-        vstart[t] = bestv;
-        node_chi[r->in.bank_node[bb]] = HUGE_VAL;
-        for (size_t j = 0; j < nalt; j++) {
-            size_t q = SIZE_MAX;
-            for (size_t m = 0; m < NODES; m++)
-                if (node_b[m] != SIZE_MAX && node_chi[m] < HUGE_VAL &&
-                    (q == SIZE_MAX || node_chi[m] < node_chi[q]))
-                    q = m;
-            struct rvs_fit_point *ap = &alt[t * nalt + j];
-            if (q == SIZE_MAX) {
-                ap->s = -1;
-                continue;
-            }
-            ap->s = (int)t;
-            for (int k = 0; k < 4; k++)
-                ap->th[k] = r->in.bank_theta[node_b[q]][k];
-            ap->vsini = r->in.bank_theta[node_b[q]][4];
-            ap->v = node_v[q];
-            node_chi[q] = HUGE_VAL;
-        }
     }
+    rvs_fit_ccf_select(f, list, n, res, start, vstart, alt, nalt);
     free(dw);
     free(w);
     free(rdw);

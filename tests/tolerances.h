@@ -36,9 +36,11 @@
 #define RVS_TOL_MKGRID_REF 1e-3
 /* CCF start (tests/test_ccf.c) in fp32: chi^2(shift) through two single-precision clFFT
  * transforms of length 8192 (forward, then the inverse shared by the two correlations) vs the
- * double reference, relative to the spectrum's largest |chi^2|: ~eps * log2(8192) of the
- * terms' magnitude (measured 2.7e-6 continuum-normalised, 4.2e-6 raw flux on PoCL; 1.2e-5 raw flux
- * with NVIDIA's OpenCL on an H200, 2026-11-21) */
+ * double reference, relative to the spectrum's largest |chi^2|. An FFT's error is ~c eps log2(n)
+ * of the sequence's norm (eps = 6e-8, log2 n = 13; c, a few, depends on how the implementation
+ * makes its twiddles); the raw-flux chi^2 = -s0^2 / s1 carries three such errors (2 of s0, 1 of
+ * s1): 3 x 13 x eps = 2.3e-6 c. The bound takes c = 13. Measured: 2.7e-6 continuum-normalised,
+ * 4.2e-6 raw flux (PoCL, c ~ 2); 1.2e-5 raw flux with NVIDIA's OpenCL on an H200 (c ~ 5). */
 #define RVS_TOL_CCF_FP32_REL 3e-5
 /* GEMM: eps * 4k relative to the scale of the inputs (see tests/test_gemm.c) */
 

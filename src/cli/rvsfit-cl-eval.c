@@ -533,25 +533,6 @@ struct eval_arm {
 
 /* ------------------------------------------------------------------ device evaluation */
 
-static int is_alloc_failure(int status)
-{
-    return status == CL_MEM_OBJECT_ALLOCATION_FAILURE || status == CL_OUT_OF_RESOURCES ||
-           status == CL_OUT_OF_HOST_MEMORY || status == RVS_ERR_NOMEM;
-}
-
-static void put_real(int fp64, void *dst, size_t i, double v)
-{
-    if (fp64)
-        ((double *)dst)[i] = v;
-    else
-        ((float *)dst)[i] = (float)v;
-}
-
-static double get_real(int fp64, const void *src, size_t i)
-{
-    return fp64 ? ((const double *)src)[i] : (double)((const float *)src)[i];
-}
-
 /* Everything of one arm that lives across passes. */
 struct arm_device {
     struct rvs_nn *nn;
@@ -648,14 +629,14 @@ static int eval_pass(struct rvs_context *ctx, struct arm_device *d, const double
     /* the parameters as the engine passes them: physical values, mapped on the device */
     for (size_t u = 0; u < nu; u++)
         for (int p = 0; p < 4; p++)
-            put_real(fp64, hparams, u * 4 + p, rows[first[u] * NCOL + (size_t)p]);
+            rvs_real_put(fp64, hparams, u * 4 + p, rows[first[u] * NCOL + (size_t)p]);
     for (size_t i = 0; i < n; i++) {
         const double *r = rows + i * NCOL;
         vsini[i] = r[COL_VSINI];
         any_rot |= r[COL_VSINI] > 0;
         if (r[COL_VRAD] != 0) {
             idx[nshift] = (cl_int)i;
-            put_real(fp64, hvel, nshift, r[COL_VRAD]);
+            rvs_real_put(fp64, hvel, nshift, r[COL_VRAD]);
             shift_row[nshift++] = i;
         }
     }
@@ -695,12 +676,12 @@ static int eval_pass(struct rvs_context *ctx, struct arm_device *d, const double
     }
     RVS_TRY(rvs_buffer_read(ctx, src, 0, n * np * es, hout));
     for (size_t k = 0; k < n * np; k++)
-        flux[k] = (float)get_real(fp64, hout, k);
+        flux[k] = (float)rvs_real_get(fp64, hout, k);
     if (nshift > 0) {
         RVS_TRY(rvs_buffer_read(ctx, dshift, 0, nshift * np * es, hout));
         for (size_t s = 0; s < nshift; s++)
             for (size_t j = 0; j < np; j++)
-                flux[shift_row[s] * np + j] = (float)get_real(fp64, hout, s * np + j);
+                flux[shift_row[s] * np + j] = (float)rvs_real_get(fp64, hout, s * np + j);
     }
     for (size_t i = 0; i < n; i++) {
         const float *f = flux + i * np;
@@ -770,7 +751,7 @@ static int eval_arm(struct rvs_context *ctx, struct eval_arm *arm, const double 
             goto cleanup;
         }
         for (size_t j = 0; j < d.npix; j++)
-            put_real(ctx->use_fp64, hlam, j, c->wave[j]);
+            rvs_real_put(ctx->use_fp64, hlam, j, c->wave[j]);
         RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, d.npix * es, hlam,
                                   &d.lam));
     }
@@ -779,7 +760,7 @@ static int eval_arm(struct rvs_context *ctx, struct eval_arm *arm, const double 
         size_t m = n - start < per ? n - start : per;
         status = eval_pass(ctx, &d, rows + start * NCOL, m, arm->flux + start * d.npix,
                            arm->warn + start);
-        if (status != RVS_OK && is_alloc_failure(status) && m > 1) {
+        if (status != RVS_OK && rvs_is_alloc_failure(status) && m > 1) {
             per = m / 2;
             rvs_log(RVS_LOG_INFO, MOD, "%s: %zu rows did not fit on the device (%s); trying %zu",
                     c->setup, m, rvs_strerror(status), per);
