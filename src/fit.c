@@ -743,7 +743,7 @@ static int polish_vsini(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t n
         }
     }
     if (nm > 0) {
-        RVS_TRY(rvs_fit_newton(f, moved, nm, RVS_FIT_POLISH_ITER));
+        RVS_TRY(rvs_fit_newton(f, moved, nm, RVS_FIT_POLISH_ITER, RVS_FIT_STENCIL_FULL));
         for (size_t j = 0; j < nm; j++)
             if (!moved[j].failed && moved[j].fx < w[mi[j]].fx) {
                 size_t it = w[mi[j]].iter;
@@ -799,6 +799,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     const float *resp[RVS_DESI_NARMS] = {0};
     unsigned char *arm_used = NULL;
     double t0;
+    unsigned long long e0 = 0;
 
     if (!f || !b || !rows)
         return RVS_ERR_INVALID_ARGUMENT;
@@ -894,6 +895,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     if (n > 0) {
         /* 1. start */
         t0 = rvs_fit_now();
+        e0 = f->prof.evaluations;
         if (f->cfg.param_init == RVS_FIT_INIT_CCF)
             RVS_TRY(rvs_fit_ccf_start(f, b, list, n, start, vstart, alt, nalt));
         else
@@ -902,6 +904,8 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         RVS_TRY(start_scan(f, list, n, start, f->cfg.param_init == RVS_FIT_INIT_CCF ? vstart : NULL,
                            RVS_FIT_START_SCAN_HALFWIDTH, sr));
         f->prof.ccf += rvs_fit_now() - t0;
+        f->prof.eval_ccf += f->prof.evaluations - e0;
+        e0 = f->prof.evaluations;
 
         /* 2. optimizer */
         t0 = rvs_fit_now();
@@ -923,14 +927,15 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
          * per target RVS_FIT_SCREEN_ITER more (a start that lost an iteration to a rejected
          * step, typically the hot one of a hot/cool metal-poor pair, catches up here), then the
          * best one goes on to convergence */
-        RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60));
+        RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60,
+                               K > 1 ? RVS_FIT_STENCIL_DIAG : RVS_FIT_STENCIL_FULL));
         if (K > 2) {
             keep_best(wall, n, K, 2, wk2);
-            RVS_TRY(rvs_fit_newton(f, wk2, 2 * n, RVS_FIT_SCREEN_ITER));
+            RVS_TRY(rvs_fit_newton(f, wk2, 2 * n, RVS_FIT_SCREEN_ITER, RVS_FIT_STENCIL_DIAG));
             keep_best(wk2, n, 2, 1, wk);
         } else
             keep_best(wall, n, K, 1, wk);
-        RVS_TRY(rvs_fit_newton(f, wk, n, 60));
+        RVS_TRY(rvs_fit_newton(f, wk, n, 60, RVS_FIT_STENCIL_FULL));
         RVS_TRY(polish_vsini(f, wk, n));
         for (size_t i = 0; i < n; i++) {
             struct rvs_fit_point *p = &best[list[i]];
@@ -945,11 +950,15 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
                 f->newton_unconverged++;
         }
         f->prof.optimizer += rvs_fit_now() - t0;
+        f->prof.eval_optimizer += f->prof.evaluations - e0;
+        e0 = f->prof.evaluations;
 
         /* 3. Hessian errors (at the optimizer's velocity, as vel_fit.process) */
         t0 = rvs_fit_now();
         RVS_TRY(rvs_fit_param_errors(f, wk, n, perr, badh));
         f->prof.hessian += rvs_fit_now() - t0;
+        f->prof.eval_hessian += f->prof.evaluations - e0;
+        e0 = f->prof.evaluations;
 
         /* 4. velocity posterior at the optimum's theta, vsini; its first grid from the
          * velocity curvature of the Hessian stencil (sigma of v at fixed theta, vsini) */
@@ -960,10 +969,12 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         }
         RVS_TRY(posterior(f, list, n, best, sigv, post));
         f->prof.posterior += rvs_fit_now() - t0;
+        f->prof.eval_posterior += f->prof.evaluations - e0;
     }
 
     /* 5. final models at the posterior velocity, chi^2, continuum, flags */
     t0 = rvs_fit_now();
+    e0 = f->prof.evaluations;
     {
         size_t E = n ? n : 1;
         mreq = rvs_calloc(E, sizeof *mreq);
@@ -1080,6 +1091,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         }
     }
     f->prof.models += rvs_fit_now() - t0;
+    f->prof.eval_models += f->prof.evaluations - e0;
 cleanup:
     free(list);
     free(arm_used);

@@ -67,12 +67,19 @@ struct rvs_fit_walker {
     double lambda;            /* Levenberg-Marquardt damping */
     int done, converged, failed, rejects, restarts, refines;
     int resample; /* next stencil re-measures at x: 1 coarser (stall), 2 finer (rejection) */
+    int diag_run;  /* consecutive diagonal stencils since the last full one */
+    int full_next; /* the next stencil must be full (the last step's quadratic model was poor) */
     size_t iter;
 };
 void rvs_fit_walker_init(struct rvs_fit_walker *w, int s, const double x[RVS_FIT_NDIM]);
 /* Damped Newton iterations of all walkers in lockstep, one engine call per iteration, at most
- * maxiter iterations. */
-int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter);
+ * maxiter iterations. With `stencils` RVS_FIT_STENCIL_DIAG most iterations measure only the
+ * gradient and the curvatures (13 points) and carry the couplings over from the last full
+ * stencil (28 points): the screening of the starts, where it halves the cost; convergence uses
+ * RVS_FIT_STENCIL_FULL (every iteration measures the couplings: a precise end point). */
+enum rvs_fit_stencils { RVS_FIT_STENCIL_FULL, RVS_FIT_STENCIL_DIAG };
+int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter,
+                   enum rvs_fit_stencils stencils);
 /* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's
  * point (one engine call); bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,

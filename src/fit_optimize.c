@@ -22,6 +22,13 @@
  * The error stencil (43 points) adds x - h_k e_k - h_l e_l, making the cross terms second order:
  *   H_kl = (f(+k+l) + f(-k-l) - f(+k) - f(-k) - f(+l) - f(-l) + 2 f0) / (2 h_k h_l)
  * Requests that share (theta, vsini) share the emulator, rotation and spline work in the engine.
+ * The diagonal stencil (13 points: the centre and x +- h_k e_k) measures g and the H_kk only and
+ * carries the couplings over from the last full stencil as correlations (they change slowly along
+ * the path; the curvatures set their scale). The screening of the starts (src/fit.c) uses it for
+ * at most MAX_DIAG_RUN iterations in a row, and never right after a start, a rejection or a step
+ * whose quadratic model was poor (rho < 0.25); a walker that would stop on carried couplings
+ * re-measures them first. Convergence itself uses full stencils only: at the hull edges of hot
+ * stars the carried couplings ended fits up to 1 above the optimum (H100, 500 targets).
  *
  * Robustness: a rejected step re-measures the derivatives at the current point with half the
  * steps (the quadratic model failed at its scale); a stall where the Hessian is not positive
@@ -44,10 +51,23 @@
 #include "fit_internal.h"
 
 #define ND RVS_FIT_NDIM
-/* the optimizer's stencil (one-sided cross terms, first order: enough to steer) and the error
- * stencil (symmetric cross terms, second order: the curvature that becomes the errors) */
+/* The stencils: the diagonal one (no cross terms: gradient and curvatures only; the couplings
+ * are carried over from the last full stencil), the optimizer's full one (one-sided cross terms,
+ * first order: enough to steer) and the error stencil (symmetric cross terms, second order: the
+ * curvature that becomes the errors). */
+enum stencil_kind { STENCIL_DIAG, STENCIL_FULL, STENCIL_ERR };
+#define NSTENCIL_DIAG (1 + 2 * ND)
 #define NSTENCIL (1 + 2 * ND + ND * (ND - 1) / 2)
 #define NSTENCIL_ERR (1 + 2 * ND + ND * (ND - 1))
+/* consecutive diagonal stencils before a full one re-measures the couplings */
+#define MAX_DIAG_RUN 3
+/* carried-over correlations are kept strictly inside (-1, 1) */
+#define MAX_CARRIED_CORRELATION 0.995
+
+static size_t stencil_size(enum stencil_kind kind)
+{
+    return kind == STENCIL_DIAG ? NSTENCIL_DIAG : kind == STENCIL_FULL ? NSTENCIL : NSTENCIL_ERR;
+}
 
 /* steps: start, smallest, largest (v km/s, vsini km/s, teff K, logg, feh, alpha) */
 static const double step_start[ND] = {1.0, 3.0, 100, 0.15, 0.1, 0.1};
@@ -83,11 +103,12 @@ static void to_point(const double *x, int s, struct rvs_fit_point *p)
         p->th[k] = x[2 + k];
 }
 
-/* The stencil points around x: the centre, x +- h_k e_k, then for k < l x + (h_k e_k + h_l e_l)
- * and, when symmetric, also x - (h_k e_k + h_l e_l). */
-static void stencil_points(const double *x, const double *h, int s, int symmetric,
+/* The stencil points around x: the centre, x +- h_k e_k, then (full and error stencils) for
+ * k < l x + (h_k e_k + h_l e_l) and (error stencil) also x - (h_k e_k + h_l e_l). */
+static void stencil_points(const double *x, const double *h, int s, enum stencil_kind kind,
                            struct rvs_fit_point *p)
 {
+    const int symmetric = kind == STENCIL_ERR;
     double y[ND];
     size_t o = 0;
     to_point(x, s, &p[o++]);
@@ -97,6 +118,8 @@ static void stencil_points(const double *x, const double *h, int s, int symmetri
             y[k] += sg * h[k];
             to_point(y, s, &p[o++]);
         }
+    if (kind == STENCIL_DIAG)
+        return;
     for (int k = 0; k < ND; k++)
         for (int l = k + 1; l < ND; l++)
             for (int sg = 1; sg >= (symmetric ? -1 : 1); sg -= 2) {
@@ -109,11 +132,16 @@ static void stencil_points(const double *x, const double *h, int s, int symmetri
 
 /* Gradient and Hessian of the objective from the stencil values. An axis with a non-finite or
  * bound-penalised value (1e30) anywhere in its points is frozen: zero gradient, unit curvature
- * in scaled units, no coupling. Returns 0 when the centre itself is unusable. */
-static int stencil_derivs(const double *fv, const double *h, int symmetric, double g[ND],
-                          double H[ND][ND])
+ * in scaled units, no coupling. A diagonal stencil takes the couplings from Hprev (the last
+ * measured Hessian) as correlations: H_kl = r_kl sqrt(H_kk H_ll) with
+ * r_kl = Hprev_kl / sqrt(Hprev_kk Hprev_ll); the correlations of the parameters change slowly along
+ * the path, their scales (the curvatures) are what the new stencil measures. Returns 0 when the
+ * centre itself is unusable. */
+static int stencil_derivs(const double *fv, const double *h, enum stencil_kind kind,
+                          const double Hprev[ND][ND], double g[ND], double H[ND][ND])
 {
     const double bad = 1e29;
+    const int symmetric = kind == STENCIL_ERR;
     double f0 = fv[0];
     int frozen[ND] = {0};
     if (!isfinite(f0) || f0 >= bad)
@@ -128,6 +156,19 @@ static int stencil_derivs(const double *fv, const double *h, int symmetric, doub
         }
         g[k] = (fp - fm) / (2 * h[k]);
         H[k][k] = (fp + fm - 2 * f0) / (h[k] * h[k]);
+    }
+    if (kind == STENCIL_DIAG) {
+        for (int k = 0; k < ND; k++)
+            for (int l = k + 1; l < ND; l++) {
+                double pk = Hprev[k][k], pl = Hprev[l][l], r = 0;
+                if (!frozen[k] && !frozen[l] && pk > 0 && pl > 0 && H[k][k] > 0 && H[l][l] > 0 &&
+                    isfinite(Hprev[k][l])) {
+                    r = Hprev[k][l] / sqrt(pk * pl);
+                    r = fmin(fmax(r, -MAX_CARRIED_CORRELATION), MAX_CARRIED_CORRELATION);
+                }
+                H[k][l] = H[l][k] = r * sqrt(fabs(H[k][k] * H[l][l]));
+            }
+        return 1;
     }
     size_t q = 1 + 2 * ND;
     for (int k = 0; k < ND; k++)
@@ -345,47 +386,82 @@ static void trace(const struct rvs_fit_walker *s, const char *what, const double
             s->h[1], s->h[2], s->h[3], s->h[4], s->h[5]);
 }
 
-int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter)
+/* Which stencil the walker's next point gets: a full one at a fresh start and after a step whose
+ * quadratic model was poor (the couplings may have changed), at most MAX_DIAG_RUN diagonal ones
+ * in a row otherwise. The diagonal stencil costs 13 evaluations instead of 28 (9 emulator
+ * templates instead of 15), and most iterations are of this kind. */
+static enum stencil_kind next_kind(const struct rvs_fit_walker *s, enum rvs_fit_stencils allowed)
+{
+    if (allowed == RVS_FIT_STENCIL_FULL || s->iter == 0 || s->full_next ||
+        s->diag_run >= MAX_DIAG_RUN)
+        return STENCIL_FULL;
+    return STENCIL_DIAG;
+}
+
+/* Adds the stencil of kind k at x (steps h) for walker i to the call being assembled. */
+struct stencil_call {
+    struct rvs_fit_point *pts;
+    size_t npts, na;
+    size_t *who, *off;
+    enum stencil_kind *kind;
+};
+
+static void add_stencil(struct stencil_call *c, size_t i, const double *x, const double *h,
+                        int s, enum stencil_kind k)
+{
+    stencil_points(x, h, s, k, c->pts + c->npts);
+    c->who[c->na] = i;
+    c->off[c->na] = c->npts;
+    c->kind[c->na] = k;
+    c->na++;
+    c->npts += stencil_size(k);
+}
+
+int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter,
+                   enum rvs_fit_stencils stencils)
 {
     int status = RVS_OK;
-    struct rvs_fit_point *pts = rvs_malloc((NSTENCIL * nw + 1) * sizeof *pts);
+    struct stencil_call c = {0};
+    c.pts = rvs_malloc((NSTENCIL * nw + 1) * sizeof *c.pts);
+    c.who = rvs_malloc((nw + 1) * sizeof *c.who);
+    c.off = rvs_malloc((nw + 1) * sizeof *c.off);
+    c.kind = rvs_malloc((nw + 1) * sizeof *c.kind);
     double *fv = rvs_malloc((NSTENCIL * nw + 1) * sizeof *fv);
-    size_t *who = rvs_malloc((nw + 1) * sizeof *who);
     double (*cand)[ND] = rvs_malloc((nw + 1) * sizeof *cand);
     double (*hc)[ND] = rvs_malloc((nw + 1) * sizeof *hc);
     double *pred = rvs_malloc((nw + 1) * sizeof *pred);
-    if (!pts || !fv || !who || !cand || !hc || !pred) {
+    if (!c.pts || !c.who || !c.off || !c.kind || !fv || !cand || !hc || !pred) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
     /* fresh walkers: the stencil at the start */
-    size_t na = 0;
     for (size_t i = 0; i < nw; i++) {
         if (w[i].done || w[i].iter > 0)
             continue;
         memcpy(hc[i], w[i].h, sizeof hc[i]);
-        stencil_points(w[i].x, hc[i], w[i].s, 0, pts + na * NSTENCIL);
-        who[na++] = i;
+        add_stencil(&c, i, w[i].x, hc[i], w[i].s, STENCIL_FULL);
     }
-    if (na > 0) {
-        RVS_TRY(rvs_fit_objective(f, pts, na * NSTENCIL, RVS_FIT_OPTIMIZER, fv, NULL));
+    if (c.na > 0) {
+        RVS_TRY(rvs_fit_objective(f, c.pts, c.npts, RVS_FIT_OPTIMIZER, fv, NULL));
         f->newton_calls++;
-        for (size_t q = 0; q < na; q++) {
-            struct rvs_fit_walker *s = &w[who[q]];
+        for (size_t q = 0; q < c.na; q++) {
+            struct rvs_fit_walker *s = &w[c.who[q]];
             double g[ND], H[ND][ND];
-            s->fx = fv[q * NSTENCIL];
-            if (!stencil_derivs(fv + q * NSTENCIL, hc[who[q]], 0, g, H)) {
+            s->fx = fv[c.off[q]];
+            if (!stencil_derivs(fv + c.off[q], hc[c.who[q]], STENCIL_FULL, NULL, g, H)) {
                 s->done = 1;
                 s->failed = 1;
                 continue;
             }
-            take_stencil(s, g, H, hc[who[q]]);
+            s->diag_run = 0;
+            s->full_next = 0;
+            take_stencil(s, g, H, hc[c.who[q]]);
             trace(s, "start", s->x, s->fx, 0);
         }
     }
     for (size_t it = 0; it < maxiter; it++) {
         /* candidates: damped Newton steps of every active walker */
-        na = 0;
+        c.na = c.npts = 0;
         for (size_t i = 0; i < nw; i++) {
             struct rvs_fit_walker *s = &w[i];
             if (s->done)
@@ -400,8 +476,7 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 for (int k = 0; k < ND; k++)
                     hc[i][k] = fmax(0.5 * s->hx[k], step_min[k]);
                 trace(s, "refine", s->x, s->fx, 0);
-                stencil_points(cand[i], hc[i], s->s, 0, pts + na * NSTENCIL);
-                who[na++] = i;
+                add_stencil(&c, i, cand[i], hc[i], s->s, STENCIL_FULL);
                 continue;
             }
             s->resample = 0;
@@ -417,8 +492,18 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                     for (int k = 0; k < ND; k++)
                         hc[i][k] = fmin(fmax(4 * s->hx[k], step_min[k]), step_max[k]);
                     trace(s, "resample", s->x, s->fx, pred[i]);
-                    stencil_points(cand[i], hc[i], s->s, 0, pts + na * NSTENCIL);
-                    who[na++] = i;
+                    add_stencil(&c, i, cand[i], hc[i], s->s, STENCIL_FULL);
+                    continue;
+                }
+                if (s->diag_run > 0) {
+                    /* the promise of a model with carried-over couplings: confirm it with
+                     * measured ones before stopping */
+                    s->full_next = 1;
+                    memcpy(cand[i], s->x, sizeof cand[i]);
+                    memcpy(hc[i], s->h, sizeof hc[i]);
+                    s->resample = 3;
+                    trace(s, "confirm", s->x, s->fx, pred[i]);
+                    add_stencil(&c, i, cand[i], hc[i], s->s, STENCIL_FULL);
                     continue;
                 }
                 /* the model promises nothing more */
@@ -431,32 +516,40 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
             for (int k = 0; k < ND; k++)
                 cand[i][k] = s->x[k] + dx[k];
             memcpy(hc[i], s->h, sizeof hc[i]);
-            stencil_points(cand[i], hc[i], s->s, 0, pts + na * NSTENCIL);
-            who[na++] = i;
+            add_stencil(&c, i, cand[i], hc[i], s->s, next_kind(s, stencils));
         }
-        if (na == 0)
+        if (c.na == 0)
             break;
-        RVS_TRY(rvs_fit_objective(f, pts, na * NSTENCIL, RVS_FIT_OPTIMIZER, fv, NULL));
+        RVS_TRY(rvs_fit_objective(f, c.pts, c.npts, RVS_FIT_OPTIMIZER, fv, NULL));
         f->newton_calls++;
-        for (size_t q = 0; q < na; q++) {
-            size_t i = who[q];
+        for (size_t q = 0; q < c.na; q++) {
+            size_t i = c.who[q];
             struct rvs_fit_walker *s = &w[i];
-            const double *v = fv + q * NSTENCIL;
+            const double *v = fv + c.off[q];
+            enum stencil_kind kind = c.kind[q];
             double g[ND], H[ND][ND];
             if (s->resample) {
+                int confirm = s->resample == 3;
                 s->resample = 0;
                 if (v[0] < s->fx)
                     s->fx = v[0]; /* the same point: only the emulator's last bits differ */
-                if (stencil_derivs(v, hc[i], 0, g, H)) {
-                    memcpy(s->g, g, sizeof s->g);
-                    memcpy(s->H, H, sizeof s->H);
-                    memcpy(s->hx, hc[i], sizeof s->hx);
-                    memcpy(s->h, hc[i], sizeof s->h);
+                if (stencil_derivs(v, hc[i], kind, s->H, g, H)) {
+                    s->diag_run = 0;
+                    s->full_next = 0;
+                    if (confirm) {
+                        take_stencil(s, g, H, hc[i]);
+                        s->iter--; /* a re-measurement, not a step */
+                    } else {
+                        memcpy(s->g, g, sizeof s->g);
+                        memcpy(s->H, H, sizeof s->H);
+                        memcpy(s->hx, hc[i], sizeof s->hx);
+                        memcpy(s->h, hc[i], sizeof s->h);
+                    }
                 } else
                     s->done = 1;
                 continue;
             }
-            if (v[0] < s->fx && stencil_derivs(v, hc[i], 0, g, H)) {
+            if (v[0] < s->fx && stencil_derivs(v, hc[i], kind, s->H, g, H)) {
                 /* accepted: the trust in the quadratic model sets the damping */
                 double rho = pred[i] > 0 ? (s->fx - v[0]) / pred[i] : 1;
                 memcpy(s->x, cand[i], sizeof s->x);
@@ -468,14 +561,23 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 if (s->lambda < 1e-6)
                     s->lambda = 1e-6;
                 s->rejects = 0;
+                s->diag_run = kind == STENCIL_DIAG ? s->diag_run + 1 : 0;
+                s->full_next = rho < 0.25;
                 take_stencil(s, g, H, hc[i]);
-                trace(s, s->done ? "accept*" : "accept", s->x, s->fx, pred[i]);
+                if (s->done && s->diag_run > 0) {
+                    /* converged on carried-over couplings: confirm with a full stencil */
+                    s->done = s->converged = 0;
+                    s->full_next = 1;
+                }
+                trace(s, s->done ? "accept*" : kind == STENCIL_DIAG ? "accept-d" : "accept",
+                      s->x, s->fx, pred[i]);
             } else {
                 trace(s, "reject", cand[i], v[0], pred[i]);
                 /* rejected: keep the point, damp harder; after a rejection with steps well
                  * above their minimum, re-measure the derivatives with finer steps first */
                 s->lambda = s->lambda < 0.1 ? 0.1 : s->lambda * 4;
                 s->resample = 0;
+                s->full_next = 1;
                 if (s->refines < MAX_REFINE) {
                     int coarse = 0;
                     for (int k = 0; k < ND; k++)
@@ -491,9 +593,11 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
         }
     }
 cleanup:
-    free(pts);
+    free(c.pts);
+    free(c.who);
+    free(c.off);
+    free(c.kind);
     free(fv);
-    free(who);
     free(cand);
     free(hc);
     free(pred);
@@ -582,7 +686,7 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             hk = Hk > 0 && isfinite(Hk) ? sqrt(2 * STEP_DCHI / Hk) : w[i].h[k];
             h[i][k] = fmin(fmax(hk, step_min[k]), step_max[k]);
         }
-        stencil_points(w[i].x, h[i], w[i].s, 1, pts + i * NSTENCIL_ERR);
+        stencil_points(w[i].x, h[i], w[i].s, STENCIL_ERR, pts + i * NSTENCIL_ERR);
     }
     if (nw > 0) {
         RVS_TRY(rvs_fit_objective(f, pts, nw * NSTENCIL_ERR, RVS_FIT_OPTIMIZER, fv, NULL));
@@ -590,7 +694,7 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
     for (size_t i = 0; i < nw; i++) {
         double g[ND], H[ND][ND], hm[ND][ND], e[ND];
         int idx[ND], n = 0;
-        if (!stencil_derivs(fv + i * NSTENCIL_ERR, h[i], 1, g, H)) {
+        if (!stencil_derivs(fv + i * NSTENCIL_ERR, h[i], STENCIL_ERR, NULL, g, H)) {
             for (int k = 0; k < 4; k++)
                 err[i][k] = NAN;
             bad[i] = 1;

@@ -173,6 +173,11 @@ static void add_profile(struct rvs_fit_profile *sum, const struct rvs_fit_profil
     sum->models += p->models;
     sum->engine_calls += p->engine_calls;
     sum->evaluations += p->evaluations;
+    sum->eval_ccf += p->eval_ccf;
+    sum->eval_optimizer += p->eval_optimizer;
+    sum->eval_posterior += p->eval_posterior;
+    sum->eval_hessian += p->eval_hessian;
+    sum->eval_models += p->eval_models;
 }
 
 static void drop_fitter(struct rvs_run *run)
@@ -743,7 +748,8 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
                  "commands_per_call_max=%.3f writes=%llu reads=%llu maps=%llu "
                  "bytes_to_device=%llu bytes_from_device=%llu bytes_mapped=%llu "
                  "buffers_created=%llu buffers_released=%llu mem_peak=%zu mem_peak_total=%zu "
-                 "fft_work=%zu gemm_work_max=%zu\n",
+                 "fft_work=%zu gemm_work_max=%zu eval_ccf=%llu eval_optimizer=%llu "
+                 "eval_posterior=%llu eval_hessian=%llu eval_models=%llu\n",
             run->files, run->failed, run->targets, run->spectra_fitted, t->wall, t->open,
             t->select, t->read, t->prepare, t->write, t->fitter_create, t->fit, t->wait, p->ccf,
             p->optimizer, p->posterior, p->hessian, p->models, p->engine_calls, p->evaluations,
@@ -751,7 +757,8 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
             b->size_min, b->size_max, b->cmd_min, b->cmd_max, b->per_call_min, b->per_call_max,
             c.writes, c.reads, c.maps, c.bytes_to_device, c.bytes_from_device, c.bytes_mapped,
             c.buffers_created, c.buffers_released, c.mem_peak, c.mem_peak_total, c.fft_work,
-            c.gemm_work_max);
+            c.gemm_work_max, p->eval_ccf, p->eval_optimizer, p->eval_posterior, p->eval_hessian,
+            p->eval_models);
 }
 
 void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
@@ -775,11 +782,18 @@ void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
     fprintf(out, "  host   write outputs             %9.3f s\n", t->write);
     fprintf(out, "  device fitter set-up             %9.3f s\n", t->fitter_create);
     fprintf(out, "  device fit (all stages)          %9.3f s\n", t->fit);
-    fprintf(out, "           CCF start               %9.3f s\n", p.ccf);
-    fprintf(out, "           optimizer               %9.3f s\n", p.optimizer);
-    fprintf(out, "           velocity posterior      %9.3f s\n", p.posterior);
-    fprintf(out, "           Hessian errors          %9.3f s\n", p.hessian);
-    fprintf(out, "           best-fit models         %9.3f s\n", p.models);
+    /* evaluations per fitted spectrum, per stage: where the model evaluations go */
+    double per = run->spectra_fitted ? 1.0 / (double)run->spectra_fitted : 0.0;
+    fprintf(out, "           CCF start               %9.3f s  %7.1f evaluations/spectrum\n",
+            p.ccf, (double)p.eval_ccf * per);
+    fprintf(out, "           optimizer               %9.3f s  %7.1f evaluations/spectrum\n",
+            p.optimizer, (double)p.eval_optimizer * per);
+    fprintf(out, "           velocity posterior      %9.3f s  %7.1f evaluations/spectrum\n",
+            p.posterior, (double)p.eval_posterior * per);
+    fprintf(out, "           Hessian errors          %9.3f s  %7.1f evaluations/spectrum\n",
+            p.hessian, (double)p.eval_hessian * per);
+    fprintf(out, "           best-fit models         %9.3f s  %7.1f evaluations/spectrum\n",
+            p.models, (double)p.eval_models * per);
     fprintf(out, "           engine calls %llu, model evaluations %llu\n", p.engine_calls,
             p.evaluations);
     fprintf(out, "  host total %.3f s, device total %.3f s; waited %.3f s for overlapped reads\n",

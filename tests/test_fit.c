@@ -288,7 +288,7 @@ int main(void)
             p[nw].th[3] = r->alphafe;
             nw++;
         }
-        CHECK(rvs_fit_newton(fit, w, nw, 60) == RVS_OK, "search from the truth");
+        CHECK(rvs_fit_newton(fit, w, nw, 60, RVS_FIT_STENCIL_FULL) == RVS_OK, "search from the truth");
         CHECK(rvs_fit_objective(fit, p, nw, RVS_FIT_OPTIMIZER, fv, NULL) == RVS_OK,
               "objective at the results");
         {

@@ -64,6 +64,8 @@ int rvs_fitter_fit(struct rvs_fitter *fitter, const struct rvs_prepared *batch,
 struct rvs_fit_profile {
     double ccf, optimizer, posterior, hessian, models;
     unsigned long long engine_calls, evaluations;
+    /* model evaluations per stage (their sum is `evaluations`) */
+    unsigned long long eval_ccf, eval_optimizer, eval_posterior, eval_hessian, eval_models;
 };
 void rvs_fitter_profile(const struct rvs_fitter *fitter, struct rvs_fit_profile *profile);
 
