@@ -66,7 +66,8 @@ struct rvs_fit_walker {
     double g[RVS_FIT_NDIM], H[RVS_FIT_NDIM][RVS_FIT_NDIM]; /* derivatives of the objective at x */
     double lambda;            /* Levenberg-Marquardt damping */
     int done, converged, failed, rejects, restarts, refines;
-    int resample; /* next stencil re-measures at x: 1 coarser (stall), 2 finer (rejection) */
+    int resample; /* next stencil re-measures at x: 1 coarser (stall), 2 finer (rejection),
+                   * 3 full (confirms a stop reached on carried-over couplings) */
     int diag_run;  /* consecutive diagonal stencils since the last full one */
     int full_next; /* the next stencil must be full (the last step's quadratic model was poor) */
     size_t iter;

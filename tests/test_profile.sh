@@ -41,7 +41,8 @@ keys="files targets spectra wall_s open_s select_s read_s prepare_s write_s setu
 optimizer_s posterior_s hessian_s models_s engine_calls evaluations commands kernel_launches
 gemm_calls fft_transforms fills batches batch_min batch_max batch_commands_min batch_commands_max
 commands_per_call_min commands_per_call_max bytes_to_device bytes_from_device bytes_mapped
-mem_peak mem_peak_total fft_work gemm_work_max rss_max_kib e2e_s e2e_spectra_per_s"
+mem_peak mem_peak_total fft_work gemm_work_max rss_max_kib e2e_s e2e_spectra_per_s
+eval_ccf eval_optimizer eval_posterior eval_hessian eval_models"
 for k in $keys; do
     [ -n "$(value "$k" "$scratch/err")" ] || fail "profile-data has no $k"
 done
@@ -76,6 +77,13 @@ for f in one.err all.err; do
     [ "$c" -eq $((l + g + t + fl)) ] || fail "$f: commands $c != $l + $g + $t + $fl"
     [ "$c" -ge "$bmax" ] && [ "$bmax" -gt 0 ] || fail "$f: batch commands $bmax, total $c"
     [ "$(value mem_peak $f)" -gt 0 ] || fail "$f: no device memory counted"
+    # the evaluations per stage add up to all of them, and every stage of a fit has some
+    ec=$(value eval_ccf $f) eo=$(value eval_optimizer $f) ep=$(value eval_posterior $f)
+    eh=$(value eval_hessian $f) em=$(value eval_models $f)
+    [ "$(value evaluations $f)" -eq $((ec + eo + ep + eh + em)) ] ||
+        fail "$f: evaluations $(value evaluations $f) != $ec + $eo + $ep + $eh + $em by stage"
+    [ "$eo" -gt 0 ] && [ "$eh" -gt 0 ] && [ "$ep" -gt 0 ] && [ "$em" -gt 0 ] ||
+        fail "$f: a stage without evaluations: ccf $ec optimizer $eo posterior $ep hessian $eh models $em"
     [ "$(value bytes_to_device $f)" -gt 0 ] && [ "$(value bytes_from_device $f)" -gt 0 ] ||
         fail "$f: no transfers counted"
 done
