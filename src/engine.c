@@ -372,7 +372,7 @@ static void alloc_caps(const struct rvs_engine *g, size_t *max_req, size_t *max_
     *max_tmpl = *max_tmpl ? *max_tmpl : 1;
 }
 
-size_t rvs_engine_max_batch(const struct rvs_engine *g, size_t rps)
+size_t rvs_engine_max_batch(const struct rvs_engine *g, size_t rps, size_t tps)
 {
     if (!g)
         return 0;
@@ -384,15 +384,18 @@ size_t rvs_engine_max_batch(const struct rvs_engine *g, size_t rps)
         size_t biggest = 4 * r->ndiag * r->n > es * r->n ? 4 * r->ndiag * r->n : es * r->n;
         per_spec_alloc = biggest > per_spec_alloc ? biggest : per_spec_alloc;
     }
-    per_spec += rps * (bytes_per_request(g, 0) + bytes_per_template(g));
+    if (tps == 0 || tps > rps)
+        tps = rps;
+    per_spec += rps * bytes_per_request(g, 0) + tps * bytes_per_template(g);
     size_t S = budget_bytes(g) / (per_spec ? per_spec : 1);
     size_t by_alloc = (size_t)g->ctx->caps.max_alloc_size / (per_spec_alloc ? per_spec_alloc : 1);
     S = S < by_alloc ? S : by_alloc;
     if (rps > 0) {
         size_t max_req, max_tmpl;
         alloc_caps(g, &max_req, &max_tmpl);
-        size_t lim = (max_req < max_tmpl ? max_req : max_tmpl) / rps;
-        S = S < lim ? S : lim;
+        size_t lim_req = max_req / rps, lim_tmpl = max_tmpl / tps;
+        S = S < lim_req ? S : lim_req;
+        S = S < lim_tmpl ? S : lim_tmpl;
     }
     return S > 0 ? S : 1;
 }

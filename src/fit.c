@@ -25,6 +25,11 @@
 #include "internal.h"
 #include "fit_internal.h"
 
+/* Alternative starts per target (besides the CCF's best) and the damped Newton iterations all
+ * starts make before the best one per target is chosen and carried to convergence. */
+#define RVS_FIT_NALT 2
+#define RVS_FIT_SCREEN_ITER 3
+
 void rvs_fit_config_init(struct rvs_fit_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -183,12 +188,15 @@ size_t rvs_fitter_max_batch(const struct rvs_fitter *f)
     if (f->cfg.batch_size > 0)
         return f->cfg.batch_size;
     /* The widest per-spectrum call is the optimizer's screening (RVS_FIT_NALT + 1 starts x 28
-     * stencil points = 84 requests) or the posterior's first grid (~100); the bruteforce
-     * start's scans are wider but chunked by the engine anyway. */
-    size_t per = f->cfg.param_init == RVS_FIT_INIT_BRUTEFORCE
-                     ? (size_t)((f->cfg.max_vel - f->cfg.min_vel) / f->cfg.vel_step0) + 2
-                     : 128;
-    size_t m = rvs_engine_max_batch(f->engine, per);
+     * stencil points = 84 requests, of which 3 x 21 = 63 distinct (theta, vsini) templates) or
+     * the posterior's first grid (~100 requests, one template); the bruteforce start's scans are
+     * wider but chunked by the engine anyway. Counting one template per request made H100
+     * batches of ~365 spectra that used a third of the budget (RESULTS.md: batches of 700 were
+     * 5 % faster). */
+    int brute = f->cfg.param_init == RVS_FIT_INIT_BRUTEFORCE;
+    size_t per = brute ? (size_t)((f->cfg.max_vel - f->cfg.min_vel) / f->cfg.vel_step0) + 2 : 128;
+    size_t tmpl = brute ? 0 : (RVS_FIT_NALT + 1) * 21 + 1;
+    size_t m = rvs_engine_max_batch(f->engine, per, tmpl);
     return m < 1 ? 1 : m;
 }
 
@@ -314,10 +322,6 @@ cleanup:
     return status;
 }
 
-/* Alternative starts per target (besides the CCF's best) and the damped Newton iterations all
- * starts make before the best one per target is chosen and carried to convergence. */
-#define RVS_FIT_NALT 2
-#define RVS_FIT_SCREEN_ITER 3
 /* km/s around the CCF velocity scanned at vel_step0 for the optimizer's start */
 #define RVS_FIT_START_SCAN_HALFWIDTH 150.0
 

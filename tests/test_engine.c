@@ -269,9 +269,15 @@ static void check_continuum(struct rvs_context *ctx, void *state, const char *la
 static void check_api(struct rvs_context *ctx, void *state, const char *label)
 {
     struct rvs_engine *g = rvs_engine_routine_engine(state);
-    size_t b1 = rvs_engine_max_batch(g, 1), b100 = rvs_engine_max_batch(g, 100);
-    printf("  %s: max batch %zu spectra at 1 request each, %zu at 100\n", label, b1, b100);
+    size_t b1 = rvs_engine_max_batch(g, 1, 0), b100 = rvs_engine_max_batch(g, 100, 0);
+    size_t b100t50 = rvs_engine_max_batch(g, 100, 50);
+    printf("  %s: max batch %zu spectra at 1 request each, %zu at 100, %zu at 100 requests "
+           "sharing 50 templates\n",
+           label, b1, b100, b100t50);
     CHECK(b1 >= b100 && b100 >= 1 && b1 > 1000, "%s: max batch %zu / %zu", label, b1, b100);
+    /* shared templates take less memory: a larger batch, at most the 1-request one */
+    CHECK(b100t50 > b100 && b100t50 <= b1, "%s: max batch %zu with shared templates, %zu without",
+          label, b100t50, b100);
     double vmin, vmax;
     CHECK(rvs_engine_arm_velocity_range(g, 0, &vmin, &vmax) == RVS_OK && vmin < -1000 &&
               vmax > 1000 && vmax < 2000,

@@ -166,11 +166,13 @@ int rvs_engine_continuum(struct rvs_engine *engine, double *chisq_arm, double *c
                          double *const *coeffs);
 
 /* The largest number of spectra per batch for which the resident data plus the work space of
- * one device pass over requests_per_spectrum x nspec requests (each with its own theta) fit in
- * the engine's share of device memory (half of the global memory, each buffer below the
+ * one device pass over requests_per_spectrum x nspec requests, among which
+ * templates_per_spectrum x nspec distinct (theta, vsini) templates (0: every request its own),
+ * fit in the engine's share of device memory (half of the global memory, each buffer below the
  * largest allocation). A larger batch still works (calls are chunked); it only costs more
  * passes. At least 1. */
-size_t rvs_engine_max_batch(const struct rvs_engine *engine, size_t requests_per_spectrum);
+size_t rvs_engine_max_batch(const struct rvs_engine *engine, size_t requests_per_spectrum,
+                            size_t templates_per_spectrum);
 
 /* Profiling: on = each stage ends with clFinish and its wall time is added to stats.seconds. */
 void rvs_engine_set_profiling(struct rvs_engine *engine, int on);
