@@ -148,27 +148,26 @@ int rvs_fft_plan_get(struct rvs_context *ctx, struct rvs_fft_plan_cache *cache, 
     cache->plan[slot].last_use = ++cache->clock;
     RVS_TRY(rvs_fft_check(clfftSetPlanPrecision(h, cache->is_double ? CLFFT_DOUBLE : CLFFT_SINGLE),
                           m, "clfftSetPlanPrecision", len, batch));
-    clfftStatus s;
-    if (layout == RVS_FFT_COMPLEX)
-        s = clfftSetLayout(h, CLFFT_COMPLEX_INTERLEAVED, CLFFT_COMPLEX_INTERLEAVED);
-    else if (layout == RVS_FFT_REAL_TO_HERMITIAN)
-        s = clfftSetLayout(h, CLFFT_REAL, CLFFT_HERMITIAN_INTERLEAVED);
-    else
-        s = clfftSetLayout(h, CLFFT_HERMITIAN_INTERLEAVED, CLFFT_REAL);
-    RVS_TRY(rvs_fft_check(s, m, "clfftSetLayout", len, batch));
+    /* input and output layouts and distances between transforms (in elements of each layout):
+     * real rows padded to len + 2, Hermitian rows of len / 2 + 1 complex values */
+    clfftLayout in = CLFFT_COMPLEX_INTERLEAVED, out = CLFFT_COMPLEX_INTERLEAVED;
+    size_t in_dist = len, out_dist = len;
+    if (layout == RVS_FFT_REAL_TO_HERMITIAN) {
+        in = CLFFT_REAL, out = CLFFT_HERMITIAN_INTERLEAVED;
+        in_dist = real_dist, out_dist = complex_dist;
+    } else if (layout == RVS_FFT_HERMITIAN_TO_REAL) {
+        in = CLFFT_HERMITIAN_INTERLEAVED, out = CLFFT_REAL;
+        in_dist = complex_dist, out_dist = real_dist;
+    }
+    RVS_TRY(rvs_fft_check(clfftSetLayout(h, in, out), m, "clfftSetLayout", len, batch));
     RVS_TRY(rvs_fft_check(clfftSetResultLocation(h, CLFFT_INPLACE), m, "clfftSetResultLocation",
                           len, batch));
     RVS_TRY(rvs_fft_check(clfftSetPlanInStride(h, CLFFT_1D, unit), m, "clfftSetPlanInStride", len,
                           batch));
     RVS_TRY(rvs_fft_check(clfftSetPlanOutStride(h, CLFFT_1D, unit), m, "clfftSetPlanOutStride",
                           len, batch));
-    if (layout == RVS_FFT_COMPLEX)
-        s = clfftSetPlanDistance(h, len, len);
-    else if (layout == RVS_FFT_REAL_TO_HERMITIAN)
-        s = clfftSetPlanDistance(h, real_dist, complex_dist);
-    else
-        s = clfftSetPlanDistance(h, complex_dist, real_dist);
-    RVS_TRY(rvs_fft_check(s, m, "clfftSetPlanDistance", len, batch));
+    RVS_TRY(rvs_fft_check(clfftSetPlanDistance(h, in_dist, out_dist), m, "clfftSetPlanDistance",
+                          len, batch));
     RVS_TRY(rvs_fft_check(clfftSetPlanBatchSize(h, batch), m, "clfftSetPlanBatchSize", len,
                           batch));
     RVS_TRY(rvs_fft_check(rvs_fft_plan_bake(ctx, h), m, "clfftBakePlan", len, batch));

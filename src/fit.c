@@ -189,13 +189,13 @@ size_t rvs_fitter_max_batch(const struct rvs_fitter *f)
         return f->cfg.batch_size;
     /* The widest per-spectrum call is the optimizer's screening (RVS_FIT_NALT + 1 starts x 28
      * stencil points = 84 requests, of which 3 x 21 = 63 distinct (theta, vsini) templates) or
-     * the posterior's first grid (~100 requests, one template); the bruteforce start's scans are
-     * wider but chunked by the engine anyway. Counting one template per request made H100
-     * batches of ~365 spectra that used a third of the budget (RESULTS.md: batches of 700 were
-     * 5 % faster). */
+     * the posterior's first grid (~100 requests, one template), hence 128 requests; the
+     * bruteforce start's scans are wider but chunked by the engine anyway. Counting one template
+     * per request made H100 batches of ~365 spectra that used a third of the budget
+     * (RESULTS.md: batches of 700 were 5 % faster). */
     int brute = f->cfg.param_init == RVS_FIT_INIT_BRUTEFORCE;
     size_t per = brute ? (size_t)((f->cfg.max_vel - f->cfg.min_vel) / f->cfg.vel_step0) + 2 : 128;
-    size_t tmpl = brute ? 0 : (RVS_FIT_NALT + 1) * 21 + 1;
+    size_t tmpl = brute ? 0 : (RVS_FIT_NALT + 1) * RVS_FIT_STENCIL_TEMPLATES;
     size_t m = rvs_engine_max_batch(f->engine, per, tmpl);
     return m < 1 ? 1 : m;
 }
@@ -764,6 +764,25 @@ cleanup:
     return status;
 }
 
+/* Start of a fitter stage: its wall time and model evaluations go to one --profile row. */
+struct stage_mark {
+    double t;
+    unsigned long long evaluations;
+};
+
+static struct stage_mark stage_begin(const struct rvs_fitter *f)
+{
+    struct stage_mark m = {rvs_fit_now(), f->prof.evaluations};
+    return m;
+}
+
+static void stage_end(const struct rvs_fitter *f, struct stage_mark m, double *seconds,
+                      unsigned long long *evaluations)
+{
+    *seconds += rvs_fit_now() - m.t;
+    *evaluations += f->prof.evaluations - m.evaluations;
+}
+
 static void nan_row(struct rvs_output_row *r)
 {
     r->vrad = r->vrad_err = r->vrad_skew = r->vrad_kurt = r->vsini = NAN;
@@ -802,8 +821,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     const double *specp[RVS_DESI_NARMS] = {0}, *especp[RVS_DESI_NARMS] = {0};
     const float *resp[RVS_DESI_NARMS] = {0};
     unsigned char *arm_used = NULL;
-    double t0;
-    unsigned long long e0 = 0;
+    struct stage_mark mark;
 
     if (!f || !b || !rows)
         return RVS_ERR_INVALID_ARGUMENT;
@@ -898,8 +916,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     }
     if (n > 0) {
         /* 1. start */
-        t0 = rvs_fit_now();
-        e0 = f->prof.evaluations;
+        mark = stage_begin(f);
         if (f->cfg.param_init == RVS_FIT_INIT_CCF)
             RVS_TRY(rvs_fit_ccf_start(f, b, list, n, start, vstart, alt, nalt));
         else
@@ -907,12 +924,10 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         /* vel_fit.process: a velocity scan at the start template picks the starting velocity */
         RVS_TRY(start_scan(f, list, n, start, f->cfg.param_init == RVS_FIT_INIT_CCF ? vstart : NULL,
                            RVS_FIT_START_SCAN_HALFWIDTH, sr));
-        f->prof.ccf += rvs_fit_now() - t0;
-        f->prof.eval_ccf += f->prof.evaluations - e0;
-        e0 = f->prof.evaluations;
+        stage_end(f, mark, &f->prof.ccf, &f->prof.eval_ccf);
 
         /* 2. optimizer */
-        t0 = rvs_fit_now();
+        mark = stage_begin(f);
         /* every start walks a few damped Newton iterations; the best walker of each target
          * then goes on to convergence */
         for (size_t i = 0; i < n; i++)
@@ -953,32 +968,26 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             if (!wk[i].converged)
                 f->newton_unconverged++;
         }
-        f->prof.optimizer += rvs_fit_now() - t0;
-        f->prof.eval_optimizer += f->prof.evaluations - e0;
-        e0 = f->prof.evaluations;
+        stage_end(f, mark, &f->prof.optimizer, &f->prof.eval_optimizer);
 
         /* 3. Hessian errors (at the optimizer's velocity, as vel_fit.process) */
-        t0 = rvs_fit_now();
+        mark = stage_begin(f);
         RVS_TRY(rvs_fit_param_errors(f, wk, n, perr, badh));
-        f->prof.hessian += rvs_fit_now() - t0;
-        f->prof.eval_hessian += f->prof.evaluations - e0;
-        e0 = f->prof.evaluations;
+        stage_end(f, mark, &f->prof.hessian, &f->prof.eval_hessian);
 
         /* 4. velocity posterior at the optimum's theta, vsini; its first grid from the
          * velocity curvature of the Hessian stencil (sigma of v at fixed theta, vsini) */
-        t0 = rvs_fit_now();
+        mark = stage_begin(f);
         for (size_t i = 0; i < n; i++) {
             double hvv = wk[i].H[0][0];
             sigv[i] = hvv > 0 && isfinite(hvv) ? sqrt(2 / hvv) : NAN;
         }
         RVS_TRY(posterior(f, list, n, best, sigv, post));
-        f->prof.posterior += rvs_fit_now() - t0;
-        f->prof.eval_posterior += f->prof.evaluations - e0;
+        stage_end(f, mark, &f->prof.posterior, &f->prof.eval_posterior);
     }
 
     /* 5. final models at the posterior velocity, chi^2, continuum, flags */
-    t0 = rvs_fit_now();
-    e0 = f->prof.evaluations;
+    mark = stage_begin(f);
     {
         size_t E = n ? n : 1;
         mreq = rvs_calloc(E, sizeof *mreq);
@@ -1094,8 +1103,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
                 models[a][t * np + j] = (float)mod[k][i * np + j];
         }
     }
-    f->prof.models += rvs_fit_now() - t0;
-    f->prof.eval_models += f->prof.evaluations - e0;
+    stage_end(f, mark, &f->prof.models, &f->prof.eval_models);
 cleanup:
     free(list);
     free(arm_used);

@@ -57,6 +57,11 @@ int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_
 /* The optimizer (src/fit_optimize.c): one walker per start, x = (v, vsini, teff, logg, feh,
  * alpha). */
 #define RVS_FIT_NDIM 6
+/* The optimizer's full stencil (src/fit_optimize.c): 28 points, of which 21 distinct
+ * (theta, vsini) templates: the two velocity steps and the five (velocity, other) cross points
+ * reuse the template of a point without the velocity step. The batch sizing needs both. */
+#define RVS_FIT_STENCIL_POINTS (1 + 2 * RVS_FIT_NDIM + RVS_FIT_NDIM * (RVS_FIT_NDIM - 1) / 2)
+#define RVS_FIT_STENCIL_TEMPLATES (RVS_FIT_STENCIL_POINTS - 2 - (RVS_FIT_NDIM - 1))
 struct rvs_fit_walker {
     int s;                    /* spectrum of the batch */
     double x[RVS_FIT_NDIM];   /* current (best) point */

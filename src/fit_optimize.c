@@ -57,7 +57,7 @@
  * curvature that becomes the errors). */
 enum stencil_kind { STENCIL_DIAG, STENCIL_FULL, STENCIL_ERR };
 #define NSTENCIL_DIAG (1 + 2 * ND)
-#define NSTENCIL (1 + 2 * ND + ND * (ND - 1) / 2)
+#define NSTENCIL RVS_FIT_STENCIL_POINTS
 #define NSTENCIL_ERR (1 + 2 * ND + ND * (ND - 1))
 /* consecutive diagonal stencils before a full one re-measures the couplings */
 #define MAX_DIAG_RUN 3
@@ -302,7 +302,9 @@ static void adapt_steps(const double H[ND][ND], const double *hx, double *h)
     }
 }
 
-/* Takes the derivatives measured by a stencil (values v, steps h) at a walker's new point. */
+/* Takes the derivatives measured by a stencil (values v, steps h) at a walker's new point. A
+ * walker converges only on measured couplings: when the last stencils were diagonal
+ * (diag_run > 0) the next one must be full, and the stop is decided there. */
 static void take_stencil(struct rvs_fit_walker *s, const double g[ND], const double H[ND][ND],
                          const double *h)
 {
@@ -312,8 +314,10 @@ static void take_stencil(struct rvs_fit_walker *s, const double g[ND], const dou
     adapt_steps(s->H, s->hx, s->h);
     s->iter++;
     if (newton_decrement(s) < DECREMENT_TOL) {
-        s->done = 1;
-        s->converged = 1;
+        if (s->diag_run > 0)
+            s->full_next = 1;
+        else
+            s->done = s->converged = 1;
     }
 }
 
@@ -398,7 +402,8 @@ static enum stencil_kind next_kind(const struct rvs_fit_walker *s, enum rvs_fit_
     return STENCIL_DIAG;
 }
 
-/* Adds the stencil of kind k at x (steps h) for walker i to the call being assembled. */
+/* One engine call being assembled: the stencils' points, and per stencil its walker, first
+ * point and kind. */
 struct stencil_call {
     struct rvs_fit_point *pts;
     size_t npts, na;
@@ -406,6 +411,7 @@ struct stencil_call {
     enum stencil_kind *kind;
 };
 
+/* Adds the stencil of kind k at x (steps h) for walker i. */
 static void add_stencil(struct stencil_call *c, size_t i, const double *x, const double *h,
                         int s, enum stencil_kind k)
 {
@@ -498,7 +504,6 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 if (s->diag_run > 0) {
                     /* the promise of a model with carried-over couplings: confirm it with
                      * measured ones before stopping */
-                    s->full_next = 1;
                     memcpy(cand[i], s->x, sizeof cand[i]);
                     memcpy(hc[i], s->h, sizeof hc[i]);
                     s->resample = 3;
@@ -564,11 +569,6 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 s->diag_run = kind == STENCIL_DIAG ? s->diag_run + 1 : 0;
                 s->full_next = rho < 0.25;
                 take_stencil(s, g, H, hc[i]);
-                if (s->done && s->diag_run > 0) {
-                    /* converged on carried-over couplings: confirm with a full stencil */
-                    s->done = s->converged = 0;
-                    s->full_next = 1;
-                }
                 trace(s, s->done ? "accept*" : kind == STENCIL_DIAG ? "accept-d" : "accept",
                       s->x, s->fx, pred[i]);
             } else {
