@@ -339,39 +339,21 @@ rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
     }
 }
 
-/* out[e * n + j] = spline template_index[e] at lam[j] sqrt((1 - b) / (1 + b)), b = v[e] / c
- * (rvspecfit spec_fit.evalRV), NaN outside [xs[0], xs[N-1]) or for a bad template index.
- * Work-item (j, e). Port of spliner.c evaler(): pos = (int)((log(x) - log(x0)) / logstep) (log
- * grid) or (int)((x - x0) / step), then A dxl^3 + B dxr^3 + C dxl + D dxr. Two refinements,
- * both below fp64 rounding of the result: dxl is formed as (lam - xs[pos]) + lam (f - 1), which keeps
- * the shift's digits that x = lam f would round away (this matters in fp32, where ulp(x) is
- * ~2e-3 of a DESI template pixel), and when rounding put pos one interval off near a knot, pos moves
- * to the interval that holds x (evaler would extrapolate the neighbour's cubic there); that
- * also lets the index come from a float log, which is cheap on every device. */
-__kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const int log_step,
-                              const rvs_real x0, const rvs_real step,
-                              __global const rvs_real *coeffs, const int T,
-                              __global const int *template_index,
-                              __global const rvs_real *velocity, const int E,
-                              __global const rvs_real *lam, const int n, __global rvs_real *out)
+/* The Doppler factor of one request for rvs_spline_eval: f = sqrt((1 - b) / (1 + b)),
+ * b = v / c (rvspecfit spec_fit.evalRV), the shift factor f - 1 as a pair (hi, lo) and log f
+ * for the knot index (less log x0), and 1 / step. Computed once per request (one work-item of its group) instead of at
+ * every pixel: the square root and three divisions cost more than the rest of the evaluation on
+ * CPU devices (PoCL, ~70 cycles a pixel before). */
+static void rvs_spline_doppler(const rvs_real v, const rvs_real x0, const rvs_real step,
+                               __local rvs_real *d)
 {
-    const int j = (int)get_global_id(0), e = (int)get_global_id(1);
-    if (j >= n || e >= E)
-        return;
-    __global const rvs_real *xs = geom + RVS_SPLINE_XS * (size_t)N;
-    const size_t o = (size_t)e * n + j;
-    const int t = template_index[e];
-    const rvs_real v = velocity[e];
     const rvs_real beta = v / (rvs_real)RVS_SPLINE_C_KMS;
     const rvs_real f = sqrt((1 - beta) / (1 + beta));
-    const rvs_real l = lam[j];
-    const rvs_real x = l * f;
-    /* The shift lam (f - 1) = sh + sl, to be added to lam - xs[pos] (exact: both are close). */
-    rvs_real sh, sl;
+    rvs_real fm1_hi, fm1_lo;
 #if RVS_HAVE_FP64
     /* f - 1 = (f^2 - 1) / (f + 1) = -2 b / ((1 + b) (f + 1)): no cancellation */
-    sh = l * (-2 * beta / ((1 + beta) * (f + 1)));
-    sl = 0;
+    fm1_hi = -2 * beta / ((1 + beta) * (f + 1));
+    fm1_lo = 0;
 #else
     {
         /* In float, one rounding of b or of lam (f - 1) moves the point by ~1e-6 A at 1000
@@ -379,13 +361,12 @@ __kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const 
          * (1/c = ic_hi + ic_lo), f - 1 = -b (1 + g1) with the series
          * f = (1 - b)(1 - b^2)^(-1/2) = 1 - b + b^2/2 - b^3/2 + 3b^4/8 - 3b^5/8 + 5b^6/16
          * - 5b^7/16 + 35b^8/128 - 35b^9/128 + O(b^10) (truncation < 3e-10 relative for
-         * |b| < 0.1, i.e. |v| < 30000 km/s), and lam (f - 1) as an exact product pair (fma).
-         * Beyond that the closed form. */
+         * |b| < 0.1, i.e. |v| < 30000 km/s); the pixel multiplies it by lam as an exact
+         * product pair (fma). Beyond that the closed form. */
 #pragma OPENCL FP_CONTRACT OFF
         const float ic_hi = 0x1.bfb3cp-19f, ic_lo = 0x1.a316p-47f;
         const float b_hi = v * ic_hi;
         const float b_lo = fma(v, ic_hi, -b_hi) + v * ic_lo;
-        float fm1_hi, fm1_lo;
         if (fabs(b_hi) < 0.1f) {
             const float b = b_hi;
             const float g1 =
@@ -397,17 +378,81 @@ __kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const 
             fm1_hi = -2 * beta / ((1 + beta) * (f + 1));
             fm1_lo = 0;
         }
+    }
+#endif
+    d[0] = f;
+    d[1] = fm1_hi;
+    d[2] = fm1_lo;
+    d[3] = log(f) - log(x0); /* log(lam f / x0) = log(lam) + d[3] */
+    d[4] = 1 / step;
+}
+
+/* out[e * n + j] = spline template_index[e] at lam[j] sqrt((1 - b) / (1 + b)), b = v[e] / c
+ * (rvspecfit spec_fit.evalRV), NaN outside [xs[0], xs[N-1]) or for a bad template index.
+ * Work-item (j, e); a work-group holds pixels of one request (local size (L, 1)), whose Doppler
+ * factor its first work-item computes into local memory. lam holds the n wavelengths, then
+ * their logarithms (rvs_spline_points_create). Port of spliner.c evaler():
+ * pos = (int)((log(x) - log(x0)) / logstep) (log grid) or (int)((x - x0) / step), then
+ * A dxl^3 + B dxr^3 + C dxl + D dxr. Two refinements, both below fp64 rounding of the result:
+ * dxl is formed as (lam - xs[pos]) + lam (f - 1), which keeps the shift's digits that x = lam f
+ * would round away (this matters in fp32, where ulp(x) is ~2e-3 of a DESI template pixel), and
+ * when rounding put pos one interval off near a knot, pos moves to the interval that holds x
+ * (evaler would extrapolate the neighbour's cubic there). The index of a log grid is
+ * (log lam + log(f / x0)) / step, from the table of log lam: no logarithm per pixel. */
+__kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const int log_step,
+                              const rvs_real x0, const rvs_real step,
+                              __global const rvs_real *coeffs, const int T,
+                              __global const int *template_index,
+                              __global const rvs_real *velocity, const int E,
+                              __global const rvs_real *lam, const int n, __global rvs_real *out,
+                              __local rvs_real *doppler)
+{
+    const int j = (int)get_global_id(0), e = (int)get_global_id(1);
+    if (get_local_id(0) == 0 && e < E)
+        rvs_spline_doppler(velocity[e], x0, step, doppler);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (j >= n || e >= E)
+        return;
+    __global const rvs_real *xs = geom + RVS_SPLINE_XS * (size_t)N;
+    const size_t o = (size_t)e * n + j;
+    const int t = template_index[e];
+    const rvs_real f = doppler[0], fm1_hi = doppler[1], fm1_lo = doppler[2];
+    const rvs_real l = lam[j];
+    const rvs_real x = l * f;
+    /* The shift lam (f - 1) = sh + sl, to be added to lam - xs[pos] (exact: both are close). */
+    rvs_real sh, sl;
+#if RVS_HAVE_FP64
+    sh = l * fm1_hi;
+    sl = 0;
+#else
+    {
+#pragma OPENCL FP_CONTRACT OFF
         sh = l * fm1_hi;
         sl = fma(l, fm1_hi, -sh) + l * fm1_lo;
     }
 #endif
+#if RVS_HAVE_FP64
+    /* evaler's index in double: exact to far below one interval on any grid, so one step down
+     * and one step up settle pos on the interval that holds x. Straight-line code (selects, one
+     * store, no calls) so that CPU devices vectorise the work-items; loops and a log call per
+     * pixel kept PoCL's code scalar, at ~70 cycles a pixel. */
+    const int inside = t >= 0 && t < T && x >= xs[0] && x < xs[N - 1];
+    const double u = log_step ? (lam[n + j] + doppler[3]) * doppler[4] : (x - x0) * doppler[4];
+    int pos = (int)fmin(fmax(u, 0.0), (double)(N - 2)); /* NaN -> 0 */
+    pos -= (((l - xs[pos]) + sh) < 0) & (pos > 0);
+    pos += (((xs[pos + 1] - l) - sh) < 0) & (pos < N - 2);
+    const double dxl = (l - xs[pos]) + sh, dxr = (xs[pos + 1] - l) - sh;
+    const double4 c = vload4((size_t)(inside ? t : 0) * (N - 1) + pos, coeffs);
+    const double value = c.s0 * dxl * dxl * dxl + c.s1 * dxr * dxr * dxr + c.s2 * dxl + c.s3 * dxr;
+    out[o] = inside ? value : (double)NAN;
+#else
     if (t < 0 || t >= T || !(x >= xs[0]) || !(x < xs[N - 1])) {
         out[o] = (rvs_real)NAN;
         return;
     }
-    /* evaler's index in float (a fast log is plenty: the loops below settle pos on the
-     * interval that holds x, which is what evaler's formula gives up to rounding) */
-    const float u = log_step ? native_log((float)(x / x0)) / (float)step : (float)((x - x0) / step);
+    /* evaler's index in float (the loops below settle pos on the interval that holds x, which
+     * is what evaler's formula gives up to rounding) */
+    const float u = log_step ? (lam[n + j] + doppler[3]) * doppler[4] : (x - x0) * doppler[4];
     int pos = clamp((int)u, 0, N - 2);
     rvs_real dxl = ((l - xs[pos]) + sh) + sl;
     while (dxl < 0 && pos > 0) {
@@ -420,10 +465,7 @@ __kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const 
         dxl = ((l - xs[pos]) + sh) + sl;
         dxr = ((xs[pos + 1] - l) - sh) - sl;
     }
-#if RVS_HAVE_FP64
-    const double4 c = vload4((size_t)t * (N - 1) + pos, coeffs);
-#else
     const float4 c = vload4((size_t)t * (N - 1) + pos, coeffs);
-#endif
     out[o] = c.s0 * dxl * dxl * dxl + c.s1 * dxr * dxr * dxr + c.s2 * dxl + c.s3 * dxr;
+#endif
 }

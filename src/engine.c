@@ -195,7 +195,6 @@ static int arm_create(struct rvs_engine *g, struct engine_arm *r,
 {
     int status = RVS_OK;
     struct rvs_context *ctx = g->ctx;
-    void *host = NULL;
     snprintf(r->name, sizeof r->name, "%s", c->name ? c->name : "arm");
     if (!c->nn || !c->template_wave || !c->data_wave || c->template_npix < 3 ||
         c->data_npix == 0) {
@@ -251,14 +250,7 @@ static int arm_create(struct rvs_engine *g, struct engine_arm *r,
     RVS_TRY(rvs_spline_grid_create(ctx, tw, tn, 1, &r->grid));
     RVS_TRY(rvs_rotation_create(ctx, tn, &r->rot));
     RVS_TRY(rvs_chisq_arm_create(ctx, dw, n, c->npoly, c->rbf, &r->chisq));
-    host = rvs_malloc(n * g->es);
-    if (!host) {
-        status = RVS_ERR_NOMEM;
-        goto cleanup;
-    }
-    for (size_t i = 0; i < n; i++)
-        rvs_real_put(ctx->use_fp64, host, i, dw[i]);
-    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, n * g->es, host, &r->lam));
+    RVS_TRY(rvs_spline_points_create(ctx, dw, n, &r->lam));
     r->coef_fixed = rvs_spline_coeffs_bytes(ctx, r->grid, 1);
     r->coef_per_tmpl = rvs_spline_coeffs_bytes(ctx, r->grid, 2) - r->coef_fixed;
     r->coef_fixed -= r->coef_per_tmpl < r->coef_fixed ? r->coef_per_tmpl : r->coef_fixed;
@@ -266,7 +258,6 @@ static int arm_create(struct rvs_engine *g, struct engine_arm *r,
             "npoly %zu, %zu diagonals; velocities [%.0f, %.0f] km/s stay inside the template",
             r->name, tn, lnstep, n, r->np, r->ndiag, r->vmin, r->vmax);
 cleanup:
-    free(host);
     return status;
 }
 

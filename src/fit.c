@@ -286,7 +286,7 @@ int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_
     if (m > 0) {
         double t0 = rvs_fit_now();
         RVS_TRY(rvs_engine_eval(f->engine, f->req, m, f->chi, f->chi_arm));
-        f->engine_seconds += rvs_fit_now() - t0;
+        f->prof.engine += rvs_fit_now() - t0;
         f->prof.engine_calls++;
         f->prof.evaluations += m;
     }

@@ -44,7 +44,6 @@ struct rvs_fitter {
     size_t cap;
     /* statistics */
     struct rvs_fit_profile prof;
-    double engine_seconds;
     size_t newton_calls, newton_iter_max, newton_unconverged, posterior_rounds;
     struct rvs_fit_ccf *ccf;
 };

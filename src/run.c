@@ -171,6 +171,7 @@ static void add_profile(struct rvs_fit_profile *sum, const struct rvs_fit_profil
     sum->posterior += p->posterior;
     sum->hessian += p->hessian;
     sum->models += p->models;
+    sum->engine += p->engine;
     sum->engine_calls += p->engine_calls;
     sum->evaluations += p->evaluations;
     sum->eval_ccf += p->eval_ccf;
@@ -741,7 +742,7 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
     fprintf(out, "rvsfit-cl profile-data: files=%zu failed=%zu targets=%zu spectra=%zu "
                  "wall_s=%.6f open_s=%.6f select_s=%.6f read_s=%.6f prepare_s=%.6f "
                  "write_s=%.6f setup_s=%.6f fit_s=%.6f wait_s=%.6f ccf_s=%.6f optimizer_s=%.6f "
-                 "posterior_s=%.6f hessian_s=%.6f models_s=%.6f engine_calls=%llu "
+                 "posterior_s=%.6f hessian_s=%.6f models_s=%.6f engine_s=%.6f engine_calls=%llu "
                  "evaluations=%llu commands=%llu kernel_launches=%llu gemm_calls=%llu "
                  "fft_transforms=%llu fills=%llu batches=%zu batch_min=%zu batch_max=%zu "
                  "batch_commands_min=%llu batch_commands_max=%llu commands_per_call_min=%.3f "
@@ -752,7 +753,8 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
                  "eval_posterior=%llu eval_hessian=%llu eval_models=%llu\n",
             run->files, run->failed, run->targets, run->spectra_fitted, t->wall, t->open,
             t->select, t->read, t->prepare, t->write, t->fitter_create, t->fit, t->wait, p->ccf,
-            p->optimizer, p->posterior, p->hessian, p->models, p->engine_calls, p->evaluations,
+            p->optimizer, p->posterior, p->hessian, p->models, p->engine, p->engine_calls,
+            p->evaluations,
             commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills, b->batches,
             b->size_min, b->size_max, b->cmd_min, b->cmd_max, b->per_call_min, b->per_call_max,
             c.writes, c.reads, c.maps, c.bytes_to_device, c.bytes_from_device, c.bytes_mapped,
@@ -794,8 +796,9 @@ void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
             p.hessian, (double)p.eval_hessian * per);
     fprintf(out, "           best-fit models         %9.3f s  %7.1f evaluations/spectrum\n",
             p.models, (double)p.eval_models * per);
-    fprintf(out, "           engine calls %llu, model evaluations %llu\n", p.engine_calls,
-            p.evaluations);
+    fprintf(out, "           engine calls %llu, model evaluations %llu, %.3f s in the engine "
+                 "(%.1f %% of the fit)\n",
+            p.engine_calls, p.evaluations, p.engine, t->fit > 0 ? 100 * p.engine / t->fit : 0.0);
     fprintf(out, "  host total %.3f s, device total %.3f s; waited %.3f s for overlapped reads\n",
             host, t->fit + t->fitter_create, t->wait);
     if (t->fit > 0)

@@ -41,6 +41,10 @@ enum {
 enum spline_kind { SPLINE_SERIAL, SPLINE_SEGMENTED, SPLINE_FIR };
 static const char *const spline_kind_names[] = {"serial", "segmented", "fir"};
 
+/* Pixels per work-group of the evaluation (all of one request), and the per-request values its
+ * first work-item computes into local memory (cl/spline.cl rvs_spline_doppler). */
+#define SPLINE_EVAL_GROUP 64
+#define SPLINE_DOPPLER_VALUES 5
 /* spliner.c evaler()'s step-consistency threshold */
 #define SPLINE_STEP_TOL 1e-10
 
@@ -379,6 +383,38 @@ cleanup:
     return status;
 }
 
+int rvs_spline_points_create(struct rvs_context *ctx, const double *lam, size_t n,
+                             cl_mem *points)
+{
+    int status = RVS_OK;
+    size_t es = rvs_context_real_size(ctx);
+    void *host = NULL;
+    *points = NULL;
+    if (!lam || n == 0 || n > INT_MAX) {
+        rvs_log(RVS_LOG_ERROR, "spline", "evaluation points: need 1..%d wavelengths", INT_MAX);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    host = rvs_malloc(2 * n * es);
+    if (!host)
+        return RVS_ERR_NOMEM;
+    for (size_t j = 0; j < n; j++) {
+        if (!(lam[j] > 0) || !isfinite(lam[j])) {
+            rvs_log(RVS_LOG_ERROR, "spline", "evaluation wavelength %zu is %g; wavelengths must "
+                    "be positive and finite", j, lam[j]);
+            status = RVS_ERR_INVALID_ARGUMENT;
+            goto cleanup;
+        }
+        rvs_real_put(ctx->use_fp64, host, j, lam[j]);
+        /* the logarithm of the wavelength the kernel sees, so index and offsets agree */
+        rvs_real_put(ctx->use_fp64, host, n + j, log(rvs_real_get(ctx->use_fp64, host, j)));
+    }
+    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, 2 * n * es, host,
+                              points));
+cleanup:
+    free(host);
+    return status;
+}
+
 int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid, cl_mem coeffs,
                     size_t T, cl_mem template_index, cl_mem velocity, size_t E, cl_mem lam,
                     size_t n, cl_mem out)
@@ -395,7 +431,7 @@ int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
     RVS_TRY(rvs_buffer_check_size("spline", coeffs, rvs_spline_coeffs_bytes(ctx, grid, T), "spline coefficient"));
     RVS_TRY(rvs_buffer_check_size("spline", template_index, E * sizeof(cl_int), "template index"));
     RVS_TRY(rvs_buffer_check_size("spline", velocity, E * es, "velocity"));
-    RVS_TRY(rvs_buffer_check_size("spline", lam, n * es, "wavelength"));
+    RVS_TRY(rvs_buffer_check_size("spline", lam, 2 * n * es, "wavelength"));
     RVS_TRY(rvs_buffer_check_size("spline", out, E * n * es, "spline output"));
     cl_int nk = (cl_int)grid->n, logs = grid->log_step, nt = (cl_int)T, ne = (cl_int)E,
            nn = (cl_int)n;
@@ -415,9 +451,11 @@ int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
     RVS_TRY(rvs_kernel_arg(k, 10, sizeof(cl_mem), &lam));
     RVS_TRY(rvs_kernel_arg(k, 11, sizeof nn, &nn));
     RVS_TRY(rvs_kernel_arg(k, 12, sizeof(cl_mem), &out));
+    RVS_TRY(rvs_kernel_arg(k, 13, SPLINE_DOPPLER_VALUES * es, NULL));
     /* pixels along dimension 0: neighbouring work-items read neighbouring wavelengths and
-     * coefficient vectors and write neighbouring outputs */
-    RVS_TRY(rvs_kernel_launch_2d(ctx, k, n, E, 64, 1));
+     * coefficient vectors and write neighbouring outputs; a group's pixels share one request,
+     * whose Doppler factor is computed once per group */
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k, n, E, SPLINE_EVAL_GROUP, 1));
 cleanup:
     return status;
 }
@@ -450,8 +488,7 @@ int rvs_spline_selftest(struct rvs_context *ctx, char *detail, size_t detail_siz
     cl_mem dy = NULL, dc = NULL, didx = NULL, dv = NULL, dl = NULL, dout = NULL;
     double xs[N], y[N], lam[M] = {5000.0, 5003.0, 5004.0, 5005.5}, v = 150.0;
     double f = sqrt((1 - v / RVS_SPEED_OF_LIGHT_KMS) / (1 + v / RVS_SPEED_OF_LIGHT_KMS));
-    unsigned char hy[N * sizeof(double)], hv[sizeof(double)], hl[M * sizeof(double)],
-        hout[M * sizeof(double)];
+    unsigned char hy[N * sizeof(double)], hv[sizeof(double)], hout[M * sizeof(double)];
     cl_int idx = 0;
     size_t es = rvs_context_real_size(ctx);
     for (int i = 0; i < N; i++) {
@@ -459,8 +496,6 @@ int rvs_spline_selftest(struct rvs_context *ctx, char *detail, size_t detail_siz
         y[i] = 2 + 3e-3 * xs[i];
         put_real(ctx, hy, (size_t)i, y[i]);
     }
-    for (int j = 0; j < M; j++)
-        put_real(ctx, hl, (size_t)j, lam[j]);
     put_real(ctx, hv, 0, v);
     RVS_TRY(rvs_spline_grid_create(ctx, xs, N, 1, &grid));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, N * es, hy, &dy));
@@ -468,7 +503,7 @@ int rvs_spline_selftest(struct rvs_context *ctx, char *detail, size_t detail_siz
                               &dc));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, sizeof idx, &idx, &didx));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, es, hv, &dv));
-    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, M * es, hl, &dl));
+    RVS_TRY(rvs_spline_points_create(ctx, lam, M, &dl));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_WRITE_ONLY, M * es, NULL, &dout));
     RVS_TRY(rvs_spline_construct(ctx, grid, dy, 1, dc));
     RVS_TRY(rvs_spline_eval(ctx, grid, dc, 1, didx, dv, 1, dl, M, dout));

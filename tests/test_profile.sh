@@ -38,7 +38,7 @@ for pattern in "^rvsfit-cl profile: 1 file\(s\), 0 failed, 0 target\(s\) written
     expect_in err "$pattern" "--profile line /$pattern/"
 done
 keys="files targets spectra wall_s open_s select_s read_s prepare_s write_s setup_s fit_s ccf_s
-optimizer_s posterior_s hessian_s models_s engine_calls evaluations commands kernel_launches
+optimizer_s posterior_s hessian_s models_s engine_s engine_calls evaluations commands kernel_launches
 gemm_calls fft_transforms fills batches batch_min batch_max batch_commands_min batch_commands_max
 commands_per_call_min commands_per_call_max bytes_to_device bytes_from_device bytes_mapped
 mem_peak mem_peak_total fft_work gemm_work_max rss_max_kib e2e_s e2e_spectra_per_s
@@ -84,6 +84,9 @@ for f in one.err all.err; do
         fail "$f: evaluations $(value evaluations $f) != $ec + $eo + $ep + $eh + $em by stage"
     [ "$eo" -gt 0 ] && [ "$eh" -gt 0 ] && [ "$ep" -gt 0 ] && [ "$em" -gt 0 ] ||
         fail "$f: a stage without evaluations: ccf $ec optimizer $eo posterior $ep hessian $eh models $em"
+    # the engine's time is part of the fit's
+    awk -v e="$(value engine_s $f)" -v t="$(value fit_s $f)" 'BEGIN { exit !(e > 0 && e <= t) }' ||
+        fail "$f: engine time $(value engine_s $f) s not within the fit's $(value fit_s $f) s"
     [ "$(value bytes_to_device $f)" -gt 0 ] && [ "$(value bytes_from_device $f)" -gt 0 ] ||
         fail "$f: no transfers counted"
 done

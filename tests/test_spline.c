@@ -10,6 +10,8 @@
  * errors count as the error they put into a value (times h^3 for A, B and h for C, D). */
 #include <config.h>
 
+#include <float.h>
+#include <math.h>
 #include <string.h>
 
 #include "routine.h"
@@ -101,6 +103,27 @@ static void check_validation(struct rvs_context *ctx)
     xs[0] = -xs[0];
     CHECK(rvs_spline_grid_create(ctx, xs, 8, 1, &grid) == RVS_ERR_INVALID_ARGUMENT,
           "a negative knot was accepted on a log grid");
+    /* evaluation points: wavelengths and their logarithms; non-positive ones are refused */
+    cl_mem points = NULL;
+    double lam[3] = {5000.0, 0.0, 5001.0};
+    CHECK(rvs_spline_points_create(ctx, lam, 3, &points) == RVS_ERR_INVALID_ARGUMENT && !points,
+          "a zero evaluation wavelength was accepted");
+    lam[1] = NAN;
+    CHECK(rvs_spline_points_create(ctx, lam, 3, &points) == RVS_ERR_INVALID_ARGUMENT && !points,
+          "a NaN evaluation wavelength was accepted");
+    lam[1] = 5000.5;
+    CHECK(rvs_spline_points_create(ctx, lam, 3, &points) == RVS_OK && points,
+          "evaluation wavelengths refused");
+    double back[6];
+    size_t es = rvs_context_real_size(ctx);
+    unsigned char raw[6 * sizeof(double)];
+    CHECK(points && rvs_buffer_read(ctx, points, 0, 6 * es, raw) == RVS_OK, "points unreadable");
+    for (int i = 0; i < 6; i++)
+        back[i] = es == sizeof(double) ? ((double *)raw)[i] : ((float *)raw)[i];
+    for (int i = 0; i < 3; i++)
+        CHECK(fabs(back[3 + i] - log(back[i])) <= 4 * (es == sizeof(double) ? DBL_EPSILON : FLT_EPSILON) * log(back[i]),
+              "point %d: log %g, expected %g", i, back[3 + i], log(back[i]));
+    rvs_buffer_release(&points);
 }
 
 /* The construction kernels (RVSFIT_CL_SPLINE_KERNEL values); evaluation cases run once per

@@ -63,6 +63,9 @@ int rvs_fitter_fit(struct rvs_fitter *fitter, const struct rvs_prepared *batch,
 /* Time per stage for --profile (seconds, device work included, since creation). */
 struct rvs_fit_profile {
     double ccf, optimizer, posterior, hessian, models;
+    /* wall seconds inside the evaluation engine (rvs_engine_eval, waiting for the device
+     * included); the stages' remaining time is the fitter's own host work and the CCF */
+    double engine;
     unsigned long long engine_calls, evaluations;
     /* model evaluations per stage (their sum is `evaluations`) */
     unsigned long long eval_ccf, eval_optimizer, eval_posterior, eval_hessian, eval_models;

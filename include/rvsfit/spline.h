@@ -42,9 +42,16 @@ size_t rvs_spline_coeffs_bytes(const struct rvs_context *ctx, const struct rvs_s
 int rvs_spline_construct(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
                          cl_mem templates, size_t T, cl_mem coeffs);
 
+/* The n evaluation wavelengths lam as rvs_spline_eval reads them: a read-only buffer of 2 n
+ * rvs_real, the wavelengths (rounded to rvs_real) and then their logarithms (the knot index of
+ * a log grid without a logarithm per pixel and request). Rejects non-positive or non-finite
+ * wavelengths with a logged reason. */
+int rvs_spline_points_create(struct rvs_context *ctx, const double *lam, size_t n,
+                             cl_mem *points);
+
 /* E evaluations, one launch: request e evaluates spline template_index[e] (cl_int, < T) at
  * lam[j] * sqrt((1 - b) / (1 + b)), b = velocity[e] / c (velocity in km/s, rvs_real), for the n
- * wavelengths lam (rvs_real) into out[e * n + j] (rvs_real). Points outside [xs[0], xs[N-1])
+ * wavelengths lam (from rvs_spline_points_create) into out[e * n + j] (rvs_real). Points outside [xs[0], xs[N-1])
  * and requests with a template index outside [0, T) give NaN. Enqueued; returns without
  * waiting. In forced fp32 the shift is carried in compensated float: values stay within a few
  * 1e-7 of max|value| for |v| up to ~5000 km/s, degrading as v^2 beyond (1e-4 at 40000 km/s). */

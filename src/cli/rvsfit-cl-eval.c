@@ -731,7 +731,6 @@ static int eval_arm(struct rvs_context *ctx, struct eval_arm *arm, const double 
     int status = RVS_OK;
     struct arm_device d;
     memset(&d, 0, sizeof d);
-    void *hlam = NULL;
     const struct rvs_library_content *c = rvs_library_content(arm->lib);
     d.npix = c->npix;
     d.width = c->nn.width;
@@ -743,17 +742,8 @@ static int eval_arm(struct rvs_context *ctx, struct eval_arm *arm, const double 
     RVS_TRY(rvs_rotation_create(ctx, d.npix, &d.rot));
     RVS_TRY(rvs_context_kernel(ctx, "engine", "rvs_engine_gather", &d.gather));
     if (any_shift) {
-        size_t es = rvs_context_real_size(ctx);
         RVS_TRY(rvs_spline_grid_create(ctx, c->wave, d.npix, 1, &d.grid));
-        hlam = rvs_malloc(d.npix * es);
-        if (!hlam) {
-            status = RVS_ERR_NOMEM;
-            goto cleanup;
-        }
-        for (size_t j = 0; j < d.npix; j++)
-            rvs_real_put(ctx->use_fp64, hlam, j, c->wave[j]);
-        RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, d.npix * es, hlam,
-                                  &d.lam));
+        RVS_TRY(rvs_spline_points_create(ctx, c->wave, d.npix, &d.lam));
     }
     size_t per = rows_per_pass(ctx, &d), passes = 0;
     for (size_t start = 0; start < n;) {
@@ -781,7 +771,6 @@ cleanup:
     rvs_spline_grid_destroy(&d.grid);
     rvs_rotation_destroy(&d.rot);
     rvs_nn_destroy(&d.nn);
-    free(hlam);
     return status;
 }
 

@@ -533,9 +533,7 @@ static int model_arm(struct rvs_context *ctx, struct rvs_mock *m, int a,
     for (size_t t = 0; t < n; t++)
         PUT(t, m->t[t].vrad);
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n * es, host, &dvel));
-    for (size_t j = 0; j < nw; j++)
-        PUT(j, m->wave[a][j]);
-    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, nw * es, host, &dlam));
+    RVS_TRY(rvs_spline_points_create(ctx, m->wave[a], nw, &dlam));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n * sizeof *idx, idx,
                               &didx));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, n * nw * es, NULL, &dshift));

@@ -289,7 +289,7 @@ static int eval_setup(struct rvs_context *ctx, const struct rvs_routine_args *ar
     if (status == RVS_OK)
         status = clFinish(ctx->queue);
     if (status == RVS_OK)
-        status = upload(ctx, s, s->lam, n, &s->dl);
+        status = rvs_spline_points_create(ctx, s->lam, n, &s->dl);
     if (status == RVS_OK)
         status = upload(ctx, s, s->v, E, &s->dv);
     if (status == RVS_OK)
