@@ -12,12 +12,94 @@
 #include <clblast_c.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 
 const char *rvs_gemm_backend_name(enum rvs_gemm_backend backend)
 {
     return backend == RVS_GEMM_OPENBLAS ? "OpenBLAS" : "CLBlast";
+}
+
+/* OpenBLAS core types whose GEMM kernels use AVX2 or AVX-512 (OpenBLAS's names, any case). */
+static const char *const openblas_vector_cores[] = {
+    "haswell", "skylakex", "cooperlake", "sapphirerapids", "zen", "excavator", NULL};
+
+const char *rvs_openblas_better_coretype(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (getenv("OPENBLAS_CORETYPE"))
+        return NULL; /* the user chose */
+    const char *core = openblas_get_corename();
+    if (!core)
+        return NULL;
+    for (const char *const *c = openblas_vector_cores; *c; c++)
+        if (strcasecmp(core, *c) == 0)
+            return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "Haswell";
+#endif
+    return NULL;
+}
+
+/* The process's own arguments from /proc/self/cmdline (NUL-separated), for callers without argv;
+ * NULL when unreadable. One allocation: the pointer array, then the strings. */
+static char **own_arguments(void)
+{
+    FILE *in = fopen("/proc/self/cmdline", "rb");
+    if (!in)
+        return NULL;
+    char buf[65536];
+    size_t len = fread(buf, 1, sizeof buf - 1, in);
+    int complete = feof(in) && !ferror(in);
+    fclose(in);
+    if (!complete || len == 0)
+        return NULL;
+    buf[len] = 0;
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        count += buf[i] == 0;
+    if (buf[len - 1] != 0)
+        count++;
+    char **argv = malloc((count + 1) * sizeof *argv + len + 1);
+    if (!argv)
+        return NULL;
+    char *text = (char *)(argv + count + 1);
+    memcpy(text, buf, len + 1);
+    size_t a = 0;
+    for (size_t i = 0; i < len && a < count; i += strlen(text + i) + 1)
+        argv[a++] = text + i;
+    argv[a] = NULL;
+    return argv;
+}
+
+void rvs_openblas_reexec_if_generic(char **argv)
+{
+    const char *better = rvs_openblas_better_coretype();
+    if (!better)
+        return;
+    char **own = argv ? NULL : own_arguments();
+    if (!argv)
+        argv = own;
+    const char *core = openblas_get_corename();
+    if (argv && argv[0] && setenv("OPENBLAS_CORETYPE", better, 1) == 0) {
+        rvs_log(RVS_LOG_DEBUG, "gemm", "OpenBLAS chose its %s kernels on a CPU with %s; "
+                "running again with OPENBLAS_CORETYPE=%s", core ? core : "?",
+                strcmp(better, "SkylakeX") == 0 ? "AVX-512" : "AVX2", better);
+        execv("/proc/self/exe", argv);
+    }
+    /* still here: the generic kernels stay, and the user can do what exec could not */
+    free(own);
+    unsetenv("OPENBLAS_CORETYPE");
+    rvs_log(RVS_LOG_WARNING, "gemm", "OpenBLAS uses its generic %s kernels on this CPU (up to "
+            "4x slower for CPU devices); set OPENBLAS_CORETYPE=%s in the environment to use its "
+            "vector kernels", core ? core : "?", better);
 }
 
 struct gemm_args {

@@ -42,6 +42,21 @@ int rvs_gemm_real(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_
 /* "CLBlast" or "OpenBLAS". */
 const char *rvs_gemm_backend_name(enum rvs_gemm_backend backend);
 
+/* OpenBLAS chooses its kernels from the CPU model when it is loaded. On a CPU newer than the
+ * library (Debian 12's 0.3.21 on Sapphire Rapids) it falls back to its generic SSE3 ("Prescott")
+ * kernels, 4x slower than the AVX-512 ones on the same cores; OPENBLAS_CORETYPE overrides the
+ * choice, but only before the library is loaded. Returns the core type to ask for (SkylakeX on
+ * AVX-512 CPUs, Haswell on AVX2 + FMA ones) when OpenBLAS runs kernels without AVX2 on a CPU
+ * that has it and OPENBLAS_CORETYPE is not set; NULL otherwise (also off x86). */
+const char *rvs_openblas_better_coretype(void);
+
+/* For a program's main, first thing: when rvs_openblas_better_coretype() names a core type,
+ * sets OPENBLAS_CORETYPE to it and executes the program again (/proc/self/exe, the arguments
+ * argv, or with argv NULL those of /proc/self/cmdline);
+ * returns only when nothing needed to change or the re-execution failed (then OpenBLAS keeps
+ * its generic kernels and a warning says how to set OPENBLAS_CORETYPE by hand). */
+void rvs_openblas_reexec_if_generic(char **argv);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1331,6 +1331,8 @@ cleanup:
 
 int main(int argc, char **argv)
 {
+    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
+    rvs_openblas_reexec_if_generic(argv);
     struct option long_options[NUM_OPTIONS + 1];
     char short_options[3 * NUM_OPTIONS + 2];
     struct run r;

@@ -981,6 +981,8 @@ cleanup:
 
 int main(int argc, char **argv)
 {
+    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
+    rvs_openblas_reexec_if_generic(argv);
     program_start = now_seconds();
     struct option long_options[NUM_OPTIONS + 1];
     /* a leading ':' makes getopt report a missing argument as ':' */
