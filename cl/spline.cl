@@ -443,10 +443,15 @@ __kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const 
      * pixel kept PoCL's code scalar, at ~70 cycles a pixel. */
     const int inside = t >= 0 && t < T && x >= xs[0] && x < xs[N - 1];
     const double u = log_step ? (lam[n + j] + doppler[3]) * doppler[4] : (x - x0) * doppler[4];
-    int pos = (int)fmin(fmax(u, 0.0), (double)(N - 2)); /* NaN -> 0 */
-    pos -= (((l - xs[pos]) + sh) < 0) & (pos > 0);
-    pos += (((xs[pos + 1] - l) - sh) < 0) & (pos < N - 2);
-    const double dxl = (l - xs[pos]) + sh, dxr = (xs[pos + 1] - l) - sh;
+    const int p0 = (int)fmin(fmax(u, 0.0), (double)(N - 2)); /* NaN -> 0 */
+    /* the knots around p0, loaded independently (no chain of dependent loads) */
+    const double xm = xs[max(p0 - 1, 0)], x0k = xs[p0], x1k = xs[p0 + 1],
+                 x2k = xs[min(p0 + 2, N - 1)];
+    const int down = ((l - x0k) + sh) < 0 && p0 > 0; /* x left of knot p0 */
+    const int up = !down && ((x1k - l) - sh) < 0 && p0 < N - 2; /* x right of knot p0 + 1 */
+    const int pos = p0 - down + up;
+    const double left = down ? xm : up ? x1k : x0k, right = down ? x0k : up ? x2k : x1k;
+    const double dxl = (l - left) + sh, dxr = (right - l) - sh;
     const double4 c = vload4((size_t)(inside ? t : 0) * (N - 1) + pos, coeffs);
     const double value = c.s0 * dxl * dxl * dxl + c.s1 * dxr * dxr * dxr + c.s2 * dxl + c.s3 * dxr;
     out[o] = inside ? value : (double)NAN;

@@ -380,12 +380,13 @@ int rvs_chisq_arm_set_data(struct rvs_context *ctx, struct rvs_chisq_arm *arm, c
     to_real(arm->fp64, tmp, count, hi, arm->fp64 ? NULL : lo);
     RVS_TRY(rvs_buffer_create(ctx, ro, count * arm->es, hi, &arm->sh));
     RVS_TRY(rvs_buffer_create(ctx, ro, lo_bytes, lo, &arm->sl));
-    /* 2 sum log sigma (plus the basis change's 2 log det L) in long double, then as a
-     * (hi, lo) pair in rvs_real */
+    /* 2 sum log sigma (plus the basis change's 2 log det L) summed in long double, then as a
+     * (hi, lo) pair in rvs_real. The logarithms themselves in double: within an ulp each
+     * (~1e-15 absolute), and logl cost ~0.3 s per batch of 625 DESI spectra on the host. */
     for (size_t s = 0; s < S; s++) {
         long double acc = 0;
         for (size_t i = 0; i < n; i++)
-            acc += logl((long double)espec[s * n + i]);
+            acc += log(espec[s * n + i]);
         acc = 2 * acc + arm->logdet_basis;
         double h = (double)acc;
         if (arm->fp64) {

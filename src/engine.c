@@ -131,6 +131,7 @@ static int stage_end(struct rvs_engine *g, enum rvs_engine_stage stage, double t
     int status = RVS_OK;
     g->stats.calls[stage] += calls;
     if (g->profiling) {
+        g->stats.host_seconds[stage] += now_seconds() - t0;
         RVS_CL_TRY(clFinish(g->ctx->queue));
         g->stats.seconds[stage] += now_seconds() - t0;
     }

@@ -163,8 +163,8 @@ void rvs_fitter_destroy(struct rvs_fitter **fitter)
                 "templates, %llu chunks, %.3f s\n", st.evals, st.requests, st.unique_theta,
                 st.unique_templates, st.chunks, st.total_seconds);
         for (int k = 0; k < RVS_ENGINE_NSTAGES; k++)
-            fprintf(stderr, "  %-12s %8llu calls %9.3f s\n", rvs_engine_stage_name(k), st.calls[k],
-                    st.seconds[k]);
+            fprintf(stderr, "  %-12s %8llu calls %9.3f s (host %.3f s)\n",
+                    rvs_engine_stage_name(k), st.calls[k], st.seconds[k], st.host_seconds[k]);
     }
     rvs_fit_ccf_destroy(f);
     rvs_engine_destroy(&f->engine);
@@ -766,20 +766,21 @@ cleanup:
 
 /* Start of a fitter stage: its wall time and model evaluations go to one --profile row. */
 struct stage_mark {
-    double t;
+    double t, engine;
     unsigned long long evaluations;
 };
 
 static struct stage_mark stage_begin(const struct rvs_fitter *f)
 {
-    struct stage_mark m = {rvs_fit_now(), f->prof.evaluations};
+    struct stage_mark m = {rvs_fit_now(), f->prof.engine, f->prof.evaluations};
     return m;
 }
 
 static void stage_end(const struct rvs_fitter *f, struct stage_mark m, double *seconds,
-                      unsigned long long *evaluations)
+                      double *engine, unsigned long long *evaluations)
 {
     *seconds += rvs_fit_now() - m.t;
+    *engine += f->prof.engine - m.engine;
     *evaluations += f->prof.evaluations - m.evaluations;
 }
 
@@ -897,7 +898,9 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     int anyres = 0;
     for (size_t k = 0; k < f->narm; k++)
         anyres |= resp[k] != NULL;
+    double upload_start = rvs_fit_now();
     RVS_TRY(rvs_engine_set_data(f->engine, nt, specp, especp, anyres ? resp : NULL, arm_used));
+    f->prof.upload += rvs_fit_now() - upload_start;
     start = rvs_calloc(nt, sizeof *start);
     best = rvs_calloc(nt, sizeof *best);
     vstart = rvs_calloc(nt, sizeof *vstart);
@@ -924,7 +927,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         /* vel_fit.process: a velocity scan at the start template picks the starting velocity */
         RVS_TRY(start_scan(f, list, n, start, f->cfg.param_init == RVS_FIT_INIT_CCF ? vstart : NULL,
                            RVS_FIT_START_SCAN_HALFWIDTH, sr));
-        stage_end(f, mark, &f->prof.ccf, &f->prof.eval_ccf);
+        stage_end(f, mark, &f->prof.ccf, &f->prof.engine_ccf, &f->prof.eval_ccf);
 
         /* 2. optimizer */
         mark = stage_begin(f);
@@ -968,12 +971,12 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             if (!wk[i].converged)
                 f->newton_unconverged++;
         }
-        stage_end(f, mark, &f->prof.optimizer, &f->prof.eval_optimizer);
+        stage_end(f, mark, &f->prof.optimizer, &f->prof.engine_optimizer, &f->prof.eval_optimizer);
 
         /* 3. Hessian errors (at the optimizer's velocity, as vel_fit.process) */
         mark = stage_begin(f);
         RVS_TRY(rvs_fit_param_errors(f, wk, n, perr, badh));
-        stage_end(f, mark, &f->prof.hessian, &f->prof.eval_hessian);
+        stage_end(f, mark, &f->prof.hessian, &f->prof.engine_hessian, &f->prof.eval_hessian);
 
         /* 4. velocity posterior at the optimum's theta, vsini; its first grid from the
          * velocity curvature of the Hessian stencil (sigma of v at fixed theta, vsini) */
@@ -983,7 +986,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             sigv[i] = hvv > 0 && isfinite(hvv) ? sqrt(2 / hvv) : NAN;
         }
         RVS_TRY(posterior(f, list, n, best, sigv, post));
-        stage_end(f, mark, &f->prof.posterior, &f->prof.eval_posterior);
+        stage_end(f, mark, &f->prof.posterior, &f->prof.engine_posterior, &f->prof.eval_posterior);
     }
 
     /* 5. final models at the posterior velocity, chi^2, continuum, flags */
@@ -1017,6 +1020,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             mreq[i].vsini = p->vsini;
             mreq[i].vrad = post[i].best_vel;
         }
+        double t0 = rvs_fit_now();
         if (n > 0) {
             RVS_TRY(rvs_engine_models(f->engine, mreq, n, mchi, marm, mod, NULL));
             f->prof.engine_calls++;
@@ -1024,6 +1028,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         }
         RVS_TRY(rvs_engine_continuum(f->engine, cchi, cmod, NULL));
         f->prof.engine_calls++;
+        f->prof.engine += rvs_fit_now() - t0;
     }
     for (size_t i = 0; i < n; i++) {
         size_t t = list[i];
@@ -1103,7 +1108,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
                 models[a][t * np + j] = (float)mod[k][i * np + j];
         }
     }
-    stage_end(f, mark, &f->prof.models, &f->prof.eval_models);
+    stage_end(f, mark, &f->prof.models, &f->prof.engine_models, &f->prof.eval_models);
 cleanup:
     free(list);
     free(arm_used);

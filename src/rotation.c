@@ -28,12 +28,13 @@
  * (fp32 direct with the TwoSum compensation). The direct cost grows ~3.2 ms (fp64) and ~9 ms
  * (fp32) per weight, so the FFT wins from K ~ 95 in fp64 and K ~ 25 in fp32 here; rotation
  * never needs K > 45 at DESI's sampling (vsini 500 km/s), so on CPUs fp64 stays direct.
- * GPUs: not measured yet (no GPU build here); a direct launch reads K weights per output from
- * cache while the FFT makes ~5 passes over memory, so the GPU default is set at the top of the
- * DESI range until bench_kernels --routine rotation says otherwise. */
+ * GPUs (H200, fp64, bench_kernels --routine rotation, 4096 x 6000 px, vsini 300 km/s, K ~ 27):
+ * direct 0.63 ms, clFFT 8.5 ms; the direct cost grows ~linearly with K, so it stays ahead up to
+ * K of several hundred (the first GPU default, 45, was a guess made before any GPU
+ * measurement: it sent templates near the vsini bound, ~500 km/s, through clFFT). */
 #define ROTATION_FFT_MIN_CPU_FP64 97
 #define ROTATION_FFT_MIN_CPU_FP32 25
-#define ROTATION_FFT_MIN_GPU 45
+#define ROTATION_FFT_MIN_GPU 401
 
 /* Templates per FFT launch: bounds the work buffers (rows x (len+2) reals, ~50 MB at DESI size in
  * double) and, with batch_bucket(), the number of distinct clFFT plans. */

@@ -172,6 +172,12 @@ static void add_profile(struct rvs_fit_profile *sum, const struct rvs_fit_profil
     sum->hessian += p->hessian;
     sum->models += p->models;
     sum->engine += p->engine;
+    sum->upload += p->upload;
+    sum->engine_ccf += p->engine_ccf;
+    sum->engine_optimizer += p->engine_optimizer;
+    sum->engine_posterior += p->engine_posterior;
+    sum->engine_hessian += p->engine_hessian;
+    sum->engine_models += p->engine_models;
     sum->engine_calls += p->engine_calls;
     sum->evaluations += p->evaluations;
     sum->eval_ccf += p->eval_ccf;
@@ -742,7 +748,10 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
     fprintf(out, "rvsfit-cl profile-data: files=%zu failed=%zu targets=%zu spectra=%zu "
                  "wall_s=%.6f open_s=%.6f select_s=%.6f read_s=%.6f prepare_s=%.6f "
                  "write_s=%.6f setup_s=%.6f fit_s=%.6f wait_s=%.6f ccf_s=%.6f optimizer_s=%.6f "
-                 "posterior_s=%.6f hessian_s=%.6f models_s=%.6f engine_s=%.6f engine_calls=%llu "
+                 "posterior_s=%.6f hessian_s=%.6f models_s=%.6f engine_s=%.6f upload_s=%.6f "
+                 "engine_ccf_s=%.6f engine_optimizer_s=%.6f engine_posterior_s=%.6f "
+                 "engine_hessian_s=%.6f engine_models_s=%.6f "
+                 "engine_calls=%llu "
                  "evaluations=%llu commands=%llu kernel_launches=%llu gemm_calls=%llu "
                  "fft_transforms=%llu fills=%llu batches=%zu batch_min=%zu batch_max=%zu "
                  "batch_commands_min=%llu batch_commands_max=%llu commands_per_call_min=%.3f "
@@ -753,7 +762,9 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
                  "eval_posterior=%llu eval_hessian=%llu eval_models=%llu\n",
             run->files, run->failed, run->targets, run->spectra_fitted, t->wall, t->open,
             t->select, t->read, t->prepare, t->write, t->fitter_create, t->fit, t->wait, p->ccf,
-            p->optimizer, p->posterior, p->hessian, p->models, p->engine, p->engine_calls,
+            p->optimizer, p->posterior, p->hessian, p->models, p->engine, p->upload,
+            p->engine_ccf, p->engine_optimizer, p->engine_posterior, p->engine_hessian,
+            p->engine_models, p->engine_calls,
             p->evaluations,
             commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills, b->batches,
             b->size_min, b->size_max, b->cmd_min, b->cmd_max, b->per_call_min, b->per_call_max,
@@ -786,16 +797,21 @@ void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
     fprintf(out, "  device fit (all stages)          %9.3f s\n", t->fit);
     /* evaluations per fitted spectrum, per stage: where the model evaluations go */
     double per = run->spectra_fitted ? 1.0 / (double)run->spectra_fitted : 0.0;
-    fprintf(out, "           CCF start               %9.3f s  %7.1f evaluations/spectrum\n",
-            p.ccf, (double)p.eval_ccf * per);
-    fprintf(out, "           optimizer               %9.3f s  %7.1f evaluations/spectrum\n",
-            p.optimizer, (double)p.eval_optimizer * per);
-    fprintf(out, "           velocity posterior      %9.3f s  %7.1f evaluations/spectrum\n",
-            p.posterior, (double)p.eval_posterior * per);
-    fprintf(out, "           Hessian errors          %9.3f s  %7.1f evaluations/spectrum\n",
-            p.hessian, (double)p.eval_hessian * per);
-    fprintf(out, "           best-fit models         %9.3f s  %7.1f evaluations/spectrum\n",
-            p.models, (double)p.eval_models * per);
+    fprintf(out, "           spectra to the device   %9.3f s\n", p.upload);
+    const struct {
+        const char *name;
+        double seconds, engine;
+        unsigned long long evaluations;
+    } stages[] = {{"CCF start", p.ccf, p.engine_ccf, p.eval_ccf},
+                  {"optimizer", p.optimizer, p.engine_optimizer, p.eval_optimizer},
+                  {"velocity posterior", p.posterior, p.engine_posterior, p.eval_posterior},
+                  {"Hessian errors", p.hessian, p.engine_hessian, p.eval_hessian},
+                  {"best-fit models", p.models, p.engine_models, p.eval_models}};
+    for (size_t k = 0; k < sizeof stages / sizeof stages[0]; k++)
+        fprintf(out, "           %-22s %9.3f s  %7.1f evaluations/spectrum, %.3f s in the "
+                     "engine\n",
+                stages[k].name, stages[k].seconds, (double)stages[k].evaluations * per,
+                stages[k].engine);
     fprintf(out, "           engine calls %llu, model evaluations %llu, %.3f s in the engine "
                  "(%.1f %% of the fit)\n",
             p.engine_calls, p.evaluations, p.engine, t->fit > 0 ? 100 * p.engine / t->fit : 0.0);

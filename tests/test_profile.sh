@@ -38,7 +38,8 @@ for pattern in "^rvsfit-cl profile: 1 file\(s\), 0 failed, 0 target\(s\) written
     expect_in err "$pattern" "--profile line /$pattern/"
 done
 keys="files targets spectra wall_s open_s select_s read_s prepare_s write_s setup_s fit_s ccf_s
-optimizer_s posterior_s hessian_s models_s engine_s engine_calls evaluations commands kernel_launches
+optimizer_s posterior_s hessian_s models_s engine_s upload_s engine_ccf_s engine_optimizer_s
+engine_posterior_s engine_hessian_s engine_models_s engine_calls evaluations commands kernel_launches
 gemm_calls fft_transforms fills batches batch_min batch_max batch_commands_min batch_commands_max
 commands_per_call_min commands_per_call_max bytes_to_device bytes_from_device bytes_mapped
 mem_peak mem_peak_total fft_work gemm_work_max rss_max_kib e2e_s e2e_spectra_per_s
@@ -87,6 +88,16 @@ for f in one.err all.err; do
     # the engine's time is part of the fit's
     awk -v e="$(value engine_s $f)" -v t="$(value fit_s $f)" 'BEGIN { exit !(e > 0 && e <= t) }' ||
         fail "$f: engine time $(value engine_s $f) s not within the fit's $(value fit_s $f) s"
+    # ... made of the stages' engine times, each within its stage's time
+    for st in ccf optimizer posterior hessian models; do
+        awk -v e="$(value engine_${st}_s $f)" -v t="$(value ${st}_s $f)" \
+            'BEGIN { exit !(e >= 0 && e <= t + 1e-6) }' ||
+            fail "$f: $st: $(value engine_${st}_s $f) s in the engine, $(value ${st}_s $f) s in all"
+    done
+    awk -v e="$(value engine_s $f)" -v a="$(value engine_ccf_s $f)" -v b="$(value engine_optimizer_s $f)" \
+        -v c="$(value engine_posterior_s $f)" -v d="$(value engine_hessian_s $f)" \
+        -v m="$(value engine_models_s $f)" 'BEGIN { s = a + b + c + d + m; exit !(s - e < 1e-5 && e - s < 1e-5) }' ||
+        fail "$f: the stages' engine times do not add up to engine_s $(value engine_s $f)"
     [ "$(value bytes_to_device $f)" -gt 0 ] && [ "$(value bytes_from_device $f)" -gt 0 ] ||
         fail "$f: no transfers counted"
 done

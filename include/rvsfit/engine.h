@@ -101,6 +101,9 @@ struct rvs_engine_stats {
     unsigned long long retries;        /* chunks retried at half size after an allocation failure */
     unsigned long long calls[RVS_ENGINE_NSTAGES];
     double seconds[RVS_ENGINE_NSTAGES];
+    /* of seconds[]: the host's part, up to the stage's clFinish (preparing and enqueueing;
+     * blocking transfers included); the rest is waiting for the device */
+    double host_seconds[RVS_ENGINE_NSTAGES];
     double total_seconds;              /* wall time inside eval/models calls */
     unsigned long long bytes_in, bytes_out; /* host <-> device during evaluations */
     unsigned long long data_bytes_in;  /* rvs_engine_set_data uploads */

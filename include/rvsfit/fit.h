@@ -63,9 +63,13 @@ int rvs_fitter_fit(struct rvs_fitter *fitter, const struct rvs_prepared *batch,
 /* Time per stage for --profile (seconds, device work included, since creation). */
 struct rvs_fit_profile {
     double ccf, optimizer, posterior, hessian, models;
+    /* wall seconds of the batches' spectra going to the device (rvs_engine_set_data) */
+    double upload;
     /* wall seconds inside the evaluation engine (rvs_engine_eval, waiting for the device
      * included); the stages' remaining time is the fitter's own host work and the CCF */
     double engine;
+    /* of each stage's seconds, those inside the evaluation engine */
+    double engine_ccf, engine_optimizer, engine_posterior, engine_hessian, engine_models;
     unsigned long long engine_calls, evaluations;
     /* model evaluations per stage (their sum is `evaluations`) */
     unsigned long long eval_ccf, eval_optimizer, eval_posterior, eval_hessian, eval_models;
