@@ -133,6 +133,8 @@ void rvs_context_destroy(struct rvs_context **pctx)
     if (ctx->context)
         CLBlastClearCache();
     rvs_program_entries_free(ctx->programs);
+    if (ctx->gemm_temp)
+        clReleaseMemObject(ctx->gemm_temp);
     if (ctx->fft_ready)
         rvs_fft_release();
     if (ctx->queue)

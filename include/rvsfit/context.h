@@ -66,6 +66,9 @@ struct rvs_context {
     struct rvs_program_stats stats;
     struct rvs_program_entry *programs;
     int fft_ready;
+    /* CLBlast's work space for non-batched GEMMs, kept and grown across calls (src/gemm.c) */
+    cl_mem gemm_temp;
+    size_t gemm_temp_bytes;
     struct rvs_context_counters counters; /* read with rvs_context_counters_get */
 };
 
