@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <float.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,8 +50,9 @@ struct rvs_rotation {
     enum rvs_rotation_path path;
     size_t fft_min_default, fft_min_length;
     cl_kernel k_direct, k_pad, k_kernel_pad, k_multiply, k_crop;
-    cl_mem weights, meta, work, hwork;
-    size_t weights_bytes, meta_bytes, work_bytes, hwork_bytes;
+    cl_kernel k_weights; /* fp64 contexts: the direct path's weights on the device */
+    cl_mem weights, meta, work, hwork, slot_r;
+    size_t weights_bytes, meta_bytes, work_bytes, hwork_bytes, slot_r_bytes;
     struct rvs_fft_plan_cache plans;
 };
 
@@ -181,6 +183,8 @@ int rvs_rotation_create(struct rvs_context *ctx, size_t npix, struct rvs_rotatio
     RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_kernel_pad", &rot->k_kernel_pad));
     RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_multiply", &rot->k_multiply));
     RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_crop", &rot->k_crop));
+    if (ctx->use_fp64)
+        RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_weights", &rot->k_weights));
     *out = rot;
     rot = NULL;
 cleanup:
@@ -195,7 +199,7 @@ void rvs_rotation_destroy(struct rvs_rotation **rotp)
     struct rvs_rotation *rot = *rotp;
     rvs_fft_plan_cache_clear(rot->ctx, &rot->plans);
     cl_kernel *kernels[] = {&rot->k_direct, &rot->k_pad, &rot->k_kernel_pad, &rot->k_multiply,
-                            &rot->k_crop};
+                            &rot->k_crop, &rot->k_weights};
     for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++)
         if (*kernels[i])
             clReleaseKernel(*kernels[i]);
@@ -203,6 +207,7 @@ void rvs_rotation_destroy(struct rvs_rotation **rotp)
     rvs_buffer_release(&rot->meta);
     rvs_buffer_release(&rot->work);
     rvs_buffer_release(&rot->hwork);
+    rvs_buffer_release(&rot->slot_r);
     free(rot);
     *rotp = NULL;
 }
@@ -366,6 +371,105 @@ cleanup:
     return status;
 }
 
+/* Enqueues the direct convolution of templates 0..T-1 (meta's row list) with the slots' weights
+ * already on the device. */
+static int launch_direct(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
+                         cl_mem out, size_t off_tmpl, size_t off_woff, size_t off_km,
+                         size_t off_rows, size_t nrows)
+{
+    int status = RVS_OK;
+    cl_kernel k = rot->k_direct;
+    cl_int a_tmpl = (cl_int)off_tmpl, a_woff = (cl_int)off_woff, a_km = (cl_int)off_km;
+    cl_int a_rows = (cl_int)off_rows, a_nrows = (cl_int)nrows, a_npix = (cl_int)rot->npix;
+    RVS_TRY(rvs_kernel_arg(k, 0, sizeof in, &in));
+    RVS_TRY(rvs_kernel_arg(k, 1, sizeof out, &out));
+    RVS_TRY(rvs_kernel_arg(k, 2, sizeof rot->weights, &rot->weights));
+    RVS_TRY(rvs_kernel_arg(k, 3, sizeof rot->meta, &rot->meta));
+    RVS_TRY(rvs_kernel_arg(k, 4, sizeof a_tmpl, &a_tmpl));
+    RVS_TRY(rvs_kernel_arg(k, 5, sizeof a_woff, &a_woff));
+    RVS_TRY(rvs_kernel_arg(k, 6, sizeof a_km, &a_km));
+    RVS_TRY(rvs_kernel_arg(k, 7, sizeof a_rows, &a_rows));
+    RVS_TRY(rvs_kernel_arg(k, 8, sizeof a_nrows, &a_nrows));
+    RVS_TRY(rvs_kernel_arg(k, 9, sizeof a_npix, &a_npix));
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k, rot->npix, nrows, 0, 1));
+cleanup:
+    return status;
+}
+
+/* The direct path with fp64: distinct widths become slots through a hash of their bits (no
+ * sort: rows stay in template order, which the direct kernel does not care about), the device
+ * computes the weights (rvs_rotation_weights in cl/rotation.cl), and the host only uploads the
+ * widths and the small index arrays. R[t] is template t's width (0: unchanged). */
+static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotation *rot,
+                                       cl_mem in, size_t ntempl, const double *R, double eps,
+                                       cl_mem out)
+{
+    int status = RVS_OK;
+    size_t cap = 64;
+    while (cap < 2 * ntempl)
+        cap *= 2;
+    int *table = rvs_malloc(cap * sizeof *table);
+    double *slot_r = rvs_malloc(ntempl * sizeof *slot_r);
+    /* meta: tmpl_slot[T] slot_woff[T] slot_km[T] rows[T] (at most T slots) */
+    size_t off_tmpl = 0, off_woff = ntempl, off_km = 2 * ntempl, off_rows = 3 * ntempl;
+    int *meta = rvs_malloc(4 * ntempl * sizeof *meta);
+    if (!table || !slot_r || !meta) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < cap; i++)
+        table[i] = -1;
+    size_t nslots = 0, nweights = 0;
+    for (size_t t = 0; t < ntempl; t++) {
+        uint64_t bits;
+        memcpy(&bits, &R[t], sizeof bits);
+        uint64_t h = bits + 0x9e3779b97f4a7c15ULL;
+        h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+        size_t at = (size_t)(h ^ (h >> 31)) & (cap - 1);
+        while (table[at] >= 0 && memcmp(&slot_r[table[at]], &R[t], sizeof bits) != 0)
+            at = (at + 1) & (cap - 1);
+        if (table[at] < 0) {
+            size_t n = rvs_rotation_kernel_length(R[t]);
+            if (n == 0 || R[t] > 1e7 || n > (size_t)INT32_MAX / 4 ||
+                nweights + n > (size_t)INT32_MAX) {
+                rvs_log(RVS_LOG_ERROR, "rotation", "kernel width %g px is not usable", R[t]);
+                status = RVS_ERR_INVALID_ARGUMENT;
+                goto cleanup;
+            }
+            table[at] = (int)nslots;
+            slot_r[nslots] = R[t];
+            meta[off_woff + nslots] = (int)nweights;
+            meta[off_km + nslots] = (int)((n - 1) / 2);
+            nweights += n;
+            nslots++;
+        }
+        meta[off_tmpl + t] = table[at];
+        meta[off_rows + t] = (int)t;
+    }
+    RVS_TRY(ensure_buffer(ctx, &rot->weights, &rot->weights_bytes, nweights * sizeof(double)));
+    RVS_TRY(ensure_buffer(ctx, &rot->meta, &rot->meta_bytes, 4 * ntempl * sizeof *meta));
+    RVS_TRY(ensure_buffer(ctx, &rot->slot_r, &rot->slot_r_bytes, nslots * sizeof *slot_r));
+    RVS_TRY(rvs_buffer_write(ctx, rot->meta, 0, 4 * ntempl * sizeof *meta, meta));
+    RVS_TRY(rvs_buffer_write(ctx, rot->slot_r, 0, nslots * sizeof *slot_r, slot_r));
+    cl_kernel k = rot->k_weights;
+    cl_int a_woff = (cl_int)off_woff, a_km = (cl_int)off_km, a_nslots = (cl_int)nslots;
+    RVS_TRY(rvs_kernel_arg(k, 0, sizeof rot->slot_r, &rot->slot_r));
+    RVS_TRY(rvs_kernel_arg(k, 1, sizeof rot->meta, &rot->meta));
+    RVS_TRY(rvs_kernel_arg(k, 2, sizeof a_woff, &a_woff));
+    RVS_TRY(rvs_kernel_arg(k, 3, sizeof a_km, &a_km));
+    RVS_TRY(rvs_kernel_arg(k, 4, sizeof a_nslots, &a_nslots));
+    RVS_TRY(rvs_kernel_arg(k, 5, sizeof eps, &eps));
+    RVS_TRY(rvs_kernel_arg(k, 6, sizeof rot->weights, &rot->weights));
+    RVS_TRY(rvs_kernel_launch_1d(ctx, k, nslots, 0));
+    RVS_TRY(launch_direct(ctx, rot, in, out, off_tmpl, off_woff, off_km, off_rows, ntempl));
+cleanup:
+    free(table);
+    free(slot_r);
+    free(meta);
+    return status;
+}
+
 int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in, size_t ntempl,
                        const double *vsini, double lnstep, double eps, cl_mem out)
 {
@@ -398,6 +502,29 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
         keys[t].R = R < RVS_ROTATION_MIN_WIDTH ? 0.0 : R;
         keys[t].t = t;
     }
+    size_t use_fft_from = rot->path == RVS_ROTATION_FFT      ? 2
+                          : rot->path == RVS_ROTATION_DIRECT ? SIZE_MAX
+                                                             : rot->fft_min_length;
+    if (use_fft_from < 2)
+        use_fft_from = 2; /* the identity is always a copy */
+    if (rot->k_weights) {
+        /* all direct (the usual case): weights on the device */
+        int all_direct = 1;
+        for (size_t t = 0; t < ntempl && all_direct; t++)
+            all_direct = rvs_rotation_kernel_length(keys[t].R) < use_fft_from;
+        if (all_direct) {
+            double *R = rvs_malloc(ntempl * sizeof *R);
+            if (!R) {
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+            for (size_t t = 0; t < ntempl; t++)
+                R[t] = keys[t].R;
+            status = apply_direct_device_weights(ctx, rot, in, ntempl, R, eps, out);
+            free(R);
+            goto cleanup;
+        }
+    }
     qsort(keys, ntempl, sizeof *keys, width_key_compare);
 
     /* Distinct widths become kernel slots; count slots and weights first. */
@@ -429,11 +556,6 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
         goto cleanup;
     }
     size_t s = 0, woff = 0, ndirect = 0, nfft = 0, km_max_fft = 0;
-    size_t use_fft_from = rot->path == RVS_ROTATION_FFT      ? 2
-                          : rot->path == RVS_ROTATION_DIRECT ? SIZE_MAX
-                                                             : rot->fft_min_length;
-    if (use_fft_from < 2)
-        use_fft_from = 2; /* the identity is always a copy */
     for (size_t i = 0; i < ntempl; i++) {
         if (i == 0 || keys[i].R != keys[i - 1].R) {
             if (i > 0)
@@ -488,22 +610,8 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
     RVS_TRY(rvs_buffer_write(ctx, rot->weights, 0, nweights * es, w_dev));
     RVS_TRY(rvs_buffer_write(ctx, rot->meta, 0, nmeta * sizeof *meta, meta));
 
-    if (ndirect > 0) {
-        cl_kernel k = rot->k_direct;
-        cl_int a_tmpl = (cl_int)off_tmpl, a_woff = (cl_int)off_woff, a_km = (cl_int)off_km;
-        cl_int a_rows = (cl_int)off_direct, a_nrows = (cl_int)ndirect, a_npix = (cl_int)rot->npix;
-        RVS_TRY(rvs_kernel_arg(k, 0, sizeof in, &in));
-        RVS_TRY(rvs_kernel_arg(k, 1, sizeof out, &out));
-        RVS_TRY(rvs_kernel_arg(k, 2, sizeof rot->weights, &rot->weights));
-        RVS_TRY(rvs_kernel_arg(k, 3, sizeof rot->meta, &rot->meta));
-        RVS_TRY(rvs_kernel_arg(k, 4, sizeof a_tmpl, &a_tmpl));
-        RVS_TRY(rvs_kernel_arg(k, 5, sizeof a_woff, &a_woff));
-        RVS_TRY(rvs_kernel_arg(k, 6, sizeof a_km, &a_km));
-        RVS_TRY(rvs_kernel_arg(k, 7, sizeof a_rows, &a_rows));
-        RVS_TRY(rvs_kernel_arg(k, 8, sizeof a_nrows, &a_nrows));
-        RVS_TRY(rvs_kernel_arg(k, 9, sizeof a_npix, &a_npix));
-        RVS_TRY(rvs_kernel_launch_2d(ctx, k, rot->npix, ndirect, 0, 1));
-    }
+    if (ndirect > 0)
+        RVS_TRY(launch_direct(ctx, rot, in, out, off_tmpl, off_woff, off_km, off_direct, ndirect));
     if (nfft > 0)
         RVS_TRY(apply_fft(ctx, rot, in, out, meta, off_woff, off_km, off_fft, off_local, off_chunk,
                           chunk_nslots, nfft, km_max_fft));
