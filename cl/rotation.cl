@@ -8,13 +8,16 @@
  * weights start in `weights`, and its half-width), and row lists (which templates a launch
  * covers). Templates are rows of npix rvs_real values. */
 
-/* Direct convolution: out[t][i] = sum_{d=-km..km} w[km+d] * in[t][i+d] with zeros outside
- * [0, npix). Work-item (i, r) computes pixel i of template rows[r]. In fp32 the sum is
- * compensated so that kernels of ~100 weights stay within a few ulp; in fp64 it is plain. */
+/* Direct convolution: out[t][i] = sum_{d=-km..km} w[km+d] * in[src][i+d] with zeros outside
+ * [0, npix), src = meta[in_row + t] (the input row of template t: the engine's gather of
+ * emulator rows folded in). Work-item (i, r) computes pixel i of template rows[r]. In fp32 the
+ * sum is compensated so that kernels of ~100 weights stay within a few ulp; in fp64 it is
+ * plain. */
 __kernel void rvs_rotation_direct(__global const rvs_real *in, __global rvs_real *out,
                                   __global const rvs_real *weights, __global const int *meta,
                                   const int tmpl_slot, const int slot_woff, const int slot_km,
-                                  const int rows, const int nrows, const int npix)
+                                  const int rows, const int nrows, const int npix,
+                                  const int in_row)
 {
     int i = (int)get_global_id(0);
     int r = (int)get_global_id(1);
@@ -24,7 +27,7 @@ __kernel void rvs_rotation_direct(__global const rvs_real *in, __global rvs_real
     int s = meta[tmpl_slot + t];
     int km = meta[slot_km + s];
     __global const rvs_real *w = weights + meta[slot_woff + s] + km;
-    __global const rvs_real *x = in + (size_t)t * (size_t)npix + i;
+    __global const rvs_real *x = in + (size_t)meta[in_row + t] * (size_t)npix + i;
     int lo = max(-km, -i), hi = min(km, npix - 1 - i);
 #if RVS_HAVE_FP64
     rvs_acc acc = 0;
@@ -46,12 +49,13 @@ __kernel void rvs_rotation_direct(__global const rvs_real *in, __global rvs_real
 #endif
 }
 
-/* Copies template rows[r] into row r of the FFT work buffer (row stride `stride` reals, the
- * in-place real-to-complex layout) followed by zeros; rows r >= nrows (the padding of the batch
- * up to the plan's size) are zeroed. Global size: stride x padded rows. */
+/* Copies template rows[r] (input row meta[in_row + rows[r]]) into row r of the FFT work buffer
+ * (row stride `stride` reals, the in-place real-to-complex layout) followed by zeros; rows
+ * r >= nrows (the padding of the batch up to the plan's size) are zeroed. Global size: stride x
+ * padded rows. */
 __kernel void rvs_rotation_pad(__global const rvs_real *in, __global rvs_real *work,
                                __global const int *meta, const int rows, const int nrows,
-                               const int npix, const int stride)
+                               const int npix, const int stride, const int in_row)
 {
     int j = (int)get_global_id(0);
     int r = (int)get_global_id(1);
@@ -59,7 +63,7 @@ __kernel void rvs_rotation_pad(__global const rvs_real *in, __global rvs_real *w
         return;
     rvs_real v = 0;
     if (r < nrows && j < npix)
-        v = in[(size_t)meta[rows + r] * (size_t)npix + j];
+        v = in[(size_t)meta[in_row + meta[rows + r]] * (size_t)npix + j];
     work[(size_t)r * (size_t)stride + j] = v;
 }
 

@@ -773,7 +773,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
     int32_t th_lo = p->theta_of_tv[p->tv_at_rank[r_lo]];
     int32_t th_hi = p->theta_of_tv[p->tv_at_rank[r_hi]];
     size_t Uth = (size_t)(th_hi - th_lo + 1);
-    int need_gather = Ut > Uth, any_rot = 0;
+    int need_gather = Ut > Uth, any_rot = 0, gather_kernel;
 
     /* staging: theta rows, template -> theta row, vsini, requests */
     for (size_t t = 0; t < Uth; t++)
@@ -793,11 +793,14 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         rvs_real_put(fp64, p->h_vel, i, q->vrad);
     }
 
+    /* a separate gather only without rotation (which reads the emulator rows itself) */
+    gather_kernel = need_gather && !any_rot;
+
     /* device buffers for this pass */
     size_t tbytes = Ut * g->tn_max * es, ebytes = Ec * g->n_max * es;
     RVS_TRY(grow(ctx, &g->params, Uth * RVS_ENGINE_NPARAM * es));
     RVS_TRY(grow(ctx, &g->tmpl, Uth * g->tn_max * es));
-    if (need_gather) {
+    if (gather_kernel) {
         RVS_TRY(grow(ctx, &g->gidx, Ut * sizeof(cl_int)));
         RVS_TRY(grow(ctx, &g->gath, tbytes));
     }
@@ -823,12 +826,12 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
 
     double t0 = stage_begin(g);
     RVS_TRY(upload(g, g->params.mem, p->h_params, Uth * RVS_ENGINE_NPARAM * es));
-    if (need_gather)
+    if (gather_kernel)
         RVS_TRY(upload(g, g->gidx.mem, p->h_gidx, Ut * sizeof(cl_int)));
     RVS_TRY(upload(g, g->tidx.mem, p->h_tidx, Ec * sizeof(cl_int)));
     RVS_TRY(upload(g, g->sidx.mem, p->h_sidx, Ec * sizeof(cl_int)));
     RVS_TRY(upload(g, g->vel.mem, p->h_vel, Ec * es));
-    RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_UPLOAD, t0, 4 + (unsigned)need_gather));
+    RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_UPLOAD, t0, 4 + (unsigned)gather_kernel));
 
     for (size_t a = 0; a < g->narms; a++) {
         struct engine_arm *r = &g->arm[a];
@@ -867,7 +870,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         g->stats.nn_rows += Uth;
         RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_NN, t0, 1));
         cl_mem src = g->tmpl.mem;
-        if (need_gather) {
+        if (gather_kernel) {
             t0 = stage_begin(g);
             cl_uint npix = (cl_uint)r->tn, nrows = (cl_uint)Ut;
             RVS_TRY(rvs_kernel_arg(g->k_gather, 0, sizeof(cl_mem), &src));
@@ -881,8 +884,10 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         }
         if (any_rot) {
             t0 = stage_begin(g);
-            RVS_TRY(rvs_rotation_apply(ctx, r->rot, src, Ut, p->h_vsini, r->lnstep,
-                                       RVS_ROTATION_EPS, g->rot.mem));
+            /* the rotation reads each template's emulator row itself (no gather copy) */
+            RVS_TRY(rvs_rotation_apply_rows(ctx, r->rot, src, need_gather ? p->h_gidx : NULL,
+                                            Uth, Ut, p->h_vsini, r->lnstep, RVS_ROTATION_EPS,
+                                            g->rot.mem));
             RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_ROTATION, t0, 1));
             src = g->rot.mem;
         }

@@ -288,8 +288,9 @@ static int width_key_compare(const void *a, const void *b)
 static int apply_fft(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in, cl_mem out,
                      const int *meta_host, size_t off_slot_woff, size_t off_slot_km,
                      size_t off_fft, size_t off_local, size_t off_chunk_slots,
-                     const size_t *chunk_nslots, size_t nfft, size_t km_max)
+                     const size_t *chunk_nslots, size_t nfft, size_t km_max, size_t off_in_row)
 {
+    const cl_int in_row_i = (cl_int)off_in_row;
     int status = RVS_OK;
     size_t es = rvs_context_real_size(ctx);
     size_t len = fft_length(rot->npix + km_max), stride = len + 2, nfreq = len / 2 + 1;
@@ -323,6 +324,7 @@ static int apply_fft(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem i
         RVS_TRY(rvs_kernel_arg(k, 4, sizeof nrows_i, &nrows_i));
         RVS_TRY(rvs_kernel_arg(k, 5, sizeof npix_i, &npix_i));
         RVS_TRY(rvs_kernel_arg(k, 6, sizeof stride_i, &stride_i));
+        RVS_TRY(rvs_kernel_arg(k, 7, sizeof in_row_i, &in_row_i));
         RVS_TRY(rvs_kernel_launch_2d(ctx, k, stride, rows_b, 0, 1));
 
         k = rot->k_kernel_pad;
@@ -375,12 +377,13 @@ cleanup:
  * already on the device. */
 static int launch_direct(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
                          cl_mem out, size_t off_tmpl, size_t off_woff, size_t off_km,
-                         size_t off_rows, size_t nrows)
+                         size_t off_rows, size_t nrows, size_t off_in_row)
 {
     int status = RVS_OK;
     cl_kernel k = rot->k_direct;
     cl_int a_tmpl = (cl_int)off_tmpl, a_woff = (cl_int)off_woff, a_km = (cl_int)off_km;
     cl_int a_rows = (cl_int)off_rows, a_nrows = (cl_int)nrows, a_npix = (cl_int)rot->npix;
+    cl_int a_in_row = (cl_int)off_in_row;
     RVS_TRY(rvs_kernel_arg(k, 0, sizeof in, &in));
     RVS_TRY(rvs_kernel_arg(k, 1, sizeof out, &out));
     RVS_TRY(rvs_kernel_arg(k, 2, sizeof rot->weights, &rot->weights));
@@ -391,6 +394,7 @@ static int launch_direct(struct rvs_context *ctx, struct rvs_rotation *rot, cl_m
     RVS_TRY(rvs_kernel_arg(k, 7, sizeof a_rows, &a_rows));
     RVS_TRY(rvs_kernel_arg(k, 8, sizeof a_nrows, &a_nrows));
     RVS_TRY(rvs_kernel_arg(k, 9, sizeof a_npix, &a_npix));
+    RVS_TRY(rvs_kernel_arg(k, 10, sizeof a_in_row, &a_in_row));
     RVS_TRY(rvs_kernel_launch_2d(ctx, k, rot->npix, nrows, 0, 1));
 cleanup:
     return status;
@@ -401,8 +405,8 @@ cleanup:
  * computes the weights (rvs_rotation_weights in cl/rotation.cl), and the host only uploads the
  * widths and the small index arrays. R[t] is template t's width (0: unchanged). */
 static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotation *rot,
-                                       cl_mem in, size_t ntempl, const double *R, double eps,
-                                       cl_mem out)
+                                       cl_mem in, const int *in_rows, size_t ntempl,
+                                       const double *R, double eps, cl_mem out)
 {
     int status = RVS_OK;
     size_t cap = 64;
@@ -410,9 +414,10 @@ static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotat
         cap *= 2;
     int *table = rvs_malloc(cap * sizeof *table);
     double *slot_r = rvs_malloc(ntempl * sizeof *slot_r);
-    /* meta: tmpl_slot[T] slot_woff[T] slot_km[T] rows[T] (at most T slots) */
+    /* meta: tmpl_slot[T] slot_woff[T] slot_km[T] rows[T] in_row[T] (at most T slots) */
     size_t off_tmpl = 0, off_woff = ntempl, off_km = 2 * ntempl, off_rows = 3 * ntempl;
-    int *meta = rvs_malloc(4 * ntempl * sizeof *meta);
+    size_t off_in_row = 4 * ntempl, nmeta = 5 * ntempl;
+    int *meta = rvs_malloc(nmeta * sizeof *meta);
     if (!table || !slot_r || !meta) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
@@ -446,11 +451,12 @@ static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotat
         }
         meta[off_tmpl + t] = table[at];
         meta[off_rows + t] = (int)t;
+        meta[off_in_row + t] = in_rows ? in_rows[t] : (int)t;
     }
     RVS_TRY(ensure_buffer(ctx, &rot->weights, &rot->weights_bytes, nweights * sizeof(double)));
-    RVS_TRY(ensure_buffer(ctx, &rot->meta, &rot->meta_bytes, 4 * ntempl * sizeof *meta));
+    RVS_TRY(ensure_buffer(ctx, &rot->meta, &rot->meta_bytes, nmeta * sizeof *meta));
     RVS_TRY(ensure_buffer(ctx, &rot->slot_r, &rot->slot_r_bytes, nslots * sizeof *slot_r));
-    RVS_TRY(rvs_buffer_write(ctx, rot->meta, 0, 4 * ntempl * sizeof *meta, meta));
+    RVS_TRY(rvs_buffer_write(ctx, rot->meta, 0, nmeta * sizeof *meta, meta));
     RVS_TRY(rvs_buffer_write(ctx, rot->slot_r, 0, nslots * sizeof *slot_r, slot_r));
     cl_kernel k = rot->k_weights;
     cl_int a_woff = (cl_int)off_woff, a_km = (cl_int)off_km, a_nslots = (cl_int)nslots;
@@ -462,7 +468,8 @@ static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotat
     RVS_TRY(rvs_kernel_arg(k, 5, sizeof eps, &eps));
     RVS_TRY(rvs_kernel_arg(k, 6, sizeof rot->weights, &rot->weights));
     RVS_TRY(rvs_kernel_launch_1d(ctx, k, nslots, 0));
-    RVS_TRY(launch_direct(ctx, rot, in, out, off_tmpl, off_woff, off_km, off_rows, ntempl));
+    RVS_TRY(launch_direct(ctx, rot, in, out, off_tmpl, off_woff, off_km, off_rows, ntempl,
+                          off_in_row));
 cleanup:
     free(table);
     free(slot_r);
@@ -472,6 +479,13 @@ cleanup:
 
 int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in, size_t ntempl,
                        const double *vsini, double lnstep, double eps, cl_mem out)
+{
+    return rvs_rotation_apply_rows(ctx, rot, in, NULL, ntempl, ntempl, vsini, lnstep, eps, out);
+}
+
+int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
+                            const int *in_rows, size_t n_in, size_t ntempl, const double *vsini,
+                            double lnstep, double eps, cl_mem out)
 {
     int status = RVS_OK;
     struct width_key *keys = NULL;
@@ -488,6 +502,12 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
                 lnstep, eps);
         return RVS_ERR_INVALID_ARGUMENT;
     }
+    for (size_t t = 0; in_rows && t < ntempl; t++)
+        if (in_rows[t] < 0 || (size_t)in_rows[t] >= n_in) {
+            rvs_log(RVS_LOG_ERROR, "rotation", "template %zu reads input row %d of %zu", t,
+                    in_rows[t], n_in);
+            return RVS_ERR_INVALID_ARGUMENT;
+        }
     keys = rvs_malloc(ntempl * sizeof *keys);
     if (!keys)
         return RVS_ERR_NOMEM;
@@ -520,7 +540,7 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
             }
             for (size_t t = 0; t < ntempl; t++)
                 R[t] = keys[t].R;
-            status = apply_direct_device_weights(ctx, rot, in, ntempl, R, eps, out);
+            status = apply_direct_device_weights(ctx, rot, in, in_rows, ntempl, R, eps, out);
             free(R);
             goto cleanup;
         }
@@ -544,10 +564,12 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
         status = RVS_ERR_INVALID_ARGUMENT;
         goto cleanup;
     }
-    /* meta: tmpl_slot[T] slot_woff[S] slot_km[S] direct[T] fft[T] local_slot[T] chunk_slots[T] */
+    /* meta: tmpl_slot[T] slot_woff[S] slot_km[S] direct[T] fft[T] local_slot[T] chunk_slots[T]
+     * in_row[T] */
     size_t off_tmpl = 0, off_woff = ntempl, off_km = off_woff + nslots, off_direct = off_km + nslots;
     size_t off_fft = off_direct + ntempl, off_local = off_fft + ntempl;
-    size_t off_chunk = off_local + ntempl, nmeta = off_chunk + ntempl;
+    size_t off_chunk = off_local + ntempl, off_in_row = off_chunk + ntempl;
+    size_t nmeta = off_in_row + ntempl;
     meta = rvs_malloc(nmeta * sizeof *meta);
     w = rvs_malloc(nweights * sizeof *w);
     chunk_nslots = rvs_calloc(ntempl / ROTATION_FFT_CHUNK + 1, sizeof *chunk_nslots);
@@ -555,6 +577,8 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
+    for (size_t t = 0; t < ntempl; t++)
+        meta[off_in_row + t] = in_rows ? in_rows[t] : (int)t;
     size_t s = 0, woff = 0, ndirect = 0, nfft = 0, km_max_fft = 0;
     for (size_t i = 0; i < ntempl; i++) {
         if (i == 0 || keys[i].R != keys[i - 1].R) {
@@ -611,10 +635,11 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
     RVS_TRY(rvs_buffer_write(ctx, rot->meta, 0, nmeta * sizeof *meta, meta));
 
     if (ndirect > 0)
-        RVS_TRY(launch_direct(ctx, rot, in, out, off_tmpl, off_woff, off_km, off_direct, ndirect));
+        RVS_TRY(launch_direct(ctx, rot, in, out, off_tmpl, off_woff, off_km, off_direct, ndirect,
+                              off_in_row));
     if (nfft > 0)
         RVS_TRY(apply_fft(ctx, rot, in, out, meta, off_woff, off_km, off_fft, off_local, off_chunk,
-                          chunk_nslots, nfft, km_max_fft));
+                          chunk_nslots, nfft, km_max_fft, off_in_row));
 cleanup:
     if (w_dev && w_dev != w)
         free(w_dev);

@@ -160,6 +160,57 @@ static int apply_host(struct rvs_context *ctx, struct rvs_rotation *rot, const d
     return status;
 }
 
+/* rvs_rotation_apply_rows: templates read from chosen input rows (the engine's gather folded in)
+ * equal the plain call on a copy gathered on the host, on each path; a row past the input is
+ * refused. */
+static void test_input_rows(struct rvs_context *ctx, enum rvs_rotation_path path)
+{
+    enum { N = 300, NIN = 3, T = 5 };
+    static const int rows[T] = {2, 0, 2, 1, 0};
+    static const double vsini[T] = {50, 0, 100, 50, 300};
+    double x[NIN * N], g[T * N], want[T * N], got[T * N];
+    size_t es = rvs_context_real_size(ctx);
+    unsigned char h[T * N * sizeof(double)];
+    struct rvs_rotation *rot = NULL;
+    cl_mem din = NULL, dout = NULL;
+    CHECK(rvs_rotation_create(ctx, N, &rot) == RVS_OK, "create");
+    rvs_rotation_set_path(rot, path);
+    for (size_t i = 0; i < NIN * N; i++)
+        x[i] = 1 + 0.4 * sin(0.05 * (double)i) * cos(0.0013 * (double)(i * i % 977));
+    for (size_t t = 0; t < T; t++)
+        memcpy(g + t * N, x + (size_t)rows[t] * N, N * sizeof *g);
+    CHECK(apply_host(ctx, rot, g, T, N, vsini, want) == RVS_OK, "gathered call");
+    for (size_t i = 0; i < NIN * N; i++)
+        ctx->use_fp64 ? (void)(((double *)h)[i] = x[i]) : (void)(((float *)h)[i] = (float)x[i]);
+    int status = rvs_buffer_create(ctx, CL_MEM_READ_ONLY, NIN * N * es, h, &din);
+    if (status == RVS_OK)
+        status = rvs_buffer_create(ctx, CL_MEM_READ_WRITE, T * N * es, NULL, &dout);
+    if (status == RVS_OK)
+        status = rvs_rotation_apply_rows(ctx, rot, din, rows, NIN, T, vsini, LNSTEP,
+                                         RVS_ROTATION_EPS, dout);
+    if (status == RVS_OK)
+        status = rvs_buffer_read(ctx, dout, 0, T * N * es, h);
+    CHECK(status == RVS_OK, "path %d: apply_rows: %s", (int)path, rvs_strerror(status));
+    double err = 0;
+    for (size_t i = 0; status == RVS_OK && i < T * N; i++) {
+        got[i] = ctx->use_fp64 ? ((double *)h)[i] : ((float *)h)[i];
+        err = fmax(err, fabs(got[i] - want[i]));
+    }
+    printf("input rows, path %d: max |rows - gathered| %.3g\n", (int)path, err);
+    CHECK(err == 0, "path %d: reading input rows differs from a gathered copy by %g", (int)path,
+          err);
+    static const int past[T] = {2, 0, 3, 1, 0};
+    int level = rvs_log_get_level();
+    rvs_log_set_level(RVS_LOG_CRITICAL);
+    CHECK(rvs_rotation_apply_rows(ctx, rot, din, past, NIN, T, vsini, LNSTEP, RVS_ROTATION_EPS,
+                                  dout) == RVS_ERR_INVALID_ARGUMENT,
+          "an input row past the input was accepted");
+    rvs_log_set_level(level);
+    rvs_buffer_release(&din);
+    rvs_buffer_release(&dout);
+    rvs_rotation_destroy(&rot);
+}
+
 /* Impulses at the edges and inside, at several vsini: each result row is the weights, shifted
  * and cut at the template's ends. Constants: the interior (km from each end) stays constant. */
 static void test_impulse_constant(struct rvs_context *ctx, enum rvs_rotation_path path)
@@ -299,6 +350,8 @@ static void test_plan_eviction(struct rvs_context *ctx)
 static void run_context(struct rvs_context *ctx)
 {
     test_plan_eviction(ctx);
+    test_input_rows(ctx, RVS_ROTATION_DIRECT);
+    test_input_rows(ctx, RVS_ROTATION_FFT);
     static const size_t sizes[] = {1, 7, 64, 1000, 4099, 6000};
     /* 0, tiny (R = 4e-11), sub-pixel (R = 0.02, 0.42), 1 px and up to R = 20.8 px */
     static const double vsini[] = {0, 1e-9, 0.5, 10, 100, 300, 500};

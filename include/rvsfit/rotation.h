@@ -58,6 +58,12 @@ size_t rvs_rotation_fft_threshold(const struct rvs_rotation *rot);
  * the host arrays may be reused on return. */
 int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in, size_t ntempl,
                        const double *vsini, double lnstep, double eps, cl_mem out);
+/* The same with template t read from row in_rows[t] (< n_in) of in (host array; NULL: row t):
+ * the rows of one emulator output can feed several templates (several vsini for one theta)
+ * without a copy of each first. */
+int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
+                            const int *in_rows, size_t n_in, size_t ntempl, const double *vsini,
+                            double lnstep, double eps, cl_mem out);
 
 /* Self-test row: an impulse template broadened at a known vsini must equal the weights. */
 int rvs_rotation_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);
