@@ -24,11 +24,9 @@
 #include "internal.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "fit_internal.h"
 
@@ -676,9 +674,11 @@ struct ccf_job {
     int status;
 };
 
-static void *ccf_input_thread(void *arg)
+/* One share of ccf_inputs (rvs_parallel_run): the inputs of spectra k, k + n, ... */
+static void ccf_input_share(void *jobs, size_t k, size_t n)
 {
-    struct ccf_job *job = arg;
+    (void)n;
+    struct ccf_job *job = (struct ccf_job *)jobs + k;
     struct rvs_fitter *f = job->f;
     struct rvs_fit_ccf *c = f->ccf;
     size_t N = c->n, rs = rvs_context_real_size(f->ctx);
@@ -687,7 +687,7 @@ static void *ccf_input_thread(void *arg)
     job->status = RVS_ERR_NOMEM;
     if (!dw || scratch_alloc(f, &s) != RVS_OK) {
         free(dw);
-        return NULL;
+        return;
     }
     for (size_t i = job->first; i < job->n; i += job->stride) {
         ccf_input(f, job->b, job->list[i], dw, w, &s);
@@ -721,38 +721,21 @@ static void *ccf_input_thread(void *arg)
     scratch_free(&s);
     free(dw);
     job->status = RVS_OK;
-    return NULL;
+    return;
 }
 
 /* The spectra's inputs into c->stage, rows in list order, a thread per core. */
 static int ccf_inputs(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
                       size_t n)
 {
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    size_t nth = ncpu > 1 ? (size_t)ncpu : 1;
-    if (nth > CCF_MAX_THREADS)
-        nth = CCF_MAX_THREADS;
-    if (nth > n)
-        nth = n ? n : 1;
+    size_t nth = rvs_parallel_threads(n, 1, CCF_MAX_THREADS);
     struct ccf_job jobs[CCF_MAX_THREADS];
-    pthread_t tid[CCF_MAX_THREADS];
-    int started[CCF_MAX_THREADS] = {0};
     for (size_t k = 0; k < nth; k++)
         jobs[k] = (struct ccf_job){f, b, list, n, k, nth, RVS_OK};
-    /* worker 0 runs here; the others on threads (on failure to start one, its share runs
-     * here too) */
-    for (size_t k = 1; k < nth; k++)
-        started[k] = pthread_create(&tid[k], NULL, ccf_input_thread, &jobs[k]) == 0;
-    ccf_input_thread(&jobs[0]);
-    int status = jobs[0].status;
-    for (size_t k = 1; k < nth; k++) {
-        if (started[k])
-            pthread_join(tid[k], NULL);
-        else
-            ccf_input_thread(&jobs[k]);
-        if (status == RVS_OK)
-            status = jobs[k].status;
-    }
+    rvs_parallel_run(nth, ccf_input_share, jobs);
+    int status = RVS_OK;
+    for (size_t k = 0; k < nth && status == RVS_OK; k++)
+        status = jobs[k].status;
     return status;
 }
 

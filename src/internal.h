@@ -46,6 +46,14 @@ void *rvs_malloc(size_t size);
 void *rvs_calloc(size_t count, size_t size);
 char *rvs_strdup(const char *s);
 
+/* Host threads (src/parallel.c): how many are worth starting for `items` independent items of at
+ * least `min_items` each (1 .. the online cores, at most max when max > 0), and a run of
+ * work(arg, k, n) for k = 0..n-1 (at most 64), k = 0 on the calling thread and the others on
+ * threads of their own; a share whose thread cannot start runs on the calling thread. Returns
+ * when every share is done. */
+size_t rvs_parallel_threads(size_t items, size_t min_items, size_t max);
+void rvs_parallel_run(size_t n, void (*work)(void *arg, size_t k, size_t n), void *arg);
+
 /* snprintf in the C locale, so numbers in kernel build options never get a decimal comma. */
 int rvs_snprintf_c(char *buf, size_t size, const char *fmt, ...) RVS_PRINTF_LIKE(3, 4);
 
