@@ -74,8 +74,7 @@ struct rvs_engine {
     int warned_alloc;
     int profiling;
     struct rvs_engine_stats stats;
-    cl_kernel k_gather;
-    struct grow_buf params, gidx, tmpl, gath, rot, coef, tidx, vel, sidx, ptidx, pvel, psidx;
+    struct grow_buf params, tmpl, rot, coef, tidx, vel, sidx, ptidx, pvel, psidx;
     struct grow_buf model, res, chisq, coeffs, best;
 };
 
@@ -102,9 +101,9 @@ static int grow(struct rvs_context *ctx, struct grow_buf *b, size_t bytes)
 
 static void release_work(struct rvs_engine *g)
 {
-    struct grow_buf *all[] = {&g->params, &g->gidx, &g->tmpl, &g->gath, &g->rot, &g->coef,
-                              &g->tidx,   &g->vel,  &g->sidx, &g->ptidx, &g->pvel, &g->psidx,
-                              &g->model,  &g->res,  &g->chisq, &g->coeffs, &g->best};
+    struct grow_buf *all[] = {&g->params, &g->tmpl,  &g->rot,   &g->coef,   &g->tidx,
+                              &g->vel,    &g->sidx,  &g->ptidx, &g->pvel,   &g->psidx,
+                              &g->model,  &g->res,   &g->chisq, &g->coeffs, &g->best};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         rvs_buffer_release(&all[i]->mem);
         all[i]->bytes = 0;
@@ -181,8 +180,6 @@ void rvs_engine_destroy(struct rvs_engine **gp)
         rvs_buffer_release(&r->rdata);
     }
     release_work(g);
-    if (g->k_gather)
-        clReleaseKernel(g->k_gather);
     free(g->used);
     free(g);
     *gp = NULL;
@@ -289,7 +286,6 @@ int rvs_engine_create(struct rvs_context *ctx, const struct rvs_engine_arm_confi
         g->npad_max = npad > g->npad_max ? npad : g->npad_max;
         g->any_res |= r->ndiag > 0;
     }
-    RVS_TRY(rvs_context_kernel(ctx, "engine", "rvs_engine_gather", &g->k_gather));
     *out = g;
     g = NULL;
 cleanup:
@@ -322,7 +318,7 @@ static size_t bytes_per_request(const struct rvs_engine *g, int with_models)
 static size_t bytes_per_template(const struct rvs_engine *g)
 {
     size_t es = g->es, b = 0, coef = 0;
-    b += es * g->tn_max * 3 + es * RVS_ENGINE_NPARAM + 4; /* NN out, gathered, rotated */
+    b += es * g->tn_max * 2 + es * RVS_ENGINE_NPARAM + 4; /* NN out, rotated */
     for (size_t a = 0; a < g->narms; a++) {
         const struct engine_arm *r = &g->arm[a];
         coef = r->coef_per_tmpl > coef ? r->coef_per_tmpl : coef;
@@ -409,7 +405,7 @@ void rvs_engine_stats_get(const struct rvs_engine *g, struct rvs_engine_stats *s
 const char *rvs_engine_stage_name(int stage)
 {
     static const char *const names[RVS_ENGINE_NSTAGES] = {
-        "upload", "nn", "gather", "rotation", "spline build", "spline eval", "resolution",
+        "upload", "nn", "rotation", "spline build", "spline eval", "resolution",
         "chisq", "download"};
     return stage >= 0 && stage < RVS_ENGINE_NSTAGES ? names[stage] : "?";
 }
@@ -606,7 +602,7 @@ struct plan {
     int32_t *order;       /* nvalid request indices, ordered by template rank */
     /* chunk staging */
     void *h_params, *h_vel, *h_pvel;
-    cl_int *h_gidx, *h_tidx, *h_sidx, *h_ptidx, *h_psidx;
+    cl_int *h_nnrow, *h_tidx, *h_sidx, *h_ptidx, *h_psidx;
     double *h_vsini, *h_chisq;
     int32_t *arm_req; /* chunk requests of the current arm (request ids) */
     void *h_best, *h_coef;
@@ -616,7 +612,7 @@ static void plan_free(struct plan *p)
 {
     free(p->tv_of_req), free(p->theta_of_tv), free(p->theta), free(p->vsini_of_tv);
     free(p->rank_of_tv), free(p->tv_at_rank), free(p->order);
-    free(p->h_params), free(p->h_vel), free(p->h_pvel), free(p->h_gidx), free(p->h_tidx);
+    free(p->h_params), free(p->h_vel), free(p->h_pvel), free(p->h_nnrow), free(p->h_tidx);
     free(p->h_sidx), free(p->h_ptidx), free(p->h_psidx), free(p->h_vsini), free(p->h_chisq);
     free(p->arm_req), free(p->h_best), free(p->h_coef);
 }
@@ -728,7 +724,7 @@ static int plan_staging(struct rvs_engine *g, struct plan *p, size_t ereq, size_
     p->h_params = rvs_malloc(ntmpl * RVS_ENGINE_NPARAM * es);
     p->h_vel = rvs_malloc(ereq * es);
     p->h_pvel = rvs_malloc(ereq * es);
-    p->h_gidx = rvs_malloc(ntmpl * sizeof(cl_int));
+    p->h_nnrow = rvs_malloc(ntmpl * sizeof(cl_int));
     p->h_tidx = rvs_malloc(ereq * sizeof(cl_int));
     p->h_sidx = rvs_malloc(ereq * sizeof(cl_int));
     p->h_ptidx = rvs_malloc(ereq * sizeof(cl_int));
@@ -740,7 +736,7 @@ static int plan_staging(struct rvs_engine *g, struct plan *p, size_t ereq, size_
         p->h_best = rvs_malloc(ereq * g->n_max * es);
         p->h_coef = rvs_malloc(ereq * g->np_max * es);
     }
-    if (!p->h_params || !p->h_vel || !p->h_pvel || !p->h_gidx || !p->h_tidx || !p->h_sidx ||
+    if (!p->h_params || !p->h_vel || !p->h_pvel || !p->h_nnrow || !p->h_tidx || !p->h_sidx ||
         !p->h_ptidx || !p->h_psidx || !p->h_vsini || !p->h_chisq || !p->arm_req ||
         (with_models && (!p->h_best || !p->h_coef)))
         return RVS_ERR_NOMEM;
@@ -773,7 +769,8 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
     int32_t th_lo = p->theta_of_tv[p->tv_at_rank[r_lo]];
     int32_t th_hi = p->theta_of_tv[p->tv_at_rank[r_hi]];
     size_t Uth = (size_t)(th_hi - th_lo + 1);
-    int need_gather = Ut > Uth, any_rot = 0, gather_kernel;
+    /* several templates read one emulator row when a theta comes with several vsini */
+    int shared_rows = Ut > Uth, any_rot = 0;
 
     /* staging: theta rows, template -> theta row, vsini, requests */
     for (size_t t = 0; t < Uth; t++)
@@ -782,7 +779,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
                      p->theta[((size_t)th_lo + t) * RVS_ENGINE_NPARAM + j]);
     for (size_t k = 0; k < Ut; k++) {
         int32_t v = p->tv_at_rank[r_lo + (int32_t)k];
-        p->h_gidx[k] = p->theta_of_tv[v] - th_lo;
+        p->h_nnrow[k] = p->theta_of_tv[v] - th_lo;
         p->h_vsini[k] = p->vsini_of_tv[v];
         any_rot |= p->vsini_of_tv[v] > 0;
     }
@@ -793,17 +790,10 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         rvs_real_put(fp64, p->h_vel, i, q->vrad);
     }
 
-    /* a separate gather only without rotation (which reads the emulator rows itself) */
-    gather_kernel = need_gather && !any_rot;
-
     /* device buffers for this pass */
     size_t tbytes = Ut * g->tn_max * es, ebytes = Ec * g->n_max * es;
     RVS_TRY(grow(ctx, &g->params, Uth * RVS_ENGINE_NPARAM * es));
     RVS_TRY(grow(ctx, &g->tmpl, Uth * g->tn_max * es));
-    if (gather_kernel) {
-        RVS_TRY(grow(ctx, &g->gidx, Ut * sizeof(cl_int)));
-        RVS_TRY(grow(ctx, &g->gath, tbytes));
-    }
     if (any_rot)
         RVS_TRY(grow(ctx, &g->rot, tbytes));
     size_t coef_bytes = 0;
@@ -826,12 +816,10 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
 
     double t0 = stage_begin(g);
     RVS_TRY(upload(g, g->params.mem, p->h_params, Uth * RVS_ENGINE_NPARAM * es));
-    if (gather_kernel)
-        RVS_TRY(upload(g, g->gidx.mem, p->h_gidx, Ut * sizeof(cl_int)));
     RVS_TRY(upload(g, g->tidx.mem, p->h_tidx, Ec * sizeof(cl_int)));
     RVS_TRY(upload(g, g->sidx.mem, p->h_sidx, Ec * sizeof(cl_int)));
     RVS_TRY(upload(g, g->vel.mem, p->h_vel, Ec * es));
-    RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_UPLOAD, t0, 4 + (unsigned)gather_kernel));
+    RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_UPLOAD, t0, 4));
 
     for (size_t a = 0; a < g->narms; a++) {
         struct engine_arm *r = &g->arm[a];
@@ -870,22 +858,11 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         g->stats.nn_rows += Uth;
         RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_NN, t0, 1));
         cl_mem src = g->tmpl.mem;
-        if (gather_kernel) {
+        if (any_rot || shared_rows) {
             t0 = stage_begin(g);
-            cl_uint npix = (cl_uint)r->tn, nrows = (cl_uint)Ut;
-            RVS_TRY(rvs_kernel_arg(g->k_gather, 0, sizeof(cl_mem), &src));
-            RVS_TRY(rvs_kernel_arg(g->k_gather, 1, sizeof(cl_mem), &g->gidx.mem));
-            RVS_TRY(rvs_kernel_arg(g->k_gather, 2, sizeof npix, &npix));
-            RVS_TRY(rvs_kernel_arg(g->k_gather, 3, sizeof nrows, &nrows));
-            RVS_TRY(rvs_kernel_arg(g->k_gather, 4, sizeof(cl_mem), &g->gath.mem));
-            RVS_TRY(rvs_kernel_launch_2d(ctx, g->k_gather, r->tn, Ut, 0, 1));
-            RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_GATHER, t0, 1));
-            src = g->gath.mem;
-        }
-        if (any_rot) {
-            t0 = stage_begin(g);
-            /* the rotation reads each template's emulator row itself (no gather copy) */
-            RVS_TRY(rvs_rotation_apply_rows(ctx, r->rot, src, need_gather ? p->h_gidx : NULL,
+            /* one row per template: the rotation reads each template's emulator row itself (a
+             * template without rotation is copied); no separate gather pass */
+            RVS_TRY(rvs_rotation_apply_rows(ctx, r->rot, src, shared_rows ? p->h_nnrow : NULL,
                                             Uth, Ut, p->h_vsini, r->lnstep, RVS_ROTATION_EPS,
                                             g->rot.mem));
             RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_ROTATION, t0, 1));

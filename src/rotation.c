@@ -272,6 +272,7 @@ static size_t batch_bucket(size_t n)
 
 struct width_key {
     double R; /* 0 for templates left unchanged */
+    size_t n; /* kernel length 2 km + 1 (checked usable) */
     size_t t;
 };
 
@@ -403,10 +404,10 @@ cleanup:
 /* The direct path with fp64: distinct widths become slots through a hash of their bits (no
  * sort: rows stay in template order, which the direct kernel does not care about), the device
  * computes the weights (rvs_rotation_weights in cl/rotation.cl), and the host only uploads the
- * widths and the small index arrays. R[t] is template t's width (0: unchanged). */
+ * widths and the small index arrays. keys[t] is template t's (unsorted). */
 static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotation *rot,
                                        cl_mem in, const int *in_rows, size_t ntempl,
-                                       const double *R, double eps, cl_mem out)
+                                       const struct width_key *keys, double eps, cl_mem out)
 {
     int status = RVS_OK;
     size_t cap = 64;
@@ -426,24 +427,23 @@ static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotat
         table[i] = -1;
     size_t nslots = 0, nweights = 0;
     for (size_t t = 0; t < ntempl; t++) {
+        const double R = keys[t].R;
         uint64_t bits;
-        memcpy(&bits, &R[t], sizeof bits);
+        memcpy(&bits, &R, sizeof bits);
         uint64_t h = bits + 0x9e3779b97f4a7c15ULL;
         h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
         h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
         size_t at = (size_t)(h ^ (h >> 31)) & (cap - 1);
-        while (table[at] >= 0 && memcmp(&slot_r[table[at]], &R[t], sizeof bits) != 0)
+        while (table[at] >= 0 && memcmp(&slot_r[table[at]], &R, sizeof bits) != 0)
             at = (at + 1) & (cap - 1);
         if (table[at] < 0) {
-            size_t n = rvs_rotation_kernel_length(R[t]);
-            if (n == 0 || R[t] > 1e7 || n > (size_t)INT32_MAX / 4 ||
-                nweights + n > (size_t)INT32_MAX) {
-                rvs_log(RVS_LOG_ERROR, "rotation", "kernel width %g px is not usable", R[t]);
+            size_t n = keys[t].n;
+            if (nweights + n > (size_t)INT32_MAX) {
                 status = RVS_ERR_INVALID_ARGUMENT;
                 goto cleanup;
             }
             table[at] = (int)nslots;
-            slot_r[nslots] = R[t];
+            slot_r[nslots] = R;
             meta[off_woff + nslots] = (int)nweights;
             meta[off_km + nslots] = (int)((n - 1) / 2);
             nweights += n;
@@ -511,6 +511,12 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
     keys = rvs_malloc(ntempl * sizeof *keys);
     if (!keys)
         return RVS_ERR_NOMEM;
+    size_t use_fft_from = rot->path == RVS_ROTATION_FFT      ? 2
+                          : rot->path == RVS_ROTATION_DIRECT ? SIZE_MAX
+                                                             : rot->fft_min_length;
+    if (use_fft_from < 2)
+        use_fft_from = 2; /* the identity is always a copy */
+    int all_direct = 1;
     /* convolve_vsini: unchanged when vsini <= 0 or R < 1e-9, else R = (vsini/c)/lnstep */
     for (size_t t = 0; t < ntempl; t++) {
         if (isnan(vsini[t]) || isinf(vsini[t])) {
@@ -520,30 +526,20 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
         }
         double R = vsini[t] > 0 ? vsini[t] / RVS_SPEED_OF_LIGHT_KMS / lnstep : 0.0;
         keys[t].R = R < RVS_ROTATION_MIN_WIDTH ? 0.0 : R;
+        keys[t].n = rvs_rotation_kernel_length(keys[t].R);
         keys[t].t = t;
-    }
-    size_t use_fft_from = rot->path == RVS_ROTATION_FFT      ? 2
-                          : rot->path == RVS_ROTATION_DIRECT ? SIZE_MAX
-                                                             : rot->fft_min_length;
-    if (use_fft_from < 2)
-        use_fft_from = 2; /* the identity is always a copy */
-    if (rot->k_weights) {
-        /* all direct (the usual case): weights on the device */
-        int all_direct = 1;
-        for (size_t t = 0; t < ntempl && all_direct; t++)
-            all_direct = rvs_rotation_kernel_length(keys[t].R) < use_fft_from;
-        if (all_direct) {
-            double *R = rvs_malloc(ntempl * sizeof *R);
-            if (!R) {
-                status = RVS_ERR_NOMEM;
-                goto cleanup;
-            }
-            for (size_t t = 0; t < ntempl; t++)
-                R[t] = keys[t].R;
-            status = apply_direct_device_weights(ctx, rot, in, in_rows, ntempl, R, eps, out);
-            free(R);
+        if (keys[t].n == 0 || keys[t].R > 1e7 || keys[t].n > (size_t)INT32_MAX / 4) {
+            rvs_log(RVS_LOG_ERROR, "rotation", "kernel width %g px (template %zu) is not usable",
+                    keys[t].R, t);
+            status = RVS_ERR_INVALID_ARGUMENT;
             goto cleanup;
         }
+        all_direct &= keys[t].n < use_fft_from;
+    }
+    if (rot->k_weights && all_direct) {
+        /* the usual case: weights on the device */
+        status = apply_direct_device_weights(ctx, rot, in, in_rows, ntempl, keys, eps, out);
+        goto cleanup;
     }
     qsort(keys, ntempl, sizeof *keys, width_key_compare);
 
@@ -551,14 +547,8 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
     size_t nslots = 0, nweights = 0;
     for (size_t i = 0; i < ntempl; i++)
         if (i == 0 || keys[i].R != keys[i - 1].R) {
-            size_t n = rvs_rotation_kernel_length(keys[i].R);
-            if (n == 0 || keys[i].R > 1e7 || n > (size_t)INT32_MAX / 4) {
-                rvs_log(RVS_LOG_ERROR, "rotation", "kernel width %g px is not usable", keys[i].R);
-                status = RVS_ERR_INVALID_ARGUMENT;
-                goto cleanup;
-            }
             nslots++;
-            nweights += n;
+            nweights += keys[i].n;
         }
     if (nweights > (size_t)INT32_MAX) {
         status = RVS_ERR_INVALID_ARGUMENT;
@@ -591,9 +581,8 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
             woff += n;
         }
         size_t t = keys[i].t;
-        size_t n = 2 * (size_t)meta[off_km + s] + 1;
         meta[off_tmpl + t] = (int)s;
-        if (n >= use_fft_from) {
+        if (keys[i].n >= use_fft_from) {
             meta[off_fft + nfft++] = (int)t;
             if ((size_t)meta[off_km + s] > km_max_fft)
                 km_max_fft = (size_t)meta[off_km + s];

@@ -71,8 +71,7 @@ struct rvs_engine_request {
 enum rvs_engine_stage {
     RVS_ENGINE_STAGE_UPLOAD = 0,   /* request parameters to the device */
     RVS_ENGINE_STAGE_NN,           /* rvs_nn_forward */
-    RVS_ENGINE_STAGE_GATHER,       /* copy NN rows to one row per (theta, vsini) */
-    RVS_ENGINE_STAGE_ROTATION,     /* rvs_rotation_apply */
+    RVS_ENGINE_STAGE_ROTATION,     /* rvs_rotation_apply_rows: one row per (theta, vsini) */
     RVS_ENGINE_STAGE_SPLINE_BUILD, /* rvs_spline_construct */
     RVS_ENGINE_STAGE_SPLINE_EVAL,  /* rvs_spline_eval */
     RVS_ENGINE_STAGE_RESOLUTION,   /* rvs_resolution_apply */

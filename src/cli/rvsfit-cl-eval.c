@@ -2,7 +2,7 @@
  * parameters, v sin i and (optionally) radial velocity, on the library's own wavelength grid
  * (doc/rvsfit-cl-eval.1). The spectra are those the fit's evaluation engine builds before the
  * spline onto the data grid: the NN emulator (rvs_nn_forward, which maps the parameters on the
- * device), then rotational broadening (rvs_rotation_apply), then, for a non-zero velocity, the
+ * device), then rotational broadening (rvs_rotation_apply_rows), then, for a non-zero velocity, the
  * natural cubic spline at lambda * sqrt((1 - b) / (1 + b)) (rvs_spline_eval; rvspecfit's evalRV).
  *
  * All parameter sets of a run are evaluated together: one NN forward pass, one rotation call and
@@ -538,8 +538,7 @@ struct arm_device {
     struct rvs_nn *nn;
     struct rvs_rotation *rot;
     struct rvs_spline_grid *grid; /* only when some row has vrad != 0 */
-    cl_mem lam;                   /* the template grid as rvs_real: where the shift evaluates */
-    cl_kernel gather;             /* the engine's row gather: one NN row to several requests */
+    cl_mem lam;                   /* the template grid (rvs_spline_points_create): where the shift evaluates */
     size_t npix, width;
     double lnstep;
 };
@@ -549,7 +548,9 @@ struct arm_device {
 static size_t rows_per_pass(const struct rvs_context *ctx, const struct arm_device *d)
 {
     size_t es = rvs_context_real_size(ctx), np = d->npix;
-    size_t per_row = es * np * 3 + es * (RVS_NN_MAX_INPUTS + 1) + 4 * (2 * d->width + np) +
+    /* emulator output and one row per request (rotated or copied), parameters, the NN's float
+     * work space, the rotation's FFT rows, indices */
+    size_t per_row = es * np * 2 + es * (RVS_NN_MAX_INPUTS + 1) + 4 * (2 * d->width + np) +
                      2 * es * (np + 2) + 2 * sizeof(cl_int);
     if (d->grid)
         per_row += rvs_spline_coeffs_bytes(ctx, d->grid, 2) -
@@ -603,16 +604,16 @@ static size_t unique_theta(const double *rows, size_t n, struct theta_key *keys,
 }
 
 /* One pass: rows[0..n) of the arm into flux[0..n*npix) (float) and warn bits. The NN runs once
- * per distinct parameter vector (one GEMM chain for all of them), its rows are gathered to one
- * per request, rotated in one call, and the rows with vrad != 0 shifted in one spline pass. */
+ * per distinct parameter vector (one GEMM chain for all of them), one rotation call makes one
+ * row per request from those rows, and the rows with vrad != 0 are shifted in one spline pass. */
 static int eval_pass(struct rvs_context *ctx, struct arm_device *d, const double *rows, size_t n,
                      float *flux, unsigned *warn)
 {
     int status = RVS_OK, fp64 = ctx->use_fp64;
     size_t es = rvs_context_real_size(ctx), np = d->npix, nshift = 0, nu = 0;
     int any_rot = 0;
-    cl_mem dparams = NULL, dtempl = NULL, dgidx = NULL, dgath = NULL, drot = NULL, dcoef = NULL,
-           didx = NULL, dvel = NULL, dshift = NULL;
+    cl_mem dparams = NULL, dtempl = NULL, drot = NULL, dcoef = NULL, didx = NULL, dvel = NULL,
+           dshift = NULL;
     void *hparams = rvs_malloc(n * 4 * es), *hvel = rvs_malloc(n * es);
     void *hout = rvs_malloc(n * np * es);
     double *vsini = rvs_malloc(n * sizeof *vsini);
@@ -645,22 +646,11 @@ static int eval_pass(struct rvs_context *ctx, struct arm_device *d, const double
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, nu * np * es, NULL, &dtempl));
     RVS_TRY(rvs_nn_forward(ctx, d->nn, dparams, nu, dtempl, RVS_NN_FLUX_REAL));
     cl_mem src = dtempl;
-    if (nu < n) {
-        cl_uint npix_u = (cl_uint)np, nrows_u = (cl_uint)n;
-        RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, n * sizeof *uid,
-                                  uid, &dgidx));
-        RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, n * np * es, NULL, &dgath));
-        RVS_TRY(rvs_kernel_arg(d->gather, 0, sizeof(cl_mem), &dtempl));
-        RVS_TRY(rvs_kernel_arg(d->gather, 1, sizeof(cl_mem), &dgidx));
-        RVS_TRY(rvs_kernel_arg(d->gather, 2, sizeof npix_u, &npix_u));
-        RVS_TRY(rvs_kernel_arg(d->gather, 3, sizeof nrows_u, &nrows_u));
-        RVS_TRY(rvs_kernel_arg(d->gather, 4, sizeof(cl_mem), &dgath));
-        RVS_TRY(rvs_kernel_launch_2d(ctx, d->gather, np, n, 0, 1));
-        src = dgath;
-    }
-    if (any_rot) {
+    if (nu < n || any_rot) {
+        /* one row per request: rotated, or copied from its parameter vector's emulator row */
         RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, n * np * es, NULL, &drot));
-        RVS_TRY(rvs_rotation_apply(ctx, d->rot, src, n, vsini, d->lnstep, RVS_ROTATION_EPS, drot));
+        RVS_TRY(rvs_rotation_apply_rows(ctx, d->rot, dtempl, nu < n ? uid : NULL, nu, n, vsini,
+                                        d->lnstep, RVS_ROTATION_EPS, drot));
         src = drot;
     }
     if (nshift > 0) {
@@ -704,8 +694,6 @@ static int eval_pass(struct rvs_context *ctx, struct arm_device *d, const double
 cleanup:
     rvs_buffer_release(&dparams);
     rvs_buffer_release(&dtempl);
-    rvs_buffer_release(&dgidx);
-    rvs_buffer_release(&dgath);
     rvs_buffer_release(&drot);
     rvs_buffer_release(&dcoef);
     rvs_buffer_release(&didx);
@@ -740,7 +728,6 @@ static int eval_arm(struct rvs_context *ctx, struct eval_arm *arm, const double 
         any_shift |= rows[i * NCOL + COL_VRAD] != 0;
     RVS_TRY(rvs_nn_create(ctx, rvs_library_nn_desc(arm->lib), &d.nn));
     RVS_TRY(rvs_rotation_create(ctx, d.npix, &d.rot));
-    RVS_TRY(rvs_context_kernel(ctx, "engine", "rvs_engine_gather", &d.gather));
     if (any_shift) {
         RVS_TRY(rvs_spline_grid_create(ctx, c->wave, d.npix, 1, &d.grid));
         RVS_TRY(rvs_spline_points_create(ctx, c->wave, d.npix, &d.lam));
@@ -766,8 +753,6 @@ static int eval_arm(struct rvs_context *ctx, struct eval_arm *arm, const double 
             d.npix, passes, passes == 1 ? "" : "es");
 cleanup:
     rvs_buffer_release(&d.lam);
-    if (d.gather)
-        clReleaseKernel(d.gather);
     rvs_spline_grid_destroy(&d.grid);
     rvs_rotation_destroy(&d.rot);
     rvs_nn_destroy(&d.nn);
