@@ -657,6 +657,14 @@ static int read_primary(fitsfile *f, struct rvs_library_arm *a)
     RVS_TRY(read_key(f, path, "PRIMARY", "VALERR", KEY_REAL, 0, &p->valerr, &present));
     if (!present)
         p->valerr = NAN;
+    /* the trainer's held-out emulation error (written by rvsfit-cl-train, read for reports
+     * and tests; the library writer leaves them to the trainer) */
+    RVS_TRY(read_key(f, path, "PRIMARY", "VALMED", KEY_REAL, 0, &p->valmed, &present));
+    if (!present)
+        p->valmed = NAN;
+    RVS_TRY(read_key(f, path, "PRIMARY", "VAL99", KEY_REAL, 0, &p->val99, &present));
+    if (!present)
+        p->val99 = NAN;
     fits_read_key_longstr(f, "TRAINCMD", &longstr, NULL, &fst);
     if (fst == KEY_NO_EXIST) {
         fits_clear_errmsg();

@@ -61,6 +61,9 @@ struct rvs_trainer {
     double lr, sched_best;
     size_t sched_bad, epoch;
     uint64_t rng[4];
+    /* the last rvs_trainer_fit stopped at its time limit and left a checkpoint of the state it
+     * stopped in, for a later run to continue */
+    int resumable;
 };
 
 /* ------------------------------------------------------------------ small helpers */
@@ -337,6 +340,8 @@ const struct rvs_train_layout *rvs_trainer_layout(const struct rvs_trainer *tr)
 }
 
 double rvs_trainer_lr(const struct rvs_trainer *tr) { return tr->lr; }
+int rvs_trainer_resumable(const struct rvs_trainer *tr) { return tr->resumable; }
+size_t rvs_trainer_epochs_done(const struct rvs_trainer *tr) { return tr->epoch; }
 void rvs_trainer_set_time_limit(struct rvs_trainer *tr, double seconds)
 {
     tr->cfg.time_limit = seconds > 0 ? seconds : 0.0;
@@ -1042,6 +1047,7 @@ int rvs_trainer_fit(struct rvs_trainer *tr, rvs_train_report_fn report, void *us
     size_t since_best = 0, start = tr->epoch;
     int have_best = 0;
     double fit_start = now_seconds();
+    tr->resumable = 0;
     best = rvs_malloc(tr->lay.total * sizeof *best);
     best_mean = rvs_malloc((L + 1) * W * sizeof *best_mean);
     best_var = rvs_malloc((L + 1) * W * sizeof *best_var);
@@ -1100,6 +1106,13 @@ int rvs_trainer_fit(struct rvs_trainer *tr, rvs_train_report_fn report, void *us
         if (tr->cfg.time_limit > 0 && now_seconds() - fit_start > tr->cfg.time_limit) {
             rvs_log(RVS_LOG_INFO, "train", "time limit of %.0f s reached after epoch %zu",
                     tr->cfg.time_limit, tr->epoch);
+            /* Training was cut short, not finished: keep the state it stopped in (not the
+             * best weights restored below), so that a run with --resume goes on where this
+             * one stopped. This is how a training longer than one job's wall time is done. */
+            if (tr->cfg.checkpoint_path) {
+                RVS_TRY(rvs_trainer_checkpoint_save(tr, tr->cfg.checkpoint_path));
+                tr->resumable = 1;
+            }
             break;
         }
         if (tr->nval && tr->cfg.stop_patience && since_best >= tr->cfg.stop_patience) {

@@ -81,6 +81,20 @@ expect_in err "time limit of [0-9]+ s reached after epoch" "time limit reached"
 [ -s "$scratch/libt/rvsfit_toy_b.fits" ] || fail "no library after the time limit"
 [ "$took" -le 40 ] || fail "--time-limit 10 took $took s"
 echo "--time-limit 10: $took s"
+# stopped by the time limit, not finished: the state it stopped in is kept as the checkpoint
+# (even without periodic ones), and --resume goes on from that epoch
+stopped=$(sed -n 's/.*time limit of [0-9]* s reached after epoch \([0-9]*\).*/\1/p' "$scratch/err")
+[ -f "$scratch/libt/.rvsfit-cl-train_toy_b.ckpt" ] || fail "no checkpoint after the time limit"
+expect_in err "checkpoint .* kept; the same command with --resume continues it" "kept message"
+# shellcheck disable=SC2086
+run 0 "resume after the time limit" -- "$train" --grid "$scratch/grid.fits" \
+    --out "$scratch/libt" $common --epochs $((stopped + 2)) --stop-patience 0 \
+    --checkpoint-every 0 --resume --force -v
+expect_in err "resumed from .* at epoch $stopped " "resumed where the time limit stopped"
+expect_in out "^epoch +$((stopped + 2)) " "resumed run reaches its epoch limit"
+expect_not_in out "^epoch +$stopped " "resumed run repeats the last epoch"
+expect_in out "^final: $((stopped + 2)) epochs \(2 in this run\)" "epochs counted over both runs"
+[ -f "$scratch/libt/.rvsfit-cl-train_toy_b.ckpt" ] && fail "checkpoint left after finishing"
 
 # errors
 run 1 "missing grid" -- "$train" --grid "$scratch/none.fits" --setup toy_b --out "$scratch/lib"

@@ -40,7 +40,7 @@ struct rvs_library_hull {
 };
 
 /* Provenance keywords (§2). Strings are "" when the file lacks the keyword; the numbers are -1
- * (ckptver, nnarchv) or NaN (trnloss, valerr) when absent. */
+ * (ckptver, nnarchv) or NaN (trnloss, valerr, valmed, val99) when absent. */
 struct rvs_library_provenance {
     char creator[RVS_LIBRARY_STRLEN], creator_version[RVS_LIBRARY_STRLEN];
     char date[RVS_LIBRARY_STRLEN], grid_name[RVS_LIBRARY_STRLEN];
@@ -52,6 +52,7 @@ struct rvs_library_provenance {
     long ckptver, nnarchv;
     const char *traincmd; /* TRAINCMD (long string) or NULL */
     double trnloss, valerr;
+    double valmed, val99; /* VALMED, VAL99: held-out median and 99th percentile |dflux|/flux */
 };
 
 /* Everything a file holds, as the loader returns it and the writer takes it. Arrays are

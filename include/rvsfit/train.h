@@ -152,13 +152,20 @@ int rvs_trainer_epoch(struct rvs_trainer *tr, double *train_loss);
 int rvs_trainer_evaluate(struct rvs_trainer *tr, const size_t *rows, size_t count, double *loss,
                          float *pred);
 double rvs_trainer_lr(const struct rvs_trainer *tr);
+/* Epochs trained in all, those of the runs a checkpoint carried over included. */
+size_t rvs_trainer_epochs_done(const struct rvs_trainer *tr);
+/* Whether the last rvs_trainer_fit stopped at its time limit and saved a checkpoint of the
+ * state it stopped in (the configuration's checkpoint_path), for a later run to resume. */
+int rvs_trainer_resumable(const struct rvs_trainer *tr);
 /* Changes the configuration's time_limit (seconds, 0: none) of an existing trainer. */
 void rvs_trainer_set_time_limit(struct rvs_trainer *tr, double seconds);
 
 /* The training loop: epochs until max_epochs, the learning rate below min_lr, the time limit,
  * or (with validation rows and stop_patience) no better validation loss for stop_patience
  * epochs, with
- * the schedule, checkpoints, and the best validation weights restored at the end. report (may
+ * the schedule, checkpoints, and the best validation weights restored at the end. Stopped by
+ * the time limit, it first saves a checkpoint of the state it stopped in (when the
+ * configuration has a checkpoint_path): see rvs_trainer_resumable. report (may
  * be NULL) is called after every epoch; a non-zero return stops training. *final_train and
  * *final_val (may be NULL) get the losses of the weights kept. */
 int rvs_trainer_fit(struct rvs_trainer *tr, rvs_train_report_fn report, void *user,

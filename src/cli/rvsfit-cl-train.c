@@ -98,10 +98,11 @@ static const struct rvs_cli_option cli_options[] = {
     {"force", no_argument, OPT_FORCE, NULL, "replace an existing library file", NULL},
     {"resume", no_argument, OPT_RESUME, NULL, "continue from the checkpoint in DIR", NULL},
     {"checkpoint-every", required_argument, OPT_CHECKPOINT_EVERY, "N",
-     "write a checkpoint every N epochs (32; 0: never)", NULL},
+     "write a checkpoint every N epochs (32; 0: only when --time-limit stops training)", NULL},
     {"time-limit", required_argument, OPT_TIME_LIMIT, "SECONDS",
      "stop training so that the whole run (reading, training, writing) ends within about "
-     "SECONDS of wall time, keeping the best weights so far", NULL},
+     "SECONDS of wall time, keeping the best weights so far and the state it stopped in as a "
+     "checkpoint that --resume continues", NULL},
     {"predictions", required_argument, OPT_PREDICTIONS, "FILE",
      "also write the held-out spectra and their predicted log-flux to FILE (FITS)", NULL},
     {"report", required_argument, OPT_REPORT, "FILE",
@@ -576,7 +577,9 @@ int main(int argc, char **argv)
                 ntrain);
         goto done;
     }
-    cfg.checkpoint_path = cfg.checkpoint_every ? ckpt : NULL;
+    /* periodic checkpoints follow --checkpoint-every; the one a run stopped by --time-limit
+     * leaves is always written (rvs_trainer_fit) */
+    cfg.checkpoint_path = ckpt;
     if ((status = rvs_context_create(&copt, &ctx)) != RVS_OK) {
         fprintf(stderr, "rvsfit-cl-train: no usable OpenCL device: %s\n", rvs_strerror(status));
         code = EXIT_DEVICE;
@@ -637,8 +640,12 @@ int main(int argc, char **argv)
         (status = emulation_error(ctx, &net, &map, &grid, erows, ecount, vpred, verr, &med,
                                   &p99, &dev)) != RVS_OK)
         goto done;
-    printf("final: %zu epochs, train loss %.6f, validation loss %.6f\n", epochs, final_train,
-           final_val);
+    if (resume)
+        printf("final: %zu epochs (%zu in this run), train loss %.6f, validation loss %.6f\n",
+               rvs_trainer_epochs_done(tr), epochs, final_train, final_val);
+    else
+        printf("final: %zu epochs, train loss %.6f, validation loss %.6f\n", epochs, final_train,
+               final_val);
     printf("emulation error on %zu %s spectra, |dflux|/flux per pixel: median %.4f%%, 99th "
            "percentile %.4f%%\n", ecount, nval ? "held-out" : "training", 100 * med, 100 * p99);
     rvs_log(RVS_LOG_INFO, "train", "inference path vs trainer forward: max |d ln flux| = %.3g",
@@ -653,11 +660,15 @@ int main(int argc, char **argv)
         .setup = setup, .gridname = grid.gridname, .traincmd = cmdline, .librev = revision,
         .train_loss = final_train, .val_loss = nval ? final_val : NAN,
         .err_median = nval ? med : NAN, .err_p99 = nval ? p99 : NAN, .ntrain = ntrain,
-        .nval = nval, .epochs = epochs};
+        .nval = nval, .epochs = rvs_trainer_epochs_done(tr)};
     if ((status = rvs_train_library_write(out_dir, &grid, &map, mapped, &net, &prov, force)) !=
         RVS_OK)
         goto done;
-    remove(ckpt);
+    if (rvs_trainer_resumable(tr))
+        rvs_log(RVS_LOG_INFO, "train", "training stopped at the time limit, not finished: "
+                "checkpoint %s kept; the same command with --resume continues it", ckpt);
+    else
+        remove(ckpt);
     printf("wrote %s/rvsfit_%s.fits\n", out_dir, setup);
     code = EXIT_OK;
 done:
