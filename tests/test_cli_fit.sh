@@ -59,7 +59,7 @@ run 0 "schema and contents of the outputs" -- "$python" \
     "$top_srcdir/tests/check_output_schema.py" --schema "$top_srcdir/tests/output_schema.txt" \
     --input "$example" --tab "first/main/10000/$tab" --mod "first/main/10000/$mod" \
     --rows "$rows" --arms "$arms" --header DEPNAM02=CLBlast --header TMPLCON0=desi_b \
-    --header TMPLREV0=default-20261121-3500
+    --header TMPLREV0=default-20261121-12000
 
 run 0 "values near the truth, row by row" -- "$python" -c '
 import sys
