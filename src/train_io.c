@@ -631,7 +631,8 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *g,
                            "held-out 99th percentile |dflux|/flux", &fst);
     fits_write_key_lng(f, "NTRAIN", (long)prov->ntrain, "training spectra", &fst);
     fits_write_key_lng(f, "NVALID", (long)prov->nval, "held-out validation spectra", &fst);
-    fits_write_key_lng(f, "NEPOCH", (long)prov->epochs, "training epochs (resumed runs included)", &fst);
+    fits_write_key_lng(f, "NEPOCH", (long)prov->epochs, "training epochs (resumed runs included)",
+                       &fst);
     if (prov->traincmd && *prov->traincmd) {
         fits_write_key_longwarn(f, &fst);
         fits_write_key_longstr(f, "TRAINCMD", prov->traincmd, "training command line", &fst);

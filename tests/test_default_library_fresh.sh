@@ -28,7 +28,7 @@ import sys
 from astropy.io import fits
 with open(sys.argv[2], "w") as out:
     for r in fits.getdata(sys.argv[1], "PARAMS"):
-        out.write("%r %r %r %r 0 0\n" % (r["TEFF"], r["LOGG"], r["FEH"], r["ALPHA"]))
+        out.write("%.17g %.17g %.17g %.17g 0 0\n" % (r["TEFF"], r["LOGG"], r["FEH"], r["ALPHA"]))
 ' "$scratch/fresh.fits" "$scratch/params.txt"
 run 0 "emulation" -- "$eval_prog" --template-lib "$top_srcdir/data/default" \
     --params "$scratch/params.txt" -o "$scratch/emulated.fits"
