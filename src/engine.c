@@ -770,7 +770,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
     int32_t th_hi = p->theta_of_tv[p->tv_at_rank[r_hi]];
     size_t Uth = (size_t)(th_hi - th_lo + 1);
     /* several templates read one emulator row when a theta comes with several vsini */
-    int shared_rows = Ut > Uth, any_rot = 0;
+    int shared_rows = Ut > Uth, any_rot = 0, rotate;
 
     /* staging: theta rows, template -> theta row, vsini, requests */
     for (size_t t = 0; t < Uth; t++)
@@ -783,6 +783,9 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         p->h_vsini[k] = p->vsini_of_tv[v];
         any_rot |= p->vsini_of_tv[v] > 0;
     }
+    /* the rotation call makes one row per template: needed to broaden, and to give templates
+     * that share an emulator row rows of their own */
+    rotate = any_rot || shared_rows;
     for (size_t i = 0; i < Ec; i++) {
         const struct rvs_engine_request *q = &p->req[p->order[c0 + i]];
         p->h_tidx[i] = p->rank_of_tv[p->tv_of_req[p->order[c0 + i]]] - r_lo;
@@ -794,7 +797,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
     size_t tbytes = Ut * g->tn_max * es, ebytes = Ec * g->n_max * es;
     RVS_TRY(grow(ctx, &g->params, Uth * RVS_ENGINE_NPARAM * es));
     RVS_TRY(grow(ctx, &g->tmpl, Uth * g->tn_max * es));
-    if (any_rot)
+    if (rotate)
         RVS_TRY(grow(ctx, &g->rot, tbytes));
     size_t coef_bytes = 0;
     for (size_t a = 0; a < g->narms; a++) {
@@ -858,7 +861,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         g->stats.nn_rows += Uth;
         RVS_TRY(stage_end(g, RVS_ENGINE_STAGE_NN, t0, 1));
         cl_mem src = g->tmpl.mem;
-        if (any_rot || shared_rows) {
+        if (rotate) {
             t0 = stage_begin(g);
             /* one row per template: the rotation reads each template's emulator row itself (a
              * template without rotation is copied); no separate gather pass */

@@ -665,31 +665,31 @@ cleanup:
 
 /* ------------------------------------------------------------------ per batch */
 
-/* One worker's share of the inputs: list[first], list[first + stride], ... into stage rows */
+/* The inputs of list[0..n) into stage rows; share k of nshares does list[k], list[k + nshares],
+ * ... and reports in status[k]. */
 struct ccf_job {
     struct rvs_fitter *f;
     const struct rvs_prepared *b;
     const size_t *list;
-    size_t n, first, stride;
-    int status;
+    size_t n;
+    int status[CCF_MAX_THREADS];
 };
 
-/* One share of ccf_inputs (rvs_parallel_run): the inputs of spectra k, k + n, ... */
-static void ccf_input_share(void *jobs, size_t k, size_t n)
+/* One share of ccf_inputs (rvs_parallel_run). */
+static void ccf_input_share(void *arg, size_t k, size_t nshares)
 {
-    (void)n;
-    struct ccf_job *job = (struct ccf_job *)jobs + k;
+    struct ccf_job *job = arg;
     struct rvs_fitter *f = job->f;
     struct rvs_fit_ccf *c = f->ccf;
     size_t N = c->n, rs = rvs_context_real_size(f->ctx);
     struct ccf_scratch s;
     double *dw = rvs_malloc(2 * N * sizeof(double)), *w = dw ? dw + N : NULL;
-    job->status = RVS_ERR_NOMEM;
+    job->status[k] = RVS_ERR_NOMEM;
     if (!dw || scratch_alloc(f, &s) != RVS_OK) {
         free(dw);
         return;
     }
-    for (size_t i = job->first; i < job->n; i += job->stride) {
+    for (size_t i = k; i < job->n; i += nshares) {
         ccf_input(f, job->b, job->list[i], dw, w, &s);
         double dmax = 0, wmax = 0;
         for (size_t g = 0; g < N; g++) {
@@ -720,8 +720,7 @@ static void ccf_input_share(void *jobs, size_t k, size_t n)
     }
     scratch_free(&s);
     free(dw);
-    job->status = RVS_OK;
-    return;
+    job->status[k] = RVS_OK;
 }
 
 /* The spectra's inputs into c->stage, rows in list order, a thread per core. */
@@ -729,13 +728,11 @@ static int ccf_inputs(struct rvs_fitter *f, const struct rvs_prepared *b, const 
                       size_t n)
 {
     size_t nth = rvs_parallel_threads(n, 1, CCF_MAX_THREADS);
-    struct ccf_job jobs[CCF_MAX_THREADS];
-    for (size_t k = 0; k < nth; k++)
-        jobs[k] = (struct ccf_job){f, b, list, n, k, nth, RVS_OK};
-    rvs_parallel_run(nth, ccf_input_share, jobs);
+    struct ccf_job job = {f, b, list, n, {0}};
+    rvs_parallel_run(nth, ccf_input_share, &job);
     int status = RVS_OK;
     for (size_t k = 0; k < nth && status == RVS_OK; k++)
-        status = jobs[k].status;
+        status = job.status[k];
     return status;
 }
 

@@ -439,6 +439,8 @@ static int apply_direct_device_weights(struct rvs_context *ctx, struct rvs_rotat
         if (table[at] < 0) {
             size_t n = keys[t].n;
             if (nweights + n > (size_t)INT32_MAX) {
+                rvs_log(RVS_LOG_ERROR, "rotation", "%zu templates need more than 2^31 kernel "
+                        "weights; rotate them in smaller calls", ntempl);
                 status = RVS_ERR_INVALID_ARGUMENT;
                 goto cleanup;
             }
@@ -551,6 +553,8 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
             nweights += keys[i].n;
         }
     if (nweights > (size_t)INT32_MAX) {
+        rvs_log(RVS_LOG_ERROR, "rotation", "%zu templates need more than 2^31 kernel "
+                "weights; rotate them in smaller calls", ntempl);
         status = RVS_ERR_INVALID_ARGUMENT;
         goto cleanup;
     }

@@ -136,7 +136,6 @@ static void check_case(struct rvs_context *ctx, struct rvs_routine_args args)
           tol);
 }
 
-/* Uploads T x N host doubles as rvs_real, applies, reads back into y. */
 /* rvs_rotation_apply_rows on host data: x holds n_in input rows of N values, template t reads
  * row in_rows[t] (NULL: row t); the T results into y. */
 static int apply_rows_host(struct rvs_context *ctx, struct rvs_rotation *rot, const double *x,

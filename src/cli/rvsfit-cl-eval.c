@@ -538,7 +538,8 @@ struct arm_device {
     struct rvs_nn *nn;
     struct rvs_rotation *rot;
     struct rvs_spline_grid *grid; /* only when some row has vrad != 0 */
-    cl_mem lam;                   /* the template grid (rvs_spline_points_create): where the shift evaluates */
+    cl_mem lam;                   /* the template grid (rvs_spline_points_create): where the
+                                   * shift evaluates */
     size_t npix, width;
     double lnstep;
 };
