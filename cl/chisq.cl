@@ -217,7 +217,7 @@ static void jacobi_eigen(__global rvs_real *a, __global rvs_real *v, uint np, rv
  * largest eigenvalue) count as zero. Writes coefficients (hi, lo), log det (hi, lo), mode. */
 __kernel void rvs_chisq_solve(__global const rvs_real *gh, __global const rvs_real *gl,
                               __global const rvs_real *v, uint E, uint np, int force_fallback,
-                              rvs_real tol, rvs_real eps, __global rvs_real *fac,
+                              int scale_free, rvs_real tol, rvs_real eps, __global rvs_real *fac,
                               __global rvs_real *coef, __global rvs_real *logdet,
                               __global int *mode_out)
 {
@@ -367,6 +367,28 @@ __kernel void rvs_chisq_solve(__global const rvs_real *gh, __global const rvs_re
 #endif
     {
         ld += -2 * RVS_CHISQ_LN2 * (rvs_real)expsum;
+    }
+    /* Scale-free continuum prior: log det G - npoly log tr G does not change when the template
+     * is multiplied by a constant (G scales as its square), so the marginal likelihood no longer
+     * prefers faint templates (rvs_chisq_arm_set_scale_free). */
+    if (scale_free && mode != MODE_NONFINITE) {
+        rvs_real tr = 0;
+        for (uint j = 0, p = 0; j < np; j++) {
+            tr += g[p];
+            p += np - j;
+        }
+#if !RVS_HAVE_FP64
+        float trl = 0;
+        for (uint j = 0, p = 0; j < np; j++) {
+            trl += gl[e * npair + p];
+            p += np - j;
+        }
+        float2 t2 = df_add(df_two_sum(ld, ldl), (float2)(-(float)np * log(tr + trl), 0.0f));
+        ld = t2.x;
+        ldl = t2.y;
+#else
+        ld -= (rvs_real)np * log(tr);
+#endif
     }
 
     if (mode == MODE_NONFINITE) {

@@ -19,7 +19,7 @@
 
 struct rvs_chisq_arm {
     size_t n, np, npair, n_pad, nb;
-    int rbf, fp64, force_fallback;
+    int rbf, fp64, force_fallback, scale_free;
     size_t es; /* bytes per rvs_real */
     cl_mem pt;     /* n_pad x np: basis, pixel-major, zero padding rows */
     cl_mem ppt;    /* n_pad x npair: products P_j P_k (j <= k); fp32: n_pad x [hi | lo] */
@@ -47,6 +47,12 @@ void rvs_chisq_arm_force_fallback(struct rvs_chisq_arm *arm, int on)
 {
     if (arm)
         arm->force_fallback = on != 0;
+}
+
+void rvs_chisq_arm_set_scale_free(struct rvs_chisq_arm *arm, int on)
+{
+    if (arm)
+        arm->scale_free = on != 0;
 }
 
 /* Port of get_poly_basis (rvspecfit py/rvspecfit/spec_fit.py). */
@@ -587,6 +593,8 @@ int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem mo
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof e32, &e32));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof np32, &np32));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof force, &force));
+    cl_int scale_free = arm->scale_free;
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof scale_free, &scale_free));
     /* pivots / eigenvalues below 4 npoly eps of the scaled matrix are rounding noise */
     RVS_TRY(real_arg(arm, k, a++, 4.0 * (double)np * eps));
     RVS_TRY(real_arg(arm, k, a++, eps));

@@ -248,6 +248,7 @@ static int arm_create(struct rvs_engine *g, struct engine_arm *r,
     RVS_TRY(rvs_spline_grid_create(ctx, tw, tn, 1, &r->grid));
     RVS_TRY(rvs_rotation_create(ctx, tn, &r->rot));
     RVS_TRY(rvs_chisq_arm_create(ctx, dw, n, c->npoly, c->rbf, &r->chisq));
+    rvs_chisq_arm_set_scale_free(r->chisq, c->scale_free);
     RVS_TRY(rvs_spline_points_create(ctx, dw, n, &r->lam));
     r->coef_fixed = rvs_spline_coeffs_bytes(ctx, r->grid, 1);
     r->coef_per_tmpl = rvs_spline_coeffs_bytes(ctx, r->grid, 2) - r->coef_fixed;

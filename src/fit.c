@@ -45,6 +45,8 @@ void rvs_fit_config_init(struct rvs_fit_config *c)
     c->ccf_continuum_normalize = 1;
     c->second_minimizer = 1;
     c->batch_size = 0;
+    c->clip_sigma = 5;
+    c->scale_free_continuum = 1;
 }
 
 double rvs_fit_now(void)
@@ -104,6 +106,7 @@ int rvs_fitter_create(struct rvs_context *ctx, const struct rvs_fit_config *conf
         ac[k].data_npix = nwave[a];
         ac[k].npoly = config->npoly;
         ac[k].rbf = config->rbf_continuum;
+        ac[k].scale_free = config->scale_free_continuum;
         ac[k].ndiag = ndiag ? ndiag[a] : 0;
         f->lib[a] = arms[a];
         f->nwave[a] = nwave[a];
@@ -175,6 +178,7 @@ void rvs_fitter_destroy(struct rvs_fitter **fitter)
     }
     for (int a = 0; a < RVS_DESI_NARMS; a++)
         free(f->used[a]);
+    rvs_fit_clip_free(f);
     free(f->badchi);
     free(f->req);
     free(f->chi);
@@ -959,6 +963,8 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             keep_best(wall, n, K, 1, wk);
         RVS_TRY(rvs_fit_newton(f, wk, n, 60, RVS_FIT_STENCIL_FULL));
         RVS_TRY(polish_vsini(f, wk, n));
+        /* pixels the mask missed: left out, and the targets that had them refitted */
+        RVS_TRY(rvs_fit_clip_outliers(f, b, list, n, wk, specp, resp, arm_used));
         for (size_t i = 0; i < n; i++) {
             struct rvs_fit_point *p = &best[list[i]];
             p->s = (int)list[i];
@@ -1048,6 +1054,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         r->feh_err = perr[i][2];
         r->alphafe_err = perr[i][3];
         r->vrad_ccf = vstart[t];
+        r->npix_clip = f->nclip ? (long long)f->nclip[t] : 0;
         r->chisq_tot = 0;
         r->chisq_c_tot = 0;
         r->npix_tot = 0;
@@ -1060,11 +1067,12 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             size_t np = f->nwave[a];
             const double *sp = b->spec[a] + t * np, *es = b->espec[a] + t * np;
             const unsigned char *bd = b->bad[a] + t * np;
+            const unsigned char *cl = f->clip[k] ? f->clip[k] + t * np : NULL;
             const double *m = mod[k] + i * np, *cm = cmod[k] + t * np;
             double c = 0, cc = 0;
             long long npx = 0;
             for (size_t j = 0; j < np; j++) {
-                if (bd[j])
+                if (bd[j] || (cl && cl[j]))
                     continue;
                 double d = (m[j] - sp[j]) / es[j], dc = (cm[j] - sp[j]) / es[j];
                 c += d * d;

@@ -46,6 +46,10 @@ struct rvs_fitter {
     struct rvs_fit_profile prof;
     size_t newton_calls, newton_iter_max, newton_unconverged, posterior_rounds;
     struct rvs_fit_ccf *ccf;
+    /* outlier clipping of the current batch (src/fit_clip.c), per engine arm [nt][npix] */
+    unsigned char *clip[RVS_DESI_NARMS]; /* 1: left out as an outlier */
+    double *espec_clip[RVS_DESI_NARMS];  /* the batch's σ with clipped pixels made "bad" */
+    size_t *nclip;                       /* per target: pixels clipped */
 };
 
 double rvs_fit_now(void);
@@ -89,6 +93,16 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
  * point (one engine call); bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
                          double (*err)[4], int *bad);
+
+/* Outlier clipping (src/fit_clip.c) after the optimizer: marks pixels whose residual at the
+ * walkers' optimum exceeds cfg.clip_sigma robust sigmas (and their neighbours), re-uploads the
+ * batch with those pixels' errors made "bad", and walks the affected targets to their new
+ * optimum (wk updated). f->clip, f->espec_clip and f->nclip describe what was clipped (all NULL
+ * or zero with clip_sigma 0). specp/resp/arm_used are what rvs_engine_set_data got. */
+int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
+                          size_t n, struct rvs_fit_walker *wk, const double *const *specp,
+                          const float *const *resp, const unsigned char *arm_used);
+void rvs_fit_clip_free(struct rvs_fitter *f);
 
 int rvs_fit_ccf_create(struct rvs_fitter *f);
 void rvs_fit_ccf_destroy(struct rvs_fitter *f);

@@ -54,6 +54,7 @@ struct rvs_library_arm {
     float *weights[MAX_WEIGHTS];
     size_t nweights;
     double *hull_data[RVS_LIBRARY_MAX_HULLS];
+    double *lsf_nodes; /* LSF table: wave then sigma, 2 x lsf.nnodes */
     char *traincmd;
 };
 
@@ -168,6 +169,32 @@ static int validate_content(const struct rvs_library_content *c, const char *pat
     if (!(c->log_step > 0) || !isfinite(c->log_step))
         return refuse(path, NULL, hint, "LOGSTEP = %.17g: must be a positive number",
                       c->log_step);
+
+    /* LSF (§2.1) */
+    const struct rvs_library_lsf *lsf = &c->lsf;
+    if (lsf->kind != RVS_LIBRARY_LSF_UNKNOWN && lsf->kind != RVS_LIBRARY_LSF_GAUSSIAN)
+        return refuse(path, NULL, hint, "LSF kind %d: must be unknown or Gaussian", lsf->kind);
+    if (lsf->kind == RVS_LIBRARY_LSF_UNKNOWN && (lsf->nnodes || lsf->resolution_matrix))
+        return refuse(path, NULL, hint, "LSFTYPE = 'UNKNOWN' with %s: a library made for the "
+                      "resolution-matrix path, or with an LSF table, must state its LSF",
+                      lsf->nnodes ? "an LSF table" : "LSFRMAT = T");
+    if (lsf->kind == RVS_LIBRARY_LSF_GAUSSIAN) {
+        if (!(lsf->sigma > 0 && lsf->sigma < 100))
+            return refuse(path, NULL, hint, "LSFSIG = %g: the Gaussian sigma must be in (0, 100) "
+                          "Angstrom", lsf->sigma);
+        if (lsf->nnodes == 1 || lsf->nnodes > RVS_LIBRARY_LSF_MAX_NODES)
+            return refuse(path, "LSF", hint, "%zu rows: an LSF table needs 2..%d", lsf->nnodes,
+                          RVS_LIBRARY_LSF_MAX_NODES);
+        for (size_t j = 0; j < lsf->nnodes; j++) {
+            if (!(lsf->node_wave[j] > 0) || !isfinite(lsf->node_wave[j]) ||
+                !(lsf->node_sigma[j] > 0 && lsf->node_sigma[j] < 100))
+                return refuse(path, "LSF", hint, "row %zu: WAVE = %g, SIGMA = %g: need a positive "
+                              "wavelength and a sigma in (0, 100) Angstrom", j, lsf->node_wave[j],
+                              lsf->node_sigma[j]);
+            if (j > 0 && !(lsf->node_wave[j] > lsf->node_wave[j - 1]))
+                return refuse(path, "LSF", hint, "row %zu: WAVE must increase strictly", j);
+        }
+    }
 
     /* WAVE: positive, increasing, log-uniform with the stated step */
     for (size_t j = 0; j < c->npix; j++) {
@@ -551,15 +578,16 @@ static int read_primary(fitsfile *f, struct rvs_library_arm *a)
         goto cleanup;
     }
     RVS_TRY(read_key(f, path, "PRIMARY", "RVSFVER", KEY_INT, 1, &version, NULL));
-    if (version != RVS_LIBRARY_FORMAT_VERSION) {
+    if (version < 1 || version > RVS_LIBRARY_FORMAT_VERSION) {
         rvs_log(RVS_LOG_ERROR, MOD,
-                "%s: template-library format version %ld; this rvsfit-cl (%s) reads version %d "
-                "only. Install a newer rvsfit-cl, or re-create the library with this version's "
-                "rvs-import.",
+                "%s: template-library format version %ld; this rvsfit-cl (%s) reads versions 1 "
+                "to %d only. Install a newer rvsfit-cl, or re-create the library with this "
+                "version's rvs-import.",
                 path, version, PACKAGE_VERSION, RVS_LIBRARY_FORMAT_VERSION);
         status = RVS_ERR_FORMAT;
         goto cleanup;
     }
+    c->format_version = version;
 
     RVS_TRY(verify_checksums(f, path));
     fits_movabs_hdu(f, 1, NULL, &fst);
@@ -665,6 +693,33 @@ static int read_primary(fitsfile *f, struct rvs_library_arm *a)
     RVS_TRY(read_key(f, path, "PRIMARY", "VAL99", KEY_REAL, 0, &p->val99, &present));
     if (!present)
         p->val99 = NAN;
+    struct {
+        const char *key;
+        long *dest;
+    } counts[] = {{"NTRAIN", &p->ntrain}, {"NVALID", &p->nvalid}, {"NEPOCH", &p->nepoch}};
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        RVS_TRY(read_key(f, path, "PRIMARY", counts[i].key, KEY_INT, 0, counts[i].dest,
+                         &present));
+        if (!present)
+            *counts[i].dest = -1;
+    }
+    /* the templates' LSF (§2.1): required from version 2 on; version 1 did not record it */
+    c->lsf.kind = RVS_LIBRARY_LSF_UNKNOWN;
+    c->lsf.sigma = NAN;
+    if (version >= 2) {
+        int rmat = 0;
+        RVS_TRY(read_key(f, path, "PRIMARY", "LSFTYPE", KEY_STRING, 1, s, NULL));
+        if (strcmp(s, "GAUSSIAN") == 0) {
+            c->lsf.kind = RVS_LIBRARY_LSF_GAUSSIAN;
+            RVS_TRY(read_key(f, path, "PRIMARY", "LSFSIG", KEY_REAL, 1, &c->lsf.sigma, NULL));
+        } else if (strcmp(s, "UNKNOWN") != 0) {
+            status = refuse(path, "PRIMARY", hint_load,
+                            "LSFTYPE = '%s': must be 'GAUSSIAN' or 'UNKNOWN'", s);
+            goto cleanup;
+        }
+        RVS_TRY(read_key(f, path, "PRIMARY", "LSFRMAT", KEY_LOGICAL, 1, &rmat, NULL));
+        c->lsf.resolution_matrix = rmat != 0;
+    }
     fits_read_key_longstr(f, "TRAINCMD", &longstr, NULL, &fst);
     if (fst == KEY_NO_EXIST) {
         fits_clear_errmsg();
@@ -820,6 +875,33 @@ cleanup:
     return status;
 }
 
+/* The optional LSF HDU (§2.1): sigma(lambda) nodes of a Gaussian LSF. */
+static int read_lsf_table(fitsfile *f, struct rvs_library_arm *a)
+{
+    int status = RVS_OK;
+    const char *path = a->path;
+    size_t n = 0;
+    if (a->c.format_version < 2 || !hdu_exists(f, "LSF"))
+        return RVS_OK;
+    if (a->c.lsf.kind != RVS_LIBRARY_LSF_GAUSSIAN)
+        return refuse(path, "LSF", hint_load, "an LSF table needs LSFTYPE = 'GAUSSIAN'");
+    RVS_TRY(move_to(f, path, "LSF", BINARY_TBL));
+    RVS_TRY(table_rows(f, path, "LSF", &n));
+    if (n < 2 || n > RVS_LIBRARY_LSF_MAX_NODES)
+        return refuse(path, "LSF", hint_load, "%zu rows: an LSF table needs 2..%d", n,
+                      RVS_LIBRARY_LSF_MAX_NODES);
+    a->lsf_nodes = rvs_malloc(2 * n * sizeof *a->lsf_nodes);
+    if (!a->lsf_nodes)
+        return RVS_ERR_NOMEM;
+    RVS_TRY(read_double_column(f, path, "LSF", "WAVE", n, a->lsf_nodes));
+    RVS_TRY(read_double_column(f, path, "LSF", "SIGMA", n, a->lsf_nodes + n));
+    a->c.lsf.nnodes = n;
+    a->c.lsf.node_wave = a->lsf_nodes;
+    a->c.lsf.node_sigma = a->lsf_nodes + n;
+cleanup:
+    return status;
+}
+
 int rvs_library_open_file(const char *path, struct rvs_library_arm **arm)
 {
     int status = RVS_OK, fst = 0;
@@ -855,6 +937,7 @@ int rvs_library_open_file(const char *path, struct rvs_library_arm **arm)
     }
     RVS_TRY(read_weights(f, a));
     RVS_TRY(read_hulls(f, a));
+    RVS_TRY(read_lsf_table(f, a));
     RVS_TRY(validate_content(&a->c, path, hint_load));
     rvs_log(RVS_LOG_INFO, MOD,
             "%s: setup %s, %zu pixels %.2f-%.2f A, network %zu-%zux%zu-%zu%s, %zu hulls, "
@@ -906,6 +989,7 @@ void rvs_library_close(struct rvs_library_arm **arm)
     for (size_t k = 0; k < RVS_LIBRARY_MAX_HULLS; k++)
         free(a->hull_data[k]);
     free(a->wave);
+    free(a->lsf_nodes);
     free(a->traincmd);
     free(a->path);
     free(a);
@@ -957,6 +1041,53 @@ int rvs_library_param_index(const struct rvs_library_arm *arm, const char *name)
 const struct rvs_library_provenance *rvs_library_provenance(const struct rvs_library_arm *arm)
 {
     return &arm->c.prov;
+}
+
+const struct rvs_library_lsf *rvs_library_lsf(const struct rvs_library_arm *arm)
+{
+    return &arm->c.lsf;
+}
+
+double rvs_library_lsf_sigma_at(const struct rvs_library_lsf *lsf, double lambda)
+{
+    if (lsf->kind != RVS_LIBRARY_LSF_GAUSSIAN)
+        return NAN;
+    size_t n = lsf->nnodes;
+    if (n < 2)
+        return lsf->sigma;
+    const double *w = lsf->node_wave, *sg = lsf->node_sigma;
+    if (!(lambda > w[0]))
+        return sg[0];
+    if (!(lambda < w[n - 1]))
+        return sg[n - 1];
+    size_t lo = 0, hi = n - 1; /* w[lo] < lambda < w[hi] */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (w[mid] <= lambda)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    double t = (lambda - w[lo]) / (w[hi] - w[lo]);
+    return sg[lo] + t * (sg[hi] - sg[lo]);
+}
+
+void rvs_library_lsf_describe(const struct rvs_library_lsf *lsf, char *buf, size_t size)
+{
+    const double fwhm = 2.0 * sqrt(2.0 * log(2.0));
+    if (lsf->kind != RVS_LIBRARY_LSF_GAUSSIAN) {
+        snprintf(buf, size, "unknown");
+    } else if (lsf->nnodes < 2) {
+        snprintf(buf, size, "Gaussian sigma %.4g A (FWHM %.4g A)", lsf->sigma, lsf->sigma * fwhm);
+    } else {
+        double lo = lsf->node_sigma[0], hi = lo;
+        for (size_t j = 1; j < lsf->nnodes; j++) {
+            lo = fmin(lo, lsf->node_sigma[j]);
+            hi = fmax(hi, lsf->node_sigma[j]);
+        }
+        snprintf(buf, size, "Gaussian sigma %.4g-%.4g A (table of %zu nodes)", lo, hi,
+                 lsf->nnodes);
+    }
 }
 const struct rvs_nn_desc *rvs_library_nn_desc(const struct rvs_library_arm *arm)
 {
@@ -1052,6 +1183,17 @@ static int write_primary(fitsfile *f, const struct rvs_library_content *c, const
                        &fst);
     put_key(f, TLONG, "NHULL", &nhull, "number of HULLn extensions", &fst);
     put_key(f, TSTRING, "HULLSPC", "mapped", "hull coordinate space", &fst);
+    {
+        /* §2.1: the templates' own LSF, and whether the library is meant for the
+         * resolution-matrix path */
+        int gauss = c->lsf.kind == RVS_LIBRARY_LSF_GAUSSIAN, rmat = c->lsf.resolution_matrix != 0;
+        put_key(f, TSTRING, "LSFTYPE", gauss ? "GAUSSIAN" : "UNKNOWN",
+                "line-spread function of the templates", &fst);
+        if (gauss)
+            fits_write_key_dbl(f, "LSFSIG", c->lsf.sigma, -12,
+                               "[Angstrom] its Gaussian sigma (table: median)", &fst);
+        put_key(f, TLOGICAL, "LSFRMAT", &rmat, "made for the resolution-matrix fit", &fst);
+    }
     put_key(f, TSTRING, "CREATOR", creator, "software that wrote this file", &fst);
     put_key(f, TSTRING, "CREATVER", creatver, "version of CREATOR (rvsfit-cl)", &fst);
     FITS_TRY(path, "PRIMARY", "write the keywords");
@@ -1086,6 +1228,19 @@ static int write_primary(fitsfile *f, const struct rvs_library_content *c, const
         fits_write_key_dbl(f, "TRNLOSS", p->trnloss, -17, "final training loss", &fst);
     if (isfinite(p->valerr))
         fits_write_key_dbl(f, "VALERR", p->valerr, -17, "validation error", &fst);
+    /* the trainer's held-out emulation error and counts, kept when a file is rewritten */
+    if (isfinite(p->valmed))
+        fits_write_key_dbl(f, "VALMED", p->valmed, -6, "held-out median |dflux|/flux per pixel",
+                           &fst);
+    if (isfinite(p->val99))
+        fits_write_key_dbl(f, "VAL99", p->val99, -6, "held-out 99th percentile |dflux|/flux",
+                           &fst);
+    if (p->ntrain >= 0)
+        put_key(f, TLONG, "NTRAIN", &p->ntrain, "training spectra", &fst);
+    if (p->nvalid >= 0)
+        put_key(f, TLONG, "NVALID", &p->nvalid, "held-out validation spectra", &fst);
+    if (p->nepoch >= 0)
+        put_key(f, TLONG, "NEPOCH", &p->nepoch, "training epochs (resumed runs included)", &fst);
     /* no comment: cfitsio would otherwise spend an extra CONTINUE card on it */
     if (p->traincmd && p->traincmd[0])
         fits_write_key_longstr(f, "TRAINCMD", p->traincmd, NULL, &fst);
@@ -1176,6 +1331,23 @@ cleanup:
     return status;
 }
 
+static int write_lsf_table(fitsfile *f, const char *path, const struct rvs_library_lsf *lsf)
+{
+    int status = RVS_OK, fst = 0;
+    char *ttype[2] = {"WAVE", "SIGMA"};
+    char *tform[2] = {"D", "D"};
+    char *tunit[2] = {"Angstrom", "Angstrom"};
+    fits_create_tbl(f, BINARY_TBL, (LONGLONG)lsf->nnodes, 2, ttype, tform, tunit, "LSF", &fst);
+    FITS_TRY(path, "LSF", "create the table");
+    fits_write_col(f, TDOUBLE, 1, 1, 1, (LONGLONG)lsf->nnodes, (void *)lsf->node_wave, &fst);
+    fits_write_col(f, TDOUBLE, 2, 1, 1, (LONGLONG)lsf->nnodes, (void *)lsf->node_sigma, &fst);
+    FITS_TRY(path, "LSF", "write the columns");
+    fits_write_chksum(f, &fst);
+    FITS_TRY(path, "LSF", "write the checksums");
+cleanup:
+    return status;
+}
+
 int rvs_library_write_arm(const char *path, const struct rvs_library_content *content,
                           int overwrite)
 {
@@ -1223,6 +1395,8 @@ int rvs_library_write_arm(const char *path, const struct rvs_library_content *co
     }
     for (size_t k = 0; k < content->nhull; k++)
         RVS_TRY(write_hull(f, tmp, content, k));
+    if (content->lsf.kind == RVS_LIBRARY_LSF_GAUSSIAN && content->lsf.nnodes >= 2)
+        RVS_TRY(write_lsf_table(f, tmp, &content->lsf));
     fits_close_file(f, &fst);
     f = NULL;
     FITS_TRY(tmp, NULL, "finish writing the file");

@@ -313,6 +313,7 @@ struct out_file {
     char tmp_path[4096];
     fitsfile *f;
     unsigned arms;
+    double fwhm[RVS_MKGRID_NARMS]; /* Å, per arm */
     int hdu_params;
     int hdu_flux[RVS_MKGRID_NARMS];
 };
@@ -388,7 +389,7 @@ static int write_header(struct out_file *of, const struct rvs_mkgrid_output_opti
         fits_write_key_str(of->f, "EXTNAME", extname, "one spectrum per row", &fstatus);
         fits_write_key_str(of->f, "BUNIT", "erg/(s cm2 Angstrom)", "surface flux", &fstatus);
         fits_write_key_str(of->f, "ARM", arm->name, "rvspecfit setup name", &fstatus);
-        fits_write_key_dbl(of->f, "FWHM", arm->fwhm, 4, "Gaussian resolution FWHM [Angstrom]",
+        fits_write_key_dbl(of->f, "FWHM", of->fwhm[a], 4, "Gaussian resolution FWHM [Angstrom]",
                            &fstatus);
         if (fstatus)
             FITS_TRY(0, "creating the flux HDU");
@@ -407,6 +408,7 @@ struct pool {
     size_t next;         /* next index to take, under lock */
     pthread_mutex_t lock;
     unsigned arms;
+    double fwhm[RVS_MKGRID_NARMS]; /* Å, the LSF each arm is degraded to */
     double *awave[RVS_MKGRID_NARMS];
     size_t anpix[RVS_MKGRID_NARMS];
     float *aflux[RVS_MKGRID_NARMS]; /* [count][npix] */
@@ -439,7 +441,7 @@ static void *worker(void *arg)
             if (!(p->arms & (1u << a)))
                 continue;
             st = rvs_mkgrid_degrade(rvs_synth_wavelength(p->synth), flux, npix,
-                                    rvs_mkgrid_desi_arms[a].fwhm, p->awave[a], p->anpix[a],
+                                    p->fwhm[a], p->awave[a], p->anpix[a],
                                     &p->aflux[a][i * p->anpix[a]]);
         }
         if (st != RVS_OK) {
@@ -486,6 +488,12 @@ int rvs_mkgrid_run(const struct rvs_synth *synth, const struct rvs_synth_params 
     unsigned arms = opt->arms ? opt->arms : (1u << RVS_MKGRID_NARMS) - 1;
     memset(files, 0, sizeof files);
     memset(&pool, 0, sizeof pool);
+    for (int a = 0; a < RVS_MKGRID_NARMS; a++) {
+        double fwhm = opt->fwhm[a] > 0 ? opt->fwhm[a] : rvs_mkgrid_desi_arms[a].fwhm;
+        pool.fwhm[a] = fwhm;
+        for (int i = 0; i < RVS_MKGRID_NARMS; i++)
+            files[i].fwhm[a] = fwhm;
+    }
     if (nfailed)
         *nfailed = 0;
     if (npoints == 0 || !path || !*path) {

@@ -389,6 +389,7 @@ cleanup:
 enum col_kind {
     COL_DOUBLE,   /* a double field of the row (NaN for a bad spectrum) */
     COL_NPIX,     /* NPIX_TOT */
+    COL_NCLIP,    /* NPIX_CLIP */
     COL_ARM,      /* chisq[arm] / chisq_c[arm] (field offset of the array) */
     COL_WARN,     /* RVS_WARN */
     COL_COPY,     /* copied from the input FIBERMAP */
@@ -496,6 +497,9 @@ static int build_rvtab_columns(fitsfile *in, const struct rvs_output_request *re
         c->offset = leading_fields[i].offset;
     }
     add_col(cols, ncols, "NPIX_TOT", "K", "", "Total number of unmasked pixels fitted", COL_NPIX);
+    /* not in rvspecfit's table: outlier pixels rvsfit-cl left out of the fit (--clip-sigma) */
+    add_col(cols, ncols, "NPIX_CLIP", "K", "", "Pixels left out of the fit as outliers",
+            COL_NCLIP);
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
         if (!(req->arms & (1u << a)))
             continue;
@@ -665,6 +669,10 @@ static int write_rvtab_hdu(fitsfile *out, const char *file, fitsfile *in,
             case COL_NPIX:
                 datatype = TLONGLONG;
                 ll[k] = bad ? 0 : r->npix_tot;
+                break;
+            case COL_NCLIP:
+                datatype = TLONGLONG;
+                ll[k] = bad ? 0 : r->npix_clip;
                 break;
             case COL_WARN:
                 datatype = TLONGLONG;

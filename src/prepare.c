@@ -112,7 +112,39 @@ static void lu_solve(const double *a, size_t w, const size_t *piv, double *b)
 int rvs_prepare_resolution(const float *res, size_t ndiag, size_t n, double pix_angstrom,
                            double sigma0_angstrom, double *out)
 {
+    return rvs_prepare_resolution_lsf(res, ndiag, n, pix_angstrom, NULL, sigma0_angstrom, out,
+                                      NULL);
+}
+
+/* The ndiag x ndiag Gaussian of the templates' LSF (σ in pixels) over the row offsets, LU
+ * factorised. */
+static int gaussian_lu(double sig, size_t w, double *gau, size_t *piv)
+{
+    for (size_t a = 0; a < w; a++)
+        for (size_t b = 0; b < w; b++) {
+            double x = ((double)b - (double)a) / sig;
+            gau[a * w + b] = 1.0 / sqrt(2.0 * M_PI) / sig * exp(-0.5 * x * x);
+        }
+    return lu_factor(gau, w, piv);
+}
+
+int rvs_prepare_resolution_lsf(const float *res, size_t ndiag, size_t n, double pix_angstrom,
+                               const double *sigma0_pixel, double sigma0_angstrom, double *out,
+                               size_t *narrow_rows)
+{
     int status = RVS_OK;
+    size_t narrow = 0;
+    if (narrow_rows)
+        *narrow_rows = 0;
+    if (sigma0_pixel && n > 0) {
+        /* the first row's σ0 starts the solve; a non-positive one anywhere fails the check below */
+        sigma0_angstrom = sigma0_pixel[0];
+        for (size_t i = 0; i < n; i++)
+            if (!(sigma0_pixel[i] > 0 && isfinite(sigma0_pixel[i]))) {
+                sigma0_angstrom = sigma0_pixel[i];
+                break;
+            }
+    }
     size_t w = ndiag, h = ndiag / 2;
     double *rows = NULL, *gau = NULL, *sums = NULL;
     size_t *piv = NULL;
@@ -151,22 +183,39 @@ int rvs_prepare_resolution(const float *res, size_t ndiag, size_t n, double pix_
         for (size_t r = h + 1 + i; r < w; r++)
             rows[r * n + j] = 0.0;
     }
-    /* The templates' Gaussian LSF in pixels, as a w x w matrix over the row offsets. */
+    /* The templates' Gaussian LSF in pixels, as a w x w matrix over the row offsets; with a
+     * varying LSF refactorised only where σ0 changes. */
     double sig = sigma0_angstrom / pix_angstrom;
-    for (size_t a = 0; a < w; a++)
-        for (size_t b = 0; b < w; b++) {
-            double x = ((double)b - (double)a) / sig;
-            gau[a * w + b] = 1.0 / sqrt(2.0 * M_PI) / sig * exp(-0.5 * x * x);
-        }
-    if (lu_factor(gau, w, piv) != RVS_OK) {
+    if (gaussian_lu(sig, w, gau, piv) != RVS_OK) {
         rvs_log(RVS_LOG_ERROR, "prepare", "resolution matrix: singular Gaussian system (σ0 %g Å)",
                 sigma0_angstrom);
         status = RVS_ERR_INVALID_ARGUMENT;
         goto cleanup;
     }
     for (size_t i = 0; i < n; i++) {
+        if (sigma0_pixel && sigma0_pixel[i] / pix_angstrom != sig) {
+            sig = sigma0_pixel[i] / pix_angstrom;
+            if (gaussian_lu(sig, w, gau, piv) != RVS_OK) {
+                rvs_log(RVS_LOG_ERROR, "prepare",
+                        "resolution matrix: singular Gaussian system (σ0 %g Å)", sigma0_pixel[i]);
+                status = RVS_ERR_INVALID_ARGUMENT;
+                goto cleanup;
+            }
+        }
         for (size_t r = 0; r < w; r++)
             col[r] = rows[r * n + i];
+        if (i >= h && i + h < n) {
+            /* the row's own width: second moment about its centroid, in pixels */
+            double m0 = 0, m1 = 0, m2 = 0;
+            for (size_t r = 0; r < w; r++) {
+                double off = (double)r - (double)h;
+                m0 += col[r];
+                m1 += col[r] * off;
+                m2 += col[r] * off * off;
+            }
+            double var = m0 > 0 ? m2 / m0 - (m1 / m0) * (m1 / m0) : 0.0;
+            narrow += !(var > sig * sig);
+        }
         lu_solve(gau, w, piv, col);
         double s = 0.0;
         for (size_t r = 0; r < w; r++) {
@@ -199,6 +248,8 @@ int rvs_prepare_resolution(const float *res, size_t ndiag, size_t n, double pix_
     for (size_t k = 0; k < w; k++)
         for (size_t j = 0; j < n; j++)
             out[k * n + j] = rows[(2 * h - k) * n + (j + k + n - h) % n];
+    if (narrow_rows)
+        *narrow_rows = narrow;
 cleanup:
     free(rows);
     free(gau);
@@ -207,10 +258,26 @@ cleanup:
     return status;
 }
 
+static int prepare_arm(const double *wave, size_t n, const float *flux, const float *ivar,
+                       const uint32_t *mask, const float *res, size_t ndiag, double sigma0,
+                       const double *sigma0_pixel, const struct rvs_prepare_options *options,
+                       double *spec, double *espec, unsigned char *bad, double *res_out,
+                       int *used, int *clamped, size_t *narrow_rows);
+
 int rvs_prepare_arm(const double *wave, size_t n, const float *flux, const float *ivar,
                     const uint32_t *mask, const float *res, size_t ndiag, double sigma0,
                     const struct rvs_prepare_options *options, double *spec, double *espec,
                     unsigned char *bad, double *res_out, int *used, int *clamped)
+{
+    return prepare_arm(wave, n, flux, ivar, mask, res, ndiag, sigma0, NULL, options, spec, espec,
+                       bad, res_out, used, clamped, NULL);
+}
+
+static int prepare_arm(const double *wave, size_t n, const float *flux, const float *ivar,
+                       const uint32_t *mask, const float *res, size_t ndiag, double sigma0,
+                       const double *sigma0_pixel, const struct rvs_prepare_options *options,
+                       double *spec, double *espec, unsigned char *bad, double *res_out,
+                       int *used, int *clamped, size_t *narrow_rows)
 {
     int status = RVS_OK;
     double *scratch = NULL;
@@ -261,7 +328,8 @@ int rvs_prepare_arm(const double *wave, size_t n, const float *flux, const float
             }
         if (n < 2 * EDGE_PIXELS + 1 || n < ndiag)
             goto cleanup;
-        RVS_TRY(rvs_prepare_resolution(res, ndiag, n, wave[1] - wave[0], sigma0, res_out));
+        RVS_TRY(rvs_prepare_resolution_lsf(res, ndiag, n, wave[1] - wave[0], sigma0_pixel,
+                                           sigma0, res_out, narrow_rows));
     }
 
     size_t ngood = 0;
@@ -314,6 +382,7 @@ void rvs_prepared_free(struct rvs_prepared *prepared)
         free(prepared->bad[a]);
         free(prepared->used[a]);
         free(prepared->resolution[a]);
+        free(prepared->sigma0_pixel[a]);
     }
     free(prepared->bad_spectrum);
     rvs_prepared_init(prepared);
@@ -362,6 +431,13 @@ int rvs_prepare_batch(const struct rvs_desi_spectra *spectra,
         GROW(out->used[a], cap);
         if (with_res)
             GROW(out->resolution[a], cap * nd * nw);
+        if (with_res && options->lsf_sigma0_at[a]) {
+            GROW(out->sigma0_pixel[a], nw);
+            for (size_t i = 0; i < nw; i++)
+                out->sigma0_pixel[a][i] =
+                    options->lsf_sigma0_at[a](options->lsf_data[a], wave[a][i]);
+        }
+        out->narrow_rows[a] = out->checked_rows[a] = 0;
         out->nwave[a] = nw;
         out->ndiag[a] = with_res ? nd : 0;
     }
@@ -377,12 +453,19 @@ int rvs_prepare_batch(const struct rvs_desi_spectra *spectra,
                 continue;
             size_t nw = spectra->nwave[a], nd = spectra->ndiag[a];
             int used = 0, clamped = 0;
-            RVS_TRY(rvs_prepare_arm(
+            size_t narrow = 0;
+            const double *sig_pix = with_res && options->lsf_sigma0_at[a] ? out->sigma0_pixel[a]
+                                                                           : NULL;
+            RVS_TRY(prepare_arm(
                 wave[a], nw, spectra->flux[a] + t * nw, spectra->ivar[a] + t * nw,
                 spectra->mask[a] + t * nw, with_res ? spectra->resolution[a] + t * nd * nw : NULL,
-                nd, options->lsf_sigma0[a], options, out->spec[a] + t * nw,
+                nd, options->lsf_sigma0[a], sig_pix, options, out->spec[a] + t * nw,
                 out->espec[a] + t * nw, out->bad[a] + t * nw,
-                with_res ? out->resolution[a] + t * nd * nw : NULL, &used, &clamped));
+                with_res ? out->resolution[a] + t * nd * nw : NULL, &used, &clamped, &narrow));
+            if (used && with_res) {
+                out->narrow_rows[a] += narrow;
+                out->checked_rows[a] += nw > 2 * (nd / 2) ? nw - 2 * (nd / 2) : 0;
+            }
             out->used[a][t] = (unsigned char)used;
             if (!used) {
                 memset(out->spec[a] + t * nw, 0, nw * sizeof(double));

@@ -46,6 +46,7 @@ void rvs_run_options_init(struct rvs_run_options *options)
     rvs_fit_config_init(&options->fit);
     rvs_output_naming_init(&options->naming);
     options->overlap = 1;
+    options->prepare.use_resolution = -1;
 }
 
 /* Time spent per stage, summed over files (seconds). */
@@ -125,6 +126,60 @@ static void build_header_info(struct rvs_run *run)
     }
 }
 
+static double library_lsf_sigma_at(const void *lsf, double lambda)
+{
+    return rvs_library_lsf_sigma_at(lsf, lambda);
+}
+
+/* The resolution-matrix path and the templates' σ0 it deconvolves, from the library where the
+ * user did not say: the path is on when every fitted arm's library was made for it (LSFRMAT),
+ * and σ0 is the library's recorded LSF (a table as a function of wavelength); a library that
+ * does not record it keeps rvspecfit's 0.5 Å with a warning. */
+static void resolve_lsf(struct rvs_run *run)
+{
+    struct rvs_prepare_options *p = &run->options.prepare;
+    if (p->use_resolution < 0) {
+        int all = 1;
+        for (int a = 0; a < RVS_DESI_NARMS; a++)
+            if (run->library[a] && !rvs_library_lsf(run->library[a])->resolution_matrix)
+                all = 0;
+        p->use_resolution = all;
+        rvs_log(RVS_LOG_INFO, MODULE, "%s: fitting %s resolution matrices (%s)",
+                run->options.template_lib, all ? "through the fibres'" : "without",
+                all ? "the library is made for them, LSFRMAT = T; --no-resolution-matrix fits "
+                      "the templates directly"
+                    : "the library does not declare itself made for them; --resolution-matrix "
+                      "applies them");
+    }
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        p->lsf_sigma0_at[a] = NULL;
+        p->lsf_data[a] = NULL;
+        if (!run->library[a] || (run->options.lsf_sigma0_given & (1u << a)))
+            continue;
+        const struct rvs_library_lsf *lsf = rvs_library_lsf(run->library[a]);
+        char what[128];
+        rvs_library_lsf_describe(lsf, what, sizeof what);
+        if (lsf->kind == RVS_LIBRARY_LSF_GAUSSIAN) {
+            p->lsf_sigma0[a] = lsf->sigma;
+            if (lsf->nnodes >= 2) {
+                p->lsf_sigma0_at[a] = library_lsf_sigma_at;
+                p->lsf_data[a] = lsf;
+            }
+            if (p->use_resolution)
+                rvs_log(RVS_LOG_INFO, MODULE, "arm %s: the templates' LSF (%s, from %s) is "
+                        "deconvolved from each resolution matrix", rvs_desi_arm_name(a), what,
+                        rvs_library_path(run->library[a]));
+        } else if (p->use_resolution) {
+            rvs_log(RVS_LOG_WARNING, MODULE,
+                    "%s does not record the LSF of its templates: the resolution matrices of arm "
+                    "%s are deconvolved by sigma0 = %g A (rvspecfit's default); give "
+                    "lsf_sigma0_angstrom in the configuration, or record the LSF with "
+                    "rvsfit-cl-lsf",
+                    rvs_library_path(run->library[a]), rvs_desi_arm_name(a), p->lsf_sigma0[a]);
+        }
+    }
+}
+
 int rvs_run_create(struct rvs_context *ctx, const struct rvs_run_options *options,
                    struct rvs_run **out)
 {
@@ -156,6 +211,7 @@ int rvs_run_create(struct rvs_context *ctx, const struct rvs_run_options *option
         }
         RVS_TRY(rvs_library_check_desi(run->library[a]));
     }
+    resolve_lsf(run);
     build_header_info(run);
     *out = run;
     run = NULL;
@@ -438,6 +494,7 @@ static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
     int thread_running = 0;
     pthread_t thread;
     struct producer_job jobs[2];
+    size_t narrow[RVS_DESI_NARMS] = {0}, checked[RVS_DESI_NARMS] = {0};
     for (int i = 0; i < 2; i++) {
         memset(&slots[i], 0, sizeof slots[i]);
         rvs_desi_spectra_init(&slots[i].spectra);
@@ -509,6 +566,10 @@ static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
             goto cleanup;
         }
         run->spectra_fitted += cur->count;
+        for (int a = 0; a < RVS_DESI_NARMS; a++) {
+            narrow[a] += cur->prepared.narrow_rows[a];
+            checked[a] += cur->prepared.checked_rows[a];
+        }
 
         if (thread_running) {
             double tw = now_seconds();
@@ -523,6 +584,16 @@ static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
         if (run->options.progress)
             progress_line(run, input, done, sel->nselected, t_start);
     }
+    /* once per file and arm: where R is narrower than the templates, nothing can be deconvolved */
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        if (narrow[a])
+            rvs_log(RVS_LOG_WARNING, MODULE,
+                    "%s: arm %s: the resolution matrix is not wider than the templates' LSF "
+                    "(sigma0 %.3g A) at %.2f%% of the pixels fitted: no deconvolution exists "
+                    "there, and the solve sharpens the templates instead (as rvspecfit does); "
+                    "use a library with a narrower LSF",
+                    input, rvs_desi_arm_name(a), run->options.prepare.lsf_sigma0[a],
+                    100.0 * (double)narrow[a] / (double)(checked[a] ? checked[a] : 1));
 cleanup:
     if (thread_running)
         pthread_join(thread, NULL);

@@ -259,6 +259,30 @@ int rvs_train_grid_read(const char *path, const char *setup, const char *const *
         status = RVS_ERR_FORMAT;
         goto cleanup;
     }
+    /* the spectra's LSF: FWHM (rvsfit-cl-mkgrid) or LSFSIG (sigma), both in Angstrom */
+    g->lsf_sigma = NAN;
+    {
+        double v = 0;
+        if (fits_read_key_dbl(f, "LSFSIG", &v, NULL, &fst) == 0) {
+            g->lsf_sigma = v;
+        } else if (fst == KEY_NO_EXIST) {
+            fst = 0;
+            fits_clear_errmsg();
+            if (fits_read_key_dbl(f, "FWHM", &v, NULL, &fst) == 0)
+                g->lsf_sigma = v / (2.0 * sqrt(2.0 * log(2.0)));
+            else if (fst == KEY_NO_EXIST) {
+                fst = 0;
+                fits_clear_errmsg();
+            }
+        }
+        FITS_TRY(path, "cannot read keyword FWHM or LSFSIG of HDU %s", flux_hdu);
+        if (isfinite(g->lsf_sigma) && !(g->lsf_sigma > 0 && g->lsf_sigma < 100)) {
+            rvs_log(RVS_LOG_ERROR, "train", "%s: HDU %s: the LSF sigma %g Angstrom (from FWHM or "
+                    "LSFSIG) must be in (0, 100)", path, flux_hdu, g->lsf_sigma);
+            status = RVS_ERR_FORMAT;
+            goto cleanup;
+        }
+    }
     int is_log = 0;
     if (fits_read_key_str(f, "FLUXTYPE", value, NULL, &fst) == 0) {
         if (strcasecmp(value, "LOG") == 0)
@@ -589,7 +613,7 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *g,
     if (withbn)
         bneps = d->bn[1].eps;
     fits_write_key_str(f, "RVSFMT", "rvsfit-cl template library", "format name", &fst);
-    fits_write_key_lng(f, "RVSFVER", 1, "format version", &fst);
+    fits_write_key_lng(f, "RVSFVER", RVS_LIBRARY_FORMAT_VERSION, "format version", &fst);
     fits_write_key_str(f, "SETUP", prov->setup, "arm setup", &fst);
     fits_write_key_str(f, "EMULATOR", "NN", "emulator type", &fst);
     fits_write_key_lng(f, "NPARAM", (long)P, "stellar parameters", &fst);
@@ -608,6 +632,18 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *g,
     fits_write_key_dbl(f, "LOGCLIP", logclip, -17, "flux = exp(clip(out, -C, C))", &fst);
     fits_write_key_lng(f, "NHULL", (long)nhull, "HULL<k> HDUs", &fst);
     fits_write_key_str(f, "HULLSPC", "mapped", "hull coordinates", &fst);
+    /* the templates' LSF (doc/template-library.md sec. 2.1) */
+    if (isfinite(prov->lsf_sigma)) {
+        fits_write_key_str(f, "LSFTYPE", "GAUSSIAN", "line-spread function of the templates",
+                           &fst);
+        fits_write_key_dbl(f, "LSFSIG", prov->lsf_sigma, -12, "[Angstrom] its Gaussian sigma",
+                           &fst);
+    } else {
+        fits_write_key_str(f, "LSFTYPE", "UNKNOWN", "line-spread function of the templates",
+                           &fst);
+    }
+    fits_write_key_log(f, "LSFRMAT", prov->resolution_matrix && isfinite(prov->lsf_sigma),
+                       "made for the resolution-matrix fit", &fst);
     fits_write_key_str(f, "CREATOR", "rvsfit-cl-train", "software that wrote the file", &fst);
     fits_write_key_str(f, "CREATVER", PACKAGE_VERSION, "its version", &fst);
     fits_write_date(f, &fst);

@@ -7,7 +7,10 @@
 #
 # "bad" writes OUT_DIR/<case>/rvsfit_<setup>.fits for every case and OUT_DIR/cases.txt with one
 # line "<case>|<text the loader's message must contain>". Every file but the checksum cases is
-# written with valid checksums, so the loader gets as far as the defect the case plants.
+# written with valid checksums, so the loader gets as far as the defect the case plants. GOOD_FILE
+# is rvs-import's conversion without an LSF option (format version 2, LSFTYPE = 'UNKNOWN'); the
+# LSF cases (doc/template-library.md 2.1) set the keywords and the LSF table themselves, and
+# "<case>|OK" lines are variants the loader must accept (a version-1 file among them).
 import os
 import shutil
 import sys
@@ -53,7 +56,7 @@ def mode_bad(good, out):
             h[0].header[k] = v
         return e
 
-    emit('version', 'format version 2; this rvsfit-cl', set_key('RVSFVER', 2))
+    emit('version', 'format version 3; this rvsfit-cl', set_key('RVSFVER', 3))
     emit('foreign', 'not an rvsfit-cl template library', set_key('RVSFMT', 'something else'))
     emit('setup', 'but the file is not called', set_key('SETUP', 'desi_q'))
     emit('nonlin', "NONLIN = 'ReLU'", set_key('NONLIN', 'ReLU'))
@@ -156,6 +159,48 @@ def mode_bad(good, out):
     def hull_names(h):
         h['HULL2'].header['HULLP1'] = 'logg'
     emit('hullname', "HULLP1/HULLP2 = 'logg'", hull_names)
+
+    # ---- the templates' LSF (format version 2, section 2.1)
+    def lsf(kind='GAUSSIAN', sigma=0.6, rmat=False, drop=(), table=None, version=None):
+        def e(h):
+            hd = h[0].header
+            hd['LSFTYPE'] = kind
+            if sigma is not None:
+                hd.set('LSFSIG', sigma, '[Angstrom] its Gaussian sigma (table: median)',
+                       after='LSFTYPE')
+            hd['LSFRMAT'] = rmat
+            for k in drop:
+                del hd[k]
+            if version is not None:
+                hd['RVSFVER'] = version
+            if table is not None:
+                cols = [fits.Column(name='WAVE', format='D', unit='Angstrom',
+                                    array=np.asarray(table[0], dtype=np.float64)),
+                        fits.Column(name='SIGMA', format='D', unit='Angstrom',
+                                    array=np.asarray(table[1], dtype=np.float64))]
+                h.append(fits.BinTableHDU.from_columns(cols, name='LSF'))
+        return e
+    emit('lsf_ok', 'OK', lsf(rmat=True))
+    emit('lsftable_ok', 'OK', lsf(table=([3500, 4500, 6000], [0.55, 0.6, 0.7])))
+    # a version-1 file has no LSF keywords and loads as unknown
+    emit('v1_ok', 'OK', lsf(sigma=None, drop=('LSFTYPE', 'LSFRMAT'), version=1))
+    emit('lsftype', "LSFTYPE = 'LORENTZ': must be 'GAUSSIAN' or 'UNKNOWN'",
+         lsf(kind='LORENTZ', sigma=None))
+    emit('lsfsig', 'required keyword LSFSIG is missing', lsf(sigma=None))
+    emit('lsfrange', 'LSFSIG = 150: the Gaussian sigma must be in (0, 100)', lsf(sigma=150.0))
+    emit('lsfrmat', 'required keyword LSFRMAT is missing', lsf(drop=('LSFRMAT',)))
+    emit('lsfv2', 'required keyword LSFTYPE is missing',
+         lsf(sigma=None, drop=('LSFTYPE', 'LSFRMAT')))
+    emit('lsfunkrmat', "LSFTYPE = 'UNKNOWN' with LSFRMAT = T",
+         lsf(kind='UNKNOWN', sigma=None, rmat=True))
+    emit('lsfunktable', "HDU LSF: an LSF table needs LSFTYPE = 'GAUSSIAN'",
+         lsf(kind='UNKNOWN', sigma=None, table=([3500, 6000], [0.5, 0.6])))
+    emit('lsftableorder', 'HDU LSF: row 2: WAVE must increase strictly',
+         lsf(table=([3500, 4500, 4500], [0.5, 0.6, 0.7])))
+    emit('lsftablesig', 'HDU LSF: row 1: WAVE = 4500, SIGMA = 0',
+         lsf(table=([3500, 4500], [0.5, 0.0])))
+    emit('lsftablerows', 'HDU LSF: 1 rows: an LSF table needs 2..4096',
+         lsf(table=([3500], [0.5])))
 
     def strip_checksums(h):
         for hdu in h:

@@ -9,15 +9,16 @@ import numpy as np
 from astropy.io import fits
 
 # ------------------------------------------------------------------ the documented format
-# (keyword, python type) of the primary header, per doc/template-library.md
+# (keyword, python type) of the primary header, per doc/template-library.md (LSFTYPE and LSFRMAT:
+# format version 2, section 2.1; LSFSIG only with LSFTYPE = 'GAUSSIAN', see read_lsf)
 PRIMARY_KEYS = [
     ('RVSFMT', str), ('RVSFVER', int), ('SETUP', str), ('EMULATOR', str), ('NPARAM', int),
     ('NPIX', int), ('LOGSTEP', float), ('WAVEREF', str), ('INDIM', int), ('NLAYERS', int),
     ('WIDTH', int), ('NPC', int), ('WITHBN', bool), ('BNPOS', str), ('BNEPS', float),
     ('NONLIN', str), ('OUTPUT', str), ('LOGCLIP', float), ('NHULL', int), ('HULLSPC', str),
-    ('CREATOR', str), ('CREATVER', str), ('DATE', str), ('GRIDNAME', str), ('LIBREV', str),
-    ('SRCSOFT', str), ('SRCVER', str), ('SRCH5', str), ('SRCH5SHA', str), ('SRCNN', str),
-    ('SRCNNSHA', str), ('CKPTVER', int), ('NNARCHV', int),
+    ('LSFTYPE', str), ('LSFRMAT', bool), ('CREATOR', str), ('CREATVER', str), ('DATE', str),
+    ('GRIDNAME', str), ('LIBREV', str), ('SRCSOFT', str), ('SRCVER', str), ('SRCH5', str),
+    ('SRCH5SHA', str), ('SRCNN', str), ('SRCNNSHA', str), ('CKPTVER', int), ('NNARCHV', int),
 ]
 
 failures = []
@@ -52,6 +53,44 @@ def checksums_ok(path):
                 ok = False
         f.close()
     return ok
+
+
+# FWHM / sigma of a Gaussian, 2 sqrt(2 ln 2)
+FWHM_PER_SIGMA = 2.3548200450309493
+
+
+def read_lsf(path):
+    """The templates' LSF of section 2.1 as a dict (version, type 'GAUSSIAN' or 'UNKNOWN', sigma
+    or None, rmat, table: (wave, sigma) arrays or None), checking the rules of that section;
+    a version-1 file reads as unknown, LSFRMAT F. A rule broken is a failed check()."""
+    with fits.open(path) as f:
+        h = f[0].header
+        version = h.get('RVSFVER')
+        out = dict(version=version, type='UNKNOWN', sigma=None, rmat=False, table=None)
+        if version == 1:
+            check('LSFTYPE' not in h and 'LSF' not in f, path + ': LSF keywords in version 1')
+            return out
+        check(version == 2, '%s: RVSFVER = %r' % (path, version))
+        out['type'] = h.get('LSFTYPE')
+        check(out['type'] in ('GAUSSIAN', 'UNKNOWN'), '%s: LSFTYPE = %r' % (path, out['type']))
+        rmat = h.get('LSFRMAT')
+        check(type(rmat) is bool, '%s: LSFRMAT = %r is not a logical' % (path, rmat))
+        out['rmat'] = bool(rmat)
+        if out['type'] == 'GAUSSIAN':
+            sig = h.get('LSFSIG')
+            if check(type(sig) is float and 0 < sig < 100, '%s: LSFSIG = %r' % (path, sig)):
+                out['sigma'] = sig
+        else:
+            check('LSFSIG' not in h, path + ': LSFSIG with LSFTYPE = UNKNOWN')
+            check(not out['rmat'], path + ': LSFTYPE = UNKNOWN with LSFRMAT = T')
+        if 'LSF' in f:
+            check(out['type'] == 'GAUSSIAN', path + ': an LSF table needs LSFTYPE = GAUSSIAN')
+            d = f['LSF'].data
+            w, s = np.array(d['WAVE'], dtype=np.float64), np.array(d['SIGMA'], dtype=np.float64)
+            check(2 <= len(w) <= 4096 and np.all(np.diff(w) > 0) and np.all(s > 0),
+                  path + ': LSF table rows')
+            out['table'] = (w, s)
+    return out
 
 
 # ------------------------------------------------------------------ reference evaluation

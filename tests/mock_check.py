@@ -8,7 +8,9 @@
 #   python3 mock_check.py check COADD TRUTH REDROCK
 #       the three files agree: TARGETIDs in the same order, redrock Z = VRAD / c, SPECTYPE STAR,
 #       truth SN = SCORES S/N, the FIBERMAP/EXP_FIBERMAP columns and primary keywords DESI
-#       coadds carry
+#       coadds carry, the mock's keywords (MOCKLSFM, MOCKCONT the same in coadd and truth) and
+#       the continuum columns (EBV within [0, 0.5 x MOCKCSC], 0 with the legendre continuum;
+#       CONTMISS finite and >= 0)
 import sys
 import warnings
 
@@ -60,6 +62,11 @@ def consistency(coadd, truth, redrock):
                  ('PROGRAM', 'bright')):
         check(h.get(k) == v, 'primary %s = %r, expected %r' % (k, h.get(k), v))
     check(h.get('HPXPIXEL') == h.get('SPGRPVAL'), 'HPXPIXEL != SPGRPVAL')
+    th = t[0].header
+    check(h.get('MOCKLSFM') in ('total', 'on-top') and th.get('MOCKLSFM') == h.get('MOCKLSFM'),
+          'MOCKLSFM %r (coadd) %r (truth)' % (h.get('MOCKLSFM'), th.get('MOCKLSFM')))
+    check(h.get('MOCKCONT') in ('realistic', 'legendre') and th.get('MOCKCONT') == h.get('MOCKCONT'),
+          'MOCKCONT %r (coadd) %r (truth)' % (h.get('MOCKCONT'), th.get('MOCKCONT')))
     fm, exp, sc = f['FIBERMAP'].data, f['EXP_FIBERMAP'].data, f['SCORES'].data
     tt, rr = t['TRUTH'].data, r['REDSHIFTS'].data
     tid = fm['TARGETID']
@@ -80,6 +87,15 @@ def consistency(coadd, truth, redrock):
     check(np.array_equal(n_exp, fm['COADD_NUMEXP']), 'COADD_NUMEXP vs EXP_FIBERMAP rows')
     check(np.allclose(rr['Z'], tt['VRAD'] / C_KMS, rtol=0, atol=1e-15), 'redrock Z != VRAD/c')
     check(np.all(rr['SPECTYPE'] == 'STAR'), 'SPECTYPE')
+    ebv, miss = tt['EBV'], tt['CONTMISS']
+    cscale = t[0].header.get('MOCKCSC', 1.0)
+    if h.get('MOCKCONT') == 'legendre':
+        check(np.all(ebv == 0), 'EBV not 0 with the legendre continuum')
+    check(np.all((ebv >= 0) & (ebv <= 0.5 * cscale)), 'EBV outside [0, 0.5 x MOCKCSC]')
+    check(miss.shape == (len(tid), 3) and np.all(np.isfinite(miss)) and np.all(miss >= 0),
+          'CONTMISS not finite/non-negative per arm')
+    print('EBV %.4f..%.4f, CONTMISS max %s' % (ebv.min(), ebv.max(),
+                                               ' '.join('%.2e' % x for x in miss.max(axis=0))))
     for i, arm in enumerate('BRZ'):
         check(np.array_equal(sc['MEDIAN_COADD_SNR_' + arm], tt['SN'][:, i].astype(np.float32)),
               'truth SN_%s != SCORES' % arm)

@@ -6,8 +6,10 @@
 # "convert" converts rvspecfit's fixture library, reads OUR files back with astropy only and
 # evaluates the network and the outside penalty with the numpy forward pass of
 # tests/library_ref.py (no code shared with the converter), against rvspecfit's own
-# evaluations (reference_evals.fits). "errors" feeds the converter bad inputs, among them
-# checkpoints written here by a small stand-in for torch.save (zip + pickle + raw storages).
+# evaluations (reference_evals.fits), and checks the LSF keywords of format version 2 for every
+# LSF option (doc/template-library.md 2.1 and 8). "errors" feeds the converter bad inputs, among
+# them checkpoints written here by a small stand-in for torch.save (zip + pickle + raw storages),
+# and bad LSF options.
 import collections
 import io
 import os
@@ -23,8 +25,9 @@ import numpy as np
 from astropy.io import fits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from library_ref import (PRIMARY_KEYS, check, check_hulls, checksums_ok,  # noqa: E402
-                         finish, forward, load_library, map_params, outside)
+from library_ref import (FWHM_PER_SIGMA, PRIMARY_KEYS, check, check_hulls,  # noqa: E402
+                         checksums_ok, finish, forward, load_library, map_params, outside,
+                         read_lsf)
 
 MODE, SCRATCH, FIXTURE, RVS_IMPORT = sys.argv[1:5]
 ARMS = ('desi_b', 'desi_r', 'desi_z')
@@ -32,6 +35,21 @@ ARMS = ('desi_b', 'desi_r', 'desi_z')
 # Tolerances (brief of issue #4): float32 network vs rvspecfit's float32 torch evaluation.
 FLUX_RTOL = 1e-5
 OUTSIDE_TOL = 1e-6
+
+# The templates' LSF per option (doc/template-library.md 2.1, 8): rvspecfit's DESI templates are
+# Gaussians of FWHM 1.55, 1.55, 1.8 A; its resolution-matrix library has sigma 0.5 A.
+DESI_FWHM = {'desi_b': 1.55, 'desi_r': 1.55, 'desi_z': 1.8}
+# LSFSIG holds 12 significant digits (what src/library.c's writer keeps); against the exact
+# sigma that is a relative error below 5e-12.
+LSFSIG_RTOL = 5e-12
+# The primary-header comments of the LSF keywords, as src/library.c's write_primary writes them,
+# and their place: right after HULLSPC, before CREATOR.
+LSF_COMMENTS = {'LSFTYPE': 'line-spread function of the templates',
+                'LSFSIG': '[Angstrom] its Gaussian sigma (table: median)',
+                'LSFRMAT': 'made for the resolution-matrix fit'}
+# A phrase of the one message rvs-import gives when no LSF option is passed.
+UNKNOWN_LSF_PHRASE = "line-spread function (LSF) is not known"
+
 
 def run_import(*args, expect=0):
     p = subprocess.run([RVS_IMPORT] + [str(a) for a in args], capture_output=True, text=True)
@@ -58,7 +76,18 @@ def check_keywords(path):
                 check(type(h[key]) is typ, '%s: %s is %r (%s), expected %s'
                       % (path, key, h[key], type(h[key]).__name__, typ.__name__))
         check(h.get('RVSFMT') == 'rvsfit-cl template library', path + ': RVSFMT')
-        check(h.get('RVSFVER') == 1, path + ': RVSFVER')
+        check(h.get('RVSFVER') == 2, path + ': RVSFVER = %r, expected 2' % h.get('RVSFVER'))
+        keys = list(h.keys())
+        want = ['HULLSPC', 'LSFTYPE'] + (['LSFSIG'] if 'LSFSIG' in h else []) + ['LSFRMAT',
+                                                                                 'CREATOR']
+        if check('HULLSPC' in keys, path + ': HULLSPC missing'):
+            i = keys.index('HULLSPC')
+            check(keys[i:i + len(want)] == want, '%s: keywords after HULLSPC are %r, expected %r'
+                  % (path, keys[i:i + len(want)], want))
+        for key, comment in LSF_COMMENTS.items():
+            if key in h:
+                check(h.comments[key] == comment, '%s: %s comment %r, expected %r (as '
+                      'src/library.c writes it)' % (path, key, h.comments[key], comment))
         check(h.get('NONLIN') == 'SiLU' and h.get('OUTPUT') == 'log_flux'
               and h.get('BNPOS') == 'after_nonlin' and h.get('HULLSPC') == 'mapped'
               and h.get('WAVEREF') == 'vacuum', path + ': fixed-value keywords')
@@ -190,15 +219,74 @@ def same_weights(a, b):
         for k in a)
 
 
+# ------------------------------------------------------------------ LSF keywords
+def check_lsf(path, sigma, rmat, what):
+    """The file records a Gaussian of this sigma (None: UNKNOWN) and LSFRMAT = rmat."""
+    lsf = read_lsf(path)
+    if sigma is None:
+        ok = lsf['type'] == 'UNKNOWN' and lsf['sigma'] is None
+    else:
+        ok = (lsf['type'] == 'GAUSSIAN' and lsf['sigma'] is not None
+              and abs(lsf['sigma'] / sigma - 1) <= LSFSIG_RTOL
+              and lsf['sigma'] == float('%.12g' % sigma))
+    check(ok, '%s: %s: LSF %s sigma %r, expected %s' % (what, path, lsf['type'], lsf['sigma'],
+                                                         'UNKNOWN' if sigma is None else sigma))
+    check(lsf['rmat'] == rmat, '%s: %s: LSFRMAT %s, expected %s' % (what, path, lsf['rmat'],
+                                                                      rmat))
+    check(lsf['table'] is None, '%s: %s: unexpected LSF table' % (what, path))
+    return lsf
+
+
+def check_lsf_options():
+    """Each LSF option of rvs-import, on all three arms: the keywords, their order and comments
+    (check_keywords), and the unknown-LSF message only without an option."""
+    cases = [
+        ('--lsf desi', ['--lsf', 'desi'], lambda a: DESI_FWHM[a] / FWHM_PER_SIGMA, False),
+        ('--lsf resolution-matrix', ['--lsf', 'resolution-matrix'], lambda a: 0.5, True),
+        ('--lsf-sigma 0.7', ['--lsf-sigma', '0.7'], lambda a: 0.7, False),
+        ('--lsf-sigma 0.45 --resolution-matrix-library',
+         ['--lsf-sigma', '0.45', '--resolution-matrix-library'], lambda a: 0.45, True),
+    ]
+    for n, (what, opts, sigma, rmat) in enumerate(cases):
+        d = fresh_dir('lsf%d' % n)
+        p = run_import(*(opts + [FIXTURE, d]))
+        check(UNKNOWN_LSF_PHRASE not in p.stderr, '%s: the unknown-LSF message was given:\n%s'
+              % (what, p.stderr))
+        for arm in ARMS:
+            path = os.path.join(d, 'rvsfit_%s.fits' % arm)
+            check_keywords(path)
+            check(checksums_ok(path), path + ': checksums')
+            lsf = check_lsf(path, sigma(arm), rmat, what)
+            print('%s: %s LSFSIG %r (FWHM %.6g A), LSFRMAT %s' % (what, arm, lsf['sigma'],
+                                                                 (lsf['sigma'] or 0)
+                                                                 * FWHM_PER_SIGMA, lsf['rmat']))
+    # one file with --h5: the setup comes from the file name
+    d = fresh_dir('lsf_h5')
+    out = os.path.join(d, 'rvsfit_desi_z.fits')
+    run_import('--lsf', 'desi', '--h5', os.path.join(FIXTURE, 'interp_desi_z.h5'), '--out', out)
+    check_lsf(out, 1.8 / FWHM_PER_SIGMA, False, '--lsf desi --h5')
+
+
 # ------------------------------------------------------------------ mode: convert
 def mode_convert():
     lib_dir = fresh_dir('lib')
-    run_import('--grid-name', 'fixture-phoenix-layout', FIXTURE, lib_dir)
+    p = run_import('--grid-name', 'fixture-phoenix-layout', FIXTURE, lib_dir)
+    # no LSF option: every file says UNKNOWN, and rvs-import says so once, with the way out
+    check(p.stderr.count(UNKNOWN_LSF_PHRASE) == 1, 'unknown LSF: the message should come once '
+          'per run:\n' + p.stderr)
+    for phrase in ('--lsf desi', '--lsf resolution-matrix', '--lsf-sigma',
+                   'resolution-matrix fit must deconvolve', 'mock'):
+        check(phrase in p.stderr, 'unknown LSF: the message lacks "%s":\n%s' % (phrase, p.stderr))
+    print('no LSF option: ' + p.stderr.strip())
+    for arm in ARMS:
+        check_lsf(os.path.join(lib_dir, 'rvsfit_%s.fits' % arm), None, False, 'no LSF option')
+    check_lsf_options()
     leg_dir = fresh_dir('legacy')
     leg = os.path.join(leg_dir, 'rvsfit_desi_r.fits')
     p = run_import('--h5', os.path.join(FIXTURE, 'interp_desi_r.h5'), '--nn',
                    os.path.join(FIXTURE, 'legacy', 'NNstate_desi_r.sav'), '--out', leg)
     check('legacy' in p.stderr, 'legacy checkpoint not reported: ' + p.stderr)
+    check(p.stderr.count(UNKNOWN_LSF_PHRASE) == 1, '--h5 without an LSF option: message once')
     check(sorted(os.listdir(lib_dir)) == ['rvsfit_%s.fits' % a for a in ARMS],
           'library directory holds %r' % sorted(os.listdir(lib_dir)))
 
@@ -270,8 +358,8 @@ def mode_convert():
 
 
 # ------------------------------------------------------------------ mode: errors
-def expect_error(what, args, pattern, outdir=None):
-    p = run_import(*args, expect=1)
+def expect_error(what, args, pattern, outdir=None, code=1):
+    p = run_import(*args, expect=code)
     check(pattern.lower() in p.stderr.lower(), '%s: stderr lacks "%s":\n%s'
           % (what, pattern, p.stderr))
     check('Traceback' not in p.stderr, what + ': traceback instead of a message')
@@ -455,6 +543,28 @@ def mode_errors():
         o['pc_layer.bias'] = add(sd['pc_layer.bias'].astype(np.float64))
     src = src_with('float64', nn_writer=lambda p: torch_save(p, versioned(sd_builder(f64))))
     expect_error('float64 weights', ['--setup', 'desi_b', src, out], 'float32', out)
+
+    # bad LSF options: usage errors (exit 2) before anything is read or written
+    for what, args, pattern in (
+            ('--lsf desi on a setup that is not DESI',
+             ['--lsf', 'desi', '--setup', 'desi_b,sdss_blue', FIXTURE, out], 'not for sdss_blue'),
+            ('--lsf desi with --h5 of another setup',
+             ['--lsf', 'desi', '--h5', os.path.join(FIXTURE, 'interp_desi_b.h5'), '--setup',
+              'boss', '--out', os.path.join(out, 'rvsfit_boss.fits')], 'not for boss'),
+            ('--lsf with --lsf-sigma', ['--lsf', 'desi', '--lsf-sigma', '0.6', FIXTURE, out],
+             'pass one of them'),
+            ('--resolution-matrix-library alone', ['--resolution-matrix-library', FIXTURE, out],
+             'goes with --lsf-sigma'),
+            ('--resolution-matrix-library with --lsf desi',
+             ['--lsf', 'desi', '--resolution-matrix-library', FIXTURE, out],
+             'goes with --lsf-sigma'),
+            ('--lsf-sigma 0', ['--lsf-sigma', '0', FIXTURE, out], 'in (0, 100)'),
+            ('--lsf-sigma -1', ['--lsf-sigma=-1', FIXTURE, out], 'in (0, 100)'),
+            ('--lsf-sigma 150', ['--lsf-sigma', '150', FIXTURE, out], 'in (0, 100)'),
+            ('--lsf-sigma nan', ['--lsf-sigma', 'nan', FIXTURE, out], 'in (0, 100)'),
+            ('--lsf-sigma abc', ['--lsf-sigma', 'abc', FIXTURE, out], "invalid float value"),
+            ('--lsf gaussian', ['--lsf', 'gaussian', FIXTURE, out], 'invalid choice')):
+        expect_error(what, args, pattern, out, code=2)
 
     # no half-written library: desi_b and desi_r are fine, desi_z is broken -> nothing written
     d = fresh_dir('partial')

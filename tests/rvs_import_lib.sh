@@ -1,6 +1,6 @@
 # rvs_import_lib.sh: sourced by the rvs-import tests after lib.sh. Finds the interpreter, the
-# generated script and rvspecfit's fixture library; skips (77) only when the fixture or numpy,
-# h5py, astropy are absent (as under make distcheck or on a machine without the Python stack).
+# generated script and rvspecfit's fixture library; skips (77) only when the fixture is absent
+# (as under make distcheck); fails without numpy, h5py, astropy (tools/install-deps installs them).
 py=${PYTHON3:-/usr/bin/python3}
 rvs_import="$top_builddir/tools/rvs-import"
 fixture=
@@ -15,8 +15,9 @@ if [ -z "$fixture" ]; then
     exit 77
 fi
 if ! "$py" -c 'import numpy, h5py, astropy' 2>"$scratch/import.err"; then
-    echo "SKIP: $py lacks numpy/h5py/astropy: $(cat "$scratch/import.err")" >&2
-    exit 77
+    echo "FAIL: $py cannot import numpy, h5py and astropy ($(tail -1 "$scratch/import.err")):" \
+        "run tools/install-deps (python3-numpy, python3-h5py, python3-astropy)" >&2
+    exit 1
 fi
 if [ ! -x "$rvs_import" ]; then
     echo "FAIL: $rvs_import was not built" >&2

@@ -9,6 +9,8 @@
  * where the reference flags them; the forced fallback must agree with Cholesky. */
 #include <config.h>
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "routine.h"
@@ -125,17 +127,104 @@ static void run_all(struct rvs_context *ctx)
     }
 }
 
+
+/* The scale-free continuum prior (rvs_chisq_arm_set_scale_free): -2 log L of a template and of
+ * the same template times c (c = 8 and 1/4: exact in binary) agree with it on, and differ by
+ * exactly 2 npoly ln c with it off (rvspecfit's flat prior). The templates carry a line and a
+ * slope so that the continuum fit is not trivial. Tolerance: RVS_TOL_FP64_REL relative in fp64,
+ * RVS_TOL_CHISQ_FP32_ABS absolute in fp32, as the other chi^2 checks. */
+static void check_scale_free(struct rvs_context *ctx)
+{
+    enum { N = 600, NP = 10, S = 2, E = 6 };
+    static double lam[N], spec[S * N], espec[S * N], model[E * N], got[2][E];
+    const double scale[3] = {1.0, 8.0, 0.25};
+    size_t es = rvs_context_real_size(ctx);
+    void *host = malloc(E * N * es);
+    cl_int index[E];
+    for (size_t i = 0; i < N; i++)
+        lam[i] = 6000.0 + 0.8 * (double)i;
+    for (size_t s = 0; s < S; s++)
+        for (size_t i = 0; i < N; i++) {
+            double x = (double)i / N;
+            spec[s * N + i] = (1.0 + 0.3 * x) * (1 - 0.4 * exp(-0.5 * pow((double)i - 200.0 - 50.0 * s, 2) / 9.0)) +
+                              0.01 * sin(0.37 * (double)i + (double)s);
+            espec[s * N + i] = 0.01 + 0.002 * (double)((i * 5 + s) % 7);
+        }
+    for (size_t e = 0; e < E; e++) {
+        index[e] = (cl_int)(e % S);
+        for (size_t i = 0; i < N; i++) {
+            double t = (1.0 + 0.2 * (double)i / N) *
+                       (1 - 0.35 * exp(-0.5 * pow((double)i - 201.0 - 50.0 * (double)(e % S), 2) / 8.0));
+            t = (double)(float)t;
+            model[e * N + i] = t * scale[e / S];
+        }
+    }
+    for (int on = 0; on < 2; on++) {
+        struct rvs_chisq_arm *arm = NULL;
+        cl_mem dm = NULL, di = NULL, dc = NULL;
+        int st = rvs_chisq_arm_create(ctx, lam, N, NP, 1, &arm);
+        if (st == RVS_OK)
+            st = rvs_chisq_arm_set_data(ctx, arm, spec, espec, S);
+        rvs_chisq_arm_set_scale_free(arm, on);
+        for (size_t k = 0; k < E * N; k++) {
+            if (es == sizeof(float))
+                ((float *)host)[k] = (float)model[k];
+            else
+                ((double *)host)[k] = model[k];
+        }
+        if (st == RVS_OK)
+            st = rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, E * N * es, host,
+                                   &dm);
+        if (st == RVS_OK)
+            st = rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof index,
+                                   index, &di);
+        if (st == RVS_OK)
+            st = rvs_buffer_create(ctx, CL_MEM_READ_WRITE, 2 * E * es, NULL, &dc);
+        if (st == RVS_OK)
+            st = rvs_chisq_eval(ctx, arm, dm, di, E, dc, NULL, NULL);
+        if (st == RVS_OK)
+            st = rvs_chisq_read(ctx, dc, E, got[on]);
+        CHECK(st == RVS_OK, "scale-free check (%s): %s", on ? "on" : "off", rvs_strerror(st));
+        rvs_buffer_release(&dm);
+        rvs_buffer_release(&di);
+        rvs_buffer_release(&dc);
+        rvs_chisq_arm_destroy(&arm);
+    }
+    free(host);
+    double worst_on = 0, worst_off = 0;
+    for (size_t e = S; e < E; e++) {
+        double ref_on = got[1][e % S], ref_off = got[0][e % S];
+        double want_off = ref_off + 2.0 * NP * log(scale[e / S]);
+        double d_on = fabs(got[1][e] - ref_on), d_off = fabs(got[0][e] - want_off);
+        if (ctx->use_fp64) {
+            d_on /= fabs(ref_on);
+            d_off /= fabs(want_off);
+        }
+        worst_on = fmax(worst_on, d_on);
+        worst_off = fmax(worst_off, d_off);
+    }
+    double tol = ctx->use_fp64 ? RVS_TOL_FP64_REL : RVS_TOL_CHISQ_FP32_ABS;
+    printf("scale-free prior (%s): template x c changes -2 log L by %.3g (on), off by 2 npoly ln c "
+           "within %.3g\n", ctx->use_fp64 ? "fp64" : "fp32", worst_on, worst_off);
+    CHECK(worst_on <= tol, "scale-free prior: -2 log L changes by %.3g with the template's scale",
+          worst_on);
+    CHECK(worst_off <= tol, "flat prior: -2 log L differs from 2 npoly ln c by %.3g", worst_off);
+    CHECK(fabs(got[1][0] - got[0][0]) > 1.0, "the scale-free prior changed nothing");
+}
+
 int main(void)
 {
     check_basis();
     struct rvs_context *ctx = test_context(0); /* with the self-test, which has a chi^2 row */
     run_all(ctx);
+    check_scale_free(ctx);
     int had_fp64 = ctx->use_fp64;
     rvs_context_destroy(&ctx);
     setenv("RVSFIT_CL_FP32", "1", 1);
     ctx = test_context(0);
     CHECK(!ctx->use_fp64, "RVSFIT_CL_FP32=1 did not force fp32");
     run_all(ctx);
+    check_scale_free(ctx);
     rvs_context_destroy(&ctx);
     if (!had_fp64)
         printf("device has no fp64: the fp64 pass ran in fp32\n");

@@ -91,8 +91,9 @@ status_is status-list.txt "$bad4" FAILURE 0
 [ "$(wc -l < status-list.txt)" -eq 3 ] || fail "the list's blank lines were not skipped"
 expect_in err "coadd-4.fits.*FIBERMAP|FIBERMAP.*coadd-4.fits" "the non-DESI file's problem named"
 
-# --- empty outputs are complete: every column, no rows (checked with astropy)
-if "$python" -c 'import astropy, numpy' 2>/dev/null; then
+# --- empty outputs are complete: every column, no rows (checked with astropy, which
+# tools/install-deps installs: without it the test fails)
+if "$python" -c 'import astropy, numpy' 2>"$scratch/import.err"; then
     for case in "targetid:res/grp/pix" "minsn:flat"; do
         dir=${case#*:}
         if [ "$dir" = flat ]; then t=flat/T_coadd-1.fits m=flat/M_coadd-1.fits
@@ -118,7 +119,8 @@ with fits.open(sys.argv[1]) as f:
 ' res/grp/pix/rvtab_coadd-1.fits
     expect_in out "^ok" "astropy read the empty table"
 else
-    echo "note: no astropy for $python; empty outputs not checked with it" >&2
+    fail "$python cannot import astropy and numpy ($(tail -1 "$scratch/import.err")): the" \
+        "empty outputs are not checked; run tools/install-deps (python3-astropy, python3-numpy)"
 fi
 
 # --- --queue-file shared by two processes started together

@@ -50,9 +50,10 @@ rc=$?
 grep -Eq "^$input SUCCESS $nwant [0-9.]+$" status.txt || fail "status: $(cat status.txt)"
 expect_in err "rvsfit-cl profile: 1 file\(s\), 0 failed, $nwant target\(s\) written" "--profile"
 
-if ! "$python" -c 'import astropy, numpy' 2>/dev/null; then
-    echo "SKIP: the outputs need astropy for $python to be checked" >&2
-    exit 77
+if ! "$python" -c 'import astropy, numpy' 2>"$scratch/import.err"; then
+    fail "$python cannot import astropy and numpy ($(tail -1 "$scratch/import.err")): the" \
+        "outputs are not checked; run tools/install-deps (python3-astropy, python3-numpy)"
+    finish
 fi
 
 run 0 "schema and contents of the outputs" -- "$python" \

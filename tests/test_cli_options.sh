@@ -32,7 +32,9 @@ show ccf_continuum_normalize 'true (default)'
 show fitarm 'b,r,z (default)'
 show npoly '10 (default)'
 show param_init CCF
-show resolution_matrix false
+show resolution_matrix "auto (the library's LSFRMAT)"
+show likelihood 'scale-free continuum prior, outlier clipping'
+show clip_sigma 5
 show minsn '-1e+09'
 show output_dir ./
 show output_tab_prefix rvtab
@@ -83,6 +85,14 @@ show param_init CCF
 run 0 "--no-resolution-matrix after --resolution-matrix" -- \
     "$RVSFIT_CL" --show-config --resolution-matrix --no-resolution_matrix
 show resolution_matrix false
+run 0 "--rvspecfit-likelihood" -- "$RVSFIT_CL" --show-config --rvspecfit-likelihood
+show likelihood 'rvspecfit (flat continuum prior, no clipping)'
+show clip_sigma '0 (off)'
+run 0 "--clip-sigma" -- "$RVSFIT_CL" --show-config --clip-sigma 4
+show clip_sigma 4
+run 2 "bad --clip-sigma" -- "$RVSFIT_CL" --show-config --clip-sigma 1
+expect_in err "invalid --clip-sigma" "bad --clip-sigma message"
+
 echo 39627652591521428 39627652591521429 > ids.txt
 run 0 "--targetid-file-from" -- "$RVSFIT_CL" --show-config --targetid-file-from ids.txt
 show targetids 2

@@ -6,7 +6,7 @@
 # pixel must meet issue #4's targets (0.5 % and 2 %). Measured at commit time: median 0.071 /
 # 0.014 / 0.012 %, 99th percentile 1.25 / 0.40 / 0.26 % (b / r / z). Needs the line list in the
 # shared data ($RVSFIT_CL_SHARED_DATA or $top_srcdir/../shared/data): skipped (77) only when it
-# is absent, as without a device or numpy/astropy.
+# is absent, as without a device; fails without numpy/astropy (tools/install-deps installs them).
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 require_device
 MKGRID="${top_builddir}/rvsfit-cl-mkgrid"
@@ -17,9 +17,10 @@ if [ ! -d "$DATA/linelists/linemake" ]; then
     echo "SKIP: no line list at $DATA/linelists/linemake (set RVSFIT_CL_SHARED_DATA)" >&2
     exit 77
 fi
-if ! "$py" -c 'import numpy, astropy' 2>/dev/null; then
-    echo "SKIP: $py lacks numpy/astropy" >&2
-    exit 77
+if ! "$py" -c 'import numpy, astropy' 2>"$scratch/import.err"; then
+    fail "$py cannot import numpy and astropy ($(tail -1 "$scratch/import.err")):" \
+        "run tools/install-deps (python3-numpy, python3-astropy)"
+    finish
 fi
 run 0 "fresh spectra" -- "$MKGRID" --out "$scratch/fresh.fits" --random 30 --seed 4242 \
     --linelist "$DATA/linelists/linemake" -q

@@ -203,6 +203,48 @@ static void test_resolution_args(void)
     CHECK(fabs(out[0 * 10 + 5]) < 1e-4 && fabs(out[2 * 10 + 5]) < 1e-4, "delta sides");
 }
 
+
+/* Rows of R no wider than the templates' LSF are counted (they cannot be deconvolved): Gaussian
+ * rows of sigma 1 pixel (0.8 A) against a template sigma0 of 0.5 A (none), 0.9 A (all interior
+ * rows), and a per-pixel sigma0 of 0.5 A on the first half and 0.9 A on the second (about half).
+ * A constant per-pixel sigma0 must give exactly what the scalar path gives. */
+static void test_resolution_narrow(void)
+{
+    enum { W = 11, N = 200, H = W / 2 };
+    static float res[W * N];
+    static double out1[W * N], out2[W * N], sig[N];
+    for (int j = 0; j < N; j++) {
+        double sum = 0, row[W];
+        for (int d = -H; d <= H; d++)
+            sum += row[d + H] = exp(-0.5 * d * d);
+        /* DIA: R[i, j] = data[H - (j - i)][j]; row i's offset d sits at column i + d */
+        for (int d = -H; d <= H; d++)
+            res[(H - d) * N + j] = (float)(row[d + H] / sum);
+    }
+    size_t narrow = 99;
+    CHECK(rvs_prepare_resolution_lsf(res, W, N, 0.8, NULL, 0.5, out1, &narrow) == RVS_OK &&
+              narrow == 0,
+          "sigma0 0.5 A under R's 0.8 A: %zu narrow rows", narrow);
+    CHECK(rvs_prepare_resolution_lsf(res, W, N, 0.8, NULL, 0.9, out1, &narrow) == RVS_OK &&
+              narrow == N - 2 * H,
+          "sigma0 0.9 A over R's 0.8 A: %zu narrow rows of %d", narrow, N - 2 * H);
+    for (int i = 0; i < N; i++)
+        sig[i] = i < N / 2 ? 0.5 : 0.9;
+    CHECK(rvs_prepare_resolution_lsf(res, W, N, 0.8, sig, 0.5, out1, &narrow) == RVS_OK &&
+              narrow == N / 2 - H,
+          "half the rows narrow: %zu", narrow);
+    for (int i = 0; i < N; i++)
+        sig[i] = 0.6;
+    CHECK(rvs_prepare_resolution_lsf(res, W, N, 0.8, sig, 0.1, out1, NULL) == RVS_OK &&
+              rvs_prepare_resolution(res, W, N, 0.8, 0.6, out2) == RVS_OK &&
+              memcmp(out1, out2, sizeof out1) == 0,
+          "a constant per-pixel sigma0 differs from the scalar path");
+    sig[7] = -1;
+    CHECK(rvs_prepare_resolution_lsf(res, W, N, 0.8, sig, 0.6, out1, NULL) ==
+              RVS_ERR_INVALID_ARGUMENT,
+          "a negative per-pixel sigma0 was accepted");
+}
+
 int main(void)
 {
     char dir[2048];
@@ -212,5 +254,6 @@ int main(void)
     test_reference(dir);
     test_batch();
     test_resolution_args();
+    test_resolution_narrow();
     return test_finish("test_prepare");
 }

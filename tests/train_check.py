@@ -77,8 +77,13 @@ def check(lib_path, grid_path, pred_path):
                                                                         type(h[key]).__name__))
         for key in ('TRNLOSS', 'VALERR', 'VALMED', 'VAL99', 'TRAINCMD'):
             ref.check(key in h, '%s: provenance keyword %s missing' % (lib_path, key))
-        ref.check(h.get('RVSFMT') == 'rvsfit-cl template library' and h.get('RVSFVER') == 1,
+        ref.check(h.get('RVSFMT') == 'rvsfit-cl template library' and h.get('RVSFVER') == 2,
                   lib_path + ': format name/version')
+        # version 2: the LSF keywords; the toy grid has no FWHM keyword, so unknown
+        ref.check(h.get('LSFTYPE') in ('GAUSSIAN', 'UNKNOWN') and 'LSFRMAT' in h,
+                  lib_path + ': LSFTYPE/LSFRMAT')
+        if h.get('LSFTYPE') == 'GAUSSIAN':
+            ref.check(h.get('LSFSIG', 0) > 0, lib_path + ': LSFSIG')
         ref.check(h.get('CREATOR') == 'rvsfit-cl-train', lib_path + ': CREATOR')
         ref.check(h.get('GRIDNAME') == 'toy-analytic', lib_path + ': GRIDNAME')
         for hdu in f[1:]:

@@ -51,6 +51,17 @@ int rvs_chisq_arm_set_data(struct rvs_context *ctx, struct rvs_chisq_arm *arm, c
 /* Forces the eigen-decomposition fallback for every request (tests and debugging). */
 void rvs_chisq_arm_force_fallback(struct rvs_chisq_arm *arm, int on);
 
+/* The continuum prior. Off (rvspecfit's likelihood): -2 log L = log det G + 2 sum log sigma +
+ * |D - S a|^2 with G = S^T S, the marginal likelihood of a flat prior on the continuum
+ * coefficients. That prior is not invariant to the template's scale: log det G grows by
+ * 2 npoly log c when the template is multiplied by c, so with templates in surface-flux units
+ * (F ~ Teff^4) it pulls the fit towards fainter, cooler templates (~80/Teff per K in -2 log L,
+ * a bias of a third of an error bar in Teff at S/N 20). rvspecfit's own templates are continuum
+ * normalised, which hides this. On: log det G - npoly log tr G, the marginal likelihood of a
+ * prior flat in the coefficients times the template's scale; unchanged for a template of
+ * constant scale, and invariant to it. */
+void rvs_chisq_arm_set_scale_free(struct rvs_chisq_arm *arm, int on);
+
 /* Number of rvs_real elements rvs_chisq_eval writes to `chisq` per request: the value as an
  * unevaluated sum hi + lo (a float cannot hold 1e4 to 1e-3; lo is 0 with fp64). */
 #define RVS_CHISQ_VALUES_PER_REQUEST 2

@@ -56,6 +56,8 @@ struct rvs_engine_arm_config {
     size_t data_npix;
     size_t npoly; /* continuum terms (rvspecfit's default is 10); 1..RVS_CHISQ_MAX_NPOLY */
     int rbf;      /* 1: rvspecfit's RBF continuum basis (default), 0: Chebyshev */
+    int scale_free; /* 1: the scale-free continuum prior (rvs_chisq_arm_set_scale_free); 0:
+                     * rvspecfit's flat prior */
     size_t ndiag; /* diagonals of the resolution matrices (odd), 0 = no resolution matrix */
 };
 

@@ -32,6 +32,12 @@ struct rvs_fit_config {
     int ccf_continuum_normalize; /* 1 unless --no-ccf-continuum-normalize */
     int second_minimizer;        /* config second_minimizer (1) */
     size_t batch_size;           /* --batch-size: spectra per device batch, 0 = from memory */
+    int scale_free_continuum;    /* the continuum prior that does not depend on the templates'
+                                  * flux scale (1, rvs_chisq_arm_set_scale_free); 0: rvspecfit's
+                                  * flat prior (--rvspecfit-likelihood) */
+    double clip_sigma;           /* --clip-sigma: residuals beyond this many robust sigmas at the
+                                  * optimum are left out and the fit redone (5; 0: rvspecfit's
+                                  * likelihood, no clipping) */
 };
 
 void rvs_fit_config_init(struct rvs_fit_config *config);

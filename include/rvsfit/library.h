@@ -18,7 +18,8 @@ extern "C" {
 #endif
 
 #define RVS_LIBRARY_FORMAT_NAME "rvsfit-cl template library"
-#define RVS_LIBRARY_FORMAT_VERSION 1 /* RVSFVER this loader reads and the writer writes */
+#define RVS_LIBRARY_FORMAT_VERSION 2 /* RVSFVER the writer writes; the loader reads 1 and 2 */
+#define RVS_LIBRARY_LSF_MAX_NODES 4096 /* rows of an LSF table */
 #define RVS_LIBRARY_MAX_HULLS 8      /* HULL<k> extensions per file */
 #define RVS_LIBRARY_STRLEN 72        /* room for any FITS string value (68 chars) */
 
@@ -53,6 +54,24 @@ struct rvs_library_provenance {
     const char *traincmd; /* TRAINCMD (long string) or NULL */
     double trnloss, valerr;
     double valmed, val99; /* VALMED, VAL99: held-out median and 99th percentile |dflux|/flux */
+    long ntrain, nvalid, nepoch; /* NTRAIN, NVALID, NEPOCH of rvsfit-cl-train (-1: absent) */
+};
+
+/* The templates' line-spread function (format version 2, doc/template-library.md §2.1): what
+ * the emulator's spectra are already convolved with. Version-1 files load as unknown. */
+enum rvs_library_lsf_kind {
+    RVS_LIBRARY_LSF_UNKNOWN = 0, /* LSFTYPE = 'UNKNOWN' (or a version-1 file) */
+    RVS_LIBRARY_LSF_GAUSSIAN = 1 /* LSFTYPE = 'GAUSSIAN': sigma, or sigma(lambda) by a table */
+};
+struct rvs_library_lsf {
+    int kind;                /* enum rvs_library_lsf_kind */
+    double sigma;            /* LSFSIG: Gaussian sigma in Å (with a table: its median); NaN if
+                              * unknown */
+    size_t nnodes;           /* rows of the LSF table HDU; 0: sigma is constant */
+    const double *node_wave; /* nnodes vacuum Å, strictly increasing */
+    const double *node_sigma; /* nnodes sigma in Å (> 0), linear between nodes, flat beyond */
+    int resolution_matrix;   /* LSFRMAT: the library is made to be fitted through each fibre's
+                              * resolution matrix (its LSF is narrower than the instrument's) */
 };
 
 /* Everything a file holds, as the loader returns it and the writer takes it. Arrays are
@@ -70,6 +89,8 @@ struct rvs_library_content {
     size_t nhull;
     struct rvs_library_hull hulls[RVS_LIBRARY_MAX_HULLS];
     struct rvs_library_provenance prov;
+    struct rvs_library_lsf lsf;
+    long format_version; /* RVSFVER of the file read (the writer writes the current one) */
 };
 
 /* An open, validated library file (opaque). */
@@ -104,6 +125,14 @@ const char *rvs_library_param_name(const struct rvs_library_arm *arm, size_t i);
 /* Index of a parameter by name, or -1. */
 int rvs_library_param_index(const struct rvs_library_arm *arm, const char *name);
 const struct rvs_library_provenance *rvs_library_provenance(const struct rvs_library_arm *arm);
+/* The templates' LSF (kind UNKNOWN for a version-1 file or LSFTYPE = 'UNKNOWN'). */
+const struct rvs_library_lsf *rvs_library_lsf(const struct rvs_library_arm *arm);
+/* Gaussian sigma in Å of an LSF at vacuum wavelength lambda (a table is interpolated linearly and
+ * held flat beyond its ends); NaN when the LSF is unknown. */
+double rvs_library_lsf_sigma_at(const struct rvs_library_lsf *lsf, double lambda);
+/* A one-line description for messages: "Gaussian sigma 0.658 Å (FWHM 1.55 Å)", "Gaussian sigma
+ * 0.45-0.55 Å (table of 12 nodes)" or "unknown". */
+void rvs_library_lsf_describe(const struct rvs_library_lsf *lsf, char *buf, size_t size);
 /* The network in the form rvs_nn_create takes (weights as trained; rvs_nn_create folds the
  * BatchNorm). */
 const struct rvs_nn_desc *rvs_library_nn_desc(const struct rvs_library_arm *arm);
@@ -120,7 +149,8 @@ double rvs_library_outside(const struct rvs_library_arm *arm, const double *thet
 void rvs_library_outside_many(const struct rvs_library_arm *arm, const double *theta,
                               size_t count, double *out);
 
-/* Validates `content` with the loader's rules and writes it to `path` in format version 1: the
+/* Validates `content` with the loader's rules and writes it to `path` in the current format
+ * version (2: with the LSF keywords of content->lsf, and its LSF table HDU when nnodes > 0): the
  * HDUs and keywords rvs-import writes (SRCKEY with the PyTorch state-dict key of every weight),
  * CHECKSUM/DATASUM in every HDU, DATE = now, CREATOR/CREATVER = content->prov's or
  * "rvsfit-cl"/the package version when empty. Written to a temporary file in the destination

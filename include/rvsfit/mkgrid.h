@@ -65,6 +65,7 @@ struct rvs_mkgrid_output_options {
     const char *mode;  /* "single", "grid" or "random", recorded in the header */
     uint64_t seed;     /* recorded in the header */
     const char *teff_cdf; /* the --teff-cdf knots, recorded as TEFFCDF (NULL: none) */
+    double fwhm[RVS_MKGRID_NARMS]; /* Gaussian LSF FWHM per arm in Å; 0: the arm's default */
 };
 
 /* Computes every point, degrades it to the arms and writes the file(s) atomically (temporary

@@ -38,6 +38,7 @@ struct rvs_output_row {
     double logg, logg_err, teff, teff_err, feh, feh_err, alphafe, alphafe_err; /* teff in K */
     double chisq_tot, chisq_c_tot;
     long long npix_tot;
+    long long npix_clip; /* pixels left out as outliers (--clip-sigma), not in npix_tot */
     double chisq[RVS_DESI_NARMS], chisq_c[RVS_DESI_NARMS]; /* NaN for an arm not fitted for this row */
     double vrad_ccf;                             /* km/s */
     long long rvs_warn;                          /* RVS_WARN_* bits; SUCCESS = (rvs_warn == 0) */

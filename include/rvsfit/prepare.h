@@ -17,6 +17,10 @@ struct rvs_prepare_options {
     int mask_dichroic;                      /* mask 4300 < λ < 4450 Å (default 1) */
     int use_resolution;                     /* --resolution-matrix (default 0) */
     double lsf_sigma0[RVS_DESI_NARMS];      /* templates' Gaussian LSF σ in Å (default 0.5) */
+    /* A wavelength-dependent template LSF (the library's LSF table), or NULL: σ in Å at vacuum
+     * wavelength λ, evaluated once per pixel of the file's grid; `lsf_data` is its argument. */
+    double (*lsf_sigma0_at[RVS_DESI_NARMS])(const void *lsf_data, double lambda);
+    const void *lsf_data[RVS_DESI_NARMS];
 };
 
 void rvs_prepare_options_init(struct rvs_prepare_options *options);
@@ -46,6 +50,14 @@ void rvs_prepare_interpolate_bad(const double *in, const unsigned char *bad, siz
  * row sum. */
 int rvs_prepare_resolution(const float *res, size_t ndiag, size_t n, double pix_angstrom,
                            double sigma0_angstrom, double *out);
+/* The same with a template LSF that may vary along the arm: sigma0_pixel[i] (Å) for row i when
+ * not NULL, else sigma0_angstrom everywhere. *narrow_rows (optional) gets the number of interior
+ * rows (at least ndiag/2 from the ends) whose own Gaussian width, the square root of the row's
+ * second moment, is not larger than σ0: there no deconvolution exists and the solve sharpens the
+ * templates instead (rvspecfit does the same solve without a word). */
+int rvs_prepare_resolution_lsf(const float *res, size_t ndiag, size_t n, double pix_angstrom,
+                               const double *sigma0_pixel, double sigma0_angstrom, double *out,
+                               size_t *narrow_rows);
 
 /* A batch of prepared spectra: per arm contiguous [ntargets][nwave] (resolution
  * [ntargets][ndiag][nwave]); used[arm][t] says whether arm `arm` of target t is fitted;
@@ -64,6 +76,10 @@ struct rvs_prepared {
     double *resolution[RVS_DESI_NARMS];
     unsigned char *bad_spectrum;
     size_t nclamped; /* arms with more than 1% of σ clamped in the last batch */
+    /* With the resolution matrix, per arm in the last batch: interior rows whose R is not wider
+     * than the templates' LSF, and the interior rows looked at (used arms only). */
+    size_t narrow_rows[RVS_DESI_NARMS], checked_rows[RVS_DESI_NARMS];
+    double *sigma0_pixel[RVS_DESI_NARMS]; /* per-pixel template σ0 (Å) of a varying LSF */
 };
 
 void rvs_prepared_init(struct rvs_prepared *prepared);

@@ -40,7 +40,10 @@ struct rvs_run_fitter_ops {
 struct rvs_run_options {
     unsigned arms;                      /* --fitarm, bit set (1u << arm) */
     struct rvs_select_options select;   /* its pointers must outlive the run */
-    struct rvs_prepare_options prepare; /* use_resolution = --resolution-matrix */
+    struct rvs_prepare_options prepare; /* use_resolution: --resolution-matrix (1), off (0), or
+                                         * -1: the library decides (LSFRMAT of every fitted arm) */
+    unsigned lsf_sigma0_given;          /* arms (1u << arm) whose prepare.lsf_sigma0 the user gave
+                                         * (lsf_sigma0_angstrom); the others take the library's */
     struct rvs_fit_config fit;
     struct rvs_output_naming naming;
     const char *template_lib; /* directory with rvsfit_desi_<arm>.fits */

@@ -25,6 +25,8 @@ struct rvs_train_grid {
     double logstep;   /* (ln wave[N-1] - ln wave[0]) / (N - 1) */
     char gridname[72];
     char setup[72];   /* the grid's SETUP keyword, "" when absent */
+    double lsf_sigma; /* Gaussian LSF sigma in Å from the flux HDU's FWHM keyword (rvsfit-cl-mkgrid
+                       * writes it) or LSFSIG; NAN when the grid does not say */
 };
 
 /* Reads a grid file: parameter columns `names` (case-insensitive) of the PARAMS table (rows with
@@ -72,9 +74,11 @@ struct rvs_train_provenance {
     double val_loss;      /* VALERR: validation loss (NAN: not written) */
     double err_median, err_p99; /* VALMED, VAL99: |dflux|/flux of held-out spectra (NAN: none) */
     size_t ntrain, nval, epochs;
+    double lsf_sigma;      /* LSFSIG: the templates' Gaussian sigma in Å (NAN: LSFTYPE UNKNOWN) */
+    int resolution_matrix; /* LSFRMAT: made for the resolution-matrix path */
 };
 
-/* Writes <dir>/rvsfit_<setup>.fits (doc/template-library.md, version 1): WAVE, PARAMS, the
+/* Writes <dir>/rvsfit_<setup>.fits (doc/template-library.md, version 2, with the LSF keywords): WAVE, PARAMS, the
  * trained weights (BatchNorm unfolded), hulls of the mapped grid points (pairs of parameters
  * (0,1), (2,3), ... as rvspecfit's OutsideInterpolator), provenance and checksums; through a
  * temporary file in dir and a rename. An existing file is replaced only with `force`. */

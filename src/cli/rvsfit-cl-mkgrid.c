@@ -41,6 +41,7 @@ enum option_id {
     OPT_RESOLUTION,
     OPT_ARMS,
     OPT_VMIC,
+    OPT_FWHM,
     OPT_LOG_LEVEL
 };
 
@@ -67,6 +68,10 @@ static const struct rvs_cli_option cli_options[] = {
     {"resolution", required_argument, OPT_RESOLUTION, "R",
      "internal sampling 1/d(ln lambda) (default 120000)", NULL},
     {"arms", required_argument, OPT_ARMS, "LIST", "arms to write: any of b,r,z (default b,r,z)", NULL},
+    {"fwhm", required_argument, OPT_FWHM, "B,R,Z",
+     "Gaussian LSF FWHM of the b, r and z arms in Angstrom (default 1.55,1.55,1.8; the "
+     "template library records it)",
+     NULL},
     {"vmic", required_argument, OPT_VMIC, "KMS",
      "microturbulence in km/s (default 2.478 - 0.325 log g, at least 0.5)", NULL},
     {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL",
@@ -274,6 +279,18 @@ int main(int argc, char **argv)
                 return usage_error("--vmic needs km/s in 0..10 (got '%s')", optarg);
             sopt.vmic = v[0];
             break;
+        case OPT_FWHM: {
+            double f[RVS_MKGRID_NARMS];
+            if (parse_list(optarg, f, RVS_MKGRID_NARMS) != RVS_MKGRID_NARMS ||
+                !(f[0] >= 0.1 && f[0] <= 20) || !(f[1] >= 0.1 && f[1] <= 20) ||
+                !(f[2] >= 0.1 && f[2] <= 20))
+                return usage_error("--fwhm needs three FWHM in Å of 0.1..20, for b, r and z "
+                                   "(got '%s')",
+                                   optarg);
+            for (int a = 0; a < RVS_MKGRID_NARMS; a++)
+                oopt.fwhm[a] = f[a];
+            break;
+        }
         case OPT_ARMS: {
             arms = 0;
             const char *p = optarg;
@@ -354,6 +371,20 @@ int main(int argc, char **argv)
                 "no line list directory (--linelist or RVSFIT_CL_LINELIST_DIR): using the "
                 "built-in list of strong lines only");
     sopt.linelist_dir = linelist;
+    if (arms && arms != (1u << RVS_MKGRID_NARMS) - 1) {
+        /* Only some arms: synthesise only their wavelengths (with the arms' 1000 km/s padding
+         * and 20 Å for the degradation kernel), which makes a z-only grid ~3x cheaper. */
+        double lo = sopt.lambda_max, hi = sopt.lambda_min;
+        for (int a = 0; a < RVS_MKGRID_NARMS; a++) {
+            if (!(arms & (1u << a)))
+                continue;
+            double fac = 1.0 + 1000.0 / 299792.458;
+            lo = fmin(lo, rvs_mkgrid_desi_arms[a].lambda_min / fac - 20.0);
+            hi = fmax(hi, rvs_mkgrid_desi_arms[a].lambda_max * fac + 20.0);
+        }
+        sopt.lambda_min = fmax(lo, sopt.lambda_min);
+        sopt.lambda_max = fmin(hi, sopt.lambda_max);
+    }
     if (rvs_synth_create(&sopt, &synth) != RVS_OK) {
         code = MKGRID_EXIT_FAILURE;
         goto done;

@@ -21,6 +21,7 @@
 
 #include "options.h"
 #include "rvsfit.h"
+#include "rvsfit/library.h"
 #include "rvsfit/train.h"
 #include "rvsfit/train_io.h"
 
@@ -57,6 +58,9 @@ enum option_id {
     OPT_TIME_LIMIT,
     OPT_PREDICTIONS,
     OPT_REPORT,
+    OPT_LSF_SIGMA,
+    OPT_RESMAT_LIBRARY,
+    OPT_INIT_FROM,
     OPT_DEVICE,
     OPT_FP32,
     OPT_LOG_LEVEL
@@ -107,6 +111,16 @@ static const struct rvs_cli_option cli_options[] = {
      "also write the held-out spectra and their predicted log-flux to FILE (FITS)", NULL},
     {"report", required_argument, OPT_REPORT, "FILE",
      "also write the breakdown of the held-out error (by parameter and wavelength) to FILE",
+     NULL},
+    {"lsf-sigma", required_argument, OPT_LSF_SIGMA, "A",
+     "Gaussian LSF sigma of the grid's spectra in Angstrom, recorded in the library (default: "
+     "from the grid's FWHM or LSFSIG keyword; 0: unknown)", NULL},
+    {"resolution-matrix-library", no_argument, OPT_RESMAT_LIBRARY, NULL,
+     "declare the library made for the resolution-matrix fit (LSFRMAT = T: its LSF is narrower "
+     "than the instrument's; rvsfit-cl then applies each fibre's R by default)", NULL},
+    {"init-from", required_argument, OPT_INIT_FROM, "FILE",
+     "start from the weights of an existing library file of the same shape, wavelength grid "
+     "and parameter mapping (fine-tuning to a changed grid) instead of a fresh initialisation",
      NULL},
     {"device", required_argument, OPT_DEVICE, "SPEC",
      "OpenCL device: index, P:D, name substring, cpu or gpu", NULL},
@@ -269,6 +283,90 @@ cleanup:
 }
 
 /* The error breakdown to stdout (unless quiet) and to `path` (when given). */
+/* --init-from: the weights of an existing library as the starting point. The first layer absorbs
+ * a change of the parameter mapping exactly (x_old = (x_new S_new + M_new - M_old) / S_old), and
+ * the output layer is un-normalised with this grid's d0 and sd0, so the network starts out
+ * computing exactly what the library computes. */
+static int init_from_library(struct rvs_trainer *tr, const char *path,
+                             const struct rvs_train_grid *g, const struct rvs_train_mapping *map)
+{
+    int status = RVS_OK;
+    struct rvs_library_arm *lib = NULL;
+    float *p = NULL;
+    const struct rvs_train_layout *L = rvs_trainer_layout(tr);
+    const float *d0 = NULL, *sd0 = NULL;
+    double spread0 = 0;
+    if ((status = rvs_library_open_file(path, &lib)) != RVS_OK)
+        goto cleanup;
+    const struct rvs_library_content *c = rvs_library_content(lib);
+    const struct rvs_nn_desc *d = &c->nn;
+    size_t P = g->nparam, npc = L->lin_out[L->nlin - 1];
+    if (d->with_batchnorm || d->indim != P || d->nlayers + 2 != L->nlin || d->npix != g->npix ||
+        d->npc != npc || d->width != L->lin_out[0]) {
+        rvs_log(RVS_LOG_ERROR, "train", "--init-from %s: its network (%zu inputs, %zu hidden "
+                "layers of %zu, bottleneck %zu, %zu pixels%s) differs from this one (%zu, %zu, "
+                "%zu, %zu, %zu, no BatchNorm); give the same --width, --nlayers and --npc",
+                path, d->indim, d->nlayers, d->width, d->npc, d->npix,
+                d->with_batchnorm ? ", BatchNorm" : "", P, L->nlin - 2, L->lin_out[0], npc,
+                g->npix);
+        status = RVS_ERR_INVALID_ARGUMENT;
+        goto cleanup;
+    }
+    for (size_t j = 0; j < g->npix; j++)
+        if (fabs(c->wave[j] / g->wave[j] - 1) > 1e-9) {
+            rvs_log(RVS_LOG_ERROR, "train", "--init-from %s: its wavelength grid differs from "
+                    "the grid's at pixel %zu (%.6f vs %.6f A)", path, j, c->wave[j], g->wave[j]);
+            status = RVS_ERR_INVALID_ARGUMENT;
+            goto cleanup;
+        }
+    for (size_t i = 0; i < P; i++)
+        if (strcmp(c->params[i].name, g->names[i]) != 0 ||
+            (c->params[i].log10 != 0) != (map->log10[i] != 0)) {
+            rvs_log(RVS_LOG_ERROR, "train", "--init-from %s: parameter %zu is %s%s there, %s%s "
+                    "here; give the same --params and --log-params", path, i,
+                    c->params[i].log10 ? "log10 " : "", c->params[i].name,
+                    map->log10[i] ? "log10 " : "", g->names[i]);
+            status = RVS_ERR_INVALID_ARGUMENT;
+            goto cleanup;
+        }
+    p = malloc(L->total * sizeof *p);
+    if (!p) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    if ((status = rvs_trainer_params_read(tr, p)) != RVS_OK)
+        goto cleanup;
+    for (size_t l = 0; l < L->nlin; l++) {
+        size_t nin = L->lin_in[l], nout = L->lin_out[l];
+        const float *w = d->lin[l].weight, *b = d->lin[l].bias;
+        for (size_t o = 0; o < nout; o++) {
+            double bias = b[o];
+            for (size_t k = 0; k < nin; k++) {
+                double wk = w[o * nin + k];
+                if (l == 0) { /* remap the inputs */
+                    bias += wk * (map->m[k] - c->params[k].m) / c->params[k].s;
+                    wk *= map->s[k] / c->params[k].s;
+                }
+                p[L->lin_w[l] + o * nin + k] = (float)wk;
+            }
+            p[L->lin_b[l] + o] = (float)bias;
+        }
+    }
+    rvs_trainer_normalisation(tr, &d0, &sd0, &spread0);
+    for (size_t j = 0; j < g->npix; j++) {
+        for (size_t k = 0; k < npc; k++)
+            p[L->pc_w + j * npc + k] = d->pc.weight[j * npc + k] / sd0[j];
+        p[L->pc_b + j] = (d->pc.bias[j] - d0[j]) / sd0[j];
+    }
+    if ((status = rvs_trainer_params_write(tr, p)) != RVS_OK)
+        goto cleanup;
+    rvs_log(RVS_LOG_INFO, "train", "weights initialised from %s", path);
+cleanup:
+    free(p);
+    rvs_library_close(&lib);
+    return status;
+}
+
 static int error_report(const char *path, int quiet, const struct rvs_train_grid *g,
                         const size_t *rows, size_t count, const float *err, const char *what)
 {
@@ -359,7 +457,9 @@ int main(int argc, char **argv)
     const char *grid_path = NULL, *setup = NULL, *out_dir = NULL, *revision = "",
                *pred_path = NULL, *report_path = NULL;
     char params_buf[256] = "teff,logg,feh,alpha", logp_buf[256] = "teff";
-    double val_frac = 0.1, time_limit = 0.0;
+    double val_frac = 0.1, time_limit = 0.0, lsf_sigma = NAN;
+    int resmat_library = 0;
+    const char *init_from = NULL;
     struct timespec prog_start;
     clock_gettime(CLOCK_MONOTONIC, &prog_start);
     int force = 0, resume = 0, quiet = 0, log_level = RVS_LOG_INFO;
@@ -464,6 +564,13 @@ int main(int argc, char **argv)
                 return usage_error("invalid --time-limit '%s' (seconds > 0)", optarg);
             break;
         case OPT_PREDICTIONS: pred_path = optarg; break;
+        case OPT_LSF_SIGMA:
+            if (parse_double(optarg, &lsf_sigma) || !(lsf_sigma >= 0 && lsf_sigma < 100))
+                return usage_error("invalid --lsf-sigma '%s' (Angstrom, 0 <= sigma < 100; 0: "
+                                   "unknown)", optarg);
+            break;
+        case OPT_RESMAT_LIBRARY: resmat_library = 1; break;
+        case OPT_INIT_FROM: init_from = optarg; break;
         case OPT_REPORT: report_path = optarg; break;
         case OPT_DEVICE:
             if (!*optarg)
@@ -597,6 +704,9 @@ int main(int argc, char **argv)
     if (resume) {
         if ((status = rvs_trainer_checkpoint_load(tr, ckpt)) != RVS_OK)
             goto done;
+    } else if (init_from) {
+        if ((status = init_from_library(tr, init_from, &grid, &map)) != RVS_OK)
+            goto done;
     } else if (cfg.pca_init) {
         double loss0;
         if ((status = rvs_trainer_pca_init(tr, &loss0)) != RVS_OK)
@@ -660,7 +770,18 @@ int main(int argc, char **argv)
         .setup = setup, .gridname = grid.gridname, .traincmd = cmdline, .librev = revision,
         .train_loss = final_train, .val_loss = nval ? final_val : NAN,
         .err_median = nval ? med : NAN, .err_p99 = nval ? p99 : NAN, .ntrain = ntrain,
-        .nval = nval, .epochs = rvs_trainer_epochs_done(tr)};
+        .nval = nval, .epochs = rvs_trainer_epochs_done(tr),
+        .lsf_sigma = isfinite(lsf_sigma) ? (lsf_sigma > 0 ? lsf_sigma : NAN) : grid.lsf_sigma,
+        .resolution_matrix = resmat_library};
+    if (!isfinite(prov.lsf_sigma))
+        rvs_log(RVS_LOG_WARNING, "train", "the LSF of the grid's spectra is not known (no FWHM or "
+                "LSFSIG keyword in the grid, no --lsf-sigma): the library records it as unknown, "
+                "and the resolution-matrix fit will have to be told lsf_sigma0_angstrom");
+    if (resmat_library && !isfinite(prov.lsf_sigma)) {
+        rvs_log(RVS_LOG_ERROR, "train", "--resolution-matrix-library needs the templates' LSF "
+                "(--lsf-sigma or the grid's FWHM keyword)");
+        goto done;
+    }
     if ((status = rvs_train_library_write(out_dir, &grid, &map, mapped, &net, &prov, force)) !=
         RVS_OK)
         goto done;

@@ -76,6 +76,8 @@ enum option_id {
     OPT_NO_RESOLUTION_MATRIX,
     OPT_NO_CCF_CONTINUUM_NORMALIZE,
     OPT_BATCH_SIZE,
+    OPT_CLIP_SIGMA,
+    OPT_RVSPECFIT_LIKELIHOOD,
     OPT_NO_OVERLAP,
     OPT_PROFILE,
     OPT_DOPLOT,
@@ -122,8 +124,10 @@ static const struct rvs_cli_option cli_options[] = {
     {"fitarm", required_argument, OPT_FITARM, "ARMS", "comma-separated arms to fit: b, r, z (default all)", G_FIT},
     {"npoly", required_argument, OPT_NPOLY, "N", "continuum basis functions per arm (default 10)", G_FIT},
     {"param-init", required_argument, OPT_PARAM_INIT, "METHOD", "starting point: CCF (default) or bruteforce", G_FIT},
-    {"resolution-matrix", no_argument, OPT_RESOLUTION_MATRIX, NULL, "convolve models with the files' resolution matrices", G_FIT},
-    {"no-resolution-matrix", no_argument, OPT_NO_RESOLUTION_MATRIX, NULL, "do not (the default)", G_FIT},
+    {"resolution-matrix", no_argument, OPT_RESOLUTION_MATRIX, NULL, "convolve models with the files' resolution matrices (the default for a library made for them, LSFRMAT = T)", G_FIT},
+    {"no-resolution-matrix", no_argument, OPT_NO_RESOLUTION_MATRIX, NULL, "do not (the default for other libraries, as rvspecfit)", G_FIT},
+    {"clip-sigma", required_argument, OPT_CLIP_SIGMA, "K", "leave out pixels whose residual at the optimum exceeds K robust sigmas (cosmics the mask missed) and refit (default 5; 0: rvspecfit's likelihood, nothing left out)", G_FIT},
+    {"rvspecfit-likelihood", no_argument, OPT_RVSPECFIT_LIKELIHOOD, NULL, "rvspecfit's exact likelihood, for comparisons: no outlier clipping (--clip-sigma 0) and a flat prior on the continuum coefficients, which depends on the templates' flux scale", G_FIT},
     {"no-ccf-continuum-normalize", no_argument, OPT_NO_CCF_CONTINUUM_NORMALIZE, NULL, "do not divide by the continuum before the CCF", G_FIT},
     {"device", required_argument, OPT_DEVICE, "SPEC", "OpenCL device: index, P:D, name substring, cpu or gpu (default: $RVSFIT_CL_DEVICE, else "
      "the first GPU, else the first CPU)", G_DEVICE},
@@ -321,6 +325,8 @@ struct settings {
     /* device and run */
     struct rvs_context_options ctx;
     long long batch_size;
+    double clip_sigma;
+    int rvspecfit_likelihood;
     int no_overlap, profile, list_devices, self_test;
     /* messages */
     int log_level, verbosity;
@@ -338,6 +344,8 @@ static void settings_init(struct settings *s)
     s->mod_prefix = "rvmod";
     s->arms = RVS_DESI_ARMS_ALL;
     s->npoly = 10;
+    s->resolution_matrix = -1; /* the library decides (LSFRMAT) */
+    s->clip_sigma = 5;
     s->param_init = RVS_FIT_INIT_CCF;
     s->minsn = -1e9;
     s->log_level = -1;
@@ -533,6 +541,15 @@ static int apply_option(struct settings *s, int opt, const char *arg, int *stop_
     case OPT_NO_CCF_CONTINUUM_NORMALIZE:
         s->no_ccf_continuum_normalize = 1;
         return RVS_EXIT_OK;
+    case OPT_CLIP_SIGMA:
+        if (parse_double("--clip-sigma", arg, &s->clip_sigma) != RVS_EXIT_OK)
+            return RVS_EXIT_USAGE;
+        if (!(s->clip_sigma == 0 || (s->clip_sigma >= 2 && s->clip_sigma <= 1000)))
+            return usage_error("invalid --clip-sigma '%s': 0 (no clipping) or 2..1000", arg);
+        return RVS_EXIT_OK;
+    case OPT_RVSPECFIT_LIKELIHOOD:
+        s->rvspecfit_likelihood = 1;
+        return RVS_EXIT_OK;
     case OPT_BATCH_SIZE:
         return parse_ll("--batch-size", arg, 1, 100000000, &s->batch_size);
     case OPT_NO_OVERLAP:
@@ -721,7 +738,8 @@ static void show_config(const struct settings *s, const struct effective *e)
     printf("npoly = %lld (%s)\n", s->npoly,
            origin_names[s->have_npoly ? FROM_COMMAND_LINE : FROM_DEFAULT]);
     printf("param_init = %s\n", s->param_init == RVS_FIT_INIT_CCF ? "CCF" : "bruteforce");
-    printf("resolution_matrix = %s\n", s->resolution_matrix ? "true" : "false");
+    printf("resolution_matrix = %s\n", s->resolution_matrix < 0 ? "auto (the library's LSFRMAT)"
+                                       : s->resolution_matrix ? "true" : "false");
     printf("minsn = %g\n", s->minsn);
     if (s->have_minexpid)
         printf("minexpid = %lld\n", s->minexpid);
@@ -740,6 +758,10 @@ static void show_config(const struct settings *s, const struct effective *e)
     printf("output_tab_prefix = %s\n", s->tab_prefix);
     printf("output_mod_prefix = %s\n", s->mod_prefix);
     printf("subdirs = %s\n", s->no_subdirs ? "false" : "true");
+    printf("likelihood = %s\n", s->rvspecfit_likelihood ? "rvspecfit (flat continuum prior, no "
+           "clipping)" : "scale-free continuum prior, outlier clipping");
+    printf("clip_sigma = %g%s\n", s->rvspecfit_likelihood ? 0 : s->clip_sigma,
+           s->clip_sigma > 0 && !s->rvspecfit_likelihood ? "" : " (off)");
     if (s->batch_size > 0)
         printf("batch_size = %lld\n", s->batch_size);
     else
@@ -897,16 +919,11 @@ static int run_files(const struct settings *s, const struct effective *e, const 
     ro.select.objtypes = s->objtypes;
     ro.select.zbest_select = s->zbest_select;
     ro.select.zbest_include = s->zbest_include;
+    /* the run takes the library's LSF and LSFRMAT where the user said nothing */
     ro.prepare.use_resolution = s->resolution_matrix;
-    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+    ro.lsf_sigma0_given = e->config.lsf_sigma0_arms;
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
         ro.prepare.lsf_sigma0[a] = e->config.lsf_sigma0[a];
-        if (s->resolution_matrix && (s->arms & (1u << a)) &&
-            !(e->config.lsf_sigma0_arms & (1u << a)))
-            rvs_log(RVS_LOG_WARNING, "cli",
-                    "sigma0 of the templates is not given for arm %s (lsf_sigma0_angstrom in "
-                    "the configuration); using %g A",
-                    rvs_desi_arm_name(a), e->config.lsf_sigma0[a]);
-    }
     ro.fit.min_vel = e->config.min_vel;
     ro.fit.max_vel = e->config.max_vel;
     ro.fit.vel_step0 = e->config.vel_step0;
@@ -918,6 +935,8 @@ static int run_files(const struct settings *s, const struct effective *e, const 
     ro.fit.npoly = (size_t)s->npoly;
     ro.fit.param_init = s->param_init;
     ro.fit.batch_size = (size_t)s->batch_size;
+    ro.fit.clip_sigma = s->rvspecfit_likelihood ? 0 : s->clip_sigma;
+    ro.fit.scale_free_continuum = !s->rvspecfit_likelihood;
     ro.naming.output_dir = s->output_dir;
     ro.naming.tab_prefix = s->tab_prefix;
     ro.naming.mod_prefix = s->mod_prefix;

@@ -1,12 +1,15 @@
 /* mock.c: DESI mock coadds from a template library (doc/mock.md). Per target: true parameters
  * (random inside the library's training hulls, or from a table), the emulator template on the
  * device (rvs_nn_forward, all targets in one batch per arm), rotational broadening
- * (rvs_rotation_apply), the Doppler shift by spline evaluation at lambda*sqrt((1-b)/(1+b))
- * (rvs_spline_eval), a Gaussian resolution matrix per target and arm in DESI's DIA layout applied
- * with rvs_resolution_apply; then on the host a smooth continuum and flux scale, noise for the
- * requested per-pixel S/N, a noisier partly flagged dichroic region, bad columns and cosmics.
- * Random numbers: one xoshiro256** stream per (seed, target, purpose), so a target's values do
- * not depend on how many targets follow it. */
+ * (rvs_rotation_apply), then by default a Gaussian convolution on the host (double precision,
+ * on the library's grid in the star's rest frame) that brings the templates' own LSF up to the
+ * resolution matrix R's width, the Doppler shift by spline evaluation at lambda*sqrt((1-b)/(1+b))
+ * (rvs_spline_eval), and a Gaussian R per target and arm in DESI's DIA layout (written; applied
+ * with rvs_resolution_apply only with --lsf-on-top or --lsf-scale 0); then on the host a
+ * continuum (extinction x flux-calibration error, or the per-arm Legendre model) and flux
+ * scale, noise for the requested per-pixel S/N, a noisier partly flagged dichroic region, bad
+ * columns and cosmics. Random numbers: one xoshiro256** stream per (seed, target, purpose), so a
+ * target's values do not depend on how many targets follow it. */
 #include <config.h>
 
 #include <ctype.h>
@@ -41,6 +44,13 @@ static const char *const setup_names[RVS_DESI_NARMS] = {"desi_b", "desi_r", "des
 #define FWHM_PER_SIGMA 2.3548200450309493 /* 2 sqrt(2 ln 2) */
 #define DICHROIC_LO 4300.0 /* rvspecfit desi_fit.py get_specdata masks 4300 < lambda < 4450 */
 #define DICHROIC_HI 4450.0
+/* the realistic continuum's flux-calibration error spans the three arms: b's start to z's end */
+#define CAL_LO 3600.0
+#define CAL_HI 9824.0
+#define RNG_TARGET 1     /* purposes of the random streams: vrad, vsini, S/N, levels, ... */
+#define RNG_THETA 2      /* the random parameters */
+#define RNG_OBSERVE 10   /* + arm: noise, masks, cosmics */
+#define RNG_CONTINUUM 20 /* E(B-V) and the calibration coefficients of the realistic continuum */
 
 void rvs_mock_options_init(struct rvs_mock_options *o)
 {
@@ -53,6 +63,8 @@ void rvs_mock_options_init(struct rvs_mock_options *o)
     o->vsini_lo = 0;
     o->vsini_hi = 30;
     o->lsf_scale = 1;
+    o->lsf_on_top = 0;
+    o->continuum = RVS_MOCK_CONTINUUM_REALISTIC;
     o->unflagged_cosmics = 1;
     o->continuum_scale = 1;
     o->seed = 1;
@@ -396,6 +408,7 @@ void rvs_mock_free(struct rvs_mock **mock)
         free(m->mask[a]);
         free(m->resolution[a]);
         free(m->model[a]);
+        free(m->continuum[a]);
         free(m->cosmic_unflagged[a]);
     }
     free(m->t);
@@ -428,7 +441,7 @@ static int draw_targets(struct rvs_mock *m, struct rvs_library_arm *const lib[RV
         struct rvs_mock_target *g = &m->t[t];
         const double *row = table ? table + t * NPCOL : NULL;
         struct rng r;
-        rng_init(&r, o->seed, t, 1);
+        rng_init(&r, o->seed, t, RNG_TARGET);
         /* every random value is drawn whether or not the table gives it, so that the stream
          * stays aligned */
         double vrad = rng_range(&r, o->vrad_lo, o->vrad_hi);
@@ -437,11 +450,26 @@ static int draw_targets(struct rvs_mock *m, struct rvs_library_arm *const lib[RV
         g->vrad = row && isfinite(row[PCOL_VRAD]) ? row[PCOL_VRAD] : vrad;
         g->vsini = row && isfinite(row[PCOL_VSINI]) ? row[PCOL_VSINI] : vsini;
         g->snr = row && isfinite(row[PCOL_SNR]) ? row[PCOL_SNR] : snr;
-        /* flux level (1e-17 erg/s/cm2/Å at the median of r) and continuum shape */
+        /* flux level (1e-17 erg/s/cm2/Å at the median of r) and the per-arm Legendre
+         * continuum, drawn in every mode so that the values after them stay the same */
         g->flux_level = exp(rng_range(&r, log(10.0), log(300.0)));
+        double legendre[RVS_DESI_NARMS][3];
         for (int a = 0; a < RVS_DESI_NARMS; a++)
             for (int k = 0; k < 3; k++)
-                g->cont[a][k] = 0.1 * rng_gauss(&r) * o->continuum_scale;
+                legendre[a][k] = 0.1 * rng_gauss(&r) * o->continuum_scale;
+        memset(g->cont, 0, sizeof g->cont);
+        g->ebv = 0;
+        if (o->continuum == RVS_MOCK_CONTINUUM_LEGENDRE) {
+            memcpy(g->cont, legendre, sizeof g->cont);
+        } else {
+            /* realistic: E(B-V) exponential of mean 0.05 capped at 0.5, calibration
+             * coefficients N(0, 0.02^2), both times --continuum-scale, from their own stream */
+            struct rng rc;
+            rng_init(&rc, o->seed, t, RNG_CONTINUUM);
+            g->ebv = fmin(-0.05 * log(1.0 - rng_uniform(&rc)), 0.5) * o->continuum_scale;
+            for (int k = 0; k < 3; k++)
+                g->cont[0][k] = 0.02 * rng_gauss(&rc) * o->continuum_scale;
+        }
         g->lsf_factor = 1 + 0.03 * fmax(-3, fmin(3, rng_gauss(&r)));
         g->ra = 150 + rng_range(&r, -0.5, 0.5);
         g->dec = 2 + rng_range(&r, -0.5, 0.5);
@@ -464,7 +492,7 @@ static int draw_targets(struct rvs_mock *m, struct rvs_library_arm *const lib[RV
         } else {
             /* uniform inside the training range, rejected until inside every hull */
             struct rng rp;
-            rng_init(&rp, o->seed, t, 2);
+            rng_init(&rp, o->seed, t, RNG_THETA);
             int tries = 0;
             do {
                 for (int p = 0; p < 4; p++)
@@ -485,9 +513,297 @@ static int draw_targets(struct rvs_mock *m, struct rvs_library_arm *const lib[RV
     return RVS_OK;
 }
 
-/* Device part for one arm: NN -> rotation -> shift -> resolution; host gets n x nwave doubles. */
+double rvs_mock_lsf_sigma(const struct rvs_mock *m, int a, size_t t, double lambda)
+{
+    size_t nw = m->nwave[a];
+    const double *wave = m->wave[a];
+    double x = (lambda - wave[0]) / (wave[nw - 1] - wave[0]);
+    x = fmin(1.0, fmax(0.0, x));
+    double fwhm = m->lsf_fwhm[a][0] + x * (m->lsf_fwhm[a][1] - m->lsf_fwhm[a][0]);
+    return m->opt.lsf_scale * m->t[t].lsf_factor * fwhm / FWHM_PER_SIGMA;
+}
+
+/* The resolution matrices of all targets of one arm. */
+static void make_resolution(struct rvs_mock *m, int a)
+{
+    size_t nw = m->nwave[a];
+    const double *wave = m->wave[a];
+    const int h = RVS_MOCK_NDIAG / 2;
+    double w[RVS_MOCK_NDIAG];
+    for (size_t t = 0; t < m->n; t++) {
+        float *data = m->resolution[a] + t * RVS_MOCK_NDIAG * nw;
+        memset(data, 0, RVS_MOCK_NDIAG * nw * sizeof *data);
+        for (size_t i = 0; i < nw; i++) {
+            rvs_mock_resolution_row(wave, nw, i, rvs_mock_lsf_sigma(m, a, t, wave[i]), w);
+            /* DIA: R[i, j] = data[h - (j - i)][j] (desispec resolution.py) */
+            for (int d = -h; d <= h; d++) {
+                long j = (long)i + d;
+                if (j >= 0 && j < (long)nw)
+                    data[(size_t)(h - d) * nw + (size_t)j] = (float)w[d + h];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ total LSF = R */
+
+/* The mock's default spectra have the total LSF R: each rotated template (the library's grid,
+ * the star's rest frame) is convolved with a Gaussian of sigma_K, sigma_K^2 = (sigma_R(lambda_obs)
+ * / D)^2 - sigma_lib(lambda)^2, where lambda_obs = D lambda, D = sqrt((1 + b) / (1 - b)) is the
+ * Doppler stretch the spline shift applies to every width (so sigma_R / D in the rest frame is
+ * sigma_R once shifted) and sigma_lib the library's own LSF.
+ *
+ * The weights are the exact integrals of a Gaussian against each hat function of the
+ * piecewise-linear template (differences of Phi and of the Gaussian pdf), so a sigma_K below one
+ * template pixel still gives a proper kernel, truncated at +-5 sigma and at least +-1 pixel and
+ * renormalised to sum 1. Linear interpolation itself spreads a sampled line: on a grid of step h
+ * that kernel's second moment is s^2 + h^2/6 for a Gaussian of sigma s >~ h, and between 0 and
+ * that below. The template is a sample of a smooth spectrum (the spline shift that follows
+ * treats it so), so s is chosen to make the kernel's second moment exactly sigma_K^2:
+ * s = sqrt(sigma_K^2 - h^2/6) where that gives s >= 0.8 h (the rest is below 1e-6 there), else
+ * from a table of the moment against s/h. Without this the lines come out 2.3 % broader than R
+ * (0.4 A template pixels, sigma_R 0.77 A; tests/test_mock). */
+
+#define KTAB_N 801        /* table of the kernel's second moment for s/h = 0 .. KTAB_RMAX */
+#define KTAB_RMAX 0.8
+#define KERNEL_NSIGMA 5.0 /* truncation */
+
+struct ktab {
+    double g[KTAB_N]; /* second moment / h^2 at s/h = k KTAB_RMAX / (KTAB_N - 1) */
+};
+
+static double std_normal_cdf(double t) { return 0.5 * erfc(-t / sqrt(2.0)); }
+static double std_normal_pdf(double t) { return exp(-0.5 * t * t) / sqrt(2.0 * M_PI); }
+
+/* Weights w[0 .. hi - lo] of nodes x[lo..hi] for the value at xi of the piecewise-linear function
+ * through them convolved with a Gaussian of sigma s > 0 (the mass beyond x[lo], x[hi] is left out),
+ * normalised to sum 1. On [a, b] = [x_k, x_k+1] with dP = Phi(tb) - Phi(ta) and dM = s (pdf(ta) -
+ * pdf(tb)) = the integral of (x - xi) N(x; xi, s): node k gets ((b - xi) dP - dM) / (b - a), node
+ * k + 1 (dM + (xi - a) dP) / (b - a). */
+static void hat_gauss_weights(const double *x, size_t lo, size_t hi, double xi, double s,
+                              double *w)
+{
+    double t = (x[lo] - xi) / s, p0 = std_normal_cdf(t), m0 = s * std_normal_pdf(t), sum = 0;
+    for (size_t k = 0; k <= hi - lo; k++)
+        w[k] = 0;
+    for (size_t k = lo; k < hi; k++) {
+        double t1 = (x[k + 1] - xi) / s, p1 = std_normal_cdf(t1), m1 = s * std_normal_pdf(t1);
+        double dp = p1 - p0, dm = m0 - m1, d = x[k + 1] - x[k];
+        w[k - lo] += ((x[k + 1] - xi) * dp - dm) / d;
+        w[k + 1 - lo] += (dm + (xi - x[k]) * dp) / d;
+        p0 = p1;
+        m0 = m1;
+    }
+    for (size_t k = 0; k <= hi - lo; k++)
+        sum += w[k];
+    for (size_t k = 0; k <= hi - lo; k++)
+        w[k] /= sum;
+}
+
+/* Half-width in nodes of the kernel of sigma s on a grid of step h. */
+static size_t kernel_half_width(double s, double h)
+{
+    return (size_t)ceil(KERNEL_NSIGMA * s / h) + 1;
+}
+
+static void ktab_init(struct ktab *kt)
+{
+    double x[2 * 8 + 1], w[2 * 8 + 1];
+    kt->g[0] = 0;
+    for (size_t k = 1; k < KTAB_N; k++) {
+        double r = KTAB_RMAX * (double)k / (KTAB_N - 1), g = 0;
+        size_t half = kernel_half_width(r, 1.0); /* <= 6 */
+        for (size_t j = 0; j <= 2 * half; j++)
+            x[j] = (double)j - (double)half;
+        hat_gauss_weights(x, 0, 2 * half, 0.0, r, w);
+        for (size_t j = 0; j <= 2 * half; j++)
+            g += w[j] * x[j] * x[j];
+        kt->g[k] = g;
+    }
+}
+
+/* The Gaussian sigma to integrate against the hats so that the kernel's second moment is v h^2. */
+static double ktab_sigma(const struct ktab *kt, double v, double h)
+{
+    if (v >= kt->g[KTAB_N - 1])
+        return h * sqrt(v - 1.0 / 6.0);
+    size_t lo = 0, hi = KTAB_N - 1; /* g[lo] <= v < g[hi]; g increases */
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (kt->g[mid] <= v)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    double f = (v - kt->g[lo]) / (kt->g[hi] - kt->g[lo]);
+    return h * KTAB_RMAX * ((double)lo + f) / (KTAB_N - 1);
+}
+
+/* Doppler stretch D = sqrt((1 + b) / (1 - b)) of a target: rest lambda -> observed D lambda. */
+static double doppler(double vrad)
+{
+    double b = vrad / RVS_SPEED_OF_LIGHT_KMS;
+    return sqrt((1 + b) / (1 - b));
+}
+
+/* The library's LSF sigma at each template pixel; RVS_ERR_INVALID_ARGUMENT (logged) when the
+ * library does not record it. */
+static int library_sigma(struct rvs_library_arm *lib, const char *arm_name, double *siglib)
+{
+    const struct rvs_library_lsf *lsf = rvs_library_lsf(lib);
+    size_t np = rvs_library_npix(lib);
+    const double *wave = rvs_library_wave(lib);
+    if (lsf->kind != RVS_LIBRARY_LSF_GAUSSIAN) {
+        rvs_log(RVS_LOG_ERROR, MOD,
+                "%s (arm %s): the library does not record its templates' line-spread function "
+                "(a version-1 file or LSFTYPE = 'UNKNOWN'), so the mock cannot make spectra "
+                "whose total LSF is the resolution matrix R. Record it with 'rvsfit-cl-lsf "
+                "--fwhm F [--resolution-matrix-library] %s' (F: the templates' Gaussian FWHM in "
+                "A), or use --lsf-on-top (R on top of the templates' own LSF) or --lsf-scale 0 "
+                "(identity R, the templates as they are)",
+                rvs_library_path(lib), arm_name, rvs_library_path(lib));
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    for (size_t j = 0; j < np; j++)
+        siglib[j] = rvs_library_lsf_sigma_at(lsf, wave[j]);
+    return RVS_OK;
+}
+
+/* Refuses when, for some target, R's sigma is not larger than the library's at a template pixel
+ * that lands inside the arm (both compared in the observed frame). */
+static int check_lsf(const struct rvs_mock *m, int a, struct rvs_library_arm *lib,
+                     const double *siglib)
+{
+    size_t np = rvs_library_npix(lib), nw = m->nwave[a], nbad = 0, worst_t = 0;
+    const double *wave = rvs_library_wave(lib);
+    double worst = INFINITY, worst_lam = 0, worst_r = 0, worst_l = 0;
+    for (size_t t = 0; t < m->n; t++) {
+        double dop = doppler(m->t[t].vrad);
+        int bad = 0;
+        for (size_t j = 0; j < np; j++) {
+            double lam = wave[j] * dop;
+            if (lam < m->wave[a][0] || lam > m->wave[a][nw - 1])
+                continue;
+            double sr = rvs_mock_lsf_sigma(m, a, t, lam), sl = siglib[j] * dop;
+            if (!(sr > sl)) {
+                bad = 1;
+                if (sr - sl < worst) {
+                    worst = sr - sl;
+                    worst_t = t;
+                    worst_lam = lam;
+                    worst_r = sr;
+                    worst_l = sl;
+                }
+            }
+        }
+        nbad += (size_t)bad;
+    }
+    if (nbad == 0)
+        return RVS_OK;
+    char desc[96];
+    rvs_library_lsf_describe(rvs_library_lsf(lib), desc, sizeof desc);
+    rvs_log(RVS_LOG_ERROR, MOD,
+            "%s (arm %s): the library's LSF (%s) is not narrower than the mock's resolution "
+            "matrix R for %zu of %zu targets: at %.1f A (target %zu, vrad %.1f km/s, fibre LSF "
+            "factor %.3f) R's Gaussian sigma is %.4f A and the library's %.4f A, so no Gaussian "
+            "can bring the templates to a total LSF of R. Use a library whose LSF is narrower "
+            "than DESI's (e.g. rvsfit-cl-mkgrid --fwhm), or a larger --lsf-scale; "
+            "--lsf-on-top applies R on top of the templates' own LSF instead",
+            rvs_library_path(lib), setup_names[a], desc, nbad, m->n, worst_lam, worst_t + 1,
+            m->t[worst_t].vrad, m->t[worst_t].lsf_factor, worst_r, worst_l);
+    return RVS_ERR_INVALID_ARGUMENT;
+}
+
+struct lsf_job {
+    const struct rvs_mock *m;
+    int a;
+    const double *wave, *siglib;
+    size_t np, es;
+    const struct ktab *kt;
+    void *templ; /* n x np rvs_real, convolved in place */
+    int nomem;
+};
+
+static void lsf_convolve_share(void *arg, size_t share, size_t nshares)
+{
+    struct lsf_job *j = arg;
+    size_t np = j->np;
+    const double *x = j->wave;
+    double *in = malloc(np * sizeof *in), *w = NULL;
+    size_t wcap = 0;
+    if (!in) {
+        j->nomem = 1;
+        return;
+    }
+    for (size_t t = share; t < j->m->n; t += nshares) {
+        double dop = doppler(j->m->t[t].vrad);
+        float *rf = (float *)j->templ + t * np;
+        double *rd = (double *)j->templ + t * np;
+        for (size_t i = 0; i < np; i++)
+            in[i] = j->es == sizeof(float) ? (double)rf[i] : rd[i];
+        for (size_t i = 0; i < np; i++) {
+            double sr = rvs_mock_lsf_sigma(j->m, j->a, t, x[i] * dop) / dop;
+            double v = sr * sr - j->siglib[i] * j->siglib[i];
+            double h = i == 0 ? x[1] - x[0]
+                       : i + 1 == np ? x[np - 1] - x[np - 2]
+                                     : 0.5 * (x[i + 1] - x[i - 1]);
+            double s = v > 0 ? ktab_sigma(j->kt, v / (h * h), h) : 0, out = in[i];
+            if (s > 0) {
+                size_t half = kernel_half_width(s, h);
+                size_t lo = i > half ? i - half : 0, hi = i + half < np ? i + half : np - 1;
+                if (hi - lo + 1 > wcap) {
+                    free(w);
+                    wcap = 2 * (hi - lo + 1);
+                    w = malloc(wcap * sizeof *w);
+                    if (!w) {
+                        j->nomem = 1;
+                        free(in);
+                        return;
+                    }
+                }
+                hat_gauss_weights(x, lo, hi, x[i], s, w);
+                out = 0;
+                for (size_t k = lo; k <= hi; k++)
+                    out += w[k - lo] * in[k];
+            }
+            if (j->es == sizeof(float))
+                rf[i] = (float)out;
+            else
+                rd[i] = out;
+        }
+    }
+    free(in);
+    free(w);
+}
+
+/* Convolves the n rotated templates (host copy, n x np rvs_real) to a total LSF of R. */
+static int lsf_convolve(const struct rvs_mock *m, int a, struct rvs_library_arm *lib,
+                        const double *siglib, const struct ktab *kt, void *templ, size_t es)
+{
+    struct lsf_job j = {m, a, rvs_library_wave(lib), siglib, rvs_library_npix(lib), es, kt,
+                        templ, 0};
+    if (j.np < 3) {
+        rvs_log(RVS_LOG_ERROR, MOD, "%s: %zu template pixels: too few", rvs_library_path(lib),
+                j.np);
+        return RVS_ERR_FORMAT;
+    }
+    rvs_parallel_run(rvs_parallel_threads(m->n, 4, 0), lsf_convolve_share, &j);
+    return j.nomem ? RVS_ERR_NOMEM : RVS_OK;
+}
+
+/* Whether the spectra get a total LSF of R (the default) rather than R on top of the templates. */
+static int lsf_total(const struct rvs_mock_options *o)
+{
+    return o->lsf_scale > 0 && !o->lsf_on_top;
+}
+
+/* One arm, all targets in one batch: NN -> rotation on the device; with a total LSF of R the
+ * Gaussian convolution of lsf_convolve on the host (siglib: the library's sigma per template
+ * pixel); the shift on the device, and R applied there unless the total LSF is R already. The
+ * host gets n x nwave doubles. */
 static int model_arm(struct rvs_context *ctx, struct rvs_mock *m, int a,
-                     struct rvs_library_arm *lib, double *out)
+                     struct rvs_library_arm *lib, const double *siglib, const struct ktab *kt,
+                     double *out)
 {
     int status = RVS_OK;
     size_t n = m->n, nw = m->nwave[a], np = rvs_library_npix(lib), es = rvs_context_real_size(ctx);
@@ -496,10 +812,12 @@ static int model_arm(struct rvs_context *ctx, struct rvs_mock *m, int a,
     struct rvs_spline_grid *grid = NULL;
     cl_mem dparams = NULL, dtempl = NULL, drot = NULL, dcoef = NULL, didx = NULL, dvel = NULL,
            dlam = NULL, dshift = NULL, dres = NULL, dconv = NULL;
+    const int total = lsf_total(&m->opt);
     void *host = rvs_malloc((n * 4 + n + nw + n * nw) * es);
+    void *templ = total ? rvs_malloc(n * np * es) : NULL;
     cl_int *idx = rvs_malloc(n * sizeof *idx);
     double *vsini = rvs_malloc(n * sizeof *vsini);
-    if (!host || !idx || !vsini) {
+    if (!host || !idx || !vsini || (total && !templ)) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -526,6 +844,11 @@ static int model_arm(struct rvs_context *ctx, struct rvs_mock *m, int a,
     RVS_TRY(rvs_rotation_create(ctx, np, &rot));
     RVS_TRY(rvs_rotation_apply(ctx, rot, dtempl, n, vsini, rvs_library_log_step(lib),
                                RVS_ROTATION_EPS, drot));
+    if (total) {
+        RVS_TRY(rvs_buffer_read(ctx, drot, 0, n * np * es, templ));
+        RVS_TRY(lsf_convolve(m, a, lib, siglib, kt, templ, es));
+        RVS_TRY(rvs_buffer_write(ctx, drot, 0, n * np * es, templ));
+    }
     RVS_TRY(rvs_spline_grid_create(ctx, rvs_library_wave(lib), np, 1, &grid));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, rvs_spline_coeffs_bytes(ctx, grid, n), NULL,
                               &dcoef));
@@ -538,11 +861,16 @@ static int model_arm(struct rvs_context *ctx, struct rvs_mock *m, int a,
                               &didx));
     RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, n * nw * es, NULL, &dshift));
     RVS_TRY(rvs_spline_eval(ctx, grid, dcoef, n, didx, dvel, n, dlam, nw, dshift));
-    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
-                              n * RVS_MOCK_NDIAG * nw * sizeof(float), m->resolution[a], &dres));
-    RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, n * nw * es, NULL, &dconv));
-    RVS_TRY(rvs_resolution_apply(ctx, dres, n, RVS_MOCK_NDIAG, nw, dshift, didx, n, dconv));
-    RVS_TRY(rvs_buffer_read(ctx, dconv, 0, n * nw * es, host));
+    if (total) {
+        RVS_TRY(rvs_buffer_read(ctx, dshift, 0, n * nw * es, host));
+    } else {
+        RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                                  n * RVS_MOCK_NDIAG * nw * sizeof(float), m->resolution[a],
+                                  &dres));
+        RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_WRITE, n * nw * es, NULL, &dconv));
+        RVS_TRY(rvs_resolution_apply(ctx, dres, n, RVS_MOCK_NDIAG, nw, dshift, didx, n, dconv));
+        RVS_TRY(rvs_buffer_read(ctx, dconv, 0, n * nw * es, host));
+    }
     for (size_t k = 0; k < n * nw; k++) {
         out[k] = es == sizeof(float) ? ((float *)host)[k] : ((double *)host)[k];
         if (!isfinite(out[k]) || !(out[k] > 0)) {
@@ -572,38 +900,126 @@ cleanup:
     rvs_rotation_destroy(&rot);
     rvs_nn_destroy(&nn);
     free(host);
+    free(templ);
     free(idx);
     free(vsini);
     return status;
 }
 
-/* The resolution matrices of all targets of one arm. */
-static void make_resolution(struct rvs_mock *m, int a)
+/* ------------------------------------------------------------------ continuum */
+
+/* Interstellar extinction A(lambda) / E(B-V) for R_V = 3.1: Cardelli, Clayton & Mathis 1989, ApJ
+ * 345, 245 (CCM89), eq. 2 (infrared, 0.3 <= x < 1.1) and eq. 3 with O'Donnell 1994, ApJ 422,
+ * 158, eq. 2's coefficients (optical, 1.1 <= x <= 3.3), x = 1/lambda in 1/micron:
+ * A / E(B-V) = R_V a(x) + b(x). DESI's grids (vacuum Å) span x = 1.02..2.78; the law's air/vacuum
+ * and the 4e-4 mag per unit E(B-V) step of CCM89 at x = 1.1 (9091 Å) are far below the
+ * calibration error's size. */
+static double extinction_per_ebv(double lambda)
 {
-    size_t nw = m->nwave[a];
-    const double *wave = m->wave[a];
-    const int h = RVS_MOCK_NDIAG / 2;
-    double w[RVS_MOCK_NDIAG];
-    for (size_t t = 0; t < m->n; t++) {
-        float *data = m->resolution[a] + t * RVS_MOCK_NDIAG * nw;
-        memset(data, 0, RVS_MOCK_NDIAG * nw * sizeof *data);
-        for (size_t i = 0; i < nw; i++) {
-            double x = (wave[i] - wave[0]) / (wave[nw - 1] - wave[0]);
-            double fwhm = m->lsf_fwhm[a][0] + x * (m->lsf_fwhm[a][1] - m->lsf_fwhm[a][0]);
-            double sigma = m->opt.lsf_scale * m->t[t].lsf_factor * fwhm / FWHM_PER_SIGMA;
-            rvs_mock_resolution_row(wave, nw, i, sigma, w);
-            /* DIA: R[i, j] = data[h - (j - i)][j] (desispec resolution.py) */
-            for (int d = -h; d <= h; d++) {
-                long j = (long)i + d;
-                if (j >= 0 && j < (long)nw)
-                    data[(size_t)(h - d) * nw + (size_t)j] = (float)w[d + h];
-            }
+    const double rv = 3.1, x = 1e4 / lambda;
+    double a, b;
+    if (x < 1.1) {
+        double p = pow(x, 1.61);
+        a = 0.574 * p;
+        b = -0.527 * p;
+    } else {
+        static const double ca[9] = {1.0, 0.104, -0.609, 0.701, 1.137, -1.718, -0.827, 1.647,
+                                     -0.505};
+        static const double cb[9] = {0.0, 1.952, 2.908, -3.989, -7.985, 11.102, 5.491, -10.805,
+                                     3.347};
+        double y = x - 1.82;
+        a = 0;
+        b = 0;
+        for (int k = 8; k >= 0; k--) {
+            a = a * y + ca[k];
+            b = b * y + cb[k];
         }
     }
+    return rv * a + b;
 }
 
-/* Continuum, noise, masks and cosmics of one arm, on the host. */
-static int observe_arm(struct rvs_mock *m, int a, const double *conv, const double *rmed)
+/* Legendre P1, P2, P3 of x in [-1, 1]. */
+static void legendre3(double x, double p[3])
+{
+    p[0] = x;
+    p[1] = 0.5 * (3 * x * x - 1);
+    p[2] = 0.5 * (5 * x * x * x - 3 * x);
+}
+
+/* The continuum multiplier (without the flux scale) of every target of arm a into m->continuum,
+ * and the targets' CONTMISS: the rms of (c - fit) / c after an unweighted least-squares fit of
+ * c by rvsfit-cl's continuum basis (rvs_chisq_basis, npoly 10, RBF: 1, x, x^2 and 7 Gaussians),
+ * through an orthonormal basis (modified Gram-Schmidt, twice). */
+static int continuum_arm(struct rvs_mock *m, int a)
+{
+    enum { NPOLY = 10 };
+    int status = RVS_OK;
+    size_t nw = m->nwave[a];
+    const double *wave = m->wave[a];
+    double *q = rvs_malloc(NPOLY * nw * sizeof *q), *aext = rvs_malloc(nw * sizeof *aext);
+    if (!q || !aext) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    RVS_TRY(rvs_chisq_basis(wave, nw, NPOLY, 1, q));
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t j = 0; j < NPOLY; j++) {
+            double *qj = q + j * nw;
+            for (size_t k = 0; k < j; k++) {
+                const double *qk = q + k * nw;
+                double d = 0;
+                for (size_t i = 0; i < nw; i++)
+                    d += qj[i] * qk[i];
+                for (size_t i = 0; i < nw; i++)
+                    qj[i] -= d * qk[i];
+            }
+            double nrm = 0;
+            for (size_t i = 0; i < nw; i++)
+                nrm += qj[i] * qj[i];
+            nrm = sqrt(nrm);
+            for (size_t i = 0; i < nw; i++)
+                qj[i] /= nrm;
+        }
+    for (size_t i = 0; i < nw; i++)
+        aext[i] = extinction_per_ebv(wave[i]);
+    for (size_t t = 0; t < m->n; t++) {
+        const struct rvs_mock_target *g = &m->t[t];
+        double *c = m->continuum[a] + t * nw, p[3];
+        for (size_t i = 0; i < nw; i++) {
+            if (m->opt.continuum == RVS_MOCK_CONTINUUM_LEGENDRE) {
+                legendre3(2 * (wave[i] - wave[0]) / (wave[nw - 1] - wave[0]) - 1, p);
+                c[i] = exp(g->cont[a][0] * p[0] + g->cont[a][1] * p[1] + g->cont[a][2] * p[2]);
+            } else {
+                legendre3(2 * (wave[i] - CAL_LO) / (CAL_HI - CAL_LO) - 1, p);
+                c[i] = pow(10.0, -0.4 * g->ebv * aext[i]) *
+                       exp(g->cont[0][0] * p[0] + g->cont[0][1] * p[1] + g->cont[0][2] * p[2]);
+            }
+        }
+        double coef[NPOLY], rms = 0;
+        for (size_t j = 0; j < NPOLY; j++) {
+            coef[j] = 0;
+            for (size_t i = 0; i < nw; i++)
+                coef[j] += q[j * nw + i] * c[i];
+        }
+        for (size_t i = 0; i < nw; i++) {
+            double fit = 0;
+            for (size_t j = 0; j < NPOLY; j++)
+                fit += coef[j] * q[j * nw + i];
+            double r = (c[i] - fit) / c[i];
+            rms += r * r;
+        }
+        m->t[t].contmiss[a] = sqrt(rms / (double)nw);
+    }
+cleanup:
+    free(q);
+    free(aext);
+    return status;
+}
+
+/* ------------------------------------------------------------------ observation */
+
+/* Noise, masks and cosmics of one arm, on the host: model = continuum x conv x flux scale. */
+static int observe_arm(struct rvs_mock *m, int a, const double *conv)
 {
     size_t nw = m->nwave[a];
     const double *wave = m->wave[a];
@@ -620,17 +1036,13 @@ static int observe_arm(struct rvs_mock *m, int a, const double *conv, const doub
         int32_t *mask = m->mask[a] + t * nw;
         unsigned char *cu = m->cosmic_unflagged[a] + t * nw;
         struct rng r;
-        rng_init(&r, m->opt.seed, t, 10 + (uint64_t)a);
+        rng_init(&r, m->opt.seed, t, RNG_OBSERVE + (uint64_t)a);
+        double *cont = m->continuum[a] + t * nw;
+        /* the flux level is set on r: its median model equals flux_level (rvs_mock_generate) */
         for (size_t i = 0; i < nw; i++) {
-            double x = 2 * (wave[i] - wave[0]) / (wave[nw - 1] - wave[0]) - 1;
-            double p1 = x, p2 = 0.5 * (3 * x * x - 1), p3 = 0.5 * (5 * x * x * x - 3 * x);
-            model[i] = exp(g->cont[a][0] * p1 + g->cont[a][1] * p2 + g->cont[a][2] * p3) *
-                       conv[t * nw + i];
+            model[i] = cont[i] * conv[t * nw + i] * g->flux_scale;
+            cont[i] *= g->flux_scale;
         }
-        /* the flux level is set on r: its median model equals flux_level */
-        g->flux_scale = g->flux_level / rmed[t];
-        for (size_t i = 0; i < nw; i++)
-            model[i] *= g->flux_scale;
         double mmed = median_of(model, nw, work);
         /* per-pixel sigma: Poisson-like sqrt(model * median) / S/N, so median(model/sigma) is
          * the requested S/N exactly; the dichroic region is twice as noisy */
@@ -686,6 +1098,8 @@ int rvs_mock_generate(struct rvs_context *ctx, const struct rvs_mock_options *o,
     struct rvs_library_arm *lib[RVS_DESI_NARMS] = {NULL, NULL, NULL};
     struct rvs_mock *m = NULL;
     double *table = NULL, *rmed = NULL, *conv[RVS_DESI_NARMS] = {NULL, NULL, NULL};
+    double *siglib[RVS_DESI_NARMS] = {NULL, NULL, NULL};
+    struct ktab *kt = NULL;
     size_t nrows = 0;
     *mock = NULL;
     if (!o->library_dir) {
@@ -693,16 +1107,37 @@ int rvs_mock_generate(struct rvs_context *ctx, const struct rvs_mock_options *o,
         return RVS_ERR_INVALID_ARGUMENT;
     }
     if (!(o->snr_lo > 0 && o->snr_hi >= o->snr_lo && o->vrad_hi >= o->vrad_lo &&
-          o->vsini_lo >= 0 && o->vsini_hi >= o->vsini_lo && o->lsf_scale >= 0)) {
-        rvs_log(RVS_LOG_ERROR, MOD, "bad ranges: S/N %g:%g, vrad %g:%g, vsini %g:%g, LSF scale "
-                "%g (need 0 < LO <= HI for S/N, LO <= HI, vsini >= 0, scale >= 0)",
+          o->vsini_lo >= 0 && o->vsini_hi >= o->vsini_lo && o->lsf_scale >= 0 &&
+          o->continuum_scale >= 0 &&
+          (o->continuum == RVS_MOCK_CONTINUUM_REALISTIC ||
+           o->continuum == RVS_MOCK_CONTINUUM_LEGENDRE))) {
+        rvs_log(RVS_LOG_ERROR, MOD, "bad options: S/N %g:%g, vrad %g:%g, vsini %g:%g, LSF scale "
+                "%g, continuum %d scale %g (need 0 < LO <= HI for S/N, LO <= HI, vsini >= 0, "
+                "scales >= 0, a known continuum model)",
                 o->snr_lo, o->snr_hi, o->vrad_lo, o->vrad_hi, o->vsini_lo, o->vsini_hi,
-                o->lsf_scale);
+                o->lsf_scale, o->continuum, o->continuum_scale);
         return RVS_ERR_INVALID_ARGUMENT;
     }
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
         RVS_TRY(rvs_library_open(o->library_dir, setup_names[a], &lib[a]));
         RVS_TRY(rvs_library_check_desi(lib[a]));
+    }
+    /* a total LSF of R needs the library's own LSF: refused before anything is drawn */
+    if (lsf_total(o)) {
+        for (int a = 0; a < RVS_DESI_NARMS; a++) {
+            siglib[a] = rvs_malloc(rvs_library_npix(lib[a]) * sizeof *siglib[a]);
+            if (!siglib[a]) {
+                status = RVS_ERR_NOMEM;
+                goto cleanup;
+            }
+            RVS_TRY(library_sigma(lib[a], setup_names[a], siglib[a]));
+        }
+        kt = rvs_malloc(sizeof *kt);
+        if (!kt) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        ktab_init(kt);
     }
     if (o->params_path)
         RVS_TRY(read_params(o->params_path, &table, &nrows));
@@ -722,6 +1157,8 @@ int rvs_mock_generate(struct rvs_context *ctx, const struct rvs_mock_options *o,
     m->opt = *o;
     m->opt.params_path = NULL; /* not owned */
     snprintf(m->setups_rev, sizeof m->setups_rev, "%s", rvs_library_provenance(lib[0])->librev);
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        rvs_library_lsf_describe(rvs_library_lsf(lib[a]), m->lib_lsf[a], sizeof m->lib_lsf[a]);
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
         size_t nw = rvs_mock_wave_count[a];
         m->nwave[a] = nw;
@@ -733,10 +1170,11 @@ int rvs_mock_generate(struct rvs_context *ctx, const struct rvs_mock_options *o,
         m->mask[a] = rvs_malloc(nrows * nw * sizeof(int32_t));
         m->resolution[a] = rvs_malloc(nrows * RVS_MOCK_NDIAG * nw * sizeof(float));
         m->model[a] = rvs_malloc(nrows * nw * sizeof(double));
+        m->continuum[a] = rvs_malloc(nrows * nw * sizeof(double));
         m->cosmic_unflagged[a] = rvs_malloc(nrows * nw);
         conv[a] = rvs_malloc(nrows * nw * sizeof(double));
         if (!m->wave[a] || !m->flux[a] || !m->ivar[a] || !m->mask[a] || !m->resolution[a] ||
-            !m->model[a] || !m->cosmic_unflagged[a] || !conv[a]) {
+            !m->model[a] || !m->continuum[a] || !m->cosmic_unflagged[a] || !conv[a]) {
             status = RVS_ERR_NOMEM;
             goto cleanup;
         }
@@ -749,39 +1187,27 @@ int rvs_mock_generate(struct rvs_context *ctx, const struct rvs_mock_options *o,
     m->opt.params_path = NULL;
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
         make_resolution(m, a);
-        RVS_TRY(model_arm(ctx, m, a, lib[a], conv[a]));
+        if (lsf_total(o))
+            RVS_TRY(check_lsf(m, a, lib[a], siglib[a]));
     }
-    /* flux level: the r-arm median of template x continuum */
-    rmed = rvs_malloc(m->n * sizeof *rmed);
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        RVS_TRY(model_arm(ctx, m, a, lib[a], siglib[a], kt, conv[a]));
+        RVS_TRY(continuum_arm(m, a));
+    }
+    /* flux scale: the r-arm median of template x continuum is the target's flux level */
+    rmed = rvs_malloc(m->nwave[1] * 2 * sizeof *rmed);
     if (!rmed) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
-    {
+    for (size_t t = 0; t < m->n; t++) {
         size_t nw = m->nwave[1];
-        double *tmp = rvs_malloc(nw * sizeof *tmp), *work = rvs_malloc(nw * sizeof *work);
-        if (!tmp || !work) {
-            free(tmp);
-            free(work);
-            status = RVS_ERR_NOMEM;
-            goto cleanup;
-        }
-        for (size_t t = 0; t < m->n; t++) {
-            for (size_t i = 0; i < nw; i++) {
-                double x = 2 * (m->wave[1][i] - m->wave[1][0]) /
-                               (m->wave[1][nw - 1] - m->wave[1][0]) -
-                           1;
-                tmp[i] = exp(m->t[t].cont[1][0] * x + m->t[t].cont[1][1] * 0.5 * (3 * x * x - 1) +
-                             m->t[t].cont[1][2] * 0.5 * (5 * x * x * x - 3 * x)) *
-                         conv[1][t * nw + i];
-            }
-            rmed[t] = median_of(tmp, nw, work);
-        }
-        free(tmp);
-        free(work);
+        for (size_t i = 0; i < nw; i++)
+            rmed[i] = m->continuum[1][t * nw + i] * conv[1][t * nw + i];
+        m->t[t].flux_scale = m->t[t].flux_level / median_of(rmed, nw, rmed + nw);
     }
     for (int a = 0; a < RVS_DESI_NARMS; a++)
-        RVS_TRY(observe_arm(m, a, conv[a], rmed));
+        RVS_TRY(observe_arm(m, a, conv[a]));
     for (size_t t = 0; t < m->n; t++) {
         for (int a = 0; a < RVS_DESI_NARMS; a++) {
             size_t nw = m->nwave[a];
@@ -795,7 +1221,9 @@ cleanup:
     for (int a = 0; a < RVS_DESI_NARMS; a++) {
         rvs_library_close(&lib[a]);
         free(conv[a]);
+        free(siglib[a]);
     }
+    free(kt);
     free(table);
     free(rmed);
     rvs_mock_free(&m);

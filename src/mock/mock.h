@@ -17,6 +17,13 @@ enum rvs_mock_maskbit {
     RVS_MOCK_COSMIC = 4      /* bit 2: a masked cosmic */
 };
 
+/* The continuum multiplier (doc/mock.md, "The model"). */
+enum rvs_mock_continuum {
+    RVS_MOCK_CONTINUUM_REALISTIC = 0, /* extinction (CCM89 + O'Donnell 94) x a smooth flux-
+                                       * calibration error across the three arms (default) */
+    RVS_MOCK_CONTINUUM_LEGENDRE = 1   /* per arm exp(cubic Legendre), the earlier model */
+};
+
 struct rvs_mock_options {
     const char *library_dir; /* rvsfit_desi_{b,r,z}.fits */
     size_t ntargets;         /* random targets (ignored with params_path) */
@@ -25,15 +32,19 @@ struct rvs_mock_options {
     double vrad_lo, vrad_hi; /* km/s, uniform */
     double vsini_lo, vsini_hi; /* km/s, uniform */
     double lsf_scale;        /* multiplies the mock LSF FWHM; 0: identity RESOLUTION */
+    int lsf_on_top;          /* 1: R applied on top of the templates' own LSF (the earlier
+                              * model); 0 (default): the spectra's total LSF is R */
+    int continuum;           /* enum rvs_mock_continuum (default realistic) */
     int unflagged_cosmics;   /* cosmics per arm left out of the mask (default 1; 0..5) */
-    double continuum_scale;  /* multiplies the continuum coefficients (default 1; 0: flat) */
+    double continuum_scale;  /* multiplies E(B-V) and the continuum coefficients (default 1;
+                              * 0: flat) */
     uint64_t seed;
     long healpix, nside;
     const char *survey, *program;
 };
 
-/* Defaults: 10 targets, S/N 5..100, vrad -300..300, vsini 0..30, lsf_scale 1, seed 1, healpix
- * 10000, nside 64, main/bright. */
+/* Defaults: 10 targets, S/N 5..100, vrad -300..300, vsini 0..30, lsf_scale 1 (total LSF = R),
+ * realistic continuum of scale 1, seed 1, healpix 10000, nside 64, main/bright. */
 void rvs_mock_options_init(struct rvs_mock_options *o);
 
 struct rvs_mock_target {
@@ -42,7 +53,13 @@ struct rvs_mock_target {
     double vrad, vsini, snr;
     double flux_level;        /* median of the noiseless r-arm model (1e-17 erg/s/cm2/Å) */
     double flux_scale;        /* the factor on (emulator flux x continuum) giving that level */
-    double cont[RVS_DESI_NARMS][3]; /* continuum: exp(sum_k cont[a][k] P_{k+1}(x)) */
+    /* continuum coefficients: legendre: exp(sum_k cont[a][k] P_{k+1}(x)), x across arm a;
+     * realistic: cont[0][k] are the calibration error's c_{k+1} (u across 3600-9824 A), the
+     * other six 0 */
+    double cont[RVS_DESI_NARMS][3];
+    double ebv;               /* E(B-V) of the realistic continuum (0 with legendre) */
+    double contmiss[RVS_DESI_NARMS]; /* rms relative residual of the continuum multiplier after
+                                      * an unweighted fit by rvsfit-cl's basis (npoly 10, RBF) */
     double lsf_factor;        /* fibre-to-fibre LSF width factor */
     double sn[RVS_DESI_NARMS]; /* get_sns on the mock: SCORES MEDIAN_COADD_SNR_X */
     double outside[RVS_DESI_NARMS]; /* library outside penalty of theta (0: inside) */
@@ -61,10 +78,14 @@ struct rvs_mock {
     float *flux[RVS_DESI_NARMS], *ivar[RVS_DESI_NARMS];
     int32_t *mask[RVS_DESI_NARMS];
     float *resolution[RVS_DESI_NARMS]; /* n x NDIAG x nwave, DESI's DIA layout */
-    /* not written: the noiseless model (continuum included) and the unflagged-cosmic pixels */
+    /* not written: the noiseless model (continuum and flux scale included), its continuum
+     * multiplier (flux scale included: model = continuum x the LSF-convolved shifted template)
+     * and the unflagged-cosmic pixels */
     double *model[RVS_DESI_NARMS];
+    double *continuum[RVS_DESI_NARMS];
     unsigned char *cosmic_unflagged[RVS_DESI_NARMS];
     double lsf_fwhm[RVS_DESI_NARMS][2]; /* FWHM (Å) of the mock LSF at the arm's ends */
+    char lib_lsf[RVS_DESI_NARMS][96];   /* rvs_library_lsf_describe of each arm's library */
     struct rvs_mock_options opt;
     char setups_rev[256]; /* the libraries' LIBREV/SRCVER for the headers */
 };
@@ -76,12 +97,19 @@ extern const double rvs_mock_wave_start[RVS_DESI_NARMS];
 extern const size_t rvs_mock_wave_count[RVS_DESI_NARMS];
 #define RVS_MOCK_WAVE_STEP 0.8
 
+/* Gaussian sigma (Å) of target t's resolution-matrix row at wavelength lambda of arm a, as
+ * make_resolution builds it: lsf_scale x the fibre's factor x FWHM(lambda) / 2.3548, FWHM linear
+ * in lambda between the arm's end values and held at them beyond the ends. */
+double rvs_mock_lsf_sigma(const struct rvs_mock *m, int a, size_t t, double lambda);
+
 /* The Gaussian row weights of the mock's resolution matrix: row i of an arm with LSF width sigma
  * (Å) at pixel i; w[d + h] for d = -h..h (h = NDIAG / 2), normalised over the entries with
  * 0 <= i + d < n. */
 void rvs_mock_resolution_row(const double *wave, size_t n, size_t i, double sigma, double *w);
 
-/* Draws or reads the targets and makes every array (model on ctx's device). */
+/* Draws or reads the targets and makes every array (model on ctx's device). With lsf_scale > 0
+ * and not lsf_on_top, refuses (RVS_ERR_INVALID_ARGUMENT, message logged) a library whose LSF is
+ * unknown or not narrower than R's everywhere in an arm. */
 int rvs_mock_generate(struct rvs_context *ctx, const struct rvs_mock_options *o,
                       struct rvs_mock **mock);
 void rvs_mock_free(struct rvs_mock **mock);

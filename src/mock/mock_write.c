@@ -141,6 +141,19 @@ static void abandon(fitsfile **f, char **tmp)
     }
 }
 
+/* MOCKLSFM: 'total' (the spectra's LSF is R) or 'on-top' (R on top of the templates' own LSF;
+ * also with --lsf-scale 0, where R is the identity). */
+static const char *lsf_mode(const struct rvs_mock *m)
+{
+    return m->opt.lsf_scale > 0 && !m->opt.lsf_on_top ? "total" : "on-top";
+}
+static const char lsf_mode_comment[] = "LSF: 'total' = R; 'on-top' = R x template LSF";
+
+static const char *continuum_name(const struct rvs_mock *m)
+{
+    return m->opt.continuum == RVS_MOCK_CONTINUUM_LEGENDRE ? "legendre" : "realistic";
+}
+
 static int write_primary(fitsfile *f, const char *path, const struct rvs_mock *m,
                          const char *command_line)
 {
@@ -160,6 +173,8 @@ static int write_primary(fitsfile *f, const char *path, const struct rvs_mock *m
     fits_write_key(f, TSTRING, "MOCKVER", PACKAGE_VERSION, "rvsfit-cl-mock version", &fst);
     fits_write_key(f, TULONGLONG, "MOCKSEED", &seed, "random seed", &fst);
     fits_write_key(f, TDOUBLE, "MOCKLSF", &lsf, "LSF FWHM scale (0: identity RESOLUTION)", &fst);
+    fits_write_key(f, TSTRING, "MOCKLSFM", (void *)lsf_mode(m), lsf_mode_comment, &fst);
+    fits_write_key(f, TSTRING, "MOCKCONT", (void *)continuum_name(m), "continuum model", &fst);
     fits_write_key(f, TSTRING, "MOCKTREV", (void *)m->setups_rev, "template library revision",
                    &fst);
     if (command_line && command_line[0])
@@ -427,31 +442,34 @@ static int write_truth(const struct rvs_mock *m, const char *path, const char *c
     char *tmp = NULL;
     size_t n = m->n;
     int64_t *tid = rvs_malloc(n * 8);
-    double *v[11];
+    enum { NV = 12 };
+    double *v[NV];
     int32_t *cosf = rvs_malloc(n * 3 * 4), *cosu = rvs_malloc(n * 3 * 4);
-    double *sn = rvs_malloc(n * 3 * 8), *cont = rvs_malloc(n * 9 * 8), *outside = rvs_malloc(n * 3 * 8);
-    for (int k = 0; k < 11; k++)
+    double *sn = rvs_malloc(n * 3 * 8), *cont = rvs_malloc(n * 9 * 8),
+           *outside = rvs_malloc(n * 3 * 8), *contmiss = rvs_malloc(n * 3 * 8);
+    for (int k = 0; k < NV; k++)
         v[k] = rvs_malloc(n * 8);
-    for (int k = 0; k < 11; k++)
+    for (int k = 0; k < NV; k++)
         if (!v[k])
             status = RVS_ERR_NOMEM;
-    if (!tid || !cosf || !cosu || !sn || !cont || !outside || status) {
+    if (!tid || !cosf || !cosu || !sn || !cont || !outside || !contmiss || status) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
     for (size_t t = 0; t < n; t++) {
         const struct rvs_mock_target *g = &m->t[t];
         tid[t] = g->targetid;
-        double vals[11] = {g->theta[0], g->theta[1], g->theta[2], g->theta[3], g->vrad,
+        double vals[NV] = {g->theta[0], g->theta[1], g->theta[2], g->theta[3], g->vrad,
                            g->vsini,    g->snr,      g->flux_level, g->flux_scale,
-                           g->lsf_factor, g->vrad / RVS_SPEED_OF_LIGHT_KMS};
-        for (int k = 0; k < 11; k++)
+                           g->lsf_factor, g->vrad / RVS_SPEED_OF_LIGHT_KMS, g->ebv};
+        for (int k = 0; k < NV; k++)
             v[k][t] = vals[k];
         for (int a = 0; a < RVS_DESI_NARMS; a++) {
             sn[t * 3 + a] = g->sn[a];
             cosf[t * 3 + a] = g->ncosmic_flagged[a];
             cosu[t * 3 + a] = g->ncosmic_unflagged[a];
             outside[t * 3 + a] = g->outside[a];
+            contmiss[t * 3 + a] = g->contmiss[a];
             for (int k = 0; k < 3; k++)
                 cont[t * 9 + a * 3 + k] = g->cont[a][k];
         }
@@ -469,6 +487,8 @@ static int write_truth(const struct rvs_mock *m, const char *path, const char *c
         {"FLUXLEVEL", "D", "1e-17 erg s-1 cm-2 Angstrom-1", TDOUBLE, v[7]},
         {"FLUXSCALE", "D", NULL, TDOUBLE, v[8]},
         {"CONT", "9D", NULL, TDOUBLE, cont},
+        {"EBV", "D", "mag", TDOUBLE, v[11]},
+        {"CONTMISS", "3D", NULL, TDOUBLE, contmiss},
         {"LSFFAC", "D", NULL, TDOUBLE, v[9]},
         {"NCOSMIC_FLAGGED", "3J", NULL, TINT, cosf},
         {"NCOSMIC_UNFLAGGED", "3J", NULL, TINT, cosu},
@@ -483,7 +503,12 @@ static int write_truth(const struct rvs_mock *m, const char *path, const char *c
         fits_create_img(f, BYTE_IMG, 0, NULL, &fst);
         fits_write_key(f, TSTRING, "MOCKVER", PACKAGE_VERSION, "rvsfit-cl-mock version", &fst);
         fits_write_key(f, TULONGLONG, "MOCKSEED", &seed, "random seed", &fst);
+        double cscale = m->opt.continuum_scale;
         fits_write_key(f, TDOUBLE, "MOCKLSF", &lsf, "LSF FWHM scale", &fst);
+        fits_write_key(f, TSTRING, "MOCKLSFM", (void *)lsf_mode(m), lsf_mode_comment, &fst);
+        fits_write_key(f, TSTRING, "MOCKCONT", (void *)continuum_name(m), "continuum model",
+                       &fst);
+        fits_write_key(f, TDOUBLE, "MOCKCSC", &cscale, "continuum scale", &fst);
         fits_write_key(f, TSTRING, "COADD", (void *)(base ? base + 1 : coadd_path),
                        "the mock coadd these rows describe", &fst);
         fits_write_key_longstr(f, "LIBRARY", m->opt.library_dir, NULL, &fst);
@@ -496,6 +521,8 @@ static int write_truth(const struct rvs_mock *m, const char *path, const char *c
                            "[Angstrom] LSF FWHM at the blue end", &fst);
             fits_write_key(f, TDOUBLE, k1, (void *)&m->lsf_fwhm[a][1],
                            "[Angstrom] LSF FWHM at the red end", &fst);
+            snprintf(k0, sizeof k0, "LIBLSF_%c", arm_upper[a]);
+            fits_write_key(f, TSTRING, k0, (void *)m->lib_lsf[a], "the library's own LSF", &fst);
         }
         FITS_TRY(tmp, "truth primary keywords");
         RVS_TRY(finish_hdu(f, tmp, "PRIMARY"));
@@ -505,8 +532,8 @@ static int write_truth(const struct rvs_mock *m, const char *path, const char *c
     RVS_TRY(close_commit(&f, &tmp, path));
 cleanup:
     abandon(&f, &tmp);
-    free(tid), free(cosf), free(cosu), free(sn), free(cont), free(outside);
-    for (int k = 0; k < 11; k++)
+    free(tid), free(cosf), free(cosu), free(sn), free(cont), free(outside), free(contmiss);
+    for (int k = 0; k < NV; k++)
         free(v[k]);
     return status;
 }

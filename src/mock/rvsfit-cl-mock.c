@@ -25,8 +25,10 @@ enum option_id {
     OPT_VRAD,
     OPT_VSINI,
     OPT_LSF,
+    OPT_LSF_ON_TOP,
     OPT_COSMICS,
     OPT_CONTINUUM,
+    OPT_CONTINUUM_MODEL,
     OPT_SEED,
     OPT_REDROCK,
     OPT_HEALPIX,
@@ -55,11 +57,18 @@ static const struct rvs_cli_option cli_options[] = {
     {"vsini-range", required_argument, OPT_VSINI, "LO:HI",
      "rotation in km/s, uniform (default 0:30)", NULL},
     {"lsf-scale", required_argument, OPT_LSF, "S",
-     "multiply the resolution-matrix LSF width (default 1; 0: identity matrix)", NULL},
+     "multiply the LSF width of the resolution matrix R (default 1; 0: identity R, the templates "
+     "as they are); S > 0: the spectra's total LSF is R (needs the library's own LSF, narrower "
+     "than R)", NULL},
+    {"lsf-on-top", no_argument, OPT_LSF_ON_TOP, NULL,
+     "apply R on top of the templates' own LSF (the earlier model, for comparisons)", NULL},
     {"unflagged-cosmics", required_argument, OPT_COSMICS, "N",
      "cosmics per arm left out of the mask (default 1; 0..5)", NULL},
+    {"continuum", required_argument, OPT_CONTINUUM_MODEL, "MODEL",
+     "realistic (default: extinction x flux-calibration error) or legendre (per arm "
+     "exp(cubic), the earlier model)", NULL},
     {"continuum-scale", required_argument, OPT_CONTINUUM, "S",
-     "multiply the continuum coefficients (default 1; 0: flat continuum)", NULL},
+     "multiply E(B-V) and the continuum coefficients (default 1; 0: flat continuum)", NULL},
     {"seed", required_argument, OPT_SEED, "N", "random seed (default 1)", NULL},
     {"redrock", no_argument, OPT_REDROCK, NULL, "also write redrock-*.fits (REDSHIFTS)", NULL},
     {"healpix", required_argument, OPT_HEALPIX, "PIX", "HPXPIXEL/SPGRPVAL (default 10000)", NULL},
@@ -85,9 +94,11 @@ static void print_help(void)
 {
     print_usage_line(stdout);
     printf("Write a DESI-format mock coadd (and its truth table) from an rvsfit-cl template\n"
-           "library: emulator spectra, rotation, Doppler shift, a Gaussian resolution matrix,\n"
-           "a smooth continuum, noise for the chosen S/N, masks, cosmics. Reproducible with\n"
-           "--seed. See doc/mock.md.\n\nOptions:\n");
+           "library: emulator spectra, rotation, a Gaussian convolution that makes the spectra's\n"
+           "total line-spread function equal to the written resolution matrix (the library must\n"
+           "record its own LSF, narrower than DESI's), Doppler shift, a continuum (extinction x\n"
+           "flux-calibration error), noise for the chosen S/N, masks, cosmics. Reproducible\n"
+           "with --seed. See doc/mock.md.\n\nOptions:\n");
     rvs_cli_print_options(stdout, cli_options, NUM_OPTIONS, 26);
     printf("\nExit status: 0 written, 1 failure (message on stderr), 2 usage error, 3 device "
            "unusable.\n");
@@ -191,6 +202,17 @@ int main(int argc, char **argv)
         case OPT_LSF:
             if (!parse_double(optarg, &o.lsf_scale) || o.lsf_scale < 0 || o.lsf_scale > 5)
                 return usage_error("--lsf-scale '%s': give a number from 0 to 5", optarg);
+            break;
+        case OPT_LSF_ON_TOP:
+            o.lsf_on_top = 1;
+            break;
+        case OPT_CONTINUUM_MODEL:
+            if (strcmp(optarg, "realistic") == 0)
+                o.continuum = RVS_MOCK_CONTINUUM_REALISTIC;
+            else if (strcmp(optarg, "legendre") == 0)
+                o.continuum = RVS_MOCK_CONTINUUM_LEGENDRE;
+            else
+                return usage_error("--continuum '%s': give realistic or legendre", optarg);
             break;
         case OPT_COSMICS:
             if (!parse_ulong(optarg, &u) || u > 5)

@@ -1,0 +1,228 @@
+/* fit_clip.c: pixels that the data's mask missed (cosmic rays, hot columns, sky residuals) are
+ * left out of the fit. rvspecfit's likelihood has no outlier model: one unflagged 50σ cosmic adds
+ * 2500 to -2 log L and drags the parameters until the model bends towards it, so DESI coadds, which
+ * miss some cosmics, get biased fits and too-narrow errors. Here the optimum of every target is
+ * checked once for outlying residuals: with the residuals r = (data - model)/σ over the pixels
+ * fitted, a robust scale s = 1.4826 median |r| (at least 1: χ² per pixel above 1 from template
+ * mismatch widens the threshold instead of clipping line cores), every pixel with |r| > κ s and
+ * its two neighbours (a cosmic spreads over the resolution element) are given the "bad pixel"
+ * error of rvspecfit's get_specdata (1000 x the arm's median |flux|), so they no longer weigh in;
+ * at most a fraction RVS_FIT_CLIP_MAX_FRAC of an arm's pixels, the largest residuals first. The
+ * targets that lost pixels walk to their new optimum from the old one; the errors and the velocity
+ * posterior that follow use the clipped data. A target's clipping depends on its own data and
+ * model only, so its result does not depend on the batch. κ = 0 keeps rvspecfit's exact
+ * likelihood (--clip-sigma 0). */
+#include <config.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "fit_internal.h"
+
+#define RVS_FIT_CLIP_MAX_FRAC 0.02 /* of an arm's fitted pixels */
+#define RVS_FIT_CLIP_BAD_ERROR 1000.0 /* rvspecfit get_specdata: bad pixels' error / median flux */
+#define RVS_FIT_CLIP_ITER 40       /* Newton iterations of a refit from the old optimum */
+#define RVS_FIT_CLIP_ROUNDS 2      /* clip, refit; clip again what the new model shows, refit */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+void rvs_fit_clip_free(struct rvs_fitter *f)
+{
+    for (int k = 0; k < RVS_DESI_NARMS; k++) {
+        free(f->clip[k]);
+        free(f->espec_clip[k]);
+        f->clip[k] = NULL;
+        f->espec_clip[k] = NULL;
+    }
+    free(f->nclip);
+    f->nclip = NULL;
+}
+
+/* Marks the outliers of target t, engine arm k, given its model m; returns how many were new. */
+static size_t clip_arm(struct rvs_fitter *f, const struct rvs_prepared *b, size_t k, size_t t,
+                       const double *m, double *work, size_t *order)
+{
+    int a = f->engine_arm[k];
+    size_t np = f->nwave[a];
+    const double *sp = b->spec[a] + t * np, *es0 = b->espec[a] + t * np;
+    const unsigned char *bd = b->bad[a] + t * np;
+    unsigned char *cl = f->clip[k] + t * np;
+    double *es = f->espec_clip[k] + t * np;
+    size_t ng = 0;
+    for (size_t j = 0; j < np; j++)
+        if (!bd[j] && !cl[j] && isfinite(m[j]))
+            work[ng++] = fabs((sp[j] - m[j]) / es0[j]);
+    if (ng < 10)
+        return 0;
+    qsort(work, ng, sizeof *work, cmp_double);
+    double s = 1.4826 * (ng % 2 ? work[ng / 2] : 0.5 * (work[ng / 2 - 1] + work[ng / 2]));
+    double thr = f->cfg.clip_sigma * fmax(s, 1.0);
+    /* candidates beyond the threshold, largest first, at most the cap */
+    size_t nc = 0;
+    for (size_t j = 0; j < np; j++)
+        if (!bd[j] && !cl[j] && isfinite(m[j]) && fabs((sp[j] - m[j]) / es0[j]) > thr)
+            order[nc++] = j;
+    if (nc == 0)
+        return 0;
+    size_t cap = (size_t)(RVS_FIT_CLIP_MAX_FRAC * (double)ng);
+    if (nc > cap) {
+        /* keep the largest residuals: sort the candidates by |r| (a few, rarely many) */
+        for (size_t i = 0; i < cap; i++) {
+            size_t best = i;
+            double rb = fabs((sp[order[i]] - m[order[i]]) / es0[order[i]]);
+            for (size_t q = i + 1; q < nc; q++) {
+                double r = fabs((sp[order[q]] - m[order[q]]) / es0[order[q]]);
+                if (r > rb) {
+                    rb = r;
+                    best = q;
+                }
+            }
+            size_t tmp = order[i];
+            order[i] = order[best];
+            order[best] = tmp;
+        }
+        nc = cap;
+    }
+    if (nc == 0)
+        return 0;
+    /* the bad-pixel error of get_specdata: 1000 x the median |flux| of the arm's good pixels */
+    size_t nf = 0;
+    for (size_t j = 0; j < np; j++)
+        if (!bd[j])
+            work[nf++] = fabs(sp[j]);
+    qsort(work, nf, sizeof *work, cmp_double);
+    double med = nf ? (nf % 2 ? work[nf / 2] : 0.5 * (work[nf / 2 - 1] + work[nf / 2])) : 1.0;
+    double big = RVS_FIT_CLIP_BAD_ERROR * (med > 0 ? med : 1.0);
+    size_t added = 0;
+    for (size_t i = 0; i < nc; i++) {
+        size_t j0 = order[i];
+        for (size_t j = j0 > 0 ? j0 - 1 : 0; j <= j0 + 1 && j < np; j++)
+            if (!bd[j] && !cl[j]) {
+                cl[j] = 1;
+                es[j] = big;
+                added++;
+            }
+    }
+    return added;
+}
+
+int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
+                          size_t n, struct rvs_fit_walker *wk, const double *const *specp,
+                          const float *const *resp, const unsigned char *arm_used)
+{
+    int status = RVS_OK;
+    size_t nt = b->ntargets;
+    struct rvs_engine_request *req = NULL;
+    double *chi = NULL, *chi_arm = NULL, *mod[RVS_DESI_NARMS] = {0}, *work = NULL;
+    size_t *order = NULL, *who = NULL;
+    struct rvs_fit_walker *sub = NULL;
+    const double *especp[RVS_DESI_NARMS] = {0};
+    size_t maxnp = 1;
+    rvs_fit_clip_free(f);
+    f->nclip = rvs_calloc(nt + 1, sizeof *f->nclip);
+    if (!f->nclip)
+        return RVS_ERR_NOMEM;
+    if (!(f->cfg.clip_sigma > 0) || n == 0)
+        return RVS_OK;
+    for (size_t k = 0; k < f->narm; k++) {
+        int a = f->engine_arm[k];
+        size_t np = f->nwave[a];
+        if (!specp[k])
+            continue;
+        f->clip[k] = rvs_calloc(nt * np, 1);
+        f->espec_clip[k] = rvs_malloc(nt * np * sizeof(double));
+        mod[k] = rvs_malloc(n * np * sizeof(double));
+        if (!f->clip[k] || !f->espec_clip[k] || !mod[k]) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        memcpy(f->espec_clip[k], b->espec[a], nt * np * sizeof(double));
+        especp[k] = f->espec_clip[k];
+        if (np > maxnp)
+            maxnp = np;
+    }
+    req = rvs_calloc(n, sizeof *req);
+    chi = rvs_malloc(n * sizeof *chi);
+    chi_arm = rvs_malloc(n * f->narm * sizeof *chi_arm);
+    work = rvs_malloc(maxnp * sizeof *work);
+    order = rvs_malloc(maxnp * sizeof *order);
+    who = rvs_malloc(n * sizeof *who);
+    sub = rvs_malloc(n * sizeof *sub);
+    if (!req || !chi || !chi_arm || !work || !order || !who || !sub) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    /* round r looks at the targets of `who` (all of them first, then those refitted) */
+    size_t nwho = n;
+    for (size_t i = 0; i < n; i++)
+        who[i] = i;
+    for (int round = 0; round < RVS_FIT_CLIP_ROUNDS && nwho > 0; round++) {
+        for (size_t q = 0; q < nwho; q++) {
+            const struct rvs_fit_walker *w = &wk[who[q]];
+            req[q] = (struct rvs_engine_request){.spectrum = w->s,
+                                                 .vrad = w->x[0],
+                                                 .vsini = fmin(fmax(w->x[1], 0),
+                                                               f->cfg.max_vsini),
+                                                 .teff = w->x[2],
+                                                 .logg = w->x[3],
+                                                 .feh = w->x[4],
+                                                 .alpha = w->x[5]};
+        }
+        double t0 = rvs_fit_now();
+        RVS_TRY(rvs_engine_models(f->engine, req, nwho, chi, chi_arm, mod, NULL));
+        f->prof.engine += rvs_fit_now() - t0;
+        f->prof.engine_calls++;
+        f->prof.evaluations += nwho;
+        size_t nre = 0;
+        for (size_t q = 0; q < nwho; q++) {
+            size_t i = who[q], t = list[i], added = 0;
+            if (wk[i].failed || !isfinite(wk[i].fx))
+                continue;
+            for (size_t k = 0; k < f->narm; k++)
+                if (f->clip[k] && f->used[k][t])
+                    added += clip_arm(f, b, k, t, mod[k] + q * f->nwave[f->engine_arm[k]], work,
+                                      order);
+            if (added) {
+                f->nclip[t] += added;
+                who[nre++] = i;
+            }
+        }
+        nwho = nre;
+        if (nwho == 0)
+            break;
+        /* the clipped errors go to the device (one upload per batch and round) */
+        t0 = rvs_fit_now();
+        RVS_TRY(rvs_engine_set_data(f->engine, nt, specp, especp, resp, arm_used));
+        f->prof.upload += rvs_fit_now() - t0;
+        for (size_t q = 0; q < nwho; q++)
+            rvs_fit_walker_init(&sub[q], wk[who[q]].s, wk[who[q]].x);
+        RVS_TRY(rvs_fit_newton(f, sub, nwho, RVS_FIT_CLIP_ITER, RVS_FIT_STENCIL_FULL));
+        for (size_t q = 0; q < nwho; q++) {
+            size_t it = wk[who[q]].iter;
+            if (sub[q].failed || !isfinite(sub[q].fx)) {
+                /* keep the old point but its objective on the clipped data is unknown: the
+                 * Hessian stage re-measures it */
+                continue;
+            }
+            wk[who[q]] = sub[q];
+            wk[who[q]].iter += it;
+        }
+    }
+cleanup:
+    for (int k = 0; k < RVS_DESI_NARMS; k++)
+        free(mod[k]);
+    free(req);
+    free(chi);
+    free(chi_arm);
+    free(work);
+    free(order);
+    free(who);
+    free(sub);
+    return status;
+}
