@@ -22,8 +22,20 @@ if ! "$py" -c 'import numpy, astropy' 2>"$scratch/import.err"; then
         "run tools/install-deps (python3-numpy, python3-astropy)"
     finish
 fi
+# the fresh spectra at the LSF the library records (LSFSIG; mkgrid's defaults without it)
+fwhm=$("$py" -c '
+import math, sys
+from astropy.io import fits
+out = []
+for arm, default in (("b", 1.55), ("r", 1.55), ("z", 1.8)):
+    h = fits.getheader("%s/rvsfit_desi_%s.fits" % (sys.argv[1], arm))
+    sig = h.get("LSFSIG") if h.get("LSFTYPE") == "GAUSSIAN" else None
+    out.append("%.10g" % (sig * 2 * math.sqrt(2 * math.log(2)) if sig else default))
+print(",".join(out))
+' "$top_srcdir/data/default") || fail "reading the library's LSF"
+echo "fresh spectra at FWHM $fwhm A (b,r,z)"
 run 0 "fresh spectra" -- "$MKGRID" --out "$scratch/fresh.fits" --random 30 --seed 4242 \
-    --linelist "$DATA/linelists/linemake" -q
+    --fwhm "$fwhm" --linelist "$DATA/linelists/linemake" -q
 run 0 "parameter rows" -- "$py" -c '
 import sys
 from astropy.io import fits

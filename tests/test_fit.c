@@ -65,6 +65,108 @@ static void print_profile(const char *what, const struct rvs_fitter *f)
            p.evaluations, f->newton_calls, f->newton_iter_max, f->newton_unconverged);
 }
 
+
+/* Outlier clipping (src/fit_clip.c): the same three targets with and without two unflagged 40-100
+ * sigma cosmics per arm. With clipping on, every unflagged cosmic pixel is left out (NPIX_CLIP
+ * counts them and their neighbours) and each target's parameters stay within 1 sigma of the
+ * fit of the clean spectrum; with clipping off nothing is clipped. Returns 0 when it could run. */
+static void fit_mock_rows(struct rvs_context *ctx, struct rvs_library_arm *const arms[],
+                          struct rvs_mock *mock, double clip, struct rvs_output_row *rows,
+                          struct rvs_fitter **keep)
+{
+    struct rvs_desi_spectra sp;
+    memset(&sp, 0, sizeof sp);
+    sp.nrows = mock->n;
+    sp.capacity = mock->n;
+    sp.arms = 7;
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        sp.nwave[a] = mock->nwave[a];
+        sp.flux[a] = mock->flux[a];
+        sp.ivar[a] = mock->ivar[a];
+        sp.mask[a] = (uint32_t *)mock->mask[a];
+    }
+    struct rvs_prepare_options po;
+    rvs_prepare_options_init(&po);
+    struct rvs_prepared pr;
+    rvs_prepared_init(&pr);
+    const double *wave[RVS_DESI_NARMS] = {mock->wave[0], mock->wave[1], mock->wave[2]};
+    CHECK(rvs_prepare_batch(&sp, wave, &po, &pr) == RVS_OK, "clip: batch prepared");
+    struct rvs_fit_config cfg;
+    rvs_fit_config_init(&cfg);
+    cfg.clip_sigma = clip;
+    const size_t ndiag[RVS_DESI_NARMS] = {0, 0, 0};
+    struct rvs_fitter *fit = NULL;
+    CHECK(rvs_fitter_create(ctx, &cfg, arms, wave, mock->nwave, ndiag, &fit) == RVS_OK,
+          "clip: fitter created");
+    for (size_t t = 0; t < mock->n; t++)
+        rvs_output_row_init(&rows[t], (long)t);
+    CHECK(fit && rvs_fitter_fit(fit, &pr, rows, NULL) == RVS_OK, "clip: fit (clip %g)", clip);
+    if (keep)
+        *keep = fit;
+    else
+        rvs_fitter_destroy(&fit);
+    rvs_prepared_free(&pr);
+}
+
+static void check_clipping(struct rvs_context *ctx, struct rvs_library_arm *const arms[],
+                           const char *libdir)
+{
+    enum { NT = 3 };
+    struct rvs_mock *clean = NULL, *dirty = NULL;
+    struct rvs_mock_options mo;
+    rvs_mock_options_init(&mo);
+    mo.library_dir = libdir;
+    mo.ntargets = NT;
+    mo.snr_lo = 30;
+    mo.snr_hi = 60;
+    mo.lsf_scale = 0;
+    mo.continuum_scale = 0;
+    mo.seed = 11;
+    mo.unflagged_cosmics = 0;
+    CHECK(rvs_mock_generate(ctx, &mo, &clean) == RVS_OK, "clip: clean mock");
+    mo.unflagged_cosmics = 2;
+    CHECK(rvs_mock_generate(ctx, &mo, &dirty) == RVS_OK, "clip: mock with unflagged cosmics");
+    if (!clean || !dirty)
+        goto done;
+    struct rvs_output_row r0[NT], r1[NT], r2[NT];
+    struct rvs_fitter *fit = NULL;
+    fit_mock_rows(ctx, arms, clean, 5, r0, NULL);
+    fit_mock_rows(ctx, arms, dirty, 5, r1, &fit);
+    fit_mock_rows(ctx, arms, dirty, 0, r2, NULL);
+    for (size_t t = 0; t < NT; t++) {
+        size_t cosmic = 0, caught = 0;
+        for (int a = 0; a < RVS_DESI_NARMS && fit; a++) {
+            size_t np = dirty->nwave[a];
+            for (size_t j = 0; j < np; j++)
+                if (dirty->cosmic_unflagged[a][t * np + j]) {
+                    cosmic++;
+                    caught += fit->clip[a] && fit->clip[a][t * np + j];
+                }
+        }
+        printf("  clip: target %zu: %zu unflagged cosmic pixels, %zu caught, NPIX_CLIP %lld (off: "
+               "%lld); teff %.0f / %.0f / %.0f (clean / clipped / not), err %.0f; feh %.3f / "
+               "%.3f / %.3f, err %.3f; chi2/pix %.3f / %.3f / %.3f\n",
+               t, cosmic, caught, r1[t].npix_clip, r2[t].npix_clip, r0[t].teff, r1[t].teff,
+               r2[t].teff, r0[t].teff_err, r0[t].feh, r1[t].feh, r2[t].feh, r0[t].feh_err,
+               r0[t].chisq_tot / (double)r0[t].npix_tot, r1[t].chisq_tot / (double)r1[t].npix_tot,
+               r2[t].chisq_tot / (double)r2[t].npix_tot);
+        CHECK(cosmic > 0 && caught == cosmic, "clip: target %zu: %zu of %zu cosmic pixels left out",
+              t, caught, cosmic);
+        CHECK(r1[t].npix_clip >= (long long)cosmic && r1[t].npix_clip <= 3 * (long long)cosmic + 6,
+              "clip: target %zu: NPIX_CLIP %lld for %zu cosmic pixels", t, r1[t].npix_clip, cosmic);
+        CHECK(r2[t].npix_clip == 0, "clip: --clip-sigma 0 clipped %lld pixels", r2[t].npix_clip);
+        CHECK(fabs(r1[t].teff - r0[t].teff) < r0[t].teff_err &&
+                  fabs(r1[t].logg - r0[t].logg) < r0[t].logg_err &&
+                  fabs(r1[t].feh - r0[t].feh) < r0[t].feh_err &&
+                  fabs(r1[t].vrad - r0[t].vrad) < r0[t].vrad_err,
+              "clip: target %zu: the clipped fit is not within 1 sigma of the clean one", t);
+    }
+    rvs_fitter_destroy(&fit);
+done:
+    rvs_mock_free(&clean);
+    rvs_mock_free(&dirty);
+}
+
 int main(void)
 {
     const char *top = getenv("top_srcdir");
@@ -401,6 +503,8 @@ int main(void)
         CHECK(agree * 10 >= ng * 9, "CCF and bruteforce agree for %zu of %zu", agree, ng);
         rvs_fitter_destroy(&fit);
     }
+
+    check_clipping(ctx, arms, libdir);
 
     free(pv);
     free(pt);

@@ -24,10 +24,28 @@ if ! "$py" -c 'import numpy, astropy' 2>"$scratch/import.err"; then
     finish
 fi
 
-# fresh NAME: a writable copy of the default desi_b file in $scratch/NAME; prints its path.
+# The bundled library is version 2; a version-1 file is made from it once: the LSF keywords
+# removed, RVSFVER = 1, checksums rewritten (what the library was before issue 16).
+v1_b="$scratch/v1-source/rvsfit_desi_b.fits"
+mkdir -p "$scratch/v1-source"
+"$py" - "$default_b" "$v1_b" <<'EOF_PY' || fail "making a version-1 copy of $default_b"
+import sys
+from astropy.io import fits
+with fits.open(sys.argv[1]) as h:
+    for key in ('LSFTYPE', 'LSFSIG', 'LSFRMAT'):
+        if key in h[0].header:
+            del h[0].header[key]
+    h[0].header['RVSFVER'] = 1
+    if 'HISTORY' in h[0].header:  # rvsfit-cl-lsf's own record of the upgrade
+        del h[0].header['HISTORY']
+    h.writeto(sys.argv[2], checksum=True)
+EOF_PY
+
+# fresh NAME: a writable version-1 copy of the default desi_b file in $scratch/NAME; prints its
+# path.
 fresh() {
     mkdir -p "$scratch/$1"
-    cp "$default_b" "$scratch/$1/rvsfit_desi_b.fits"
+    cp "$v1_b" "$scratch/$1/rvsfit_desi_b.fits"
     chmod 644 "$scratch/$1/rvsfit_desi_b.fits"
     echo "$scratch/$1/rvsfit_desi_b.fits"
 }
@@ -208,7 +226,8 @@ expect_in err "nowhere/rvsfit_desi_b.fits" "missing file named (set)"
 expect_in out "^$m: setup desi_b, format version 2, LSF Gaussian sigma 0.7 A" \
     "the good file is set after the missing one"
 run 1 "not a library file name" -- "$lsf" "$default_b" "$top_srcdir/README.md"
-expect_in out "format version 1, LSF unknown" "the default library still prints"
+expect_in out "format version 2, LSF Gaussian sigma 0.6582 A \\(FWHM 1.55 A\\), LSFRMAT T" \
+    "the default library still prints"
 
 # ---- a damaged file (one flipped byte in PC_W): refused, left as it was, no temporary files
 d=$(fresh damaged)
