@@ -26,10 +26,52 @@
 #define RVS_FIT_CLIP_ITER 40       /* Newton iterations of a refit from the old optimum */
 #define RVS_FIT_CLIP_ROUNDS 2      /* clip, refit; clip again what the new model shows, refit */
 
-static int cmp_double(const void *a, const void *b)
+/* The median of v[0..n-1] (reordered) by Hoare's selection, O(n): called for every arm of every
+ * target and round, where sorting 8000 residuals cost more than the refit's device work. */
+static double select_kth(double *v, size_t n, size_t k)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    size_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        double pivot = v[lo + (hi - lo) / 2];
+        size_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
+            if (i <= j) {
+                double t = v[i];
+                v[i] = v[j];
+                v[j] = t;
+                i++;
+                if (j == 0)
+                    break;
+                j--;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break;
+    }
+    return v[k];
+}
+
+static double median_of(double *v, size_t n)
+{
+    if (n == 0)
+        return NAN;
+    double hi = select_kth(v, n, n / 2);
+    if (n % 2)
+        return hi;
+    /* the largest of the lower half, which selection left below position n/2 */
+    double lo = v[0];
+    for (size_t i = 1; i < n / 2; i++)
+        if (v[i] > lo)
+            lo = v[i];
+    return 0.5 * (lo + hi);
 }
 
 void rvs_fit_clip_free(struct rvs_fitter *f)
@@ -60,8 +102,7 @@ static size_t clip_arm(struct rvs_fitter *f, const struct rvs_prepared *b, size_
             work[ng++] = fabs((sp[j] - m[j]) / es0[j]);
     if (ng < 10)
         return 0;
-    qsort(work, ng, sizeof *work, cmp_double);
-    double s = 1.4826 * (ng % 2 ? work[ng / 2] : 0.5 * (work[ng / 2 - 1] + work[ng / 2]));
+    double s = 1.4826 * median_of(work, ng);
     double thr = f->cfg.clip_sigma * fmax(s, 1.0);
     /* candidates beyond the threshold, largest first, at most the cap */
     size_t nc = 0;
@@ -96,8 +137,7 @@ static size_t clip_arm(struct rvs_fitter *f, const struct rvs_prepared *b, size_
     for (size_t j = 0; j < np; j++)
         if (!bd[j])
             work[nf++] = fabs(sp[j]);
-    qsort(work, nf, sizeof *work, cmp_double);
-    double med = nf ? (nf % 2 ? work[nf / 2] : 0.5 * (work[nf / 2 - 1] + work[nf / 2])) : 1.0;
+    double med = nf ? median_of(work, nf) : 1.0;
     double big = RVS_FIT_CLIP_BAD_ERROR * (med > 0 ? med : 1.0);
     size_t added = 0;
     for (size_t i = 0; i < nc; i++) {
@@ -112,6 +152,41 @@ static size_t clip_arm(struct rvs_fitter *f, const struct rvs_prepared *b, size_
     return added;
 }
 
+struct clip_job {
+    struct rvs_fitter *f;
+    const struct rvs_prepared *b;
+    const size_t *list;
+    const struct rvs_fit_walker *wk;
+    const size_t *who; /* the targets (indices into list and wk) of this round */
+    size_t nwho;
+    double *const *mod; /* their models, entry q of who at row q */
+    size_t *added;      /* per entry of who: pixels newly clipped */
+    size_t maxnp;
+    int nomem;          /* a share could not get its scratch */
+};
+
+/* Share k of n: the targets who[q] with q = k, k + n, ... */
+static void clip_share(void *arg, size_t k, size_t n)
+{
+    struct clip_job *j = arg;
+    struct rvs_fitter *f = j->f;
+    double *work = malloc(j->maxnp * sizeof *work);
+    size_t *order = malloc(j->maxnp * sizeof *order);
+    if (!work || !order)
+        j->nomem = 1; /* a plain store of 1: every writer writes the same value */
+    for (size_t q = k; q < j->nwho; q += n) {
+        size_t i = j->who[q], t = j->list[i], sum = 0;
+        if (work && order && !j->wk[i].failed && isfinite(j->wk[i].fx))
+            for (size_t a = 0; a < f->narm; a++)
+                if (f->clip[a] && f->used[a][t])
+                    sum += clip_arm(f, j->b, a, t, j->mod[a] + q * f->nwave[f->engine_arm[a]],
+                                    work, order);
+        j->added[q] = sum;
+    }
+    free(work);
+    free(order);
+}
+
 int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
                           size_t n, struct rvs_fit_walker *wk, const double *const *specp,
                           const float *const *resp, const unsigned char *arm_used)
@@ -119,8 +194,8 @@ int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, co
     int status = RVS_OK;
     size_t nt = b->ntargets;
     struct rvs_engine_request *req = NULL;
-    double *chi = NULL, *chi_arm = NULL, *mod[RVS_DESI_NARMS] = {0}, *work = NULL;
-    size_t *order = NULL, *who = NULL;
+    double *chi = NULL, *chi_arm = NULL, *mod[RVS_DESI_NARMS] = {0};
+    size_t *added = NULL, *who = NULL;
     struct rvs_fit_walker *sub = NULL;
     const double *especp[RVS_DESI_NARMS] = {0};
     size_t maxnp = 1;
@@ -150,11 +225,10 @@ int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, co
     req = rvs_calloc(n, sizeof *req);
     chi = rvs_malloc(n * sizeof *chi);
     chi_arm = rvs_malloc(n * f->narm * sizeof *chi_arm);
-    work = rvs_malloc(maxnp * sizeof *work);
-    order = rvs_malloc(maxnp * sizeof *order);
+    added = rvs_malloc(n * sizeof *added);
     who = rvs_malloc(n * sizeof *who);
     sub = rvs_malloc(n * sizeof *sub);
-    if (!req || !chi || !chi_arm || !work || !order || !who || !sub) {
+    if (!req || !chi || !chi_arm || !added || !who || !sub) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -179,17 +253,18 @@ int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, co
         f->prof.engine += rvs_fit_now() - t0;
         f->prof.engine_calls++;
         f->prof.evaluations += nwho;
+        /* the residuals of every target on host threads (each target's own arrays only) */
+        struct clip_job job = {f, b, list, wk, who, nwho, mod, added, maxnp, 0};
+        rvs_parallel_run(rvs_parallel_threads(nwho, 8, 0), clip_share, &job);
+        if (job.nomem) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
         size_t nre = 0;
         for (size_t q = 0; q < nwho; q++) {
-            size_t i = who[q], t = list[i], added = 0;
-            if (wk[i].failed || !isfinite(wk[i].fx))
-                continue;
-            for (size_t k = 0; k < f->narm; k++)
-                if (f->clip[k] && f->used[k][t])
-                    added += clip_arm(f, b, k, t, mod[k] + q * f->nwave[f->engine_arm[k]], work,
-                                      order);
-            if (added) {
-                f->nclip[t] += added;
+            size_t i = who[q];
+            if (added[q]) {
+                f->nclip[list[i]] += added[q];
                 who[nre++] = i;
             }
         }
@@ -220,8 +295,7 @@ cleanup:
     free(req);
     free(chi);
     free(chi_arm);
-    free(work);
-    free(order);
+    free(added);
     free(who);
     free(sub);
     return status;

@@ -667,6 +667,14 @@ static int uncertainties(int n, const double hm[ND][ND], double *err)
     return bad;
 }
 
+/* Widening of the error stencil for a target whose Hessian was not positive definite, and how
+ * many times: where the spectrum hardly constrains a parameter ([alpha/Fe] of hot metal-poor
+ * stars) the emulator's small-scale ripples can dominate a stencil of 1-sigma steps and give the
+ * curvature a wrong sign; steps 3x and 9x wider measure the likelihood's shape over the range that
+ * matters for the error. A target stays BAD_HESSIAN only when every try fails. */
+#define ERR_WIDEN 3.0
+#define ERR_TRIES 3
+
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
                          double (*err)[4], int *bad)
 {
@@ -674,7 +682,8 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
     struct rvs_fit_point *pts = rvs_malloc((NSTENCIL_ERR * nw + 1) * sizeof *pts);
     double *fv = rvs_malloc((NSTENCIL_ERR * nw + 1) * sizeof *fv);
     double (*h)[ND] = rvs_malloc((nw + 1) * sizeof *h);
-    if (!pts || !fv || !h) {
+    size_t *todo = rvs_malloc((nw + 1) * sizeof *todo);
+    if (!pts || !fv || !h || !todo) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -686,39 +695,63 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             hk = Hk > 0 && isfinite(Hk) ? sqrt(2 * STEP_DCHI / Hk) : w[i].h[k];
             h[i][k] = fmin(fmax(hk, step_min[k]), step_max[k]);
         }
-        stencil_points(w[i].x, h[i], w[i].s, STENCIL_ERR, pts + i * NSTENCIL_ERR);
+        todo[i] = i;
     }
-    if (nw > 0) {
-        RVS_TRY(rvs_fit_objective(f, pts, nw * NSTENCIL_ERR, RVS_FIT_OPTIMIZER, fv, NULL));
-    }
-    for (size_t i = 0; i < nw; i++) {
-        double g[ND], H[ND][ND], hm[ND][ND], e[ND];
-        int idx[ND], n = 0;
-        if (!stencil_derivs(fv + i * NSTENCIL_ERR, h[i], STENCIL_ERR, NULL, g, H)) {
-            for (int k = 0; k < 4; k++)
-                err[i][k] = NAN;
-            bad[i] = 1;
-            continue;
+    size_t ntodo = nw;
+    for (int attempt = 0; attempt < ERR_TRIES && ntodo > 0; attempt++) {
+        for (size_t q = 0; q < ntodo; q++) {
+            size_t i = todo[q];
+            if (attempt > 0)
+                for (int k = 0; k < ND; k++)
+                    h[i][k] = fmin(h[i][k] * ERR_WIDEN, step_max[k]);
+            stencil_points(w[i].x, h[i], w[i].s, STENCIL_ERR, pts + q * NSTENCIL_ERR);
         }
-        memcpy(w[i].H, H, sizeof H);
-        memcpy(w[i].g, g, sizeof g);
-        memcpy(w[i].hx, h[i], sizeof w[i].hx);
-        /* velocity always free; vsini free unless the stencil reaches the clipped side */
-        idx[n++] = 0;
-        if (w[i].x[1] - h[i][1] > 0)
-            idx[n++] = 1;
-        for (int k = 2; k < ND; k++)
-            idx[n++] = k;
-        for (int a = 0; a < n; a++)
-            for (int b2 = 0; b2 < n; b2++)
-                hm[a][b2] = 0.5 * H[idx[a]][idx[b2]]; /* -log L = 0.5 (-2 log L) */
-        bad[i] = uncertainties(n, hm, e);
-        for (int k = 0; k < 4; k++)
-            err[i][k] = e[n - 4 + k];
+        RVS_TRY(rvs_fit_objective(f, pts, ntodo * NSTENCIL_ERR, RVS_FIT_OPTIMIZER, fv, NULL));
+        size_t nbad = 0;
+        for (size_t q = 0; q < ntodo; q++) {
+            size_t i = todo[q];
+            double g[ND], H[ND][ND], hm[ND][ND], e[ND];
+            int idx[ND], n = 0;
+            if (!stencil_derivs(fv + q * NSTENCIL_ERR, h[i], STENCIL_ERR, NULL, g, H)) {
+                if (attempt == 0) {
+                    for (int k = 0; k < 4; k++)
+                        err[i][k] = NAN;
+                    bad[i] = 1;
+                }
+                todo[nbad++] = i;
+                continue;
+            }
+            if (attempt == 0) {
+                /* the walker keeps the derivatives of the stencil at its own scale */
+                memcpy(w[i].H, H, sizeof H);
+                memcpy(w[i].g, g, sizeof g);
+                memcpy(w[i].hx, h[i], sizeof w[i].hx);
+            }
+            /* velocity always free; vsini free unless the stencil reaches the clipped side */
+            idx[n++] = 0;
+            if (w[i].x[1] - h[i][1] > 0)
+                idx[n++] = 1;
+            for (int k = 2; k < ND; k++)
+                idx[n++] = k;
+            for (int a = 0; a < n; a++)
+                for (int b2 = 0; b2 < n; b2++)
+                    hm[a][b2] = 0.5 * H[idx[a]][idx[b2]]; /* -log L = 0.5 (-2 log L) */
+            int b = uncertainties(n, hm, e);
+            /* a later try replaces an earlier one only when it succeeds */
+            if (attempt == 0 || !b) {
+                bad[i] = b;
+                for (int k = 0; k < 4; k++)
+                    err[i][k] = e[n - 4 + k];
+            }
+            if (b)
+                todo[nbad++] = i;
+        }
+        ntodo = nbad;
     }
 cleanup:
     free(pts);
     free(fv);
     free(h);
+    free(todo);
     return status;
 }

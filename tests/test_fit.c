@@ -350,14 +350,34 @@ int main(void)
         CHECK(rvs_fit_objective(fit, p, o, RVS_FIT_OPTIMIZER, fv, NULL) == RVS_OK,
               "perturbation grid evaluated");
         double worst = 0;
+        size_t wi = 0, wq = 0;
         for (size_t i = 0; i < o / per; i++) {
             double best = fv[i * per];
             for (size_t q = 1; q < per; q++) {
+                /* points outside the training hulls do not count: the fit is kept inside by the
+                 * outside penalty, which is not smooth at the hull (a star at the grid's edge,
+                 * e.g. 12000 K, has its optimum on it) */
+                double th[4] = {p[i * per + q].th[0], p[i * per + q].th[1], p[i * per + q].th[2],
+                                p[i * per + q].th[3]};
+                int outside = 0;
+                for (int a = 0; a < RVS_DESI_NARMS; a++)
+                    outside |= rvs_library_outside(arms[a], th) > 0;
+                if (outside)
+                    continue;
                 double d = best - fv[i * per + q];
-                if (d > worst)
+                if (d > worst) {
                     worst = d;
+                    wi = i;
+                    wq = q;
+                }
             }
         }
+        if (worst > 0)
+            printf("  local search: the largest improvement is at target %d, perturbation %zu: "
+                   "v %.3f vsini %.3f teff %.1f logg %.4f feh %.4f alpha %.4f\n",
+                   p[wi * per + wq].s, wq, p[wi * per + wq].v, p[wi * per + wq].vsini,
+                   p[wi * per + wq].th[0], p[wi * per + wq].th[1], p[wi * per + wq].th[2],
+                   p[wi * per + wq].th[3]);
         printf("  local search: largest improvement of -2 log L over %zu perturbations per "
                "target: %.4f\n",
                per - 1, worst);

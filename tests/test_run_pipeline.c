@@ -211,6 +211,9 @@ static int run_once(const char *input, const char *outdir, size_t max_batch, siz
     rvs_run_options_init(&o);
     o.fitter_ops = &fake_ops;
     o.template_lib = getenv("RVS_TEST_LIBRARY");
+    /* the reference is prepared without resolution matrices; the bundled library would turn
+     * them on (LSFRMAT) */
+    o.prepare.use_resolution = 0;
     o.naming.output_dir = outdir;
     o.naming.no_subdirs = 1;
     o.overlap = overlap;
