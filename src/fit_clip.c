@@ -275,8 +275,13 @@ int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, co
         t0 = rvs_fit_now();
         RVS_TRY(rvs_engine_set_data(f->engine, nt, specp, especp, resp, arm_used));
         f->prof.upload += rvs_fit_now() - t0;
-        for (size_t q = 0; q < nwho; q++)
+        /* the refit starts at the old optimum with the old stencil steps (matched to the
+         * curvature there): the clipped pixels move the optimum by a fraction of an error bar,
+         * so it converges in a few iterations instead of re-learning the scales */
+        for (size_t q = 0; q < nwho; q++) {
             rvs_fit_walker_init(&sub[q], wk[who[q]].s, wk[who[q]].x);
+            memcpy(sub[q].h, wk[who[q]].h, sizeof sub[q].h);
+        }
         RVS_TRY(rvs_fit_newton(f, sub, nwho, RVS_FIT_CLIP_ITER, RVS_FIT_STENCIL_FULL));
         for (size_t q = 0; q < nwho; q++) {
             size_t it = wk[who[q]].iter;
