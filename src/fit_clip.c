@@ -7,6 +7,8 @@
  * mismatch widens the threshold instead of clipping line cores), every pixel with |r| > κ s and
  * its two neighbours (a cosmic spreads over the resolution element) are given the "bad pixel"
  * error of rvspecfit's get_specdata (1000 x the arm's median |flux|), so they no longer weigh in;
+ * (medians by selection, rvs_desi_median: sorting 8000 residuals per arm cost more than the
+ * refit's device work);
  * at most a fraction RVS_FIT_CLIP_MAX_FRAC of an arm's pixels, the largest residuals first. The
  * targets that lost pixels walk to their new optimum from the old one; the errors and the velocity
  * posterior that follow use the clipped data. A target's clipping depends on its own data and
@@ -18,61 +20,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "desi_internal.h"
 #include "fit_internal.h"
+#include "internal.h"
 
 #define RVS_FIT_CLIP_MAX_FRAC 0.02 /* of an arm's fitted pixels */
 #define RVS_FIT_CLIP_BAD_ERROR 1000.0 /* rvspecfit get_specdata: bad pixels' error / median flux */
 #define RVS_FIT_CLIP_ITER 40       /* Newton iterations of a refit from the old optimum */
 #define RVS_FIT_CLIP_ROUNDS 2      /* clip, refit; clip again what the new model shows, refit */
-
-/* The median of v[0..n-1] (reordered) by Hoare's selection, O(n): called for every arm of every
- * target and round, where sorting 8000 residuals cost more than the refit's device work. */
-static double select_kth(double *v, size_t n, size_t k)
-{
-    size_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        double pivot = v[lo + (hi - lo) / 2];
-        size_t i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] < pivot)
-                i++;
-            while (v[j] > pivot)
-                j--;
-            if (i <= j) {
-                double t = v[i];
-                v[i] = v[j];
-                v[j] = t;
-                i++;
-                if (j == 0)
-                    break;
-                j--;
-            }
-        }
-        if (k <= j)
-            hi = j;
-        else if (k >= i)
-            lo = i;
-        else
-            break;
-    }
-    return v[k];
-}
-
-static double median_of(double *v, size_t n)
-{
-    if (n == 0)
-        return NAN;
-    double hi = select_kth(v, n, n / 2);
-    if (n % 2)
-        return hi;
-    /* the largest of the lower half, which selection left below position n/2 */
-    double lo = v[0];
-    for (size_t i = 1; i < n / 2; i++)
-        if (v[i] > lo)
-            lo = v[i];
-    return 0.5 * (lo + hi);
-}
 
 void rvs_fit_clip_free(struct rvs_fitter *f)
 {
@@ -102,7 +57,7 @@ static size_t clip_arm(struct rvs_fitter *f, const struct rvs_prepared *b, size_
             work[ng++] = fabs((sp[j] - m[j]) / es0[j]);
     if (ng < 10)
         return 0;
-    double s = 1.4826 * median_of(work, ng);
+    double s = 1.4826 * rvs_desi_median(work, ng);
     double thr = f->cfg.clip_sigma * fmax(s, 1.0);
     /* candidates beyond the threshold, largest first, at most the cap */
     size_t nc = 0;
@@ -137,7 +92,7 @@ static size_t clip_arm(struct rvs_fitter *f, const struct rvs_prepared *b, size_
     for (size_t j = 0; j < np; j++)
         if (!bd[j])
             work[nf++] = fabs(sp[j]);
-    double med = nf ? median_of(work, nf) : 1.0;
+    double med = nf ? rvs_desi_median(work, nf) : 1.0;
     double big = RVS_FIT_CLIP_BAD_ERROR * (med > 0 ? med : 1.0);
     size_t added = 0;
     for (size_t i = 0; i < nc; i++) {
