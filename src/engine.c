@@ -434,12 +434,55 @@ void rvs_engine_simulate_alloc_limit(struct rvs_engine *g, size_t max_requests)
 
 /* ------------------------------------------------------------------ data */
 
+/* Arm a's spectra of the current batch (g->S rows, g->used set) to its chi^2 arm: rows of
+ * spectra without the arm get a harmless flat stand-in. */
+static int upload_spectra(struct rvs_engine *g, size_t a, const double *const *spec,
+                          const double *const *espec)
+{
+    int status = RVS_OK;
+    struct engine_arm *r = &g->arm[a];
+    size_t S = g->S, n = r->n;
+    double *fs = NULL, *fe = NULL;
+    if (!spec || !espec || !spec[a] || !espec[a]) {
+        rvs_log(RVS_LOG_ERROR, "engine", "set_data: arm %s is used by %zu spectra but has "
+                "no flux or error array", r->name, r->nused);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    const double *ps = spec[a], *pe = espec[a];
+    if (r->nused < S) {
+        fs = rvs_malloc(S * n * sizeof *fs);
+        fe = rvs_malloc(S * n * sizeof *fe);
+        if (!fs || !fe) {
+            status = RVS_ERR_NOMEM;
+            goto cleanup;
+        }
+        for (size_t s = 0; s < S; s++) {
+            int u = g->used[s * g->narms + a];
+            for (size_t i = 0; i < n; i++) {
+                fs[s * n + i] = u ? ps[s * n + i] : 1.0;
+                fe[s * n + i] = u ? pe[s * n + i] : 1.0;
+            }
+        }
+        ps = fs;
+        pe = fe;
+    }
+    status = rvs_chisq_arm_set_data(g->ctx, r->chisq, ps, pe, S);
+    if (status != RVS_OK)
+        rvs_log(RVS_LOG_ERROR, "engine", "set_data: arm %s: the spectra were refused (see above)",
+                r->name);
+    else
+        g->stats.data_bytes_in += S * n * g->es * (g->ctx->use_fp64 ? 4 : 6) + 2 * S * g->es;
+cleanup:
+    free(fs);
+    free(fe);
+    return status;
+}
+
 int rvs_engine_set_data(struct rvs_engine *g, size_t S, const double *const *spec,
                         const double *const *espec, const float *const *resolution,
                         const unsigned char *arm_used)
 {
     int status = RVS_OK;
-    double *fs = NULL, *fe = NULL;
     if (!g || S == 0 || S > (size_t)INT32_MAX) {
         rvs_log(RVS_LOG_ERROR, "engine", "set_data: need 1..2^31-1 spectra (got %zu)", S);
         return RVS_ERR_INVALID_ARGUMENT;
@@ -465,38 +508,9 @@ int rvs_engine_set_data(struct rvs_engine *g, size_t S, const double *const *spe
             nused += g->used[s * g->narms + a];
         if (nused == 0)
             continue;
-        if (!spec || !espec || !spec[a] || !espec[a]) {
-            rvs_log(RVS_LOG_ERROR, "engine", "set_data: arm %s is used by %zu spectra but has "
-                    "no flux or error array", r->name, nused);
-            status = RVS_ERR_INVALID_ARGUMENT;
-            goto cleanup;
-        }
-        const double *ps = spec[a], *pe = espec[a];
-        if (nused < S) { /* rows of spectra without the arm: a harmless flat stand-in */
-            fs = rvs_malloc(S * n * sizeof *fs);
-            fe = rvs_malloc(S * n * sizeof *fe);
-            if (!fs || !fe) {
-                status = RVS_ERR_NOMEM;
-                goto cleanup;
-            }
-            for (size_t s = 0; s < S; s++) {
-                int u = g->used[s * g->narms + a];
-                for (size_t i = 0; i < n; i++) {
-                    fs[s * n + i] = u ? ps[s * n + i] : 1.0;
-                    fe[s * n + i] = u ? pe[s * n + i] : 1.0;
-                }
-            }
-            ps = fs;
-            pe = fe;
-        }
-        status = rvs_chisq_arm_set_data(ctx, r->chisq, ps, pe, S);
-        if (status != RVS_OK) {
-            rvs_log(RVS_LOG_ERROR, "engine", "set_data: arm %s: the spectra were refused (see "
-                    "above)", r->name);
-            goto cleanup;
-        }
-        free(fs), free(fe);
-        fs = fe = NULL;
+        r->nused = nused;
+        g->S = S; /* upload_spectra reads it */
+        RVS_TRY(upload_spectra(g, a, spec, espec));
         size_t bytes = S * n * g->es * (ctx->use_fp64 ? 4 : 6) + 2 * S * g->es;
         if (r->ndiag > 0) {
             if (!resolution || !resolution[a]) {
@@ -508,15 +522,30 @@ int rvs_engine_set_data(struct rvs_engine *g, size_t S, const double *const *spe
             size_t rb = S * r->ndiag * n * sizeof(float);
             RVS_TRY(rvs_buffer_create(ctx, CL_MEM_READ_ONLY, rb, resolution[a], &r->rdata));
             bytes += rb;
+            g->stats.data_bytes_in += rb;
         }
-        r->nused = nused;
         r->resident = bytes;
-        g->stats.data_bytes_in += bytes;
     }
     g->S = S;
 cleanup:
-    free(fs);
-    free(fe);
+    if (status != RVS_OK)
+        g->S = 0;
+    return status;
+}
+
+int rvs_engine_set_errors(struct rvs_engine *g, const double *const *spec,
+                          const double *const *espec)
+{
+    int status = RVS_OK;
+    if (!g || g->S == 0) {
+        rvs_log(RVS_LOG_ERROR, "engine", "set_errors: no batch (rvs_engine_set_data first)");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    RVS_CL_TRY(clFinish(g->ctx->queue));
+    for (size_t a = 0; a < g->narms; a++)
+        if (g->arm[a].nused > 0)
+            RVS_TRY(upload_spectra(g, a, spec, espec));
+cleanup:
     return status;
 }
 

@@ -964,7 +964,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         RVS_TRY(rvs_fit_newton(f, wk, n, 60, RVS_FIT_STENCIL_FULL));
         RVS_TRY(polish_vsini(f, wk, n));
         /* pixels the mask missed: left out, and the targets that had them refitted */
-        RVS_TRY(rvs_fit_clip_outliers(f, b, list, n, wk, specp, resp, arm_used));
+        RVS_TRY(rvs_fit_clip_outliers(f, b, list, n, wk, specp));
         for (size_t i = 0; i < n; i++) {
             struct rvs_fit_point *p = &best[list[i]];
             p->s = (int)list[i];

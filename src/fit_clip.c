@@ -143,8 +143,7 @@ static void clip_share(void *arg, size_t k, size_t n)
 }
 
 int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
-                          size_t n, struct rvs_fit_walker *wk, const double *const *specp,
-                          const float *const *resp, const unsigned char *arm_used)
+                          size_t n, struct rvs_fit_walker *wk, const double *const *specp)
 {
     int status = RVS_OK;
     size_t nt = b->ntargets;
@@ -228,7 +227,7 @@ int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, co
             break;
         /* the clipped errors go to the device (one upload per batch and round) */
         t0 = rvs_fit_now();
-        RVS_TRY(rvs_engine_set_data(f->engine, nt, specp, especp, resp, arm_used));
+        RVS_TRY(rvs_engine_set_errors(f->engine, specp, especp));
         f->prof.upload += rvs_fit_now() - t0;
         /* the refit starts at the old optimum with the old stencil steps (matched to the
          * curvature there): the clipped pixels move the optimum by a fraction of an error bar,

@@ -98,10 +98,10 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
  * walkers' optimum exceeds cfg.clip_sigma robust sigmas (and their neighbours), re-uploads the
  * batch with those pixels' errors made "bad", and walks the affected targets to their new
  * optimum (wk updated). f->clip, f->espec_clip and f->nclip describe what was clipped (all NULL
- * or zero with clip_sigma 0). specp/resp/arm_used are what rvs_engine_set_data got. */
+ * or zero with clip_sigma 0). specp is the batch's flux as rvs_engine_set_data got it; only the
+ * errors go to the device again (rvs_engine_set_errors). */
 int rvs_fit_clip_outliers(struct rvs_fitter *f, const struct rvs_prepared *b, const size_t *list,
-                          size_t n, struct rvs_fit_walker *wk, const double *const *specp,
-                          const float *const *resp, const unsigned char *arm_used);
+                          size_t n, struct rvs_fit_walker *wk, const double *const *specp);
 void rvs_fit_clip_free(struct rvs_fitter *f);
 
 int rvs_fit_ccf_create(struct rvs_fitter *f);

@@ -1215,8 +1215,10 @@ static int write_primary(fitsfile *f, const struct rvs_library_content *c, const
                {"SRCH5SHA", p->srch5sha, ""},
                {"SRCNN", p->srcnn, "imported PyTorch checkpoint"},
                {"SRCNNSHA", p->srcnnsha, ""}};
+    /* LIBREV always (rvs-import's files and the trainer's have it, empty or not), the rest
+     * when known */
     for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++)
-        if (opt[i].value[0])
+        if (opt[i].value[0] || i == 0)
             put_key(f, TSTRING, opt[i].key, opt[i].value, opt[i].comment, &fst);
     if (p->ckptver >= 0)
         put_key(f, TLONG, "CKPTVER", &p->ckptver, "checkpoint_version (0: legacy bare state dict)",

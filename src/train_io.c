@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "rvsfit/library.h"
 #include "rvsfit/train_io.h"
 
 /* Logs a failed cfitsio call with its file and cfitsio's message stack (then cleared). */
@@ -499,53 +500,13 @@ cleanup:
 
 /* ------------------------------------------------------------------ library writer */
 
-/* Writes a float32 image HDU with EXTNAME and SRCKEY. */
-static int write_f32(fitsfile *f, const char *file, const char *extname, const char *srckey,
-                     const float *data, long rows, long cols)
-{
-    int status = RVS_OK, fst = 0;
-    long naxes[2] = {cols, rows};
-    int naxis = rows > 0 ? 2 : 1;
-    if (rows == 0)
-        naxes[0] = cols;
-    fits_create_img(f, FLOAT_IMG, naxis, naxes, &fst);
-    fits_update_key_str(f, "EXTNAME", extname, NULL, &fst);
-    fits_update_key_str(f, "SRCKEY", srckey, "the torch state-dict key", &fst);
-    fits_write_img(f, TFLOAT, 1, (LONGLONG)(rows > 0 ? rows : 1) * cols, (void *)data, &fst);
-    FITS_TRY(file, "cannot write HDU %s", extname);
-cleanup:
-    return status;
-}
-
-static int write_hull(fitsfile *f, const char *file, int k, const struct rvs_train_hull *h,
-                      int i1, int i2, const char *n1, const char *n2)
-{
-    int status = RVS_OK, fst = 0;
-    char extname[16];
-    char *ttype[] = {"X", "Y", "NX", "NY", "OFFSET"};
-    char *tform[] = {"D", "D", "D", "D", "D"};
-    snprintf(extname, sizeof extname, "HULL%d", k);
-    fits_create_tbl(f, BINARY_TBL, (LONGLONG)h->n, 5, ttype, tform, NULL, extname, &fst);
-    fits_update_key_lng(f, "HULLI1", i1, "0-based PARAMS row of X", &fst);
-    fits_update_key_lng(f, "HULLI2", i2, "0-based PARAMS row of Y", &fst);
-    fits_update_key_str(f, "HULLP1", n1, "parameter of X", &fst);
-    fits_update_key_str(f, "HULLP2", n2, "parameter of Y", &fst);
-    double *cols[] = {h->x, h->y, h->nx, h->ny, h->off};
-    for (int c = 0; c < 5; c++)
-        fits_write_col(f, TDOUBLE, c + 1, 1, 1, (LONGLONG)h->n, cols[c], &fst);
-    FITS_TRY(file, "cannot write HDU %s", extname);
-cleanup:
-    return status;
-}
-
 int rvs_train_library_write(const char *dir, const struct rvs_train_grid *g,
                             const struct rvs_train_mapping *map, const double *mapped,
                             const struct rvs_trained_net *net,
                             const struct rvs_train_provenance *prov, int force)
 {
-    int status = RVS_OK, fst = 0;
-    fitsfile *f = NULL;
-    char *path = NULL, *tmp = NULL, *ftmp = NULL;
+    int status = RVS_OK;
+    char *path = NULL;
     double *px = NULL, *py = NULL;
     struct rvs_train_hull hulls[RVS_NN_MAX_INPUTS / 2];
     memset(hulls, 0, sizeof hulls);
@@ -563,17 +524,13 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *g,
     }
     size_t plen = strlen(dir) + strlen(prov->setup) + 64;
     path = rvs_malloc(plen);
-    tmp = rvs_malloc(plen);
-    ftmp = rvs_malloc(plen + 1);
     px = rvs_malloc(n * sizeof *px);
     py = rvs_malloc(n * sizeof *py);
-    if (!path || !tmp || !ftmp || !px || !py) {
+    if (!path || !px || !py) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
     snprintf(path, plen, "%s/rvsfit_%s.fits", dir, prov->setup);
-    snprintf(tmp, plen, "%s/.rvsfit_%s.fits.%ld.tmp", dir, prov->setup, (long)getpid());
-    snprintf(ftmp, plen + 1, "!%s", tmp);
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         rvs_log(RVS_LOG_ERROR, "train", "output directory %s does not exist", dir);
@@ -603,164 +560,70 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *g,
         }
     }
 
-    fits_create_file(&f, ftmp, &fst);
-    FITS_TRY(tmp, "cannot create the library file (is %s writable?)", dir);
-    fits_create_img(f, 8, 0, NULL, &fst);
-    FITS_TRY(tmp, "cannot write the primary HDU");
-    /* primary keywords, doc/template-library.md sec. 2 */
-    int withbn = d->with_batchnorm ? 1 : 0;
-    double bneps = 1e-5, logclip = 300;
-    if (withbn)
-        bneps = d->bn[1].eps;
-    fits_write_key_str(f, "RVSFMT", "rvsfit-cl template library", "format name", &fst);
-    fits_write_key_lng(f, "RVSFVER", RVS_LIBRARY_FORMAT_VERSION, "format version", &fst);
-    fits_write_key_str(f, "SETUP", prov->setup, "arm setup", &fst);
-    fits_write_key_str(f, "EMULATOR", "NN", "emulator type", &fst);
-    fits_write_key_lng(f, "NPARAM", (long)P, "stellar parameters", &fst);
-    fits_write_key_lng(f, "NPIX", (long)g->npix, "template pixels", &fst);
-    fits_write_key_dbl(f, "LOGSTEP", g->logstep, -17, "ln wavelength step", &fst);
-    fits_write_key_str(f, "WAVEREF", "vacuum", "wavelength reference", &fst);
-    fits_write_key_lng(f, "INDIM", (long)d->indim, "network inputs", &fst);
-    fits_write_key_lng(f, "NLAYERS", (long)d->nlayers, "hidden width x width layers", &fst);
-    fits_write_key_lng(f, "WIDTH", (long)d->width, "hidden width", &fst);
-    fits_write_key_lng(f, "NPC", (long)d->npc, "bottleneck width", &fst);
-    fits_write_key_log(f, "WITHBN", withbn, "BatchNorm after hidden layers", &fst);
-    fits_write_key_str(f, "BNPOS", "after_nonlin", "BatchNorm acts on the SiLU output", &fst);
-    fits_write_key_dbl(f, "BNEPS", bneps, -17, "BatchNorm eps", &fst);
-    fits_write_key_str(f, "NONLIN", "SiLU", "activation", &fst);
-    fits_write_key_str(f, "OUTPUT", "log_flux", "the network returns ln(flux)", &fst);
-    fits_write_key_dbl(f, "LOGCLIP", logclip, -17, "flux = exp(clip(out, -C, C))", &fst);
-    fits_write_key_lng(f, "NHULL", (long)nhull, "HULL<k> HDUs", &fst);
-    fits_write_key_str(f, "HULLSPC", "mapped", "hull coordinates", &fst);
-    /* the templates' LSF (doc/template-library.md sec. 2.1) */
-    if (isfinite(prov->lsf_sigma)) {
-        fits_write_key_str(f, "LSFTYPE", "GAUSSIAN", "line-spread function of the templates",
-                           &fst);
-        fits_write_key_dbl(f, "LSFSIG", prov->lsf_sigma, -12, "[Angstrom] its Gaussian sigma",
-                           &fst);
-    } else {
-        fits_write_key_str(f, "LSFTYPE", "UNKNOWN", "line-spread function of the templates",
-                           &fst);
+    /* the library module writes the file (doc/template-library.md): one writer for the trainer,
+     * rvs-import's C twin and rvsfit-cl-lsf, through a temporary file and a rename */
+    struct rvs_library_content c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.setup, sizeof c.setup, "%s", prov->setup);
+    c.npix = g->npix;
+    c.wave = g->wave;
+    c.log_step = g->logstep;
+    c.nparam = P;
+    for (size_t p = 0; p < P; p++)
+        c.params[p] = (struct rvs_library_param){.log10 = map->log10[p] != 0,
+                                                 .m = map->m[p],
+                                                 .s = map->s[p],
+                                                 .train_min = map->trainmin[p],
+                                                 .train_max = map->trainmax[p]};
+    for (size_t p = 0; p < P; p++)
+        snprintf(c.params[p].name, sizeof c.params[p].name, "%s", g->names[p]);
+    c.nn = *d;
+    for (size_t p = 0; p < P; p++) { /* the network's mapping mirrors PARAMS */
+        c.nn.log_input[p] = map->log10[p] != 0;
+        c.nn.map_center[p] = map->m[p];
+        c.nn.map_scale[p] = map->s[p];
     }
-    fits_write_key_log(f, "LSFRMAT", prov->resolution_matrix && isfinite(prov->lsf_sigma),
-                       "made for the resolution-matrix fit", &fst);
-    fits_write_key_str(f, "CREATOR", "rvsfit-cl-train", "software that wrote the file", &fst);
-    fits_write_key_str(f, "CREATVER", PACKAGE_VERSION, "its version", &fst);
-    fits_write_date(f, &fst);
-    fits_write_key_str(f, "GRIDNAME", prov->gridname && *prov->gridname ? prov->gridname
-                                                                        : "unknown",
-                       "training grid", &fst);
-    fits_write_key_str(f, "LIBREV", prov->librev ? prov->librev : "", "library revision", &fst);
-    fits_write_key_str(f, "SRCSOFT", "rvsfit-cl", "software that trained the network", &fst);
-    fits_write_key_str(f, "SRCVER", PACKAGE_VERSION, "its version", &fst);
-    if (isfinite(prov->train_loss))
-        fits_write_key_dbl(f, "TRNLOSS", prov->train_loss, -10,
-                           "final training loss, mean |dlnF| / spread0", &fst);
-    if (isfinite(prov->val_loss))
-        fits_write_key_dbl(f, "VALERR", prov->val_loss, -10,
-                           "validation loss, mean |dlnF| / spread0", &fst);
-    if (isfinite(prov->err_median))
-        fits_write_key_dbl(f, "VALMED", prov->err_median, -6,
-                           "held-out median |dflux|/flux per pixel", &fst);
-    if (isfinite(prov->err_p99))
-        fits_write_key_dbl(f, "VAL99", prov->err_p99, -6,
-                           "held-out 99th percentile |dflux|/flux", &fst);
-    fits_write_key_lng(f, "NTRAIN", (long)prov->ntrain, "training spectra", &fst);
-    fits_write_key_lng(f, "NVALID", (long)prov->nval, "held-out validation spectra", &fst);
-    fits_write_key_lng(f, "NEPOCH", (long)prov->epochs, "training epochs (resumed runs included)",
-                       &fst);
-    if (prov->traincmd && *prov->traincmd) {
-        fits_write_key_longwarn(f, &fst);
-        fits_write_key_longstr(f, "TRAINCMD", prov->traincmd, "training command line", &fst);
-    }
-    FITS_TRY(tmp, "cannot write the primary header");
-
-    /* WAVE */
-    long npix_l = (long)g->npix;
-    fits_create_img(f, DOUBLE_IMG, 1, &npix_l, &fst);
-    fits_update_key_str(f, "EXTNAME", "WAVE", NULL, &fst);
-    fits_update_key_str(f, "BUNIT", "Angstrom", NULL, &fst);
-    fits_write_img(f, TDOUBLE, 1, (LONGLONG)g->npix, g->wave, &fst);
-    FITS_TRY(tmp, "cannot write HDU WAVE");
-
-    /* PARAMS */
-    {
-        char *ttype[] = {"NAME", "LOG10", "M", "S", "TRAINMIN", "TRAINMAX"};
-        char *tform[] = {"16A", "L", "D", "D", "D", "D"};
-        fits_create_tbl(f, BINARY_TBL, (LONGLONG)P, 6, ttype, tform, NULL, "PARAMS", &fst);
-        for (size_t p = 0; p < P; p++) {
-            char *name = (char *)g->names[p];
-            char lg = map->log10[p] ? 1 : 0;
-            LONGLONG row = (LONGLONG)p + 1;
-            fits_write_col(f, TSTRING, 1, row, 1, 1, &name, &fst);
-            fits_write_col(f, TLOGICAL, 2, row, 1, 1, &lg, &fst);
-            fits_write_col(f, TDOUBLE, 3, row, 1, 1, (void *)&map->m[p], &fst);
-            fits_write_col(f, TDOUBLE, 4, row, 1, 1, (void *)&map->s[p], &fst);
-            fits_write_col(f, TDOUBLE, 5, row, 1, 1, (void *)&map->trainmin[p], &fst);
-            fits_write_col(f, TDOUBLE, 6, row, 1, 1, (void *)&map->trainmax[p], &fst);
-        }
-        FITS_TRY(tmp, "cannot write HDU PARAMS");
-    }
-
-    /* weights, as trained (sec. 1) */
-    for (size_t l = 0; l < d->nlayers + 2; l++) {
-        size_t in = l == 0 ? d->indim : d->width, out = l == d->nlayers + 1 ? d->npc : d->width;
-        char ext[32], key[64];
-        snprintf(ext, sizeof ext, "LIN%zu_W", l);
-        snprintf(key, sizeof key, "model.lin_%zu.weight", l);
-        RVS_TRY(write_f32(f, tmp, ext, key, d->lin[l].weight, (long)out, (long)in));
-        snprintf(ext, sizeof ext, "LIN%zu_B", l);
-        snprintf(key, sizeof key, "model.lin_%zu.bias", l);
-        RVS_TRY(write_f32(f, tmp, ext, key, d->lin[l].bias, 0, (long)out));
-        if (withbn && l >= 1 && l <= d->nlayers) {
-            static const char *const sfx[4] = {"W", "B", "MEAN", "VAR"};
-            static const char *const tk[4] = {"weight", "bias", "running_mean", "running_var"};
-            const float *arr[4] = {d->bn[l].weight, d->bn[l].bias, d->bn[l].running_mean,
-                                   d->bn[l].running_var};
-            for (int t = 0; t < 4; t++) {
-                snprintf(ext, sizeof ext, "BN%zu_%s", l, sfx[t]);
-                snprintf(key, sizeof key, "model.bn_%zu.%s", l, tk[t]);
-                RVS_TRY(write_f32(f, tmp, ext, key, arr[t], 0, (long)d->width));
-            }
-        }
-    }
-    RVS_TRY(write_f32(f, tmp, "PC_W", "pc_layer.weight", d->pc.weight, (long)d->npix,
-                      (long)d->npc));
-    RVS_TRY(write_f32(f, tmp, "PC_B", "pc_layer.bias", d->pc.bias, 0, (long)d->npix));
+    c.nhull = nhull;
     for (size_t k = 0; k < nhull; k++)
-        RVS_TRY(write_hull(f, tmp, (int)k + 1, &hulls[k], (int)(2 * k), (int)(2 * k + 1),
-                           g->names[2 * k], g->names[2 * k + 1]));
-
-    /* checksums last, when every HDU is complete */
-    int nhdu = 0;
-    fits_get_num_hdus(f, &nhdu, &fst);
-    for (int i = 1; i <= nhdu; i++) {
-        fits_movabs_hdu(f, i, NULL, &fst);
-        fits_write_chksum(f, &fst);
-    }
-    FITS_TRY(tmp, "cannot write the checksums");
-    fits_close_file(f, &fst);
-    f = NULL;
-    FITS_TRY(tmp, "cannot finish the library file");
-    if (rename(tmp, path) != 0) {
-        rvs_log(RVS_LOG_ERROR, "train", "cannot rename %s to %s: %s", tmp, path,
-                strerror(errno));
-        status = RVS_ERR_IO;
-        goto cleanup;
-    }
-    rvs_log(RVS_LOG_INFO, "train", "wrote %s", path);
+        c.hulls[k] = (struct rvs_library_hull){.i1 = 2 * k,
+                                               .i2 = 2 * k + 1,
+                                               .n = hulls[k].n,
+                                               .x = hulls[k].x,
+                                               .y = hulls[k].y,
+                                               .nx = hulls[k].nx,
+                                               .ny = hulls[k].ny,
+                                               .offset = hulls[k].off};
+    struct rvs_library_provenance *q = &c.prov;
+    snprintf(q->creator, sizeof q->creator, "rvsfit-cl-train");
+    snprintf(q->creator_version, sizeof q->creator_version, "%s", PACKAGE_VERSION);
+    snprintf(q->grid_name, sizeof q->grid_name, "%s",
+             prov->gridname && *prov->gridname ? prov->gridname : "unknown");
+    snprintf(q->librev, sizeof q->librev, "%s", prov->librev ? prov->librev : "");
+    snprintf(q->srcsoft, sizeof q->srcsoft, "rvsfit-cl");
+    snprintf(q->srcver, sizeof q->srcver, "%s", PACKAGE_VERSION);
+    q->ckptver = q->nnarchv = -1;
+    q->traincmd = prov->traincmd;
+    q->trnloss = prov->train_loss;
+    q->valerr = prov->val_loss;
+    q->valmed = prov->err_median;
+    q->val99 = prov->err_p99;
+    q->ntrain = (long)prov->ntrain;
+    q->nvalid = (long)prov->nval;
+    q->nepoch = (long)prov->epochs;
+    /* the templates' LSF (doc/template-library.md sec. 2.1) */
+    if (isfinite(prov->lsf_sigma))
+        c.lsf = (struct rvs_library_lsf){.kind = RVS_LIBRARY_LSF_GAUSSIAN,
+                                         .sigma = prov->lsf_sigma,
+                                         .resolution_matrix = prov->resolution_matrix != 0};
+    else
+        c.lsf = (struct rvs_library_lsf){.kind = RVS_LIBRARY_LSF_UNKNOWN, .sigma = NAN};
+    status = rvs_library_write_arm(path, &c, force);
+    if (status == RVS_OK)
+        rvs_log(RVS_LOG_INFO, "train", "wrote %s", path);
 cleanup:
-    if (f) {
-        int cst = 0;
-        fits_close_file(f, &cst);
-    }
-    if (status != RVS_OK && tmp)
-        remove(tmp);
     for (size_t k = 0; k < RVS_NN_MAX_INPUTS / 2; k++)
         rvs_train_hull_free(&hulls[k]);
     free(path);
-    free(tmp);
-    free(ftmp);
     free(px);
     free(py);
     return status;

@@ -30,6 +30,7 @@ void rvs_engine_routine_results(void *state, size_t *E, size_t *narm, const doub
                                 const double **arm);
 const struct rvs_engine_request *rvs_engine_routine_requests(void *state);
 int rvs_engine_routine_check_continuum(void *state, double *err_chisq, double *err_model);
+int rvs_engine_routine_check_set_errors(void *state, double *diff);
 
 #define ENG_RES (1 << 12)
 #define ENG_TWOARMS (1 << 13)
@@ -266,6 +267,17 @@ static void check_continuum(struct rvs_context *ctx, void *state, const char *la
           "%.3e", label, rvs_strerror(status), ec, em);
 }
 
+/* New errors for the same batch (the fit's outlier clipping) give exactly what a full
+ * rvs_engine_set_data with those errors gives, without sending the resolution matrices again. */
+static void check_set_errors(struct rvs_context *ctx, void *state, const char *label)
+{
+    double d = INFINITY;
+    CHECK(rvs_routine_engine.run(ctx, state) == RVS_OK, "%s: first pass", label);
+    int status = rvs_engine_routine_check_set_errors(state, &d);
+    printf("  %s: set_errors vs set_data: largest difference %.3g\n", label, d);
+    CHECK(status == RVS_OK && d == 0, "%s: %s, difference %.3g", label, rvs_strerror(status), d);
+}
+
 /* Sizing and argument checks. */
 static void check_api(struct rvs_context *ctx, void *state, const char *label)
 {
@@ -316,6 +328,7 @@ static void run_all(struct rvs_context *ctx)
     with_scenario(ctx, &mixed, check_chunking, "chunking");
     with_scenario(ctx, &mixed, check_continuum, "continuum only");
     with_scenario(ctx, &mixed, check_api, "api");
+    with_scenario(ctx, &mixed, check_set_errors, "new errors");
 }
 
 int main(void)

@@ -145,6 +145,12 @@ int rvs_engine_set_data(struct rvs_engine *engine, size_t nspec, const double *c
                         const double *const *espec, const float *const *resolution,
                         const unsigned char *arm_used);
 
+/* New errors for the batch already set (same spectra, arms and resolution matrices): only the
+ * data the chi^2 depends on through sigma are uploaded again, not the resolution matrices (the
+ * fit's outlier clipping gives clipped pixels a "bad" error this way). */
+int rvs_engine_set_errors(struct rvs_engine *engine, const double *const *spec,
+                          const double *const *espec);
+
 /* -2 log L of E requests: chisq_total[e] (summed over the arms spectrum s has) and, when not
  * NULL, chisq_arm[e * narms + a] (0 for an arm the spectrum lacks). See the file comment for
  * non-finite values; a spectrum that has no arm at all gets 0. Blocks until the results are on

@@ -1006,3 +1006,56 @@ int rvs_engine_routine_check_continuum(void *state, double *err_chisq, double *e
     free(chisq);
     return status;
 }
+
+/* rvs_engine_set_errors against a fresh rvs_engine_set_data: the errors of every spectrum
+ * scaled by a factor (1.5 on even pixels, 1 elsewhere), the same requests evaluated both ways;
+ * *diff gets the largest |difference| of -2 log L (they must agree exactly: the same uploads
+ * but the resolution matrices), then the original errors are restored. */
+int rvs_engine_routine_check_set_errors(void *state, double *diff);
+int rvs_engine_routine_check_set_errors(void *state, double *diff)
+{
+    struct engine_state *s = state;
+    int status = RVS_OK;
+    const double *spec[NARM_MAX], *espec[NARM_MAX], *espec0[NARM_MAX];
+    const float *res[NARM_MAX];
+    double *scaled[NARM_MAX] = {0}, *a = malloc(s->E * sizeof *a), *b = malloc(s->E * sizeof *b);
+    *diff = INFINITY;
+    for (size_t k = 0; k < s->narm; k++) {
+        const struct arm_case *c = &s->arms[k];
+        scaled[k] = malloc(s->S * c->n * sizeof(double));
+        if (!scaled[k])
+            status = RVS_ERR_NOMEM;
+        for (size_t i = 0; scaled[k] && i < s->S * c->n; i++)
+            scaled[k][i] = c->espec[i] * (i % 2 ? 1.0 : 1.5);
+        spec[k] = c->spec;
+        espec0[k] = c->espec;
+        espec[k] = scaled[k];
+        res[k] = c->rdata;
+    }
+    if (!a || !b)
+        status = RVS_ERR_NOMEM;
+    if (status == RVS_OK)
+        status = rvs_engine_set_errors(s->engine, spec, espec);
+    if (status == RVS_OK)
+        status = rvs_engine_eval(s->engine, s->req, s->E, a, NULL);
+    if (status == RVS_OK)
+        status = rvs_engine_set_data(s->engine, s->S, spec, espec, res, s->used);
+    if (status == RVS_OK)
+        status = rvs_engine_eval(s->engine, s->req, s->E, b, NULL);
+    if (status == RVS_OK) {
+        *diff = 0;
+        for (size_t e = 0; e < s->E; e++)
+            if (isfinite(a[e]) || isfinite(b[e]))
+                *diff = fmax(*diff, isfinite(a[e] - b[e]) ? fabs(a[e] - b[e]) : INFINITY);
+        /* the scaling changed something: -2 log L holds 2 sum log sigma */
+        if (s->E > 0 && a[0] == s->chisq_total[0])
+            *diff = INFINITY;
+    }
+    if (status == RVS_OK)
+        status = rvs_engine_set_data(s->engine, s->S, spec, espec0, res, s->used);
+    for (size_t k = 0; k < s->narm; k++)
+        free(scaled[k]);
+    free(a);
+    free(b);
+    return status;
+}
