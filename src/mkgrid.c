@@ -350,6 +350,15 @@ static int write_header(struct out_file *of, const struct rvs_mkgrid_output_opti
     FITS_TRY(fits_write_key_dbl(of->f, "RESINT", res, 6, "internal sampling 1/d(ln lambda)",
                                 &fstatus),
              "writing RESINT");
+    FITS_TRY(fits_write_key_str(of->f, "VDWMODE",
+                                rvs_synth_vdw_mode(synth) == RVS_SYNTH_VDW_ABO_SCALED
+                                    ? "abo-scaled"
+                                    : "unsoeld",
+                                "van der Waals widths of metal lines", &fstatus),
+             "writing VDWMODE");
+    FITS_TRY(fits_write_key_dbl(of->f, "SAMPBRD", rvs_synth_sampling_broadening(synth), 3,
+                                "pixels added in quadrature to metal line widths", &fstatus),
+             "writing SAMPBRD");
     FITS_TRY(fits_write_key_str(of->f, "FLUXTYPE", "surface flux F_lambda",
                                 "erg/s/cm2/Angstrom, vacuum wavelengths", &fstatus),
              "writing FLUXTYPE");

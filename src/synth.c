@@ -21,10 +21,13 @@ struct rvs_synth {
     double *wave;
     struct rvs_synth_linelist list;
     /* per line, independent of the star: centre in pixels, pi e^2/(m c) gf lambda / (c dlnl),
-     * Unsoeld's 10^(19.6 + 0.4 log C6) (0 without van der Waals damping) */
+     * Unsoeld's 10^(19.6 + 0.4 log C6) times the species' ABO factor with
+     * RVS_SYNTH_VDW_ABO_SCALED (0 without van der Waals damping) */
     double *lcentre, *lk, *lc6;
     double threshold;
     double vmic;
+    double sampling_broadening; /* pixels, added in quadrature to every metal line's width */
+    enum rvs_synth_vdw vdw;
 };
 
 static void tables_init(void);
@@ -38,6 +41,8 @@ void rvs_synth_options_init(struct rvs_synth_options *o)
     o->resolution = 120000.0;
     o->vmic = -1.0;
     o->line_threshold = 1e-3;
+    o->vdw = RVS_SYNTH_VDW_ABO_SCALED;
+    o->sampling_broadening = 0.3;
 }
 
 int rvs_synth_create(const struct rvs_synth_options *o, struct rvs_synth **out)
@@ -76,6 +81,16 @@ int rvs_synth_create(const struct rvs_synth_options *o, struct rvs_synth **out)
         s->wave[i] = exp(s->lnl0 + s->dlnl * i);
     s->threshold = o->line_threshold > 0 ? o->line_threshold : 1e-3;
     s->vmic = o->vmic;
+    if (!(o->sampling_broadening >= 0.0 && o->sampling_broadening <= 2.0) ||
+        (o->vdw != RVS_SYNTH_VDW_UNSOELD && o->vdw != RVS_SYNTH_VDW_ABO_SCALED)) {
+        rvs_log(RVS_LOG_ERROR, "mkgrid",
+                "sampling broadening %g pixels is outside 0-2, or unknown van der Waals mode %d",
+                o->sampling_broadening, (int)o->vdw);
+        status = RVS_ERR_INVALID_ARGUMENT;
+        goto cleanup;
+    }
+    s->sampling_broadening = o->sampling_broadening;
+    s->vdw = o->vdw;
     /* lines up to 30 A outside the grid still reach it with their wings */
     RVS_TRY(rvs_synth_linelist_load(o->linelist_dir, o->lambda_min - 30.0,
                                     o->lambda_max + 30.0, &s->list));
@@ -92,6 +107,11 @@ int rvs_synth_create(const struct rvs_synth_options *o, struct rvs_synth **out)
         s->lcentre[i] = (log(ln->lambda) - s->lnl0) / s->dlnl;
         s->lk[i] = RVS_PI_E2_MC * pow(10.0, ln->loggf) * ln->lambda * 1e-8 / (RVS_C * s->dlnl);
         s->lc6[i] = ln->z > 0 && ln->log_c6 < 0 ? pow(10.0, 19.6 + 0.4 * ln->log_c6) : 0.0;
+        /* Unsoeld underestimates the van der Waals width of most neutral metal lines (by
+         * 1.2-2.5 for Fe I, Mg I, Si I, Na I): scale it by the median ABO/Unsoeld ratio of the
+         * species' lines that carry ABO values (synth_vdw.c, doc/mkgrid.md) */
+        if (o->vdw == RVS_SYNTH_VDW_ABO_SCALED && ln->z > 0)
+            s->lc6[i] *= rvs_synth_vdw_enhancement[ln->z][ln->ion];
     }
     tables_init();
     rvs_log(RVS_LOG_INFO, "mkgrid", "%zu lines (%s), %zu pixels %.1f-%.1f A", s->list.count,
@@ -126,6 +146,16 @@ double rvs_synth_vmic(const struct rvs_synth *s, const struct rvs_synth_params *
 {
     /* APOGEE DR12 calibration vmic = 2.478 - 0.325 log g (Holtzman et al. 2015, AJ 150, 148) */
     return s->vmic >= 0 ? s->vmic : fmax(0.5, 2.478 - 0.325 * p->logg);
+}
+
+enum rvs_synth_vdw rvs_synth_vdw_mode(const struct rvs_synth *synth)
+{
+    return synth->vdw;
+}
+
+double rvs_synth_sampling_broadening(const struct rvs_synth *synth)
+{
+    return synth->sampling_broadening;
 }
 
 int rvs_synth_params_check(const struct rvs_synth_params *p, const char **why)
@@ -733,7 +763,8 @@ int rvs_synth_spectrum_work(const struct rvs_synth *s, struct rvs_synth_work *wk
     double tm1 = cpu_seconds();
     /* atomic and molecular lines */
     const double cpx = RVS_C_KMS * s->dlnl; /* km/s per pixel */
-    const double vfloor2 = (0.6 * cpx) * (0.6 * cpx), vxi2 = vmic * vmic + vfloor2;
+    const double vfloor = s->sampling_broadening * cpx;
+    const double vfloor2 = vfloor * vfloor, vxi2 = vmic * vmic + vfloor2;
     size_t kept = 0, layers = 0;
     for (size_t i = 0; i < s->list.count; i++) {
         const struct rvs_synth_line *ln = &s->list.lines[i];

@@ -51,6 +51,10 @@ run 2 "--arms x" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --arms
 expect_in err "--arms takes" "bad arm named"
 run 2 "--resolution" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --resolution 10
 expect_in err "--resolution needs" "bad resolution named"
+run 2 "--vdw bogus" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --vdw bogus
+expect_in err "--vdw needs abo-scaled or unsoeld" "bad --vdw named"
+run 2 "--sampling-broadening 5" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 --sampling-broadening 5
+expect_in err "--sampling-broadening needs" "bad --sampling-broadening named"
 run 2 "unknown option" -- "$MKGRID" --no-such-option
 expect_in err "unrecognized option '--no-such-option'" "unknown option named"
 run 2 "stray argument" -- "$MKGRID" --out "$scratch/x.fits" --single 5000,4,0,0 extra
@@ -75,6 +79,7 @@ run 0 "random B" -- "$MKGRID" --out "$scratch/rb.fits" --random 3 --seed 7 --arm
 run 0 "random C" -- "$MKGRID" --out "$scratch/rc.fits" --random 3 --seed 8 --arms r $FAST
 run 0 "random, log Teff uniform" -- "$MKGRID" --out "$scratch/ru.fits" --random 400 --seed 3 --arms z --threads 2 --linelist builtin --resolution 1000 -q
 run 0 "random, --teff-cdf" -- "$MKGRID" --out "$scratch/rk.fits" --random 400 --seed 3 --arms z --threads 2 --linelist builtin --resolution 1000 -q --teff-cdf 4000,0.5,6000,0.7
+run 0 "Unsoeld damping, old sampling term" -- "$MKGRID" --out "$scratch/uns.fits" --single 5200,4.4,-0.5,0.2 --vdw unsoeld --sampling-broadening 0.6 $FAST
 mkdir -p "$scratch/bz"
 run 0 "two arms" -- "$MKGRID" --out "$scratch/bz" --single 4500,2,0,0 --arms b,z $FAST
 ls "$scratch"/*.tmp* "$scratch"/grid/*.tmp* >/dev/null 2>&1 && fail "temporary files left behind"
@@ -99,6 +104,10 @@ for a, lo, hi in (("B", 3500, 5900), ("R", 5660, 7720), ("Z", 7420, 9924)):
     check(f.shape == (1, len(w)) and f.dtype.kind == "f" and f.dtype.itemsize == 4, a + " shape")
     check(np.all(np.isfinite(f)) and np.all(f > 0), a + " flux finite and positive")
 check(h[0].header["NSPEC"] == 1 and h[0].header["LINELIST"] == "builtin", "header")
+check(h[0].header["VDWMODE"] == "abo-scaled" and h[0].header["SAMPBRD"] == 0.3, "physics keys")
+u = fits.open(d + "/uns.fits")
+check(u[0].header["VDWMODE"] == "unsoeld" and u[0].header["SAMPBRD"] == 0.6, "--vdw/--sampling-broadening keys")
+check(not np.array_equal(u["B_FLUX"].data, h["B_FLUX"].data), "the physics options change the spectrum")
 for a in ("desi_b", "desi_r", "desi_z"):
     g = fits.open(d + "/grid/rvsfit-grid-%s.fits" % a)
     p = g["PARAMS"].data

@@ -308,6 +308,55 @@ static void test_linelists(void)
     rvs_synth_linelist_free(&list);
 }
 
+/* The van der Waals factors (synth_vdw.c, tools/mkgrid-vdw.py) are sane, and with them the wings
+ * of Mg b in the Sun are deeper than with Unsoeld's widths alone. */
+static void test_vdw(void)
+{
+    for (int z = 0; z <= RVS_SYNTH_MAX_Z; z++)
+        for (int st = 0; st < 2; st++)
+            CHECK(rvs_synth_vdw_enhancement[z][st] >= 0.2f &&
+                      rvs_synth_vdw_enhancement[z][st] <= 4.0f,
+                  "vdW factor of Z=%d stage %d: %g", z, st, rvs_synth_vdw_enhancement[z][st]);
+    /* ABO widths of Fe I are 1.32x Unsoeld's in the median (281 GALAH lines), Mg I 2.46x */
+    CHECK(rvs_synth_vdw_enhancement[26][0] > 1.1f && rvs_synth_vdw_enhancement[26][0] < 1.6f,
+          "Fe I factor %g", rvs_synth_vdw_enhancement[26][0]);
+    CHECK(rvs_synth_vdw_enhancement[12][0] > 1.5f, "Mg I factor %g",
+          rvs_synth_vdw_enhancement[12][0]);
+
+    double wing[2];
+    for (int mode = 0; mode < 2; mode++) {
+        struct rvs_synth_options o;
+        rvs_synth_options_init(&o);
+        o.resolution = 20000;
+        o.lambda_min = 5100;
+        o.lambda_max = 5250;
+        o.vdw = mode ? RVS_SYNTH_VDW_ABO_SCALED : RVS_SYNTH_VDW_UNSOELD;
+        struct rvs_synth *s = NULL;
+        CHECK(rvs_synth_create(&o, &s) == RVS_OK, "generator for the vdW check");
+        if (!s)
+            return;
+        size_t n = rvs_synth_npix(s);
+        const double *w = rvs_synth_wavelength(s);
+        double *f = malloc(n * sizeof *f), *c = malloc(n * sizeof *c);
+        struct rvs_synth_params p = {5772.0, 4.44, 0.0, 0.0};
+        CHECK(f && c && rvs_synth_spectrum(s, &p, f, c) == RVS_OK, "solar spectrum");
+        double sum = 0.0;
+        int cnt = 0;
+        for (size_t i = 0; f && c && i < n; i++)
+            if (w[i] > 5177.0 && w[i] < 5182.0) { /* between Mg b 5174.1 and 5185.0 (vacuum) */
+                sum += f[i] / c[i];
+                cnt++;
+            }
+        wing[mode] = cnt ? sum / cnt : NAN;
+        free(f);
+        free(c);
+        rvs_synth_destroy(&s);
+    }
+    printf("Mg b wing 5177-5182 A, F/Fc: Unsoeld %.4f, ABO-scaled %.4f\n", wing[0], wing[1]);
+    CHECK(wing[1] < wing[0] - 0.01, "ABO-scaled Mg b wings deeper than Unsoeld's (%.4f vs %.4f)",
+          wing[1], wing[0]);
+}
+
 int main(void)
 {
     test_voigt();
@@ -318,6 +367,7 @@ int main(void)
     test_hydrogen_f();
     test_expint_planck();
     test_moog_parser();
+    test_vdw();
     test_linelists();
     return test_finish("test_synth_physics");
 }

@@ -18,6 +18,12 @@ struct rvs_synth_params {
     double alpha; /* [alpha/Fe], applied to O, Ne, Mg, Si, S, Ca, Ti */
 };
 
+/* Van der Waals broadening of metal lines (linemake's files carry no damping constants). */
+enum rvs_synth_vdw {
+    RVS_SYNTH_VDW_UNSOELD = 0,   /* Unsoeld's approximation (Gray 2005, eqs. 11.29-11.31) */
+    RVS_SYNTH_VDW_ABO_SCALED = 1 /* Unsoeld times the species' median ABO/Unsoeld ratio */
+};
+
 /* Where the generator works and with what. */
 struct rvs_synth_options {
     const char *linelist_dir; /* linemake MOOG files; NULL or "": the built-in strong-line list */
@@ -26,6 +32,10 @@ struct rvs_synth_options {
     double resolution;        /* internal sampling: d(ln lambda) = 1/resolution (default 120000) */
     double vmic;              /* microturbulence km/s; < 0: 2.478 - 0.325 log g, at least 0.5 */
     double line_threshold;    /* keep lines with peak line/continuum opacity above this (1e-3) */
+    enum rvs_synth_vdw vdw;   /* van der Waals widths (default RVS_SYNTH_VDW_ABO_SCALED) */
+    /* internal pixels added in quadrature to each metal line's Doppler width, so that lines
+     * narrower than a pixel stay sampled (default 0.3; 0.6 before 2026-12-07) */
+    double sampling_broadening;
 };
 
 /* Parameter limits the generator accepts (the grid's outer box). */
@@ -50,6 +60,9 @@ size_t rvs_synth_npix(const struct rvs_synth *synth);
 /* Vacuum wavelengths [Angstrom] of the internal grid (npix values). */
 const double *rvs_synth_wavelength(const struct rvs_synth *synth);
 size_t rvs_synth_line_count(const struct rvs_synth *synth);
+/* The physics options the generator was created with (recorded in grid files). */
+enum rvs_synth_vdw rvs_synth_vdw_mode(const struct rvs_synth *synth);
+double rvs_synth_sampling_broadening(const struct rvs_synth *synth);
 /* 1 when the lines came from linemake files, 0 for the built-in list. */
 int rvs_synth_uses_linelist_files(const struct rvs_synth *synth);
 

@@ -42,6 +42,8 @@ enum option_id {
     OPT_ARMS,
     OPT_VMIC,
     OPT_FWHM,
+    OPT_VDW,
+    OPT_SAMPLING_BROADENING,
     OPT_LOG_LEVEL
 };
 
@@ -74,6 +76,13 @@ static const struct rvs_cli_option cli_options[] = {
      NULL},
     {"vmic", required_argument, OPT_VMIC, "KMS",
      "microturbulence in km/s (default 2.478 - 0.325 log g, at least 0.5)", NULL},
+    {"vdw", required_argument, OPT_VDW, "MODE",
+     "van der Waals widths of metal lines: abo-scaled (default: Unsoeld times the species' "
+     "median ABO/Unsoeld ratio) or unsoeld",
+     NULL},
+    {"sampling-broadening", required_argument, OPT_SAMPLING_BROADENING, "PIX",
+     "internal pixels added in quadrature to each metal line's Doppler width (default 0.3)",
+     NULL},
     {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL",
      "DEBUG, INFO, WARNING (default), ERROR or CRITICAL", NULL},
     {"quiet", no_argument, OPT_QUIET, NULL, "only errors", NULL},
@@ -278,6 +287,20 @@ int main(int argc, char **argv)
             if (parse_list(optarg, v, 1) != 1 || !(v[0] >= 0 && v[0] <= 10))
                 return usage_error("--vmic needs km/s in 0..10 (got '%s')", optarg);
             sopt.vmic = v[0];
+            break;
+        case OPT_VDW:
+            if (strcmp(optarg, "abo-scaled") == 0)
+                sopt.vdw = RVS_SYNTH_VDW_ABO_SCALED;
+            else if (strcmp(optarg, "unsoeld") == 0)
+                sopt.vdw = RVS_SYNTH_VDW_UNSOELD;
+            else
+                return usage_error("--vdw needs abo-scaled or unsoeld (got '%s')", optarg);
+            break;
+        case OPT_SAMPLING_BROADENING:
+            if (parse_list(optarg, v, 1) != 1 || !(v[0] >= 0 && v[0] <= 2))
+                return usage_error("--sampling-broadening needs pixels in 0..2 (got '%s')",
+                                   optarg);
+            sopt.sampling_broadening = v[0];
             break;
         case OPT_FWHM: {
             double f[RVS_MKGRID_NARMS];
