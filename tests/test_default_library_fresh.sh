@@ -22,8 +22,11 @@ if ! "$py" -c 'import numpy, astropy' 2>"$scratch/import.err"; then
         "run tools/install-deps (python3-numpy, python3-astropy)"
     finish
 fi
-# the fresh spectra at the LSF the library records (LSFSIG; mkgrid's defaults without it)
-fwhm=$("$py" -c '
+# the fresh spectra at the LSF the library records (LSFSIG; mkgrid's defaults without it) and with
+# the generator physics its grid had: VDWMODE/SAMPBRD where the header records them, else the
+# physics before 2026-12-07 (Unsoeld widths, 0.6-pixel sampling term; doc/mkgrid.md), which the
+# bundled library was made with
+phys=$("$py" -c '
 import math, sys
 from astropy.io import fits
 out = []
@@ -31,11 +34,14 @@ for arm, default in (("b", 1.55), ("r", 1.55), ("z", 1.8)):
     h = fits.getheader("%s/rvsfit_desi_%s.fits" % (sys.argv[1], arm))
     sig = h.get("LSFSIG") if h.get("LSFTYPE") == "GAUSSIAN" else None
     out.append("%.10g" % (sig * 2 * math.sqrt(2 * math.log(2)) if sig else default))
-print(",".join(out))
+print(",".join(out), h.get("VDWMODE", "unsoeld"), h.get("SAMPBRD", 0.6))
 ' "$top_srcdir/data/default") || fail "reading the library's LSF"
-echo "fresh spectra at FWHM $fwhm A (b,r,z)"
+set -- $phys
+fwhm=$1 vdw=$2 samp=$3
+echo "fresh spectra at FWHM $fwhm A (b,r,z), --vdw $vdw --sampling-broadening $samp"
 run 0 "fresh spectra" -- "$MKGRID" --out "$scratch/fresh.fits" --random 30 --seed 4242 \
-    --fwhm "$fwhm" --linelist "$DATA/linelists/linemake" -q
+    --fwhm "$fwhm" --vdw "$vdw" --sampling-broadening "$samp" \
+    --linelist "$DATA/linelists/linemake" -q
 run 0 "parameter rows" -- "$py" -c '
 import sys
 from astropy.io import fits
