@@ -693,6 +693,10 @@ static int read_primary(fitsfile *f, struct rvs_library_arm *a)
     RVS_TRY(read_key(f, path, "PRIMARY", "VAL99", KEY_REAL, 0, &p->val99, &present));
     if (!present)
         p->val99 = NAN;
+    RVS_TRY(read_key(f, path, "PRIMARY", "VDWMODE", KEY_STRING, 0, p->grid_vdw, NULL));
+    RVS_TRY(read_key(f, path, "PRIMARY", "SAMPBRD", KEY_REAL, 0, &p->grid_sampling, &present));
+    if (!present)
+        p->grid_sampling = NAN;
     struct {
         const char *key;
         long *dest;
@@ -1228,6 +1232,12 @@ static int write_primary(fitsfile *f, const struct rvs_library_content *c, const
                 &fst);
     if (isfinite(p->trnloss))
         fits_write_key_dbl(f, "TRNLOSS", p->trnloss, -17, "final training loss", &fst);
+    if (p->grid_vdw[0]) {
+        put_key(f, TSTRING, "VDWMODE", p->grid_vdw, "grid's van der Waals widths (mkgrid)", &fst);
+        if (isfinite(p->grid_sampling))
+            fits_write_key_dbl(f, "SAMPBRD", p->grid_sampling, 3,
+                               "grid's sampling broadening [pixels] (mkgrid)", &fst);
+    }
     if (isfinite(p->valerr))
         fits_write_key_dbl(f, "VALERR", p->valerr, -17, "validation error", &fst);
     /* the trainer's held-out emulation error and counts, kept when a file is rewritten */

@@ -113,6 +113,21 @@ int rvs_train_grid_read(const char *path, const char *setup, const char *const *
         fits_clear_errmsg();
     }
     FITS_TRY(path, "cannot read keyword GRIDNAME of the primary header");
+    /* rvsfit-cl-mkgrid's physics options, carried into the library so that a check against
+     * fresh spectra can make them with the same physics */
+    g->vdw_mode[0] = '\0';
+    g->sampling_broadening = NAN;
+    if (fits_read_key_str(f, "VDWMODE", value, NULL, &fst) == 0) {
+        snprintf(g->vdw_mode, sizeof g->vdw_mode, "%s", value);
+        if (fits_read_key_dbl(f, "SAMPBRD", &g->sampling_broadening, NULL, &fst) == KEY_NO_EXIST) {
+            fst = 0;
+            fits_clear_errmsg();
+        }
+    } else if (fst == KEY_NO_EXIST) {
+        fst = 0;
+        fits_clear_errmsg();
+    }
+    FITS_TRY(path, "cannot read keyword VDWMODE or SAMPBRD of the primary header");
     if (fits_read_key_str(f, "SETUP", value, NULL, &fst) == 0)
         snprintf(g->setup, sizeof g->setup, "%s", value);
     else if (fst == KEY_NO_EXIST) {
@@ -610,6 +625,8 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *g,
     q->ntrain = (long)prov->ntrain;
     q->nvalid = (long)prov->nval;
     q->nepoch = (long)prov->epochs;
+    snprintf(q->grid_vdw, sizeof q->grid_vdw, "%s", prov->grid_vdw ? prov->grid_vdw : "");
+    q->grid_sampling = prov->grid_vdw ? prov->grid_sampling : NAN;
     /* the templates' LSF (doc/template-library.md sec. 2.1) */
     if (isfinite(prov->lsf_sigma))
         c.lsf = (struct rvs_library_lsf){.kind = RVS_LIBRARY_LSF_GAUSSIAN,

@@ -153,9 +153,31 @@ h = fits.getheader(sys.argv[1])
 ok = h['RVSFVER'] == 2 and h['LSFTYPE'] == 'GAUSSIAN' and h['LSFSIG'] == 0.5 and h['LSFRMAT']
 h0 = fits.getheader(sys.argv[2])
 ok = ok and h0['LSFTYPE'] == 'UNKNOWN' and not h0['LSFRMAT']
+# the grid has no rvsfit-cl-mkgrid physics keywords: the library has none either
+ok = ok and 'VDWMODE' not in h0 and 'SAMPBRD' not in h0
 sys.exit(0 if ok else 1)
 EOF_PY
     fail "LSF keywords of the trained libraries"
+# a grid that records rvsfit-cl-mkgrid's physics (VDWMODE, SAMPBRD): the library carries both
+"$py" - "$scratch/grid.fits" "$scratch/gridphys.fits" <<'EOF_PY' || fail "writing the grid with physics keywords"
+import sys
+from astropy.io import fits
+with fits.open(sys.argv[1]) as h:
+    h[0].header['VDWMODE'] = 'abo-scaled'
+    h[0].header['SAMPBRD'] = 0.3
+    h.writeto(sys.argv[2], overwrite=True)
+EOF_PY
+mkdir -p "$scratch/libphys"
+# shellcheck disable=SC2086
+run 0 "training on a grid with physics keywords" -- "$train" --grid "$scratch/gridphys.fits" \
+    --out "$scratch/libphys" $common --epochs 1
+"$py" - "$scratch/libphys/rvsfit_toy_b.fits" <<'EOF_PY' || fail "VDWMODE/SAMPBRD carried into the library"
+import sys
+from astropy.io import fits
+h = fits.getheader(sys.argv[1])
+print('library VDWMODE', h.get('VDWMODE'), 'SAMPBRD', h.get('SAMPBRD'))
+sys.exit(0 if h.get('VDWMODE') == 'abo-scaled' and h.get('SAMPBRD') == 0.3 else 1)
+EOF_PY
 run 1 "--resolution-matrix-library without an LSF" -- "$train" --grid "$scratch/grid.fits" \
     --out "$scratch/liblsf" $common --epochs 1 --force --resolution-matrix-library
 expect_in err "needs the templates' LSF" "resolution-matrix library without LSF message"

@@ -55,6 +55,10 @@ struct rvs_library_provenance {
     double trnloss, valerr;
     double valmed, val99; /* VALMED, VAL99: held-out median and 99th percentile |dflux|/flux */
     long ntrain, nvalid, nepoch; /* NTRAIN, NVALID, NEPOCH of rvsfit-cl-train (-1: absent) */
+    /* VDWMODE, SAMPBRD: the physics of an rvsfit-cl-mkgrid grid ("" and NAN when absent;
+     * written only when grid_vdw is not empty) */
+    char grid_vdw[RVS_LIBRARY_STRLEN];
+    double grid_sampling;
 };
 
 /* The templates' line-spread function (format version 2, doc/template-library.md §2.1): what

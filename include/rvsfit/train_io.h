@@ -27,6 +27,9 @@ struct rvs_train_grid {
     char setup[72];   /* the grid's SETUP keyword, "" when absent */
     double lsf_sigma; /* Gaussian LSF sigma in Å from the flux HDU's FWHM keyword (rvsfit-cl-mkgrid
                        * writes it) or LSFSIG; NAN when the grid does not say */
+    /* the generator physics rvsfit-cl-mkgrid records (VDWMODE, SAMPBRD): "" and NAN when absent */
+    char vdw_mode[72];
+    double sampling_broadening;
 };
 
 /* Reads a grid file: parameter columns `names` (case-insensitive) of the PARAMS table (rows with
@@ -76,6 +79,8 @@ struct rvs_train_provenance {
     size_t ntrain, nval, epochs;
     double lsf_sigma;      /* LSFSIG: the templates' Gaussian sigma in Å (NAN: LSFTYPE UNKNOWN) */
     int resolution_matrix; /* LSFRMAT: made for the resolution-matrix path */
+    const char *grid_vdw;  /* VDWMODE, SAMPBRD: the grid's generator physics (NULL: unknown) */
+    double grid_sampling;
 };
 
 /* Writes <dir>/rvsfit_<setup>.fits (doc/template-library.md, version 2, with the LSF keywords): WAVE, PARAMS, the

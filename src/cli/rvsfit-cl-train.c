@@ -767,6 +767,8 @@ int main(int argc, char **argv)
                          RVS_OK)
         goto done;
     struct rvs_train_provenance prov = {
+        .grid_vdw = grid.vdw_mode[0] ? grid.vdw_mode : NULL,
+        .grid_sampling = grid.sampling_broadening,
         .setup = setup, .gridname = grid.gridname, .traincmd = cmdline, .librev = revision,
         .train_loss = final_train, .val_loss = nval ? final_val : NAN,
         .err_median = nval ? med : NAN, .err_p99 = nval ? p99 : NAN, .ntrain = ntrain,
