@@ -10,6 +10,9 @@
 
 #include "internal.h"
 
+/* the largest kernel source an override may be (the embedded ones are below 100 kB) */
+#define RVS_KERNEL_SOURCE_MAX (16 << 20)
+
 static int read_whole_file(const char *path, char **text, size_t *size)
 {
     int status = RVS_OK;
@@ -68,6 +71,17 @@ int rvs_kernel_source_load(const char *file_name, char **text, size_t *size, cha
             return RVS_ERR_NOMEM;
         snprintf(path, n, "%s/%s", dir, file_name);
         if (stat(path, &st) == 0) {
+            /* a directory or device of that name (ftell on a directory gives LONG_MAX on
+             * glibc: reading it would ask for 2^63 bytes) or an absurd size is refused */
+            if (!S_ISREG(st.st_mode) || st.st_size > RVS_KERNEL_SOURCE_MAX) {
+                rvs_log(RVS_LOG_ERROR, "kernels",
+                        "%s in RVSFIT_CL_KERNEL_DIR is %s; an override must be a regular kernel "
+                        "source file (at most %d MB): remove it or unset RVSFIT_CL_KERNEL_DIR",
+                        path, !S_ISREG(st.st_mode) ? "not a regular file" : "too large",
+                        RVS_KERNEL_SOURCE_MAX >> 20);
+                free(path);
+                return RVS_ERR_KERNEL_SOURCE;
+            }
             int status = read_whole_file(path, text, size);
             if (status == RVS_OK) {
                 snprintf(origin, origin_size, "override %s", path);

@@ -922,8 +922,9 @@ int rvs_library_open_file(const char *path, struct rvs_library_arm **arm)
     rvs_nn_desc_init(&a->c.nn);
     if (access(path, R_OK) != 0) {
         rvs_log(RVS_LOG_ERROR, MOD,
-                "%s: cannot read the template-library file: %s; check --library (the directory "
-                "must hold rvsfit_<setup>.fits for every arm fitted)",
+                "%s: cannot read the template-library file: %s; check the library directory "
+                "given (rvsfit-cl --template-lib, rvsfit-cl-mock --library): it must hold "
+                "rvsfit_<setup>.fits for every arm fitted",
                 path, strerror(errno));
         status = RVS_ERR_IO;
         goto cleanup;

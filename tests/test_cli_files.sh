@@ -159,5 +159,8 @@ expect_in err "device fit" "--profile device stages"
 run 1 "missing template library" -- "$RVSFIT_CL" --template-lib "$scratch/nolib" \
     --targetid 1 --output-dir res "$good1"
 expect_in err "nolib" "the library directory is named"
+# issue 19 item 13: the message names the option that exists (--template-lib), not --library
+expect_in err "rvsfit-cl --template-lib" "the library message names --template-lib"
+expect_not_in err "check --library" "no advice to use an option rvsfit-cl does not have"
 
 finish

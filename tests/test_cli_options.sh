@@ -117,6 +117,8 @@ bad "invalid --fitarm 'b,x'" --fitarm b,x
 bad "invalid --fitarm ''" --fitarm ''
 bad "invalid --param-init 'grid'" --param-init grid
 bad "invalid --objtypes pattern 'MWS_\\(" --objtypes 'MWS_('
+# issue 19 item 14: a pattern that names no DESI target bit is a usage error (2), found before any file
+bad "--objtypes 'NOSUCHBIT' matches no target bit" --objtypes NOSUCHBIT
 bad "invalid --output-tab-prefix 'a/b'" --output-tab-prefix a/b
 bad "invalid --output-mod-prefix ''" --output-mod-prefix ''
 bad "invalid --log-level 'LOUD'" --log-level LOUD

@@ -26,6 +26,13 @@ grep -q '+ 1.0f' "$dir/selftest.cl" || fail "could not make the wrong kernel"
 run 3 "wrong kernel" -- env RVSFIT_CL_KERNEL_DIR="$dir" "$RVSFIT_CL" --self-test
 expect_in err 'SELF-TEST FAILED .*axpy kernel: y\[0\] = 1, expected 0' "wrong answer caught"
 
+# issue 19 item 11: an entry of the override directory that is not a regular file (here a
+# directory named like a kernel) is refused with a message, not read as 2^63 bytes
+mkdir -p "$scratch/dirkernels/selftest.cl"
+run 3 "override entry is a directory" -- env RVSFIT_CL_KERNEL_DIR="$scratch/dirkernels" "$RVSFIT_CL" --self-test
+expect_in err "selftest.cl in RVSFIT_CL_KERNEL_DIR is not a regular file" "directory entry named"
+expect_not_in err "out of host memory" "no giant allocation"
+
 # an override directory that is not a directory is an error, not ignored
 run 3 "override dir missing" -- env RVSFIT_CL_KERNEL_DIR="$scratch/nowhere" "$RVSFIT_CL" --self-test
 expect_in err "RVSFIT_CL_KERNEL_DIR=$scratch/nowhere is not a directory" "missing dir reported"

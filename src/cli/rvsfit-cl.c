@@ -360,6 +360,55 @@ static int check_prefix(const char *option, const char *value)
     return RVS_EXIT_OK;
 }
 
+/* A pattern list that matches no bit name of any DESI survey's desi_mask (main, SV1-3, CMX) is a
+ * usage error found here, before any file is read (rvs_targetmask_match would refuse it in
+ * every file). Where the bit tables cannot be read, the per-file check still applies. */
+static int check_objtypes_known(const char *list)
+{
+    static const char *const surveys[] = {"main", "sv1", "sv2", "sv3", "cmx"};
+    int loaded = 0, matched = 0;
+    char *copy = strdup(list);
+    if (!copy)
+        return RVS_EXIT_FAILURE;
+    for (size_t k = 0; k < sizeof surveys / sizeof surveys[0] && !matched; k++) {
+        struct rvs_targetmask *mask = NULL;
+        int level = rvs_log_get_level();
+        rvs_log_set_level(RVS_LOG_CRITICAL); /* a missing table is not this option's problem */
+        int rc = rvs_targetmask_load(surveys[k], NULL, &mask);
+        rvs_log_set_level(level);
+        if (rc != RVS_OK)
+            continue;
+        loaded++;
+        strcpy(copy, list);
+        char *save = NULL;
+        for (char *tok = strtok_r(copy, ",", &save); tok && !matched;
+             tok = strtok_r(NULL, ",", &save)) {
+            /* anchored at the start, as Python's re.match and rvs_targetmask_match */
+            size_t n = strlen(tok) + 5;
+            char *anchored = malloc(n);
+            regex_t re;
+            if (!anchored)
+                break;
+            snprintf(anchored, n, "^(%s)", tok);
+            if (regcomp(&re, anchored, REG_EXTENDED | REG_NOSUB) == 0) {
+                for (size_t i = 0; i < rvs_targetmask_count(mask) && !matched; i++) {
+                    int bit;
+                    matched = regexec(&re, rvs_targetmask_entry(mask, i, &bit), 0, NULL, 0) == 0;
+                }
+                regfree(&re);
+            }
+            free(anchored);
+        }
+        rvs_targetmask_destroy(&mask);
+    }
+    free(copy);
+    if (loaded && !matched)
+        return bad_value("--objtypes '%s' matches no target bit of DESI's desi_mask (main, SV1-3, "
+                         "CMX; e.g. MWS_ANY, STD_FAINT, MWS_BROAD): check the names",
+                         list);
+    return RVS_EXIT_OK;
+}
+
 /* --objtypes patterns are POSIX extended regular expressions (Python's re for these simple
  * cases); a syntax error is reported once here instead of failing every file. */
 static int check_objtypes(const char *list)
@@ -386,6 +435,8 @@ static int check_objtypes(const char *list)
         code = bad_value("--objtypes needs at least one pattern, e.g. MWS_ANY,STD_*");
     }
     free(copy);
+    if (code == RVS_EXIT_OK)
+        code = check_objtypes_known(list);
     return code;
 }
 
