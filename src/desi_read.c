@@ -8,6 +8,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stddef.h>
 #include <math.h>
 #include <stdarg.h>
@@ -654,6 +655,77 @@ cleanup:
     return status;
 }
 
+/* Sort key of the SCORES/FIBERMAP matching: a TARGETID and its row. */
+struct id_row {
+    int64_t id;
+    size_t row;
+};
+
+static int cmp_id_row(const void *a, const void *b)
+{
+    const struct id_row *x = a, *y = b;
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return x->row < y->row ? -1 : x->row > y->row;
+}
+
+/* SCORES rows belong to targets by TARGETID, not by position: where SCORES has a TARGETID column
+ * whose order differs from FIBERMAP's, the S/N columns are put in FIBERMAP's order (a TARGETID
+ * that occurs several times pairs its occurrences in order); a TARGETID of FIBERMAP that SCORES
+ * lacks is an error naming it. Without the column, rows are matched by position, as DESI writes
+ * them. */
+static int match_scores_to_fibermap(struct rvs_desi_file *f)
+{
+    int status = RVS_OK;
+    int64_t *sid = NULL;
+    struct id_row *a = NULL, *b = NULL;
+    double *tmp = NULL;
+    size_t n = f->nrows;
+    RVS_TRY(read_numeric(f, "SCORES", "TARGETID", 0, COL_INT, n, (void **)&sid));
+    if (!sid)
+        goto cleanup;
+    if (memcmp(sid, f->fm.targetid, n * sizeof *sid) == 0)
+        goto cleanup; /* the usual case: same order */
+    a = rvs_malloc(n * sizeof *a);
+    b = rvs_malloc(n * sizeof *b);
+    tmp = rvs_malloc(n * sizeof *tmp);
+    if (!a || !b || !tmp) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        a[i] = (struct id_row){f->fm.targetid[i], i};
+        b[i] = (struct id_row){sid[i], i};
+    }
+    qsort(a, n, sizeof *a, cmp_id_row);
+    qsort(b, n, sizeof *b, cmp_id_row);
+    for (size_t i = 0; i < n; i++)
+        if (a[i].id != b[i].id) {
+            rvs_log(RVS_LOG_ERROR, "desi",
+                    "%s: SCORES and FIBERMAP hold different TARGETIDs (FIBERMAP's %" PRId64
+                    " has no SCORES row of its own): the file is inconsistent; remake it or "
+                    "drop SCORES (the S/N is then computed from the spectra)",
+                    f->path, a[i].id);
+            status = RVS_ERR_FORMAT;
+            goto cleanup;
+        }
+    for (int arm = 0; arm < RVS_DESI_NARMS; arm++) {
+        if (!f->sn[arm])
+            continue;
+        for (size_t i = 0; i < n; i++)
+            tmp[a[i].row] = f->sn[arm][b[i].row];
+        memcpy(f->sn[arm], tmp, n * sizeof *tmp);
+    }
+    rvs_log(RVS_LOG_INFO, "desi", "%s: SCORES rows are not in FIBERMAP's order; matched by TARGETID",
+            f->path);
+cleanup:
+    free(sid);
+    free(a);
+    free(b);
+    free(tmp);
+    return status;
+}
+
 static int read_scores(struct rvs_desi_file *f)
 {
     int status = RVS_OK, fst = 0, found = 0, colnum = 0;
@@ -694,6 +766,7 @@ static int read_scores(struct rvs_desi_file *f)
         }
         break;
     }
+    RVS_TRY(match_scores_to_fibermap(f));
 cleanup:
     return status;
 }

@@ -100,6 +100,9 @@ def bad(edr, out):
         t = h['FIBERMAP'].data.copy()
         t['TARGETID'][1] = t['TARGETID'][0]
         h['FIBERMAP'] = fits.BinTableHDU(t, name='FIBERMAP')
+        sc = h['SCORES'].data.copy()      # DESI writes the same TARGETIDs in SCORES
+        sc['TARGETID'][1] = sc['TARGETID'][0]
+        h['SCORES'] = fits.BinTableHDU(sc, name='SCORES')
     variant('dup-targetid.fits', dup)
 
     def nostatus(h):
@@ -110,6 +113,18 @@ def bad(edr, out):
     def scores(h):
         h['SCORES'] = fits.BinTableHDU(h['SCORES'].data[:3], name='SCORES')
     variant('short-scores.fits', scores)
+
+    # SCORES rows in reverse order (matched to FIBERMAP by TARGETID), and a SCORES row whose
+    # TARGETID is not in FIBERMAP (an inconsistent file)
+    def scores_reversed(h):
+        h['SCORES'] = fits.BinTableHDU(h['SCORES'].data[::-1].copy(), name='SCORES')
+    variant('scores-reversed.fits', scores_reversed)
+
+    def scores_foreign(h):
+        t = h['SCORES'].data.copy()
+        t['TARGETID'][2] = 123456789
+        h['SCORES'] = fits.BinTableHDU(t, name='SCORES')
+    variant('scores-foreign.fits', scores_foreign)
 
     def int32mask(h):
         m = (h['B_MASK'].data.astype(np.int64) & 0xffffffff).astype(np.uint32).view(np.int32)

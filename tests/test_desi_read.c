@@ -171,6 +171,29 @@ static void check_bad(const char *bad)
     CHECK(open_status(bad, "no-fiberstatus.fits", 7) == RVS_ERR_FORMAT, "no fiber status");
     CHECK(open_status(bad, "short-scores.fits", 7) == RVS_ERR_FORMAT, "SCORES rows");
     CHECK(open_status(bad, "dup-targetid.fits", 7) == RVS_OK, "duplicate TARGETIDs are kept");
+    /* issue 19 item 12: SCORES rows belong to targets by TARGETID, not by position */
+    CHECK(open_status(bad, "scores-foreign.fits", 7) == RVS_ERR_FORMAT,
+          "SCORES with a TARGETID that FIBERMAP lacks");
+    {
+        char p1[8192], p2[8192];
+        struct rvs_desi_file *f1 = NULL, *f2 = NULL;
+        snprintf(p2, sizeof p2, "%s/scores-reversed.fits", bad);
+        CHECK(rvs_desi_open(p2, RVS_DESI_ARMS_ALL, &f2) == RVS_OK, "reversed SCORES opens");
+        snprintf(p1, sizeof p1, "%s/reordered.fits", bad); /* same rows, SCORES in order */
+        CHECK(rvs_desi_open(p1, RVS_DESI_ARMS_ALL, &f1) == RVS_OK, "reference opens");
+        if (f1 && f2) {
+            size_t n = rvs_desi_nrows(f1), same = 0;
+            for (int a = 0; a < 3; a++)
+                for (size_t i = 0; i < n; i++) {
+                    double x = rvs_desi_scores_sn(f1, a)[i], y = rvs_desi_scores_sn(f2, a)[i];
+                    same += x == y || (isnan(x) && isnan(y));
+                }
+            CHECK(same == 3 * n, "reversed SCORES: %zu of %zu S/N values on their own targets",
+                  same, 3 * n);
+        }
+        rvs_desi_close(&f1);
+        rvs_desi_close(&f2);
+    }
     CHECK(open_status(bad, "reordered.fits", 7) == RVS_OK, "HDUs in reverse order");
     CHECK(open_status(bad, "coadd-gz.fits.gz", 7) == RVS_OK, "gzipped file");
     CHECK(open_status(bad, "bad-arms.fits", 7) == RVS_OK, "NaN/zero-ivar/masked arms read");
