@@ -10,6 +10,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -472,6 +473,8 @@ int rvs_select_targets(struct rvs_desi_file *file, const struct rvs_select_optio
     }
     if (!rvs_desi_scores_sn_source(file))
         RVS_TRY(sn_from_spectra(file, keep, options->batch_rows, sn_all));
+    size_t nan_sn = 0;
+    char nan_ids[160] = "";
     for (size_t i = 0; i < n; i++) {
         if (!keep[i])
             continue;
@@ -486,7 +489,23 @@ int rvs_select_targets(struct rvs_desi_file *file, const struct rvs_select_optio
                 maxsn = v;
         }
         keep[i] = maxsn > options->min_sn;
+        if (isnan(maxsn)) {
+            /* rvspecfit drops these silently; say which and why (issue 19) */
+            size_t len = strlen(nan_ids);
+            if (nan_sn < 5 && len + 24 < sizeof nan_ids)
+                snprintf(nan_ids + len, sizeof nan_ids - len, "%s%" PRId64, nan_sn ? ", " : "",
+                         fm->targetid[i]);
+            nan_sn++;
+        }
     }
+    if (nan_sn)
+        rvs_log(RVS_LOG_WARNING, "select",
+                "%s: %zu target(s) skipped because their S/N (%s) is NaN in a fitted arm, which "
+                "fails the --minsn cut as in rvspecfit: TARGETID %s%s",
+                path, nan_sn,
+                rvs_desi_scores_sn_source(file) ? rvs_desi_scores_sn_source(file)
+                                                : "from the spectra",
+                nan_ids, nan_sn > 5 ? ", ..." : "");
 
     /* 6: target bits. */
     int selecting_by_type = options->objtypes != NULL;

@@ -163,4 +163,18 @@ expect_in err "nolib" "the library directory is named"
 expect_in err "rvsfit-cl --template-lib" "the library message names --template-lib"
 expect_not_in err "check --library" "no advice to use an option rvsfit-cl does not have"
 
+# --- issue 19 item 2: a target whose SCORES S/N is NaN is not dropped without a word
+"$python" - "$example" nan-sn.fits <<'EOF_PY' || fail "crafting the NaN-S/N file"
+import sys
+from astropy.io import fits
+with fits.open(sys.argv[1]) as h:
+    h['SCORES'].data['MEDIAN_COADD_SNR_B'][0] = float('nan')
+    print(h['FIBERMAP'].data['TARGETID'][0])
+    h.writeto(sys.argv[2], overwrite=True)
+EOF_PY
+nan_tid=$("$python" -c "from astropy.io import fits; print(fits.getdata('nan-sn.fits', 'FIBERMAP')['TARGETID'][0])")
+run 0 "NaN S/N in SCORES" -- "$RVSFIT_CL" --targetid "$nan_tid" --output-dir res-nan nan-sn.fits
+expect_in err "1 target\(s\) skipped because their S/N \(MEDIAN_COADD_SNR\) is NaN.*TARGETID $nan_tid" \
+    "the NaN-S/N target is named"
+
 finish
