@@ -200,6 +200,29 @@ static int truncated(struct rvs_desi_file *f, long long *need, long long *have)
     return end > (long long)st.st_size && !strstr(f->path, ".gz");
 }
 
+/* The current HDU's header claims a data size (NAXISn, PCOUNT) that the file must hold: a damaged
+ * header (e.g. a FIBERMAP of 4e9 rows in a 5 MB file) is refused here, before any allocation of
+ * that size is tried. Plain files only (a gzipped file is smaller than its content). */
+static int check_hdu_size(struct rvs_desi_file *f, const char *name)
+{
+    int status = RVS_OK, fst = 0;
+    long long head = 0, data = 0, end = 0;
+    struct stat st;
+    fits_get_hduaddrll(f->fptr, &head, &data, &end, &fst);
+    RVS_FITS_CHECK(fst, f->path, "cannot read the extent of HDU %s", name);
+    if (stat(f->path, &st) != 0 || strstr(f->path, ".gz"))
+        goto cleanup;
+    if (end > (long long)st.st_size) {
+        rvs_log(RVS_LOG_ERROR, "desi",
+                "%s: HDU %s claims %lld bytes of data but the file has only %lld bytes after its "
+                "header: the header is damaged or the file truncated; copy or download it again",
+                f->path, name, end - data, (long long)st.st_size - data);
+        status = RVS_ERR_FORMAT;
+    }
+cleanup:
+    return status;
+}
+
 static int require_hdu(struct rvs_desi_file *f, const char *name, int *hdunum)
 {
     int status = RVS_OK, found = 0;
@@ -221,6 +244,7 @@ static int require_hdu(struct rvs_desi_file *f, const char *name, int *hdunum)
         status = RVS_ERR_FORMAT;
         goto cleanup;
     }
+    RVS_TRY(check_hdu_size(f, name));
     fits_get_hdu_num(f->fptr, hdunum);
 cleanup:
     return status;
@@ -738,6 +762,7 @@ static int read_scores(struct rvs_desi_file *f)
                 f->path);
         goto cleanup;
     }
+    RVS_TRY(check_hdu_size(f, "SCORES"));
     fits_get_num_rowsll(f->fptr, &nrows, &fst);
     RVS_FITS_CHECK(fst, f->path, "cannot read the SCORES header");
     if ((size_t)nrows != f->nrows) {

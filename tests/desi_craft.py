@@ -134,6 +134,15 @@ def bad(edr, out):
         h['B_MASK'] = fits.ImageHDU(m, name='B_MASK')
     variant('int32-mask.fits', int32mask)
 
+    # a FIBERMAP header claiming 4e9 rows (a damaged NAXIS2 card): refused before allocating
+    raw = bytearray(data)
+    at = raw.find(b"EXTNAME = 'FIBERMAP'")
+    start = raw.rfind(b'XTENSION', 0, at)
+    card = raw.find(b'NAXIS2  =', start)
+    raw[card:card + 80] = ('NAXIS2  = %20d / number of rows' % 4000000000).ljust(80).encode()
+    with open(os.path.join(out, 'huge-fibermap.fits'), 'wb') as fp:
+        fp.write(bytes(raw))
+
     hdus = [hdu.copy() for hdu in h0]
     # HDUs in another order: found by EXTNAME, never by position.
     fits.HDUList([hdus[0]] + hdus[:0:-1]).writeto(os.path.join(out, 'reordered.fits'),

@@ -170,6 +170,10 @@ static void check_bad(const char *bad)
     CHECK(open_status(bad, "empty-fibermap.fits", 7) == RVS_ERR_FORMAT, "empty FIBERMAP");
     CHECK(open_status(bad, "no-fiberstatus.fits", 7) == RVS_ERR_FORMAT, "no fiber status");
     CHECK(open_status(bad, "short-scores.fits", 7) == RVS_ERR_FORMAT, "SCORES rows");
+    /* issue 19 item 1: a header claiming more data than the file holds is a format error, found
+     * before the reader tries to allocate it */
+    CHECK(open_status(bad, "huge-fibermap.fits", 7) == RVS_ERR_FORMAT,
+          "FIBERMAP claiming 4e9 rows: %s", rvs_strerror(open_status(bad, "huge-fibermap.fits", 7)));
     CHECK(open_status(bad, "dup-targetid.fits", 7) == RVS_OK, "duplicate TARGETIDs are kept");
     /* issue 19 item 12: SCORES rows belong to targets by TARGETID, not by position */
     CHECK(open_status(bad, "scores-foreign.fits", 7) == RVS_ERR_FORMAT,
