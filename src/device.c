@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -23,6 +26,48 @@ static const char install_hint[] =
     "  'clinfo -l' lists what the loader sees.";
 
 const char *rvs_device_install_hint(void) { return install_hint; }
+
+/* PoCL keeps its kernel cache under $POCL_CACHE_DIR, else $XDG_CACHE_HOME/pocl, else
+ * $HOME/.cache/pocl, and gives up (the loader then reports no platform at all) when that cannot
+ * be created. Where no platform shows up, name that cause before the install hint. */
+static void log_cache_hint(void)
+{
+    const char *pocl = getenv("POCL_CACHE_DIR");
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    char dir[4096];
+    const char *from;
+    if (pocl && *pocl) {
+        snprintf(dir, sizeof dir, "%s", pocl);
+        from = "POCL_CACHE_DIR";
+    } else if (xdg && *xdg) {
+        snprintf(dir, sizeof dir, "%s", xdg);
+        from = "XDG_CACHE_HOME";
+    } else if (home && *home) {
+        snprintf(dir, sizeof dir, "%s/.cache", home);
+        from = "HOME";
+    } else {
+        return;
+    }
+    /* the directory itself, or the nearest existing parent, must be a writable directory */
+    char probe[4096];
+    snprintf(probe, sizeof probe, "%s", dir);
+    struct stat st;
+    while (stat(probe, &st) != 0) {
+        char *slash = strrchr(probe, '/');
+        if (!slash || slash == probe)
+            return;
+        *slash = '\0';
+    }
+    if (S_ISDIR(st.st_mode) && access(probe, W_OK | X_OK) == 0)
+        return;
+    rvs_log(RVS_LOG_ERROR, "device",
+            "the cache directory %s (from %s) cannot be created or written (%s is %s): PoCL, the "
+            "CPU OpenCL driver, fails without one and the loader then finds no platform. Set %s "
+            "(or POCL_CACHE_DIR) to a writable directory.",
+            dir, from, probe, S_ISDIR(st.st_mode) ? "a read-only directory" : "not a directory",
+            from);
+}
 
 const char *rvs_device_type_name(cl_device_type type)
 {
@@ -103,6 +148,7 @@ int rvs_device_list_query(struct rvs_device_list *list)
     cl_int err = clGetPlatformIDs(0, NULL, &nplat);
     /* The ICD loader answers CL_PLATFORM_NOT_FOUND_KHR (-1001) when no vendor is registered. */
     if (err == -1001 || (err == CL_SUCCESS && nplat == 0)) {
+        log_cache_hint();
         rvs_log(RVS_LOG_ERROR, "device", "%s", install_hint);
         return RVS_ERR_NO_PLATFORM;
     }
@@ -160,6 +206,7 @@ int rvs_device_list_query(struct rvs_device_list *list)
         }
     }
     if (list->count == 0) {
+        log_cache_hint();
         rvs_log(RVS_LOG_ERROR, "device", "OpenCL platforms found, but none has a device.\n%s",
                 install_hint);
         status = RVS_ERR_NO_DEVICE;

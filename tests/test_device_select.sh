@@ -86,4 +86,21 @@ expect_in err "/etc/OpenCL/vendors" "no-platform message names the vendors direc
 run 3 "no platform, self-test" -- env OCL_ICD_VENDORS="$scratch/no-vendors" \
     "$RVSFIT_CL" --self-test
 
+# issue 19 item 9: a cache directory that cannot be made (XDG_CACHE_HOME under a plain file)
+# stops PoCL, which the loader then reports as no platform: the message names the real cause.
+# Where PoCL is the only platform (CI), the run must fail with that message; where another
+# platform still answers, the run may succeed.
+: >"$scratch/a-file"
+only_pocl=0
+"$RVSFIT_CL" --list-devices 2>/dev/null | grep -v '^index' | grep -qv 'Portable Computing' || only_pocl=1
+if env -u POCL_CACHE_DIR XDG_CACHE_HOME="$scratch/a-file/cache" "$RVSFIT_CL" --list-devices \
+    >"$scratch/xdg.out" 2>"$scratch/xdg.err"; then
+    [ "$only_pocl" -eq 1 ] && fail "PoCL worked without a cache directory? $(cat "$scratch/xdg.out")"
+else
+    grep -q "the cache directory $scratch/a-file/cache (from XDG_CACHE_HOME) cannot be created" \
+        "$scratch/xdg.err" || fail "unwritable cache not named: $(cat "$scratch/xdg.err")"
+    grep -q "Set XDG_CACHE_HOME (or POCL_CACHE_DIR) to a writable directory" "$scratch/xdg.err" ||
+        fail "no fix given for the unwritable cache"
+fi
+
 finish
