@@ -223,6 +223,31 @@ cleanup:
     return status;
 }
 
+/* 1 when walking the HDUs from the first stops at one whose header cfitsio cannot parse (a
+ * negative NAXIS2, BITPIX 17, no END card, a corrupt compressed stream) rather than at the end
+ * of the file: *hdu gets its number (1-based), *code and why cfitsio's error. The file is left
+ * positioned at the primary HDU when possible. */
+static int damaged_header(struct rvs_desi_file *f, int *hdu, int *code, char *why)
+{
+    int fst = 0, type = 0, n = 1;
+    fits_write_errmark();
+    fits_movabs_hdu(f->fptr, 1, &type, &fst);
+    while (fst == 0) {
+        fits_movrel_hdu(f->fptr, 1, &type, &fst);
+        n++;
+    }
+    int damaged = fst != END_OF_FILE;
+    if (damaged) {
+        *hdu = n;
+        *code = fst;
+        fits_get_errstatus(fst, why);
+    }
+    fits_clear_errmark();
+    fst = 0;
+    fits_movabs_hdu(f->fptr, 1, &type, &fst);
+    return damaged;
+}
+
 static int require_hdu(struct rvs_desi_file *f, const char *name, int *hdunum)
 {
     int status = RVS_OK, found = 0;
@@ -237,10 +262,20 @@ static int require_hdu(struct rvs_desi_file *f, const char *name, int *hdunum)
         goto cleanup;
     }
     if (!found) {
-        rvs_log(RVS_LOG_ERROR, "desi",
-                "%s: HDU %s is missing: not a complete DESI coadd/spectra file (or drop that arm "
-                "with --fitarm)",
-                f->path, name);
+        int bad_hdu = 0, code = 0;
+        char why[FLEN_ERRMSG] = "";
+        if (damaged_header(f, &bad_hdu, &code, why)) {
+            rvs_log(RVS_LOG_ERROR, "desi",
+                    "%s: the header of HDU %d is damaged (cfitsio %d: %s), so HDU %s cannot be "
+                    "reached: the file is corrupt; copy or download it again",
+                    f->path, bad_hdu, code, why, name);
+        } else {
+            /* only an arm's HDUs can be done without (--fitarm); FIBERMAP and the rest cannot */
+            int arm_hdu = (name[0] == 'B' || name[0] == 'R' || name[0] == 'Z') && name[1] == '_';
+            rvs_log(RVS_LOG_ERROR, "desi", "%s: HDU %s is missing: not a complete DESI coadd/spectra "
+                    "file%s",
+                    f->path, name, arm_hdu ? " (or drop that arm with --fitarm)" : "");
+        }
         status = RVS_ERR_FORMAT;
         goto cleanup;
     }

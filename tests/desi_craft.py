@@ -143,6 +143,30 @@ def bad(edr, out):
     with open(os.path.join(out, 'huge-fibermap.fits'), 'wb') as fp:
         fp.write(bytes(raw))
 
+    # damaged headers (issue 19 item 10): reported as damaged, not as a missing HDU
+    def edit_card(raw, extname, key, value):
+        at = raw.find(b"EXTNAME = '%s" % extname.encode())
+        start = raw.rfind(b'XTENSION', 0, at)
+        card = raw.find(key.ljust(8).encode() + b'=', start)
+        raw[card:card + 80] = ('%-8s= %20s' % (key, value)).ljust(80).encode()
+    for name, ext, key, value in (('negative-naxis2.fits', 'B_FLUX', 'NAXIS2', '-5'),
+                                  ('bitpix17.fits', 'B_FLUX', 'BITPIX', '17')):
+        raw = bytearray(data)
+        edit_card(raw, ext, key, value)
+        with open(os.path.join(out, name), 'wb') as fp:
+            fp.write(bytes(raw))
+    raw = bytearray(data)
+    at = raw.find(b"EXTNAME = 'B_FLUX")
+    end = raw.find(b'END' + b' ' * 77, at)
+    raw[end:end + 80] = b' ' * 80
+    with open(os.path.join(out, 'no-end.fits'), 'wb') as fp:
+        fp.write(bytes(raw))
+    gz = bytearray(gzip.compress(data))
+    for k in range(len(gz) // 3, len(gz) // 3 + 64):
+        gz[k] ^= 0x5a
+    with open(os.path.join(out, 'corrupt.fits.gz'), 'wb') as fp:
+        fp.write(bytes(gz))
+
     hdus = [hdu.copy() for hdu in h0]
     # HDUs in another order: found by EXTNAME, never by position.
     fits.HDUList([hdus[0]] + hdus[:0:-1]).writeto(os.path.join(out, 'reordered.fits'),

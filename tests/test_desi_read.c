@@ -149,6 +149,25 @@ static int open_status(const char *dir, const char *name, unsigned arms)
     return st;
 }
 
+/* open_status with the messages captured in msg (issue 19: what the user is told) */
+static int open_message(const char *dir, const char *name, unsigned arms, char *msg, size_t size)
+{
+    FILE *log = tmpfile();
+    msg[0] = '\0';
+    if (log)
+        rvs_log_set_stream(log);
+    int st = open_status(dir, name, arms);
+    rvs_log_set_stream(NULL);
+    if (log) {
+        rewind(log);
+        size_t n = fread(msg, 1, size - 1, log);
+        msg[n] = '\0';
+        fclose(log);
+    }
+    fputs(msg, stderr);
+    return st;
+}
+
 static void check_bad(const char *bad)
 {
     CHECK(open_status(bad, "does-not-exist.fits", 7) == RVS_ERR_IO, "missing file");
@@ -170,6 +189,25 @@ static void check_bad(const char *bad)
     CHECK(open_status(bad, "empty-fibermap.fits", 7) == RVS_ERR_FORMAT, "empty FIBERMAP");
     CHECK(open_status(bad, "no-fiberstatus.fits", 7) == RVS_ERR_FORMAT, "no fiber status");
     CHECK(open_status(bad, "short-scores.fits", 7) == RVS_ERR_FORMAT, "SCORES rows");
+    /* issue 19 item 10: damaged headers are named as damaged, never as a missing HDU with a
+     * --fitarm hint; the hint is only for an arm's HDUs (not for a missing FIBERMAP) */
+    {
+        static const char *const damaged[] = {"negative-naxis2.fits", "bitpix17.fits",
+                                              "no-end.fits", "corrupt.fits.gz"};
+        char msg[4096];
+        for (size_t k = 0; k < sizeof damaged / sizeof damaged[0]; k++) {
+            int st = open_message(bad, damaged[k], 7, msg, sizeof msg);
+            CHECK(st == RVS_ERR_FORMAT || st == RVS_ERR_IO, "%s: %s", damaged[k], rvs_strerror(st));
+            CHECK(!strstr(msg, "--fitarm") && !strstr(msg, "is missing"),
+                  "%s reported as a missing HDU: %s", damaged[k], msg);
+        }
+        open_message(bad, "no-fibermap.fits", 7, msg, sizeof msg);
+        CHECK(strstr(msg, "FIBERMAP is missing") && !strstr(msg, "--fitarm"),
+              "missing FIBERMAP: %s", msg);
+        open_message(bad, "no-rflux.fits", 7, msg, sizeof msg);
+        CHECK(strstr(msg, "R_FLUX is missing") && strstr(msg, "--fitarm"), "missing R_FLUX: %s",
+              msg);
+    }
     /* issue 19 item 1: a header claiming more data than the file holds is a format error, found
      * before the reader tries to allocate it */
     CHECK(open_status(bad, "huge-fibermap.fits", 7) == RVS_ERR_FORMAT,
