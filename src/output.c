@@ -858,6 +858,98 @@ cleanup:
     return status;
 }
 
+/* The SCORES rows of the FIBERMAP rows fib_rows[0..n) (the current HDU is SCORES, with nrows
+ * rows as FIBERMAP): the same rows where SCORES has no TARGETID column or its TARGETIDs follow
+ * FIBERMAP's; else each FIBERMAP row's own TARGETID row (the k-th occurrence of a repeated
+ * TARGETID paired with the k-th), as the reader matches them. */
+struct out_id_row {
+    long long id;
+    long row;
+};
+
+static int cmp_out_id_row(const void *a, const void *b)
+{
+    const struct out_id_row *x = a, *y = b;
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+static int scores_rows(fitsfile *in, const char *path, const long *fib_rows, size_t n, long nrows,
+                       long **out_rows)
+{
+    int status = RVS_OK, fst = 0, scol = 0, fcol = 0, hdu = 0;
+    long long *sid = NULL, *fid = NULL;
+    struct out_id_row *a = NULL, *b = NULL;
+    long *map = NULL, *rows = rvs_malloc((n ? n : 1) * sizeof *rows);
+    *out_rows = NULL;
+    if (!rows)
+        return RVS_ERR_NOMEM;
+    for (size_t k = 0; k < n; k++)
+        rows[k] = fib_rows[k];
+    fits_write_errmark();
+    fits_get_colnum(in, CASEINSEN, "TARGETID", &scol, &fst);
+    fits_clear_errmark();
+    if (fst) { /* no TARGETID in SCORES: by position, as DESI writes them */
+        fst = 0;
+        goto done;
+    }
+    fits_get_hdu_num(in, &hdu);
+    sid = rvs_malloc((nrows ? nrows : 1) * sizeof *sid);
+    fid = rvs_malloc((nrows ? nrows : 1) * sizeof *fid);
+    if (!sid || !fid) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    fits_read_col(in, TLONGLONG, scol, 1, 1, nrows, NULL, sid, NULL, &fst);
+    FITS_CHECK(path, "read TARGETID of HDU SCORES");
+    RVS_TRY(move_to_table(in, path, "FIBERMAP", 0, &(int){0}));
+    fits_get_colnum(in, CASEINSEN, "TARGETID", &fcol, &fst);
+    fits_read_col(in, TLONGLONG, fcol, 1, 1, nrows, NULL, fid, NULL, &fst);
+    FITS_CHECK(path, "read TARGETID of HDU FIBERMAP");
+    fits_movabs_hdu(in, hdu, NULL, &fst);
+    FITS_CHECK(path, "move back to HDU SCORES");
+    if (memcmp(sid, fid, (size_t)nrows * sizeof *sid) == 0)
+        goto done;
+    a = rvs_malloc((size_t)nrows * sizeof *a);
+    b = rvs_malloc((size_t)nrows * sizeof *b);
+    map = rvs_malloc((size_t)nrows * sizeof *map);
+    if (!a || !b || !map) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    for (long i = 0; i < nrows; i++) {
+        a[i] = (struct out_id_row){fid[i], i};
+        b[i] = (struct out_id_row){sid[i], i};
+    }
+    qsort(a, (size_t)nrows, sizeof *a, cmp_out_id_row);
+    qsort(b, (size_t)nrows, sizeof *b, cmp_out_id_row);
+    for (long i = 0; i < nrows; i++) {
+        if (a[i].id != b[i].id) {
+            rvs_log(RVS_LOG_ERROR, "output",
+                    "%s: SCORES and FIBERMAP hold different TARGETIDs (%lld); the file is "
+                    "inconsistent",
+                    path, a[i].id);
+            status = RVS_ERR_FORMAT;
+            goto cleanup;
+        }
+        map[a[i].row] = b[i].row;
+    }
+    for (size_t k = 0; k < n; k++)
+        rows[k] = map[fib_rows[k]];
+done:
+    *out_rows = rows;
+    rows = NULL;
+cleanup:
+    free(rows);
+    free(sid);
+    free(fid);
+    free(a);
+    free(b);
+    free(map);
+    return status;
+}
+
 static int write_rvtab_file(fitsfile *in, const struct rvs_output_request *req, const char *tmp,
                             const long *fib_rows)
 {
@@ -867,6 +959,7 @@ static int write_rvtab_file(fitsfile *in, const struct rvs_output_request *req, 
     long *exp_rows = NULL;
     size_t nexp = 0;
     long fib_n = 0, scores_n = 0;
+    long *score_rows = NULL;
     RVS_TRY(create_fits(tmp, &out));
     RVS_TRY(write_primary(out, tmp, req, NULL));
     RVS_TRY(move_to_table(in, req->input_path, "FIBERMAP", 0, &present));
@@ -875,17 +968,22 @@ static int write_rvtab_file(fitsfile *in, const struct rvs_output_request *req, 
     RVS_TRY(write_rvtab_hdu(out, tmp, in, req));
     RVS_TRY(read_selected_targetids(in, req->input_path, req, &ids));
     RVS_TRY(copy_table_rows(in, req->input_path, "FIBERMAP", out, tmp, fib_rows, req->nrows));
-    RVS_TRY(move_to_table(in, req->input_path, "SCORES", 0, &present));
-    fits_get_num_rows(in, &scores_n, &fst);
-    FITS_CHECK(req->input_path, "read the size of HDU SCORES");
-    if (scores_n != fib_n) {
-        rvs_log(RVS_LOG_ERROR, "output",
-                "%s: SCORES has %ld rows but FIBERMAP has %ld; they must be row-matched",
-                req->input_path, scores_n, fib_n);
-        status = RVS_ERR_FORMAT;
-        goto cleanup;
+    /* SCORES is optional, as for the reader (the S/N then came from the spectra); its rows
+     * belong to targets by TARGETID (issue 19) */
+    RVS_TRY(move_to_table(in, req->input_path, "SCORES", 1, &present));
+    if (present) {
+        fits_get_num_rows(in, &scores_n, &fst);
+        FITS_CHECK(req->input_path, "read the size of HDU SCORES");
+        if (scores_n != fib_n) {
+            rvs_log(RVS_LOG_ERROR, "output",
+                    "%s: SCORES has %ld rows but FIBERMAP has %ld; they must be row-matched",
+                    req->input_path, scores_n, fib_n);
+            status = RVS_ERR_FORMAT;
+            goto cleanup;
+        }
+        RVS_TRY(scores_rows(in, req->input_path, fib_rows, req->nrows, fib_n, &score_rows));
+        RVS_TRY(copy_table_rows(in, req->input_path, "SCORES", out, tmp, score_rows, req->nrows));
     }
-    RVS_TRY(copy_table_rows(in, req->input_path, "SCORES", out, tmp, fib_rows, req->nrows));
     RVS_TRY(move_to_table(in, req->input_path, "EXP_FIBERMAP", 1, &present));
     if (present) {
         RVS_TRY(select_rows_by_targetid(in, req->input_path, "EXP_FIBERMAP", ids, req->nrows,
@@ -901,6 +999,7 @@ cleanup:
     }
     free(ids);
     free(exp_rows);
+    free(score_rows);
     return status;
 }
 

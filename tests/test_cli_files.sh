@@ -177,4 +177,38 @@ run 0 "NaN S/N in SCORES" -- "$RVSFIT_CL" --targetid "$nan_tid" --output-dir res
 expect_in err "1 target\(s\) skipped because their S/N \(MEDIAN_COADD_SNR\) is NaN.*TARGETID $nan_tid" \
     "the NaN-S/N target is named"
 
+# --- issue 19 item 3: a coadd without SCORES (S/N from the spectra) is written, not rejected after
+# the fit; and (item 12) reordered SCORES rows are written with their own targets
+"$python" - "$example" no-scores.fits scores-rev.fits <<'EOF_PY' || fail "crafting the SCORES files"
+import sys
+from astropy.io import fits
+with fits.open(sys.argv[1]) as h:
+    fits.HDUList([x for x in h if x.name != 'SCORES']).writeto(sys.argv[2], overwrite=True)
+    h['SCORES'] = fits.BinTableHDU(h['SCORES'].data[::-1].copy(), name='SCORES',
+                                   header=h['SCORES'].header)
+    h.writeto(sys.argv[3], overwrite=True)
+EOF_PY
+tid2=$("$python" -c "from astropy.io import fits; print(fits.getdata('$example', 'FIBERMAP')['TARGETID'][2])")
+run 0 "no SCORES" -- "$RVSFIT_CL" --targetid "$tid2" --output-dir res-noscores --no-subdirs no-scores.fits
+run 0 "reversed SCORES" -- "$RVSFIT_CL" --targetid "$tid2" --output-dir res-screv --no-subdirs scores-rev.fits
+"$python" - "$example" "$tid2" <<'EOF_PY' || fail "outputs of the SCORES variants"
+import sys
+import numpy as np
+from astropy.io import fits
+ex, tid = sys.argv[1], int(sys.argv[2])
+ref = fits.getdata(ex, 'SCORES')
+want = ref[list(fits.getdata(ex, 'FIBERMAP')['TARGETID']).index(tid)]
+a = fits.open('res-noscores/rvtab_no-scores.fits')
+ok = 'SCORES' not in [x.name for x in a] and len(a['RVTAB'].data) == 1
+print('no SCORES: HDUs', [x.name for x in a], 'rows', len(a['RVTAB'].data))
+b = fits.open('res-screv/rvtab_scores-rev.fits')
+got = b['SCORES'].data
+ok = ok and len(got) == 1 and got['TARGETID'][0] == tid
+ok = ok and got['MEDIAN_COADD_SNR_B'][0] == want['MEDIAN_COADD_SNR_B']
+ok = ok and np.isclose(b['RVTAB'].data['SN_B'][0], want['MEDIAN_COADD_SNR_B'])
+print('reversed SCORES: TARGETID', got['TARGETID'][0], 'S/N', got['MEDIAN_COADD_SNR_B'][0],
+      'want', want['MEDIAN_COADD_SNR_B'], 'SN_B', b['RVTAB'].data['SN_B'][0])
+sys.exit(0 if ok else 1)
+EOF_PY
+
 finish
