@@ -18,6 +18,7 @@
  *  - RVS_DEV/RVS_DRV record the OpenCL device and driver; DEPNAM00/01 are rvsfit-cl, cfitsio. */
 #include <config.h>
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,7 +114,7 @@ static int needs_long_strings(const struct rvs_output_request *req)
 /* PRIMARY as get_prim_header: DEPNAMnn/DEPVERnn, TMPLCONi/TMPLREVi/TMPLSVRi, RVS_CONF, RVS_CMD,
  * RR_FILE, then ours (RVS_DEV, RVS_DRV), then (rvmod, `in` given) the input's copied keys. */
 static int write_primary(fitsfile *out, const char *file, const struct rvs_output_request *req,
-                         fitsfile *in)
+                         fitsfile *in, const struct rvs_output_pair_id *pair)
 {
     int status = RVS_OK, fst = 0;
     char key[FLEN_KEYWORD], version[32];
@@ -174,6 +175,10 @@ static int write_primary(fitsfile *out, const char *file, const struct rvs_outpu
         RVS_TRY(put_string_key(out, file, "RVS_DEV", req->device, "OpenCL device used"));
     if (req->driver)
         RVS_TRY(put_string_key(out, file, "RVS_DRV", req->driver, "OpenCL driver version"));
+    /* the pair and its input (issue 19): --skipexisting accepts two files only when both carry
+     * the same RVS_PAIR and the input still has the RVS_INID they were made from */
+    RVS_TRY(put_string_key(out, file, "RVS_PAIR", pair->pair, "same in the rvtab and rvmod of a run"));
+    RVS_TRY(put_string_key(out, file, "RVS_INID", pair->input, "input size:mtime they come from"));
 
     if (in) {
         fits_movabs_hdu(in, 1, NULL, &fst);
@@ -837,12 +842,12 @@ cleanup:
 }
 
 static int write_rvmod(fitsfile *in, const struct rvs_output_request *req, const char *tmp,
-                       const long *fib_rows)
+                       const long *fib_rows, const struct rvs_output_pair_id *pair)
 {
     int status = RVS_OK, present = 0;
     fitsfile *out = NULL;
     RVS_TRY(create_fits(tmp, &out));
-    RVS_TRY(write_primary(out, tmp, req, in));
+    RVS_TRY(write_primary(out, tmp, req, in, pair));
     for (int a = 0; a < RVS_DESI_NARMS; a++)
         if (req->arms & (1u << a))
             RVS_TRY(write_arm_images(out, tmp, in, req, a));
@@ -951,7 +956,7 @@ cleanup:
 }
 
 static int write_rvtab_file(fitsfile *in, const struct rvs_output_request *req, const char *tmp,
-                            const long *fib_rows)
+                            const long *fib_rows, const struct rvs_output_pair_id *pair)
 {
     int status = RVS_OK, present = 0, fst = 0;
     fitsfile *out = NULL;
@@ -961,7 +966,7 @@ static int write_rvtab_file(fitsfile *in, const struct rvs_output_request *req, 
     long fib_n = 0, scores_n = 0;
     long *score_rows = NULL;
     RVS_TRY(create_fits(tmp, &out));
-    RVS_TRY(write_primary(out, tmp, req, NULL));
+    RVS_TRY(write_primary(out, tmp, req, NULL, pair));
     RVS_TRY(move_to_table(in, req->input_path, "FIBERMAP", 0, &present));
     fits_get_num_rows(in, &fib_n, &fst);
     FITS_CHECK(req->input_path, "read the size of HDU FIBERMAP");
@@ -1042,13 +1047,24 @@ int rvs_output_write(const struct rvs_output_request *req)
     RVS_TRY(rvs_output_mkdirs_for(req->tab_path));
     RVS_TRY(rvs_output_reserve_tmp(req->mod_path, &tmp_mod));
     RVS_TRY(rvs_output_reserve_tmp(req->tab_path, &tmp_tab));
+    struct rvs_output_pair_id pair;
+    RVS_TRY(rvs_output_pair_id_make(req->input_path, &pair));
     /* Both files complete before either replaces anything (rvspecfit: rvmod, then rvtab). */
-    RVS_TRY(write_rvmod(in, req, tmp_mod, fib_rows));
-    RVS_TRY(write_rvtab_file(in, req, tmp_tab, fib_rows));
+    RVS_TRY(write_rvmod(in, req, tmp_mod, fib_rows, &pair));
+    RVS_TRY(write_rvtab_file(in, req, tmp_tab, fib_rows, &pair));
     RVS_TRY(rvs_output_commit(tmp_mod, req->mod_path));
     free(tmp_mod);
     tmp_mod = NULL;
-    RVS_TRY(rvs_output_commit(tmp_tab, req->tab_path));
+    status = rvs_output_commit(tmp_tab, req->tab_path);
+    if (status != RVS_OK) {
+        /* the new rvmod is in place but its rvtab is not: remove it rather than leave a pair
+         * from two different runs (an older rvtab may still be there; without its rvmod it is
+         * never taken for a finished result) */
+        if (unlink(req->mod_path) != 0)
+            rvs_log(RVS_LOG_ERROR, "output", "cannot remove '%s' after its rvtab failed: %s",
+                    req->mod_path, strerror(errno));
+        goto cleanup;
+    }
     free(tmp_tab);
     tmp_tab = NULL;
     rvs_log(RVS_LOG_INFO, "output", "wrote %s and %s (%zu rows)", req->tab_path, req->mod_path,

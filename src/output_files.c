@@ -13,7 +13,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <fitsio.h>
 
 #include "internal.h"
 #include "output_files.h"
@@ -180,10 +183,103 @@ cleanup:
     return status;
 }
 
+static int input_identity(const char *input_path, char *out, size_t size)
+{
+    struct stat st;
+    if (stat(input_path, &st) != 0)
+        return -1;
+    snprintf(out, size, "%lld:%lld.%09ld", (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+             (long)st.st_mtim.tv_nsec);
+    return 0;
+}
+
+int rvs_output_pair_id_make(const char *input_path, struct rvs_output_pair_id *id)
+{
+    static atomic_uint counter;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    snprintf(id->pair, sizeof id->pair, "%ld-%lld.%09ld-%u", (long)getpid(),
+             (long long)now.tv_sec, (long)now.tv_nsec, atomic_fetch_add(&counter, 1u));
+    if (input_identity(input_path, id->input, sizeof id->input) != 0) {
+        rvs_log(RVS_LOG_ERROR, "output", "cannot stat the input '%s': %s", input_path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    return RVS_OK;
+}
+
+/* Reads one output's RVS_PAIR and RVS_INID ("" when absent) and verifies the checksums of all
+ * its HDUs; 0 when it is a complete, readable FITS file, else -1 with *why set. */
+static int check_output(const char *path, char *pair, char *inid, const char **why)
+{
+    int fst = 0, nhdu = 0, ok = 0;
+    fitsfile *f = NULL;
+    pair[0] = inid[0] = '\0';
+    fits_write_errmark();
+    fits_open_diskfile(&f, path, READONLY, &fst);
+    if (fst) {
+        *why = "not a readable FITS file";
+        goto done;
+    }
+    fits_get_num_hdus(f, &nhdu, &fst);
+    if (fst || nhdu < 2) {
+        *why = "incomplete (fewer than two HDUs)";
+        goto done;
+    }
+    for (int h = 1; h <= nhdu; h++) {
+        int type = 0, dataok = 0, hduok = 0;
+        fits_movabs_hdu(f, h, &type, &fst);
+        fits_verify_chksum(f, &dataok, &hduok, &fst);
+        if (fst || dataok < 0 || hduok < 0) {
+            *why = fst ? "truncated or damaged" : "its checksums do not match its content";
+            goto done;
+        }
+    }
+    fits_movabs_hdu(f, 1, NULL, &fst);
+    char value[FLEN_VALUE];
+    if (fits_read_key_str(f, "RVS_PAIR", value, NULL, &fst) == 0)
+        snprintf(pair, 64, "%.63s", value);
+    fst = 0;
+    if (fits_read_key_str(f, "RVS_INID", value, NULL, &fst) == 0)
+        snprintf(inid, 64, "%.63s", value);
+    fst = 0;
+    ok = 1;
+done:
+    if (f) {
+        int cst = 0;
+        fits_close_file(f, &cst);
+    }
+    fits_clear_errmark();
+    return ok ? 0 : -1;
+}
+
 int rvs_output_exist(const char *tab_path, const char *mod_path)
 {
     struct stat st;
     return stat(tab_path, &st) == 0 && stat(mod_path, &st) == 0;
+}
+
+int rvs_output_done(const char *tab_path, const char *mod_path, const char *input_path)
+{
+    if (!rvs_output_exist(tab_path, mod_path))
+        return 0;
+    char tpair[64], tin[64], mpair[64], min[64], now[64];
+    const char *why = NULL;
+    const char *bad = tab_path;
+    if (check_output(tab_path, tpair, tin, &why) == 0) {
+        bad = mod_path;
+        check_output(mod_path, mpair, min, &why);
+    }
+    if (!why && strcmp(tpair, mpair) != 0)
+        why = "the rvtab and the rvmod come from different runs (RVS_PAIR differs)";
+    if (!why && tin[0] && (input_identity(input_path, now, sizeof now) != 0 || strcmp(tin, now)))
+        why = "the input changed since they were written (RVS_INID)";
+    if (why) {
+        rvs_log(RVS_LOG_WARNING, "output", "existing output %s: %s; fitting %s again", bad, why,
+                input_path);
+        return 0;
+    }
+    return 1;
 }
 
 int rvs_output_mkdirs(const char *dir)

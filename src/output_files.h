@@ -16,4 +16,12 @@ int rvs_output_reserve_tmp(const char *final_path, char **tmp_path);
 /* Flushes `tmp_path` to disk and renames it to `final_path` (replacing it atomically). */
 int rvs_output_commit(const char *tmp_path, const char *final_path);
 
+/* What ties an rvtab to its rvmod and both to their input (RVS_PAIR, RVS_INID keywords): a
+ * token unique to one write, and the input's size and modification time. */
+struct rvs_output_pair_id {
+    char pair[64];
+    char input[64];
+};
+int rvs_output_pair_id_make(const char *input_path, struct rvs_output_pair_id *id);
+
 #endif

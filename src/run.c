@@ -724,7 +724,7 @@ int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status 
 
     rvs_log(RVS_LOG_INFO, MODULE, "processing %s", input);
     status = rvs_output_paths(&run->options.naming, input, &tab_path, &mod_path);
-    if (status == RVS_OK && run->options.skip_existing && rvs_output_exist(tab_path, mod_path)) {
+    if (status == RVS_OK && run->options.skip_existing && rvs_output_done(tab_path, mod_path, input)) {
         rvs_log(RVS_LOG_INFO, MODULE, "skipping %s: %s and %s exist", input, tab_path, mod_path);
         result = RVS_OUTPUT_EXISTING;
         n = -1;

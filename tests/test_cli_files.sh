@@ -79,6 +79,36 @@ run 0 "--skipexisting with one output missing" -- "$RVSFIT_CL" --targetid 1 --ou
 status_is status-skip.txt "$good3" SUCCESS 0
 [ -f res/grp/pix/rvmod_coadd-3.fits ] || fail "a half-present pair was not rewritten"
 
+# issue 19 item 6: --skipexisting verifies the pair it skips: a zero-byte rvtab, a truncated
+# rvmod, an rvmod of another run, and outputs of an input that changed are fitted again
+cp "$example" in/grp/pix/coadd-5.fits
+good5="$scratch/in/grp/pix/coadd-5.fits"
+run 0 "fifth input" -- "$RVSFIT_CL" --targetid 1 --output-dir res "$good5"
+skip_redo() { # skip_redo WHAT MESSAGE: --skipexisting must fit again (SUCCESS) and say why
+    run 0 "--skipexisting, $1" -- "$RVSFIT_CL" --targetid 1 --output-dir res --skipexisting \
+        --process-status-file "status-$1.txt" "$good5"
+    status_is "status-$1.txt" "$good5" SUCCESS 0
+    expect_in err "$2" "--skipexisting, $1: the reason is given"
+}
+: >res/grp/pix/rvtab_coadd-5.fits
+skip_redo zero-byte "rvtab_coadd-5.fits: not a readable FITS file"
+head -c 20000 res/grp/pix/rvmod_coadd-5.fits >cut.fits && mv cut.fits res/grp/pix/rvmod_coadd-5.fits
+skip_redo truncated "rvmod_coadd-5.fits: .*(truncated|incomplete|not a readable)"
+cp res/grp/pix/rvmod_coadd-1.fits res/grp/pix/rvmod_coadd-5.fits
+skip_redo other-run "come from different runs"
+touch in/grp/pix/coadd-5.fits
+skip_redo input-changed "the input changed since they were written"
+run 0 "--skipexisting, a good pair" -- "$RVSFIT_CL" --targetid 1 --output-dir res --skipexisting \
+    --process-status-file status-good5.txt "$good5"
+grep -Eq "^$good5 EXISTING -1 0\.00$" status-good5.txt || fail "a verified pair was not skipped"
+
+# issue 19 item 5: when the rvtab cannot be put in place after its rvmod was, the new rvmod is
+# removed: no pair from two different runs is left (here the rvtab's name is a directory)
+mkdir -p res5/grp/pix/rvtab_coadd-5.fits/x
+run 1 "rvtab cannot be renamed" -- "$RVSFIT_CL" --targetid 1 --output-dir res5 "$good5"
+[ -e res5/grp/pix/rvmod_coadd-5.fits ] && fail "an rvmod without its rvtab was left behind"
+ls res5/grp/pix/.*.tmp >/dev/null 2>&1 && fail "temporary files left behind"
+
 # --- --input-file-from, --no-subdirs, prefixes; a FITS file that is not a DESI file
 printf '%s\n\n%s\n   \n%s\n' "$good1" "$bad4" "$good3" > list.txt
 run 1 "--input-file-from" -- "$RVSFIT_CL" --minsn 1e30 --input-file-from list.txt \

@@ -113,8 +113,14 @@ void rvs_output_naming_init(struct rvs_output_naming *naming);
 int rvs_output_paths(const struct rvs_output_naming *naming, const char *input_path,
                      char **tab_path, char **mod_path);
 
-/* 1 when both files exist (--skipexisting), else 0. */
+/* 1 when both files exist, else 0. */
 int rvs_output_exist(const char *tab_path, const char *mod_path);
+/* 1 when both outputs of input_path are there and finished (--skipexisting): readable FITS
+ * files whose every HDU passes its checksum, with the same RVS_PAIR (one write made both) and,
+ * when they record it, the input's present RVS_INID (size and modification time). Else 0, with
+ * a warning naming the file and what is wrong (the input is then fitted again). Outputs of
+ * older versions, without RVS_PAIR in either, are accepted on their checksums. */
+int rvs_output_done(const char *tab_path, const char *mod_path, const char *input_path);
 
 /* Writes rvmod then rvtab, each to a temporary name in its destination directory (created as
  * needed) with CHECKSUM/DATASUM on every HDU, and renames both only when both are complete. On
