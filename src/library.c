@@ -1424,6 +1424,7 @@ cleanup:
     }
     if (tmp) {
         unlink(tmp);
+        rvs_output_tmp_done(tmp);
         free(tmp);
     }
     return status;

@@ -1075,10 +1075,14 @@ cleanup:
         fits_close_file(in, &fst);
         fits_clear_errmsg();
     }
-    if (tmp_mod)
+    if (tmp_mod) {
         unlink(tmp_mod);
-    if (tmp_tab)
+        rvs_output_tmp_done(tmp_mod);
+    }
+    if (tmp_tab) {
         unlink(tmp_tab);
+        rvs_output_tmp_done(tmp_tab);
+    }
     if (status != RVS_OK)
         rvs_log(RVS_LOG_ERROR, "output", "%s: no output written for this file (%s)",
                 req->input_path, rvs_strerror(status));

@@ -3,7 +3,9 @@
  * --process-status-file lines (update_process_status_file). */
 #include <config.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
@@ -335,6 +337,100 @@ int rvs_output_mkdirs_for(const char *path)
     return status;
 }
 
+/* Temporary outputs being written, so that SIGINT/SIGTERM/SIGHUP can remove them: a fixed
+ * table (no allocation in the handler), slots claimed with atomics by the writer threads. */
+enum { TMP_SLOTS = 64, TMP_PATH_MAX = 4096 };
+static char tmp_slot_path[TMP_SLOTS][TMP_PATH_MAX];
+static atomic_int tmp_slot_state[TMP_SLOTS]; /* 0 free, 1 being filled, 2 a live temporary */
+
+static void tmp_register(const char *path)
+{
+    if (strlen(path) >= TMP_PATH_MAX)
+        return;
+    for (int i = 0; i < TMP_SLOTS; i++) {
+        int expect = 0;
+        if (atomic_compare_exchange_strong(&tmp_slot_state[i], &expect, 1)) {
+            memcpy(tmp_slot_path[i], path, strlen(path) + 1);
+            atomic_store(&tmp_slot_state[i], 2);
+            return;
+        }
+    }
+}
+
+static void tmp_unregister(const char *path)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_slot_state[i]) == 2 && strcmp(tmp_slot_path[i], path) == 0) {
+            atomic_store(&tmp_slot_state[i], 0);
+            return;
+        }
+}
+
+void rvs_output_tmp_done(const char *tmp_path)
+{
+    if (tmp_path)
+        tmp_unregister(tmp_path);
+}
+
+static void on_signal(int sig)
+{
+    /* async-signal-safe only: unlink, write, signal, raise */
+    int removed = 0;
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_slot_state[i]) == 2 && unlink(tmp_slot_path[i]) == 0)
+            removed++;
+    static const char msg[] = "rvsfit-cl: interrupted: temporary outputs removed; the inputs "
+                              "being processed have no status line and no outputs\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+    (void)removed;
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void rvs_output_install_signal_cleanup(void)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
+
+/* Removes ".<base>.<pid>.<n>.tmp" files of `final_path` left by a process that no longer runs
+ * (killed with SIGKILL, or a crash): they are never anyone's output. */
+static void remove_stale_tmp(const char *dir, size_t dir_len, const char *base)
+{
+    char dpath[TMP_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "%.*s", dir_len ? (int)dir_len : 1, dir_len ? dir : ".");
+    DIR *d = opendir(dpath);
+    if (!d)
+        return;
+    size_t blen = strlen(base);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *n = e->d_name;
+        if (n[0] != '.' || strncmp(n + 1, base, blen) != 0 || n[1 + blen] != '.')
+            continue;
+        char *end = NULL;
+        long pid = strtol(n + 2 + blen, &end, 10);
+        size_t len = strlen(n);
+        if (!end || *end != '.' || pid <= 0 || len < 4 || strcmp(n + len - 4, ".tmp") != 0)
+            continue;
+        if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char full[2 * TMP_PATH_MAX];
+        snprintf(full, sizeof full, "%s/%s", dpath, n);
+        if (unlink(full) == 0)
+            rvs_log(RVS_LOG_INFO, "output", "removed %s, left by process %ld that no longer runs",
+                    full, pid);
+    }
+    closedir(d);
+}
+
 int rvs_output_reserve_tmp(const char *final_path, char **tmp_path)
 {
     static atomic_uint counter;
@@ -348,6 +444,7 @@ int rvs_output_reserve_tmp(const char *final_path, char **tmp_path)
         return RVS_ERR_NOMEM;
     /* Hidden, in the destination directory (so rename() stays within one file system), unique
      * per process and call; O_EXCL makes the reservation race-free against other writers. */
+    remove_stale_tmp(final_path, dir_len, base);
     for (int attempt = 0; attempt < 100; attempt++) {
         unsigned n = atomic_fetch_add(&counter, 1u);
         snprintf(name, cap, "%.*s.%s.%ld.%u.tmp", (int)dir_len, final_path, base, (long)getpid(),
@@ -355,6 +452,7 @@ int rvs_output_reserve_tmp(const char *final_path, char **tmp_path)
         int fd = open(name, O_WRONLY | O_CREAT | O_EXCL, 0666);
         if (fd >= 0) {
             close(fd);
+            tmp_register(name);
             *tmp_path = name;
             return RVS_OK;
         }
@@ -389,6 +487,7 @@ int rvs_output_commit(const char *tmp_path, const char *final_path)
                 strerror(errno));
         return RVS_ERR_IO;
     }
+    tmp_unregister(tmp_path);
     return RVS_OK;
 }
 

@@ -13,6 +13,9 @@ int rvs_output_mkdirs_for(const char *path);
  * `final_path` (O_EXCL, mode 0666 less the umask); *tmp_path is allocated. */
 int rvs_output_reserve_tmp(const char *final_path, char **tmp_path);
 
+/* A temporary that is removed (not committed) is no longer the signal handler's to remove. */
+void rvs_output_tmp_done(const char *tmp_path);
+
 /* Flushes `tmp_path` to disk and renames it to `final_path` (replacing it atomically). */
 int rvs_output_commit(const char *tmp_path, const char *final_path);
 

@@ -241,4 +241,24 @@ print('reversed SCORES: TARGETID', got['TARGETID'][0], 'S/N', got['MEDIAN_COADD_
 sys.exit(0 if ok else 1)
 EOF_PY
 
+# --- issue 19 item 7: temporaries of a process that no longer runs are removed by the next write
+# of that name (a live process's are left alone); SIGTERM says it was interrupted, removes what it
+# was writing and ends with the signal
+dead=$(sh -c 'echo $$')
+: >"res/grp/pix/.rvtab_coadd-1.fits.$dead.0.tmp"
+: >"res/grp/pix/.rvtab_coadd-1.fits.$$.0.tmp"
+run 0 "stale temporaries" -- "$RVSFIT_CL" --targetid 1 --output-dir res "$good1"
+[ -e "res/grp/pix/.rvtab_coadd-1.fits.$dead.0.tmp" ] && fail "a dead process's temporary was left"
+[ -e "res/grp/pix/.rvtab_coadd-1.fits.$$.0.tmp" ] || fail "a live process's temporary was removed"
+rm -f "res/grp/pix/.rvtab_coadd-1.fits.$$.0.tmp"
+"$RVSFIT_CL" --output-dir res-sig "$good5" >sig.out 2>sig.err &
+pid=$!
+sleep 3
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+[ "$rc" -eq 143 ] || fail "SIGTERM: exit status $rc, expected 143 (128 + SIGTERM)"
+grep -q "rvsfit-cl: interrupted" sig.err || fail "SIGTERM: no 'interrupted' message: $(tail -3 sig.err)"
+find res-sig -name '*.tmp' 2>/dev/null | grep -q . && fail "SIGTERM left temporary files"
+
 finish

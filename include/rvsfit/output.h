@@ -122,6 +122,11 @@ int rvs_output_exist(const char *tab_path, const char *mod_path);
  * older versions, without RVS_PAIR in either, are accepted on their checksums. */
 int rvs_output_done(const char *tab_path, const char *mod_path, const char *input_path);
 
+/* Installs handlers of SIGINT, SIGTERM and SIGHUP that remove the temporary outputs being
+ * written, say so on stderr, and end the process with the signal. Temporaries left by a process
+ * killed otherwise (SIGKILL) are removed by the next write to the same name. */
+void rvs_output_install_signal_cleanup(void);
+
 /* Writes rvmod then rvtab, each to a temporary name in its destination directory (created as
  * needed) with CHECKSUM/DATASUM on every HDU, and renames both only when both are complete. On
  * any error the temporary files are removed, existing outputs are left as they were, the reason

@@ -1054,6 +1054,8 @@ int main(int argc, char **argv)
     /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
     rvs_openblas_reexec_if_generic(argv);
     program_start = now_seconds();
+    /* an interrupt removes the outputs being written and says so (issue 19) */
+    rvs_output_install_signal_cleanup();
     struct option long_options[NUM_OPTIONS + 1];
     /* a leading ':' makes getopt report a missing argument as ':' */
     char short_options[3 * NUM_OPTIONS + 2] = ":";
