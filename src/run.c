@@ -65,7 +65,15 @@ struct batch_stats {
     double per_call_min, per_call_max;   /* commands / engine calls of one batch */
 };
 
+/* The outputs this run has written or is writing, with the input (its real path) each belongs
+ * to: two inputs of the same name under --no-subdirs must not overwrite each other (issue 19). */
+struct claimed_output {
+    char *tab_path, *input_real, *input;
+};
+
 struct rvs_run {
+    struct claimed_output *claimed;
+    size_t nclaimed, claimed_cap;
     struct rvs_context *ctx;
     struct rvs_run_options options;
     const struct rvs_run_fitter_ops *ops;
@@ -266,6 +274,12 @@ void rvs_run_destroy(struct rvs_run **run)
     drop_fitter(*run);
     for (int a = 0; a < RVS_DESI_NARMS; a++)
         rvs_library_close(&(*run)->library[a]);
+    for (size_t i = 0; i < (*run)->nclaimed; i++) {
+        free((*run)->claimed[i].tab_path);
+        free((*run)->claimed[i].input_real);
+        free((*run)->claimed[i].input);
+    }
+    free((*run)->claimed);
     free(*run);
     *run = NULL;
 }
@@ -713,6 +727,48 @@ cleanup:
     return status;
 }
 
+/* RVS_OK when tab_path is this input's or nobody's yet in this run (and claims it), else
+ * RVS_ERR_INVALID_ARGUMENT with a message naming the other input. */
+static int claim_output(struct rvs_run *run, const char *input, const char *tab_path)
+{
+    char *real = realpath(input, NULL);
+    if (!real && !(real = rvs_strdup(input)))
+        return RVS_ERR_NOMEM;
+    for (size_t i = 0; i < run->nclaimed; i++) {
+        if (strcmp(run->claimed[i].tab_path, tab_path) != 0)
+            continue;
+        int same = strcmp(run->claimed[i].input_real, real) == 0;
+        if (!same)
+            rvs_log(RVS_LOG_ERROR, MODULE,
+                    "%s: its outputs %s would replace those of %s, fitted earlier in this run "
+                    "(the same file name%s); not fitted: drop --no-subdirs or give the files "
+                    "different names",
+                    input, tab_path, run->claimed[i].input,
+                    run->options.naming.no_subdirs ? " with --no-subdirs" : "");
+        free(real);
+        return same ? RVS_OK : RVS_ERR_INVALID_ARGUMENT;
+    }
+    if (run->nclaimed == run->claimed_cap) {
+        size_t cap = run->claimed_cap ? 2 * run->claimed_cap : 16;
+        struct claimed_output *grown = realloc(run->claimed, cap * sizeof *grown);
+        if (!grown) {
+            free(real);
+            return RVS_ERR_NOMEM;
+        }
+        run->claimed = grown;
+        run->claimed_cap = cap;
+    }
+    char *tab = rvs_strdup(tab_path), *given = rvs_strdup(input);
+    if (!tab || !given) {
+        free(tab);
+        free(given);
+        free(real);
+        return RVS_ERR_NOMEM;
+    }
+    run->claimed[run->nclaimed++] = (struct claimed_output){tab, real, given};
+    return RVS_OK;
+}
+
 int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status *outcome,
                  long *nfit)
 {
@@ -724,6 +780,8 @@ int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status 
 
     rvs_log(RVS_LOG_INFO, MODULE, "processing %s", input);
     status = rvs_output_paths(&run->options.naming, input, &tab_path, &mod_path);
+    if (status == RVS_OK)
+        status = claim_output(run, input, tab_path);
     if (status == RVS_OK && run->options.skip_existing && rvs_output_done(tab_path, mod_path, input)) {
         rvs_log(RVS_LOG_INFO, MODULE, "skipping %s: %s and %s exist", input, tab_path, mod_path);
         result = RVS_OUTPUT_EXISTING;

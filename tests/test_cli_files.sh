@@ -261,4 +261,15 @@ rc=$?
 grep -q "rvsfit-cl: interrupted" sig.err || fail "SIGTERM: no 'interrupted' message: $(tail -3 sig.err)"
 find res-sig -name '*.tmp' 2>/dev/null | grep -q . && fail "SIGTERM left temporary files"
 
+# --- issue 19 item 4: with --no-subdirs, two inputs of the same name from different directories
+# must not overwrite each other's outputs: the second is not fitted, and says why
+mkdir -p other
+cp "$example" other/coadd-1.fits
+run 1 "same name twice with --no-subdirs" -- "$RVSFIT_CL" --targetid 1 --output-dir flat2 \
+    --no-subdirs --process-status-file status-dup.txt "$good1" "$scratch/other/coadd-1.fits"
+status_is status-dup.txt "$good1" SUCCESS 0
+status_is status-dup.txt "$scratch/other/coadd-1.fits" FAILURE 0
+expect_in err "would replace those of .*coadd-1.fits, fitted earlier in this run" \
+    "the collision is named"
+
 finish

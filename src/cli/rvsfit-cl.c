@@ -106,7 +106,7 @@ static const struct rvs_cli_option cli_options[] = {
     {"output-tab-prefix", required_argument, OPT_OUTPUT_TAB_PREFIX, "PREFIX", "table file names: PREFIX_<input name> (default rvtab)", G_INPUT},
     {"output-mod-prefix", required_argument, OPT_OUTPUT_MOD_PREFIX, "PREFIX", "model file names: PREFIX_<input name> (default rvmod)", G_INPUT},
     {"no-subdirs", no_argument, OPT_NO_SUBDIRS, NULL, "write outputs directly in --output-dir", G_INPUT},
-    {"skipexisting", no_argument, OPT_SKIPEXISTING, NULL, "skip an input whose two outputs both exist (status EXISTING)", G_INPUT},
+    {"skipexisting", no_argument, OPT_SKIPEXISTING, NULL, "skip an input whose two outputs exist, are complete and come from one run on the input as it is (status EXISTING)", G_INPUT},
     {"process-status-file", required_argument, OPT_PROCESS_STATUS_FILE, "FILE", "emptied at the start, then one line per input: NAME SUCCESS|FAILURE|EXISTING NOBJ SECONDS", G_INPUT},
     {"throw-exceptions", no_argument, OPT_THROW_EXCEPTIONS, NULL, "stop at the first input that fails instead of recording it and going on", G_INPUT},
     {"config", required_argument, OPT_CONFIG, "FILE", "rvspecfit YAML configuration (default ./config.yaml when it exists)", G_CONFIG},
