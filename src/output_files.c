@@ -261,6 +261,25 @@ int rvs_output_exist(const char *tab_path, const char *mod_path)
     return stat(tab_path, &st) == 0 && stat(mod_path, &st) == 0;
 }
 
+int rvs_output_check_writable(const char *tab_path, const char *mod_path)
+{
+    const char *paths[2] = {mod_path, tab_path};
+    for (int i = 0; i < 2; i++) {
+        char *tmp = NULL;
+        int status = rvs_output_mkdirs_for(paths[i]);
+        if (status == RVS_OK)
+            status = rvs_output_reserve_tmp(paths[i], &tmp);
+        if (tmp) {
+            unlink(tmp);
+            rvs_output_tmp_done(tmp);
+            free(tmp);
+        }
+        if (status != RVS_OK)
+            return status;
+    }
+    return RVS_OK;
+}
+
 int rvs_output_done(const char *tab_path, const char *mod_path, const char *input_path)
 {
     if (!rvs_output_exist(tab_path, mod_path))

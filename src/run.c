@@ -782,6 +782,9 @@ int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status 
     status = rvs_output_paths(&run->options.naming, input, &tab_path, &mod_path);
     if (status == RVS_OK)
         status = claim_output(run, input, tab_path);
+    /* an output directory that cannot be made or written is found now, not after the fit */
+    if (status == RVS_OK && !(run->options.skip_existing && rvs_output_exist(tab_path, mod_path)))
+        status = rvs_output_check_writable(tab_path, mod_path);
     if (status == RVS_OK && run->options.skip_existing && rvs_output_done(tab_path, mod_path, input)) {
         rvs_log(RVS_LOG_INFO, MODULE, "skipping %s: %s and %s exist", input, tab_path, mod_path);
         result = RVS_OUTPUT_EXISTING;

@@ -272,4 +272,13 @@ status_is status-dup.txt "$scratch/other/coadd-1.fits" FAILURE 0
 expect_in err "would replace those of .*coadd-1.fits, fitted earlier in this run" \
     "the collision is named"
 
+# --- issue 19 item 14: an output directory that cannot be made is found before the fit (the
+# selected target is never fitted), and the next input is still processed
+: >not-a-dir
+run 1 "unwritable output directory" -- "$RVSFIT_CL" -v --targetid "$tid2" --output-dir not-a-dir/out \
+    --no-subdirs --process-status-file status-unwr.txt "$good5"
+expect_in err "not-a-dir" "the output directory is named"
+expect_not_in err "targets in [0-9]+ batch" "nothing was fitted for an unwritable destination"
+status_is status-unwr.txt "$good5" FAILURE 0
+
 finish

@@ -122,6 +122,11 @@ int rvs_output_exist(const char *tab_path, const char *mod_path);
  * older versions, without RVS_PAIR in either, are accepted on their checksums. */
 int rvs_output_done(const char *tab_path, const char *mod_path, const char *input_path);
 
+/* RVS_OK when the directories of both outputs exist or can be made and a file can be created in
+ * each (checked before a fit, so that an unwritable destination costs no fitting); else the
+ * error, with a message naming the directory. */
+int rvs_output_check_writable(const char *tab_path, const char *mod_path);
+
 /* Installs handlers of SIGINT, SIGTERM and SIGHUP that remove the temporary outputs being
  * written, say so on stderr, and end the process with the signal. Temporaries left by a process
  * killed otherwise (SIGKILL) are removed by the next write to the same name. */
