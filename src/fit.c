@@ -1097,6 +1097,8 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             w |= RVS_WARN_RVERR;
         if (badh[i])
             w |= RVS_WARN_BAD_HESSIAN;
+        if (b->dropped_arms && b->dropped_arms[t])
+            w |= RVS_WARN_BAD_ARM;
         if (edge(r->teff, 2300, 15000, 10) || edge(r->feh, -4, 1, 0.01) ||
             edge(r->logg, -0.5, 6.5, 0.01))
             w |= RVS_WARN_PARAM;

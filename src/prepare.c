@@ -262,28 +262,30 @@ static int prepare_arm(const double *wave, size_t n, const float *flux, const fl
                        const uint32_t *mask, const float *res, size_t ndiag, double sigma0,
                        const double *sigma0_pixel, const struct rvs_prepare_options *options,
                        double *spec, double *espec, unsigned char *bad, double *res_out,
-                       int *used, int *clamped, size_t *narrow_rows);
+                       int *used, int *clamped, size_t *narrow_rows, int *bad_res);
 
 int rvs_prepare_arm(const double *wave, size_t n, const float *flux, const float *ivar,
                     const uint32_t *mask, const float *res, size_t ndiag, double sigma0,
                     const struct rvs_prepare_options *options, double *spec, double *espec,
                     unsigned char *bad, double *res_out, int *used, int *clamped)
 {
+    int bad_res = 0;
     return prepare_arm(wave, n, flux, ivar, mask, res, ndiag, sigma0, NULL, options, spec, espec,
-                       bad, res_out, used, clamped, NULL);
+                       bad, res_out, used, clamped, NULL, &bad_res);
 }
 
 static int prepare_arm(const double *wave, size_t n, const float *flux, const float *ivar,
                        const uint32_t *mask, const float *res, size_t ndiag, double sigma0,
                        const double *sigma0_pixel, const struct rvs_prepare_options *options,
                        double *spec, double *espec, unsigned char *bad, double *res_out,
-                       int *used, int *clamped, size_t *narrow_rows)
+                       int *used, int *clamped, size_t *narrow_rows, int *bad_res)
 {
     int status = RVS_OK;
     double *scratch = NULL;
     unsigned char *interp = NULL;
     *used = 0;
     *clamped = 0;
+    *bad_res = 0;
     scratch = rvs_malloc(n * sizeof *scratch);
     interp = rvs_malloc(n);
     if (!scratch || !interp) {
@@ -324,6 +326,7 @@ static int prepare_arm(const double *wave, size_t n, const float *flux, const fl
         for (size_t k = 0; k < ndiag * n; k++)
             if (!isfinite(res[k])) {
                 rvs_log(RVS_LOG_DEBUG, "prepare", "non-finite resolution matrix: arm skipped");
+                *bad_res = 1;
                 goto cleanup;
             }
         if (n < 2 * EDGE_PIXELS + 1 || n < ndiag)
@@ -385,6 +388,7 @@ void rvs_prepared_free(struct rvs_prepared *prepared)
         free(prepared->sigma0_pixel[a]);
     }
     free(prepared->bad_spectrum);
+    free(prepared->dropped_arms);
     rvs_prepared_init(prepared);
 }
 
@@ -442,17 +446,20 @@ int rvs_prepare_batch(const struct rvs_desi_spectra *spectra,
         out->ndiag[a] = with_res ? nd : 0;
     }
     GROW(out->bad_spectrum, cap);
+    GROW(out->dropped_arms, cap);
     out->capacity = cap;
     out->arms = spectra->arms;
     out->with_resolution = with_res;
     out->nclamped = 0;
+    size_t ndropped = 0;
     for (size_t t = 0; t < nt; t++) {
         int any = 0;
+        out->dropped_arms[t] = 0;
         for (int a = 0; a < RVS_DESI_NARMS; a++) {
             if (!(spectra->arms & (1u << a)))
                 continue;
             size_t nw = spectra->nwave[a], nd = spectra->ndiag[a];
-            int used = 0, clamped = 0;
+            int used = 0, clamped = 0, bad_res = 0;
             size_t narrow = 0;
             const double *sig_pix = with_res && options->lsf_sigma0_at[a] ? out->sigma0_pixel[a]
                                                                            : NULL;
@@ -461,7 +468,12 @@ int rvs_prepare_batch(const struct rvs_desi_spectra *spectra,
                 spectra->mask[a] + t * nw, with_res ? spectra->resolution[a] + t * nd * nw : NULL,
                 nd, options->lsf_sigma0[a], sig_pix, options, out->spec[a] + t * nw,
                 out->espec[a] + t * nw, out->bad[a] + t * nw,
-                with_res ? out->resolution[a] + t * nd * nw : NULL, &used, &clamped, &narrow));
+                with_res ? out->resolution[a] + t * nd * nw : NULL, &used, &clamped, &narrow,
+                &bad_res));
+            if (bad_res) {
+                out->dropped_arms[t] |= (unsigned char)(1u << a);
+                ndropped++;
+            }
             if (used && with_res) {
                 out->narrow_rows[a] += narrow;
                 out->checked_rows[a] += nw > 2 * (nd / 2) ? nw - 2 * (nd / 2) : 0;
@@ -480,6 +492,11 @@ int rvs_prepare_batch(const struct rvs_desi_spectra *spectra,
             rvs_log(RVS_LOG_DEBUG, "prepare", "spectrum %zu of the batch has no usable arm", t);
     }
     out->ntargets = nt;
+    if (ndropped)
+        rvs_log(RVS_LOG_WARNING, "prepare",
+                "%zu arm(s) in this batch were left out of the fit because their resolution "
+                "matrix holds non-finite values; those targets carry RVS_WARN bit 128 (BAD_ARM)",
+                ndropped);
     if (out->nclamped)
         rvs_log(RVS_LOG_WARNING, "prepare",
                 "%zu arm(s) in this batch had the uncertainty of more than 1%% of their pixels "

@@ -281,4 +281,25 @@ expect_in err "not-a-dir" "the output directory is named"
 expect_not_in err "targets in [0-9]+ batch" "nothing was fitted for an unwritable destination"
 status_is status-unwr.txt "$good5" FAILURE 0
 
+# --- issue 19 item 14: a NaN in one target's resolution matrix leaves that arm out of the fit;
+# the target is flagged (RVS_WARN bit 128, SUCCESS false) and a warning says so
+"$python" - "$example" nan-res.fits <<'EOF_PY' || fail "crafting the NaN-resolution file"
+import sys
+import numpy as np
+from astropy.io import fits
+with fits.open(sys.argv[1]) as h:
+    h['B_RESOLUTION'].data[2, 5, 100] = np.nan
+    h.writeto(sys.argv[2], overwrite=True)
+EOF_PY
+run 0 "NaN in a resolution matrix" -- "$RVSFIT_CL" --targetid "$tid2" --output-dir res-nanres \
+    --no-subdirs nan-res.fits
+expect_in err "1 arm\(s\) in this batch were left out of the fit because their resolution matrix" \
+    "the dropped arm is reported"
+"$python" - <<'EOF_PY' || fail "the target with the dropped arm is flagged"
+from astropy.io import fits
+r = fits.getdata('res-nanres/rvtab_nan-res.fits', 'RVTAB')
+print('RVS_WARN', r['RVS_WARN'][0], 'SUCCESS', r['SUCCESS'][0], 'CHISQ_B', r['CHISQ_B'][0])
+raise SystemExit(0 if (r['RVS_WARN'][0] & 128) and not r['SUCCESS'][0] else 1)
+EOF_PY
+
 finish

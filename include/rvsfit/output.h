@@ -23,7 +23,10 @@ enum rvs_warn_bit {
     RVS_WARN_PARAM = 8,
     RVS_WARN_VSINI = 16,
     RVS_WARN_BAD_SPECTRUM = 32,
-    RVS_WARN_BAD_HESSIAN = 64
+    RVS_WARN_BAD_HESSIAN = 64,
+    /* rvsfit-cl's own: an arm with data was left out of the fit because its resolution matrix
+     * holds non-finite values (the other arms were fitted) */
+    RVS_WARN_BAD_ARM = 128
 };
 
 #define RVS_OUTPUT_RR_LEN 32 /* room for redrock's SPECTYPE (6A) and SUBTYPE (20A) */

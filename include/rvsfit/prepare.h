@@ -75,6 +75,9 @@ struct rvs_prepared {
     unsigned char *used[RVS_DESI_NARMS];
     double *resolution[RVS_DESI_NARMS];
     unsigned char *bad_spectrum;
+    /* per target, bit (1u << arm) set when that arm had data but a non-finite resolution matrix
+     * and was left out (RVS_WARN_BAD_ARM) */
+    unsigned char *dropped_arms;
     size_t nclamped; /* arms with more than 1% of σ clamped in the last batch */
     /* With the resolution matrix, per arm in the last batch: interior rows whose R is not wider
      * than the templates' LSF, and the interior rows looked at (used arms only). */
