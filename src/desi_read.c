@@ -248,6 +248,31 @@ static int damaged_header(struct rvs_desi_file *f, int *hdu, int *code, char *wh
     return damaged;
 }
 
+/* DESI writes CHECKSUM/DATASUM in every HDU: where present they are verified, and a mismatch
+ * is a warning naming the HDU (the file may be damaged; the fit goes on with what it holds). */
+static void verify_checksums(struct rvs_desi_file *f)
+{
+    int fst = 0, nhdu = 0;
+    fits_write_errmark();
+    fits_get_num_hdus(f->fptr, &nhdu, &fst);
+    for (int h = 1; h <= nhdu && !fst; h++) {
+        int type = 0, dataok = 0, hduok = 0;
+        fits_movabs_hdu(f->fptr, h, &type, &fst);
+        fits_verify_chksum(f->fptr, &dataok, &hduok, &fst);
+        if (fst == 0 && (dataok < 0 || hduok < 0)) {
+            char extname[FLEN_VALUE] = "PRIMARY";
+            int kst = 0;
+            if (h > 1 && fits_read_key_str(f->fptr, "EXTNAME", extname, NULL, &kst) != 0)
+                snprintf(extname, sizeof extname, "number %d", h);
+            rvs_log(RVS_LOG_WARNING, "desi",
+                    "%s: HDU %s does not match its %s: the file may be damaged (copy or "
+                    "download it again); fitting what it holds",
+                    f->path, extname, dataok < 0 ? "DATASUM" : "CHECKSUM");
+        }
+    }
+    fits_clear_errmark();
+}
+
 static int require_hdu(struct rvs_desi_file *f, const char *name, int *hdunum)
 {
     int status = RVS_OK, found = 0;
@@ -915,6 +940,7 @@ int rvs_desi_open(const char *path, unsigned arms, struct rvs_desi_file **file)
         if (arms & (1u << a))
             RVS_TRY(open_arm(f, a));
     RVS_TRY(read_scores(f));
+    verify_checksums(f);
     *file = f;
     f = NULL;
 cleanup:

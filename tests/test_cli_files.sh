@@ -302,4 +302,20 @@ print('RVS_WARN', r['RVS_WARN'][0], 'SUCCESS', r['SUCCESS'][0], 'CHISQ_B', r['CH
 raise SystemExit(0 if (r['RVS_WARN'][0] & 128) and not r['SUCCESS'][0] else 1)
 EOF_PY
 
+# --- issue 19 item 14: an input whose data no longer match their DATASUM gives a warning naming
+# the HDU (the fit goes on); an intact file gives none
+"$python" - "$example" bad-sum.fits <<'EOF_PY' || fail "crafting the damaged-checksum file"
+import sys
+from astropy.io import fits
+raw = bytearray(open(sys.argv[1], 'rb').read())
+with fits.open(sys.argv[1]) as h:
+    off = h.fileinfo(h.index_of('B_FLUX'))['datLoc']
+raw[off + 1000] ^= 0x01
+open(sys.argv[2], 'wb').write(bytes(raw))
+EOF_PY
+run 0 "damaged DATASUM" -- "$RVSFIT_CL" --targetid 1 --output-dir res-sum --no-subdirs bad-sum.fits
+expect_in err "HDU B_FLUX does not match its DATASUM" "the damaged HDU is named"
+run 0 "intact checksums" -- "$RVSFIT_CL" --targetid 1 --output-dir res-sum2 --no-subdirs "$example"
+expect_not_in err "does not match its" "no checksum warning for an intact file"
+
 finish
