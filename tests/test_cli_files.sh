@@ -174,6 +174,21 @@ cat qstatus-a.txt qstatus-b.txt | cut -d' ' -f1 | sort > qall.txt
 [ "$(sort -u qall.txt | wc -l)" -eq 16 ] || fail "a file was processed twice: $(uniq -d qall.txt)"
 [ "$(ls qout/q/d/rvtab_* | wc -l)" -eq 16 ] || fail "not 16 tables written"
 echo "queue: process A took $(wc -l < qstatus-a.txt) files, B $(wc -l < qstatus-b.txt)"
+[ -s queue.txt.claims ] && fail "claims left after both workers finished: $(cat queue.txt.claims)"
+
+# issue 19 item 8: an input taken by a worker that died (its claim in LIST.claims, its process
+# gone) goes back to the queue and is fitted by the next worker, with a warning; nothing is lost
+dead=$(sh -c 'echo $$')
+echo "$scratch/in/q/d/coadd-q3.fits" > queue2.txt
+echo "$dead $(uname -n) $scratch/in/q/d/coadd-q1.fits" > queue2.txt.claims
+run 0 "a dead worker's input" -- "$RVSFIT_CL" --targetid 1 --output-dir qout2 \
+    --queue-file=queue2.txt --process-status-file qstatus2.txt
+expect_in err "coadd-q1.fits was taken by process $dead, which no longer runs: back in the queue" \
+    "the lost input is named"
+status_is qstatus2.txt "$scratch/in/q/d/coadd-q1.fits" SUCCESS 0
+status_is qstatus2.txt "$scratch/in/q/d/coadd-q3.fits" SUCCESS 0
+[ -s queue2.txt ] && fail "queue2 not empty: $(cat queue2.txt)"
+[ -s queue2.txt.claims ] && fail "claims left: $(cat queue2.txt.claims)"
 
 # --- --log, --profile, figure options
 run 0 "--log and --profile" -- "$RVSFIT_CL" --targetid 1 --output-dir res --log run.log \

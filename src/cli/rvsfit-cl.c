@@ -1016,6 +1016,9 @@ static int run_files(const struct settings *s, const struct effective *e, const 
         if (!input)
             break;
         status = rvs_run_file(run, input, NULL, NULL);
+        /* finished, whatever the outcome (its status line is written): the claim goes */
+        if (src.queue_path && rvs_run_queue_done(src.queue_path, input) != RVS_OK)
+            code = RVS_EXIT_FAILURE;
         if (status == RVS_OK)
             continue;
         code = RVS_EXIT_FAILURE;
