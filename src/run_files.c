@@ -267,27 +267,41 @@ static void host_name(char *host, size_t size)
             *c = '_';
 }
 
+/* Opens the queue for update and takes its lock (waiting for other workers); *fd stays open
+ * (and is the caller's to close) even when locking fails. */
+static int queue_lock(const char *path, int *fd)
+{
+    *fd = open(path, O_RDWR);
+    if (*fd < 0) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "cannot open the queue file %s for update: %s", path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    while (fcntl(*fd, F_SETLKW, &lock) != 0) {
+        if (errno == EINTR)
+            continue;
+        rvs_log(RVS_LOG_ERROR, MODULE, "cannot lock the queue file %s: %s", path,
+                strerror(errno));
+        return RVS_ERR_IO;
+    }
+    return RVS_OK;
+}
+
+static void queue_unlock(int fd)
+{
+    struct flock lock = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    fcntl(fd, F_SETLK, &lock);
+}
+
 int rvs_run_queue_pop(const char *path, char **name)
 {
     int status = RVS_OK, locked = 0, requeued = 0;
     char *text = NULL, *cpath = NULL, *ctext = NULL, *keep = NULL, *back = NULL;
     size_t size = 0, csize = 0, nkeep = 0, nback = 0;
     *name = NULL;
-    int fd = open(path, O_RDWR);
-    if (fd < 0) {
-        rvs_log(RVS_LOG_ERROR, MODULE, "cannot open the queue file %s for update: %s", path,
-                strerror(errno));
-        return RVS_ERR_IO;
-    }
-    struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-    while (fcntl(fd, F_SETLKW, &lock) != 0) {
-        if (errno == EINTR)
-            continue;
-        rvs_log(RVS_LOG_ERROR, MODULE, "cannot lock the queue file %s: %s", path,
-                strerror(errno));
-        status = RVS_ERR_IO;
-        goto cleanup;
-    }
+    int fd = -1;
+    RVS_TRY(queue_lock(path, &fd));
     locked = 1;
     RVS_TRY(read_all(fd, path, &text, &size));
     /* claims of workers that died go back to the head of the queue */
@@ -365,16 +379,15 @@ int rvs_run_queue_pop(const char *path, char **name)
         free(ledger);
     }
 cleanup:
-    if (locked) {
-        lock.l_type = F_UNLCK;
-        fcntl(fd, F_SETLK, &lock);
-    }
+    if (locked)
+        queue_unlock(fd);
     free(text);
     free(cpath);
     free(ctext);
     free(keep);
     free(back);
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return status;
 }
 
@@ -383,21 +396,8 @@ int rvs_run_queue_done(const char *path, const char *name)
     int status = RVS_OK, locked = 0;
     char *cpath = NULL, *ctext = NULL, *out = NULL;
     size_t csize = 0;
-    int fd = open(path, O_RDWR);
-    if (fd < 0) {
-        rvs_log(RVS_LOG_ERROR, MODULE, "cannot open the queue file %s: %s", path,
-                strerror(errno));
-        return RVS_ERR_IO;
-    }
-    struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-    while (fcntl(fd, F_SETLKW, &lock) != 0) {
-        if (errno == EINTR)
-            continue;
-        rvs_log(RVS_LOG_ERROR, MODULE, "cannot lock the queue file %s: %s", path,
-                strerror(errno));
-        status = RVS_ERR_IO;
-        goto cleanup;
-    }
+    int fd = -1;
+    RVS_TRY(queue_lock(path, &fd));
     locked = 1;
     cpath = claims_path(path);
     if (!cpath) {
@@ -437,13 +437,12 @@ int rvs_run_queue_done(const char *path, const char *name)
     if (removed)
         status = write_text_file(cpath, out, n);
 cleanup:
-    if (locked) {
-        lock.l_type = F_UNLCK;
-        fcntl(fd, F_SETLK, &lock);
-    }
+    if (locked)
+        queue_unlock(fd);
     free(cpath);
     free(ctext);
     free(out);
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return status;
 }
