@@ -294,7 +294,21 @@ static void queue_unlock(int fd)
     fcntl(fd, F_SETLK, &lock);
 }
 
+static int queue_pop(const char *path, char **name, int claim);
+
 int rvs_run_queue_pop(const char *path, char **name)
+{
+    return queue_pop(path, name, 0);
+}
+
+int rvs_run_queue_claim(const char *path, char **name)
+{
+    return queue_pop(path, name, 1);
+}
+
+/* Pops the first name; with `claim`, records it in the ledger until rvs_run_queue_done. Either
+ * way, claims of dead local workers go back to the head of the queue first. */
+static int queue_pop(const char *path, char **name, int claim)
 {
     int status = RVS_OK, locked = 0, requeued = 0;
     char *text = NULL, *cpath = NULL, *ctext = NULL, *keep = NULL, *back = NULL;
@@ -361,9 +375,9 @@ int rvs_run_queue_pop(const char *path, char **name)
             goto cleanup;
         }
     }
-    if (*name || nback) {
+    if ((*name && claim) || nback) {
         /* the ledger: the claims kept, and this worker's new one */
-        size_t extra = *name ? strlen(*name) + strlen(host) + 32 : 0;
+        size_t extra = *name && claim ? strlen(*name) + strlen(host) + 32 : 0;
         char *ledger = rvs_malloc(nkeep + extra + 1);
         if (!ledger) {
             status = RVS_ERR_NOMEM;
@@ -372,7 +386,7 @@ int rvs_run_queue_pop(const char *path, char **name)
         if (nkeep)
             memcpy(ledger, keep, nkeep);
         size_t n = nkeep;
-        if (*name)
+        if (*name && claim)
             n += (size_t)snprintf(ledger + n, extra + 1, "%ld %s %s\n", (long)getpid(), host,
                                   *name);
         status = write_text_file(cpath, ledger, n);

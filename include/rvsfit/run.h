@@ -99,9 +99,11 @@ void rvs_run_free_lines(char **lines, size_t count);
  * file is locked (fcntl, whole file), read, rewritten without that line, and unlocked, so each
  * name goes to exactly one process. *name is NULL when the queue is empty (caller frees). */
 int rvs_run_queue_pop(const char *path, char **name);
-/* Marks `name`, popped by this process, as finished: its claim leaves LIST.claims. Until then a
- * claim of a process (of this host) that no longer runs is put back at the head of the queue by
- * the next pop, so an input is never lost with its worker. */
+/* The same, and the name is claimed (LIST.claims: pid, host, name) until rvs_run_queue_done:
+ * a claim of a process (of this host) that no longer runs is put back at the head of the queue
+ * by the next pop or claim, so an input is never lost with its worker. rvsfit-cl claims. */
+int rvs_run_queue_claim(const char *path, char **name);
+/* Marks `name`, claimed by this process, as finished: its claim leaves LIST.claims. */
 int rvs_run_queue_done(const char *path, const char *name);
 
 #ifdef __cplusplus

@@ -902,7 +902,7 @@ static int next_input(struct input_source *src, const char **name)
     if (src->queue_path) {
         free(src->popped);
         src->popped = NULL;
-        int status = rvs_run_queue_pop(src->queue_path, &src->popped);
+        int status = rvs_run_queue_claim(src->queue_path, &src->popped);
         if (status != RVS_OK)
             return status;
         *name = src->popped;
