@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -419,25 +420,59 @@ void rvs_output_install_signal_cleanup(void)
     }
 }
 
-/* Removes ".<base>.<pid>.<n>.tmp" files of `final_path` left by a process that no longer runs
- * (killed with SIGKILL, or a crash): they are never anyone's output. */
-static void remove_stale_tmp(const char *dir, size_t dir_len, const char *base)
+/* Removes the ".<name>.<pid>.<n>.tmp" files of a destination directory left by processes that
+ * no longer run (killed with SIGKILL, or a crash): they are never anyone's output. Each
+ * directory is scanned once per process (the first write into it), not at every write: with
+ * --no-subdirs one directory can hold the outputs of thousands of inputs. */
+static pthread_mutex_t stale_lock = PTHREAD_MUTEX_INITIALIZER;
+static char **stale_scanned;
+static size_t stale_nscanned;
+
+static int stale_first_visit(const char *dpath)
+{
+    int first = 1;
+    pthread_mutex_lock(&stale_lock);
+    for (size_t i = 0; i < stale_nscanned && first; i++)
+        first = strcmp(stale_scanned[i], dpath) != 0;
+    if (first) {
+        char **grown = realloc(stale_scanned, (stale_nscanned + 1) * sizeof *grown);
+        char *copy = grown ? strdup(dpath) : NULL;
+        if (grown)
+            stale_scanned = grown;
+        if (copy)
+            stale_scanned[stale_nscanned++] = copy;
+    }
+    pthread_mutex_unlock(&stale_lock);
+    return first;
+}
+
+static void remove_stale_tmp(const char *dir, size_t dir_len)
 {
     char dpath[TMP_PATH_MAX];
     snprintf(dpath, sizeof dpath, "%.*s", dir_len ? (int)dir_len : 1, dir_len ? dir : ".");
+    if (!stale_first_visit(dpath))
+        return;
     DIR *d = opendir(dpath);
     if (!d)
         return;
-    size_t blen = strlen(base);
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         const char *n = e->d_name;
-        if (n[0] != '.' || strncmp(n + 1, base, blen) != 0 || n[1 + blen] != '.')
-            continue;
-        char *end = NULL;
-        long pid = strtol(n + 2 + blen, &end, 10);
         size_t len = strlen(n);
-        if (!end || *end != '.' || pid <= 0 || len < 4 || strcmp(n + len - 4, ".tmp") != 0)
+        if (n[0] != '.' || len < 8 || strcmp(n + len - 4, ".tmp") != 0)
+            continue;
+        /* ".<name>.<pid>.<n>.tmp": the pid is the field before the counter */
+        const char *dot2 = n + len - 4, *dot1 = dot2;
+        while (dot1 > n && dot1[-1] != '.')
+            dot1--;
+        if (dot1 <= n + 1)
+            continue;
+        const char *p = dot1 - 1;
+        while (p > n && p[-1] != '.')
+            p--;
+        char *end = NULL;
+        long pid = strtol(p, &end, 10);
+        if (p <= n + 1 || end != dot1 - 1 || pid <= 0)
             continue;
         if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue;
@@ -463,7 +498,7 @@ int rvs_output_reserve_tmp(const char *final_path, char **tmp_path)
         return RVS_ERR_NOMEM;
     /* Hidden, in the destination directory (so rename() stays within one file system), unique
      * per process and call; O_EXCL makes the reservation race-free against other writers. */
-    remove_stale_tmp(final_path, dir_len, base);
+    remove_stale_tmp(final_path, dir_len);
     for (int attempt = 0; attempt < 100; attempt++) {
         unsigned n = atomic_fetch_add(&counter, 1u);
         snprintf(name, cap, "%.*s.%s.%ld.%u.tmp", (int)dir_len, final_path, base, (long)getpid(),
