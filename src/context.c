@@ -23,8 +23,10 @@ static int env_is_true(const char *name)
            strcasecmp(v, "off") != 0;
 }
 
-/* CPU devices keep buffers in host memory, so OpenBLAS can work on them in place;
- * RVSFIT_CL_GEMM=clblast|openblas overrides (tests exercise both back ends on PoCL). */
+/* CPU devices keep buffers in host memory, so a host GEMM can work on them in place: the
+ * fixed-order one (src/gemm_fixed.c) by default, OpenBLAS on request (faster on some shapes, but
+ * its result for a row depends on the row's place in the matrix, hence on the batch).
+ * RVSFIT_CL_GEMM=clblast|host|openblas overrides (tests exercise every back end on PoCL). */
 static int choose_gemm_backend(struct rvs_context *ctx)
 {
     const char *env = getenv("RVSFIT_CL_GEMM");
@@ -32,22 +34,22 @@ static int choose_gemm_backend(struct rvs_context *ctx)
     if (env && *env) {
         if (strcasecmp(env, "clblast") == 0) {
             ctx->gemm_backend = RVS_GEMM_CLBLAST;
-        } else if (strcasecmp(env, "openblas") == 0) {
+        } else if (strcasecmp(env, "openblas") == 0 || strcasecmp(env, "host") == 0) {
             if (!cpu_like) {
-                rvs_log(RVS_LOG_ERROR, "context",
-                        "RVSFIT_CL_GEMM=openblas needs a CPU device; %s is a %s", ctx->caps.device_name,
-                        rvs_device_type_name(ctx->caps.type));
+                rvs_log(RVS_LOG_ERROR, "context", "RVSFIT_CL_GEMM=%s needs a CPU device; %s is a %s",
+                        env, ctx->caps.device_name, rvs_device_type_name(ctx->caps.type));
                 return RVS_ERR_INVALID_ARGUMENT;
             }
-            ctx->gemm_backend = RVS_GEMM_OPENBLAS;
+            ctx->gemm_backend =
+                strcasecmp(env, "host") == 0 ? RVS_GEMM_HOST : RVS_GEMM_OPENBLAS;
         } else {
-            rvs_log(RVS_LOG_ERROR, "context", "RVSFIT_CL_GEMM=%s: expected clblast or openblas",
-                    env);
+            rvs_log(RVS_LOG_ERROR, "context",
+                    "RVSFIT_CL_GEMM=%s: expected clblast, host or openblas", env);
             return RVS_ERR_INVALID_ARGUMENT;
         }
         return RVS_OK;
     }
-    ctx->gemm_backend = cpu_like ? RVS_GEMM_OPENBLAS : RVS_GEMM_CLBLAST;
+    ctx->gemm_backend = cpu_like ? RVS_GEMM_HOST : RVS_GEMM_CLBLAST;
     return RVS_OK;
 }
 

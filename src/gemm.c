@@ -1,7 +1,9 @@
-/* gemm.c: one GEMM entry point, two back ends. GPUs use CLBlast on device buffers; CPU devices
- * (PoCL) use OpenBLAS on the same buffers mapped into host memory, which GPU.md measured ~10x
- * faster than CLBlast through PoCL. Row-major throughout. Every call that reaches a back end is
- * counted in the context (gemm_calls; maps and mapped bytes on the OpenBLAS path; the work space
+/* gemm.c: one GEMM entry point, three back ends. GPUs use CLBlast on device buffers; CPU devices
+ * (PoCL) use a host GEMM on the same buffers mapped into host memory, which GPU.md measured ~10x
+ * faster than CLBlast through PoCL: the fixed-order one of src/gemm_fixed.c by default (a row's
+ * result independent of its batch-mates), OpenBLAS on request. Row-major throughout. Every call
+ * that reaches a back end is counted in the context (gemm_calls; maps and mapped bytes on the
+ * host paths; the work space
  * CLBlast allocates for a non-batched call, from CLBlast[SD]GemmTempBufferSize). */
 #include <config.h>
 
@@ -20,7 +22,9 @@
 
 const char *rvs_gemm_backend_name(enum rvs_gemm_backend backend)
 {
-    return backend == RVS_GEMM_OPENBLAS ? "OpenBLAS" : "CLBlast";
+    return backend == RVS_GEMM_OPENBLAS ? "OpenBLAS"
+           : backend == RVS_GEMM_HOST   ? "host (fixed order)"
+                                        : "CLBlast";
 }
 
 /* OpenBLAS core types whose GEMM kernels use AVX2 or AVX-512 (OpenBLAS's names, any case). */
@@ -112,8 +116,9 @@ struct gemm_args {
     size_t a_stride, b_stride, c_stride, batch; /* batch >= 1 */
 };
 
-/* Maps each distinct buffer once (A, B and C may alias) for the OpenBLAS path. */
-static int gemm_openblas(struct rvs_context *ctx, const struct gemm_args *g)
+/* Maps each distinct buffer once (A, B and C may alias) for the host paths: the fixed-order
+ * GEMM (src/gemm_fixed.c) or OpenBLAS. */
+static int gemm_host(struct rvs_context *ctx, const struct gemm_args *g)
 {
     int status = RVS_OK;
     cl_mem bufs[3] = {g->a, g->b, g->c};
@@ -143,10 +148,17 @@ static int gemm_openblas(struct rvs_context *ctx, const struct gemm_args *g)
     }
     enum CBLAS_TRANSPOSE ta = g->ta == RVS_TRANS ? CblasTrans : CblasNoTrans;
     enum CBLAS_TRANSPOSE tb = g->tb == RVS_TRANS ? CblasTrans : CblasNoTrans;
+    size_t es = g->is_double ? sizeof(double) : sizeof(float);
     for (size_t i = 0; i < g->batch; i++) {
         size_t ao = g->a_off + i * g->a_stride, bo = g->b_off + i * g->b_stride;
         size_t co = g->c_off + i * g->c_stride;
-        if (g->is_double)
+        if (ctx->gemm_backend == RVS_GEMM_HOST) {
+            RVS_TRY(rvs_gemm_fixed_order(g->is_double, g->ta == RVS_TRANS, g->tb == RVS_TRANS,
+                                         g->m, g->n, g->k, g->alpha,
+                                         (const char *)maps[owner[0]] + ao * es, g->lda,
+                                         (const char *)maps[owner[1]] + bo * es, g->ldb, g->beta,
+                                         (char *)maps[owner[2]] + co * es, g->ldc));
+        } else if (g->is_double)
             cblas_dgemm(CblasRowMajor, ta, tb, (blasint)g->m, (blasint)g->n, (blasint)g->k,
                         g->alpha, (const double *)maps[owner[0]] + ao, (blasint)g->lda,
                         (const double *)maps[owner[1]] + bo, (blasint)g->ldb, g->beta,
@@ -312,7 +324,7 @@ static int gemm_dispatch(struct rvs_context *ctx, const struct gemm_args *g)
         return RVS_ERR_UNSUPPORTED;
     }
     ctx->counters.gemm_calls++;
-    return ctx->gemm_backend == RVS_GEMM_OPENBLAS ? gemm_openblas(ctx, g) : gemm_clblast(ctx, g);
+    return ctx->gemm_backend == RVS_GEMM_CLBLAST ? gemm_clblast(ctx, g) : gemm_host(ctx, g);
 }
 
 int rvs_gemm_f32(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_transpose trans_b,

@@ -173,6 +173,12 @@ void rvs_fft_plan_cache_clear(struct rvs_context *ctx, struct rvs_fft_plan_cache
 void rvs_devmem_forget_context(struct rvs_context *ctx);
 void rvs_devmem_fft_work(struct rvs_context *ctx, size_t bytes, int add);
 void rvs_devmem_gemm_work(struct rvs_context *ctx, size_t bytes);
+/* src/gemm_fixed.c: row-major C = alpha op(A) op(B) + beta C on host memory, every element summed
+ * by fused multiply-adds in ascending k (bit-identical wherever the row sits); is_double picks
+ * double or float elements. RVS_OK or RVS_ERR_NOMEM. */
+int rvs_gemm_fixed_order(int is_double, int trans_a, int trans_b, size_t m, size_t n, size_t k,
+                         double alpha, const void *a, size_t lda, const void *b, size_t ldb,
+                         double beta, void *c, size_t ldc);
 
 /* Known-answer self-test of the built kernels (src/selftest.c). */
 int rvs_selftest_run(struct rvs_context *ctx);

@@ -1,5 +1,5 @@
-/* test_gemm.c: rvs_gemm_f32/f64 against a plain-C double reference, through both back ends
- * where the device allows (OpenBLAS needs a CPU device), with offsets, padded leading
+/* test_gemm.c: rvs_gemm_f32/f64 against a plain-C double reference, through every back end
+ * the device allows (the host ones need a CPU device), with offsets, padded leading
  * dimensions, both transposes and sizes that are not multiples of anything.
  * Tolerance: |C - C_ref| <= eps * 4 * k * max|A||B|-scale + tiny, eps = 2^-24 (f32), 2^-53 (f64). */
 #include <config.h>
@@ -188,10 +188,11 @@ int main(void)
     struct rvs_context *probe = test_context(1);
     int cpu = (probe->caps.type & CL_DEVICE_TYPE_CPU) != 0;
     rvs_context_destroy(&probe);
-    if (cpu)
+    if (cpu) {
+        run_backend("host");
         run_backend("openblas");
-    else
-        printf("device is not a CPU: OpenBLAS back end not applicable\n");
+    } else
+        printf("device is not a CPU: the host back ends are not applicable\n");
     run_backend("clblast");
     return test_finish("test_gemm");
 }

@@ -11,7 +11,10 @@ extern "C" {
 
 enum rvs_gemm_backend {
     RVS_GEMM_CLBLAST = 0, /* GPUs and other devices with their own memory */
-    RVS_GEMM_OPENBLAS = 1 /* CPU devices: cblas on mapped buffers, ~10x CLBlast-on-PoCL */
+    RVS_GEMM_OPENBLAS = 1, /* CPU devices, on request: cblas on mapped buffers */
+    RVS_GEMM_HOST = 2      /* CPU devices (default): src/gemm_fixed.c on mapped buffers, one
+                            * summation order per element, so a row's result does not depend
+                            * on its batch-mates (OpenBLAS's does); ~10x CLBlast-on-PoCL */
 };
 
 struct rvs_context_options {

@@ -1,4 +1,5 @@
-/* rvsfit/gemm.h: one GEMM call with two back ends (CLBlast on GPUs, OpenBLAS on CPU devices). */
+/* rvsfit/gemm.h: one GEMM call with three back ends (CLBlast on GPUs; on CPU devices a host GEMM
+ * with one summation order per element by default, OpenBLAS on request: RVSFIT_CL_GEMM). */
 #ifndef RVSFIT_GEMM_H
 #define RVSFIT_GEMM_H
 
@@ -13,8 +14,8 @@ extern "C" {
 enum rvs_transpose { RVS_NO_TRANS = 0, RVS_TRANS = 1 };
 
 /* C = alpha * op(A) * op(B) + beta * C, row-major, on device buffers with element offsets.
- * op(A) is m x k, op(B) is k x n, C is m x n. Enqueued on ctx->queue (in order); with the OpenBLAS
- * back end the call waits for the queue and returns when C is written. */
+ * op(A) is m x k, op(B) is k x n, C is m x n. Enqueued on ctx->queue (in order); with a host back
+ * end (CPU devices) the call waits for the queue and returns when C is written. */
 int rvs_gemm_f32(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_transpose trans_b,
                  size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t a_offset, size_t lda,
                  cl_mem b, size_t b_offset, size_t ldb, float beta, cl_mem c, size_t c_offset,
@@ -39,7 +40,7 @@ int rvs_gemm_real(struct rvs_context *ctx, enum rvs_transpose trans_a, enum rvs_
                   size_t lda, cl_mem b, size_t b_offset, size_t ldb, double beta, cl_mem c,
                   size_t c_offset, size_t ldc);
 
-/* "CLBlast" or "OpenBLAS". */
+/* "CLBlast", "host (fixed order)" or "OpenBLAS". */
 const char *rvs_gemm_backend_name(enum rvs_gemm_backend backend);
 
 /* OpenBLAS chooses its kernels from the CPU model when it is loaded. On a CPU newer than the
