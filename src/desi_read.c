@@ -898,6 +898,35 @@ cleanup:
     return status;
 }
 
+/* cfitsio uncompresses a gzipped file in memory and allocates, first, the size the gzip trailer
+ * claims (ISIZE, the last four bytes). A 14 kB file claiming 4 GB made it allocate 4 GB (found by
+ * tests/fuzz/fuzz_desi_read). Deflate cannot expand more than 1032:1, so a larger claim is a
+ * damaged (or hostile) file; say so before cfitsio sees it. RVS_OK for every other file. */
+static int check_gzip_claim(const char *path, long long size)
+{
+    enum { DEFLATE_MAX_RATIO = 1032 };
+    unsigned char magic[2], trailer[4];
+    FILE *in = fopen(path, "rb");
+    if (!in)
+        return RVS_OK; /* cfitsio reports the real reason */
+    int gz = fread(magic, 1, 2, in) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+    int have = gz && size >= 18 && fseek(in, -4L, SEEK_END) == 0 &&
+               fread(trailer, 1, 4, in) == 4;
+    fclose(in);
+    if (!have)
+        return RVS_OK;
+    unsigned long long claim = (unsigned long long)trailer[0] | (unsigned long long)trailer[1] << 8 |
+                               (unsigned long long)trailer[2] << 16 |
+                               (unsigned long long)trailer[3] << 24;
+    if (claim <= (unsigned long long)size * DEFLATE_MAX_RATIO)
+        return RVS_OK;
+    rvs_log(RVS_LOG_ERROR, "desi",
+            "%s: the gzip trailer claims %llu uncompressed bytes from %lld compressed ones, more "
+            "than deflate can produce (1032:1): the file is damaged; copy it again from its source",
+            path, claim, size);
+    return RVS_ERR_FORMAT;
+}
+
 int rvs_desi_open(const char *path, unsigned arms, struct rvs_desi_file **file)
 {
     int status = RVS_OK, fst = 0, found = 0;
@@ -917,6 +946,7 @@ int rvs_desi_open(const char *path, unsigned arms, struct rvs_desi_file **file)
         rvs_log(RVS_LOG_ERROR, "desi", "%s: cannot open: not a regular file", path);
         return RVS_ERR_IO;
     }
+    RVS_TRY(check_gzip_claim(path, (long long)st.st_size));
     f = rvs_calloc(1, sizeof *f);
     if (!f || !(f->path = rvs_strdup(path))) {
         status = RVS_ERR_NOMEM;

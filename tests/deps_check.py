@@ -71,6 +71,7 @@ PROGRAMS = {
     'ps': 'procps', 'pkill': 'procps', 'pgrep': 'procps', 'free': 'procps',
     'fitsverify': 'fitsverify', 'fpack': 'libcfitsio-bin', 'funpack': 'libcfitsio-bin',
     'h5dump': 'hdf5-tools', 'h5ls': 'hdf5-tools', 'shellcheck': 'shellcheck',
+    'ar': 'binutils', 'nm': 'binutils', 'clang': 'clang', 'clang-14': 'clang-14',
 }
 for _pkg, _progs in BASE.items():
     for _p in _progs.split():

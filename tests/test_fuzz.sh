@@ -1,0 +1,41 @@
+#!/bin/sh
+# test_fuzz.sh (issue 19): the parsers' fuzz targets in make check.
+#  1. the seed corpora (tests/fuzz/make-seeds) and the kept findings (tests/fuzz/regress/)
+#     replayed through every target with the normal build (tests/fuzz/replay_*): none may crash;
+#  2. where Debian's clang has libFuzzer (clang, libclang-rt-14-dev from tools/install-deps), a
+#     short bounded run of each target with ASan+UBSan (tools/fuzz -t 5): no finding allowed.
+#     The instrumented build of the library takes ~2 minutes on two cores.
+# The long run is `make fuzz` (doc/fuzzing.md).
+. "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+python=${PYTHON3:-/usr/bin/python3}
+"$python" "$top_srcdir/tests/fuzz/make-seeds" "$top_srcdir" "$scratch/seeds" ||
+    { fail "make-seeds failed"; finish; }
+for t in desi_read config library cache; do
+    inputs="$scratch/seeds/$t"
+    [ -d "$top_srcdir/tests/fuzz/regress/$t" ] && inputs="$inputs $top_srcdir/tests/fuzz/regress/$t"
+    # shellcheck disable=SC2086
+    run 0 "replay of $t" -- env TMPDIR="$scratch" "$top_builddir/tests/fuzz/replay_$t" $inputs
+    expect_in out "[1-9][0-9]* inputs replayed" "replay of $t ran its inputs"
+done
+
+# the finding of tests/fuzz/regress/desi_read/gzip-trailer-claims-4GB.fits.gz: a 14 kB file whose
+# gzip trailer claims 4 GB made cfitsio allocate 4 GB; the reader now refuses it, saying why
+run 0 "replay of the 4 GB gzip claim" -- env TMPDIR="$scratch" RVSFIT_FUZZ_VERBOSE=1 \
+    "$top_builddir/tests/fuzz/replay_desi_read" \
+    "$top_srcdir/tests/fuzz/regress/desi_read/gzip-trailer-claims-4GB.fits.gz"
+expect_in err "gzip trailer claims 4119455520 uncompressed bytes from 14621 compressed" \
+    "the damaged gzip file named for what it is"
+
+if [ "${RVSFIT_FUZZ_SECONDS:-5}" != 0 ]; then
+    "$top_srcdir/tools/fuzz" -w "$scratch/fuzz" -t "${RVSFIT_FUZZ_SECONDS:-5}" -j 2 \
+        -c "$top_builddir/config.h" >"$scratch/fuzz.out" 2>&1
+    rc=$?
+    cat "$scratch/fuzz.out"
+    case $rc in
+    0) ;;
+    77) echo "clang's libFuzzer is not installed: the short fuzz run is left out (tools/install-deps installs it)" ;;
+    *) fail "tools/fuzz found something or failed (exit $rc): $scratch/fuzz" ;;
+    esac
+fi
+finish
