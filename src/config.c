@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include <yaml.h>
 
@@ -281,6 +282,15 @@ int rvs_config_read(const char *path, struct rvs_config *config)
     if (!fp) {
         rvs_log(RVS_LOG_ERROR, MODULE, "cannot open configuration file %s: %s", path,
                 strerror(errno));
+        status = RVS_ERR_IO;
+        goto cleanup;
+    }
+    struct stat st;
+    if (fstat(fileno(fp), &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* a directory opens, and libyaml then reports only "input error" */
+        rvs_log(RVS_LOG_ERROR, MODULE, "configuration file %s is %s, not a YAML file: give the "
+                "path of the file (--config)", path,
+                S_ISDIR(st.st_mode) ? "a directory" : "not a regular file");
         status = RVS_ERR_IO;
         goto cleanup;
     }

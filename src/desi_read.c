@@ -17,7 +17,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <fcntl.h>
 #include <fitsio.h>
+#include <unistd.h>
+#include <zlib.h>
 
 #include "desi_internal.h"
 #include "rvsfit/desi.h"
@@ -52,6 +55,8 @@ struct rvs_desi_file {
     struct rvs_desi_keyword keywords[RVS_DESI_NKEYWORDS];
     double *sn[RVS_DESI_NARMS];
     char sn_source[32];
+    /* the bytes cfitsio sees: the file's size, or a gzipped file's uncompressed size */
+    long long logical_size;
 };
 
 int rvs_desi_fits_error(int fits_status, const char *path, const char *what, ...)
@@ -185,19 +190,17 @@ static int truncated(struct rvs_desi_file *f, long long *need, long long *have)
 {
     int fst = 0, nhdus = 0;
     long long head = 0, data = 0, end = 0;
-    struct stat st;
     fits_write_errmark();
     fits_get_num_hdus(f->fptr, &nhdus, &fst);
     if (nhdus > 0)
         fits_movabs_hdu(f->fptr, nhdus, NULL, &fst);
     fits_get_hduaddrll(f->fptr, &head, &data, &end, &fst);
     fits_clear_errmark();
-    if (fst || stat(f->path, &st) != 0)
+    if (fst)
         return 0;
     *need = end;
-    *have = (long long)st.st_size;
-    /* A gzipped file is smaller than its content; only plain files are judged. */
-    return end > (long long)st.st_size && !strstr(f->path, ".gz");
+    *have = f->logical_size;
+    return end > f->logical_size;
 }
 
 /* The current HDU's header claims a data size (NAXISn, PCOUNT) that the file must hold: a damaged
@@ -207,16 +210,13 @@ static int check_hdu_size(struct rvs_desi_file *f, const char *name)
 {
     int status = RVS_OK, fst = 0;
     long long head = 0, data = 0, end = 0;
-    struct stat st;
     fits_get_hduaddrll(f->fptr, &head, &data, &end, &fst);
     RVS_FITS_CHECK(fst, f->path, "cannot read the extent of HDU %s", name);
-    if (stat(f->path, &st) != 0 || strstr(f->path, ".gz"))
-        goto cleanup;
-    if (end > (long long)st.st_size) {
+    if (end > f->logical_size) {
         rvs_log(RVS_LOG_ERROR, "desi",
                 "%s: HDU %s claims %lld bytes of data but the file has only %lld bytes after its "
                 "header: the header is damaged or the file truncated; copy or download it again",
-                f->path, name, end - data, (long long)st.st_size - data);
+                f->path, name, end - data, f->logical_size - data);
         status = RVS_ERR_FORMAT;
     }
 cleanup:
@@ -927,6 +927,124 @@ static int check_gzip_claim(const char *path, long long size)
     return RVS_ERR_FORMAT;
 }
 
+/* A gzipped input must be a whole gzip stream. cfitsio uncompresses what it can of a truncated
+ * or corrupt one and says nothing, so the file then looks like a shorter FITS file whose later
+ * HDUs (an arm, SCORES) are simply not there: the user was told "HDU Z_WAVELENGTH is missing",
+ * or, with that arm left out, got outputs without SCORES (tests/test_corpus.sh). zlib inflates
+ * the whole stream here (no output kept) and checks its CRC and length. RVS_OK for a file that
+ * is not gzipped (*uncompressed -1), or a whole stream (*uncompressed its length). */
+static int check_gzip_stream(const char *path, long long *uncompressed)
+{
+    unsigned char magic[2];
+    *uncompressed = -1;
+    FILE *in = fopen(path, "rb");
+    if (!in)
+        return RVS_OK; /* cfitsio reports the real reason */
+    int gz = fread(magic, 1, 2, in) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+    if (!gz || fseek(in, 0, SEEK_SET) != 0) {
+        fclose(in);
+        return RVS_OK;
+    }
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    /* 16 + MAX_WBITS: a gzip wrapper, whose CRC-32 and length zlib verifies */
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) {
+        fclose(in);
+        rvs_log(RVS_LOG_ERROR, "desi", "%s: zlib cannot start (out of host memory?)", path);
+        return RVS_ERR_NOMEM;
+    }
+    static __thread unsigned char inbuf[1 << 16], outbuf[1 << 16];
+    int zs = Z_OK;
+    unsigned long long total = 0;
+    while (zs != Z_STREAM_END) {
+        if (z.avail_in == 0) {
+            size_t n = fread(inbuf, 1, sizeof inbuf, in);
+            if (n == 0)
+                break; /* the file ended before the stream did */
+            z.next_in = inbuf;
+            z.avail_in = (uInt)n;
+        }
+        z.next_out = outbuf;
+        z.avail_out = sizeof outbuf;
+        zs = inflate(&z, Z_NO_FLUSH);
+        total += sizeof outbuf - z.avail_out;
+        if (zs != Z_OK && zs != Z_STREAM_END)
+            break;
+    }
+    int read_error = ferror(in);
+    fclose(in);
+    const char *why = zs == Z_STREAM_END ? NULL
+                      : read_error       ? strerror(errno)
+                      : zs == Z_OK || zs == Z_BUF_ERROR
+                          ? "the file ends before the compressed stream does: it is truncated"
+                          : z.msg ? z.msg
+                                  : "the compressed data are corrupt";
+    inflateEnd(&z);
+    if (!why) {
+        *uncompressed = (long long)total;
+        return RVS_OK;
+    }
+    rvs_log(RVS_LOG_ERROR, "desi",
+            "%s: the gzip stream is damaged after %llu uncompressed bytes (zlib: %s); copy or "
+            "download the file again",
+            path, total, why);
+    return RVS_ERR_FORMAT;
+}
+
+/* The whole file at once, before anything is read from it: every header cfitsio must parse to
+ * walk the HDUs (a damaged one hides every HDU after it), and the file's end against the data of
+ * its last HDU (a truncated copy, or a header claiming more data than the file holds, loses the
+ * HDUs after it). Either used to surface only when a later HDU was asked for, and not at all
+ * when that HDU was SCORES or an arm left out with --fitarm: outputs without SCORES, or an arm's
+ * last rows unreadable (tests/test_corpus.sh). */
+static int check_file_integrity(struct rvs_desi_file *f)
+{
+    int status = RVS_OK, fst = 0, type = 0;
+    char previous[FLEN_VALUE] = "PRIMARY";
+    fits_write_errmark();
+    for (int h = 1;; h++) {
+        fits_movabs_hdu(f->fptr, h, &type, &fst);
+        if (fst == END_OF_FILE && h > 1)
+            break;
+        char name[FLEN_VALUE] = "PRIMARY";
+        if (fst) {
+            char why[FLEN_STATUS] = "";
+            fits_get_errstatus(fst, why);
+            rvs_log(RVS_LOG_ERROR, "desi",
+                    "%s: the header of HDU %d (after HDU %s) is damaged (cfitsio %d: %s): it and "
+                    "the HDUs after it cannot be read; the file is corrupt or truncated: copy or "
+                    "download it again",
+                    f->path, h, previous, fst, why);
+            status = RVS_ERR_FORMAT;
+            break;
+        }
+        int kst = 0;
+        if (h > 1 && fits_read_key_str(f->fptr, "EXTNAME", name, NULL, &kst) != 0)
+            snprintf(name, sizeof name, "number %d", h);
+        long long head = 0, data = 0, end = 0;
+        fits_get_hduaddrll(f->fptr, &head, &data, &end, &fst);
+        if (fst == 0 && end > f->logical_size) {
+            rvs_log(RVS_LOG_ERROR, "desi",
+                    "%s: HDU %s claims %lld bytes of data but the file has only %lld bytes after "
+                    "its header: the header is damaged or the file truncated; copy or download "
+                    "it again",
+                    f->path, name, end - data, f->logical_size - data);
+            status = RVS_ERR_FORMAT;
+            break;
+        }
+        fst = 0;
+        snprintf(previous, sizeof previous, "%s", name);
+    }
+    fits_clear_errmark();
+    fst = 0;
+    fits_movabs_hdu(f->fptr, 1, &type, &fst);
+    if (fst && status == RVS_OK) {
+        rvs_desi_fits_error(fst, f->path, "cannot return to the primary HDU");
+        status = RVS_ERR_FORMAT;
+    }
+    return status;
+}
+
 int rvs_desi_open(const char *path, unsigned arms, struct rvs_desi_file **file)
 {
     int status = RVS_OK, fst = 0, found = 0;
@@ -946,22 +1064,39 @@ int rvs_desi_open(const char *path, unsigned arms, struct rvs_desi_file **file)
         rvs_log(RVS_LOG_ERROR, "desi", "%s: cannot open: not a regular file", path);
         return RVS_ERR_IO;
     }
+    /* a file cfitsio cannot open is only "could not open the named file" to it: say why */
+    int probe = open(path, O_RDONLY);
+    if (probe < 0) {
+        rvs_log(RVS_LOG_ERROR, "desi", "%s: cannot open: %s", path, strerror(errno));
+        return RVS_ERR_IO;
+    }
+    close(probe);
+    long long uncompressed = -1;
     RVS_TRY(check_gzip_claim(path, (long long)st.st_size));
+    RVS_TRY(check_gzip_stream(path, &uncompressed));
     f = rvs_calloc(1, sizeof *f);
     if (!f || !(f->path = rvs_strdup(path))) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
+    f->logical_size = uncompressed >= 0 ? uncompressed : (long long)st.st_size;
     f->arms = arms;
     /* The disk-file form takes the name literally: no cfitsio extended-syntax surprises with
      * brackets in names. Gzipped files are still recognised and uncompressed in memory. */
     fits_open_diskfile(&f->fptr, path, READONLY, &fst);
     if (fst) {
-        rvs_desi_fits_error(fst, path, "cannot open as FITS (is it a DESI coadd/spectra file?)");
+        /* FITS files are whole 2880-byte blocks: a cut one is named for what it is */
+        int cut = f->logical_size % 2880 != 0;
+        rvs_desi_fits_error(fst, path, cut ? "cannot open as FITS: the file is truncated (%lld "
+                                             "bytes, not whole 2880-byte FITS blocks)"
+                                           : "cannot open as FITS (is it a DESI coadd/spectra "
+                                             "file?)",
+                            f->logical_size);
         f->fptr = NULL;
         status = fst == FILE_NOT_OPENED ? RVS_ERR_IO : RVS_ERR_FORMAT;
         goto cleanup;
     }
+    RVS_TRY(check_file_integrity(f));
     RVS_TRY(read_keywords(f));
     RVS_TRY(read_fibermap(f));
     RVS_TRY(move_to(f, "EXP_FIBERMAP", &found));

@@ -894,9 +894,13 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
                 np += f->nwave[f->engine_arm[k]];
         /* spec_fit.get_chisq: badchi = 10 x the pixels of all the spectrum's datasets */
         f->badchi[t] = 10.0 * (double)np;
-        if (b->bad_spectrum[t] || np == 0)
+        if (b->bad_spectrum[t] || np == 0) {
             nan_row(&rows[t]);
-        else
+            /* no arm left because the resolution matrices were bad: say so too (the warning
+             * of src/prepare.c names bit 128) */
+            if (b->dropped_arms && b->dropped_arms[t])
+                rows[t].rvs_warn |= RVS_WARN_BAD_ARM;
+        } else
             list[n++] = t;
     }
     int anyres = 0;

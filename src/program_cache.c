@@ -22,8 +22,21 @@ enum { CACHE_FORMAT = 1, CACHE_HEADER = 8 + 4 + 32 + 8 + 32 };
 int rvs_program_cache_enabled(void)
 {
     const char *env = getenv("RVSFIT_CL_CACHE");
-    return !(env && (strcmp(env, "0") == 0 || strcasecmp(env, "off") == 0 ||
-                     strcasecmp(env, "no") == 0));
+    if (!env || !*env)
+        return 1;
+    if (strcmp(env, "0") == 0 || strcasecmp(env, "off") == 0 || strcasecmp(env, "no") == 0)
+        return 0;
+    if (strcmp(env, "1") != 0 && strcasecmp(env, "on") != 0 && strcasecmp(env, "yes") != 0) {
+        /* e.g. a directory: the cache's place is XDG_CACHE_HOME, which a user may not know */
+        static int warned;
+        if (!warned)
+            rvs_log(RVS_LOG_WARNING, "cache",
+                    "RVSFIT_CL_CACHE=%s is neither 0/off/no nor 1/on/yes: the cache stays on; its "
+                    "directory is ${XDG_CACHE_HOME:-~/.cache}/rvsfit-cl (set XDG_CACHE_HOME to move "
+                    "it)", env);
+        warned = 1;
+    }
+    return 1;
 }
 
 static int make_dir(const char *path)

@@ -323,8 +323,9 @@ static int fitter_for_file(struct rvs_run *run, struct rvs_desi_file *file)
             ndiag[a] = rvs_desi_ndiag(file, a);
             if (ndiag[a] == 0) {
                 rvs_log(RVS_LOG_ERROR, MODULE,
-                        "%s: no %c_RESOLUTION HDU, which --resolution-matrix needs (leave the "
-                        "option out to fit without resolution matrices)",
+                        "%s: no %c_RESOLUTION HDU, which the fit with resolution matrices needs "
+                        "(--resolution-matrix, or this library's default): give "
+                        "--no-resolution-matrix to fit without them",
                         rvs_desi_path(file), "BRZ"[a]);
                 return RVS_ERR_FORMAT;
             }
