@@ -1074,6 +1074,7 @@ int rvs_desi_open(const char *path, unsigned arms, struct rvs_desi_file **file)
     long long uncompressed = -1;
     RVS_TRY(check_gzip_claim(path, (long long)st.st_size));
     RVS_TRY(check_gzip_stream(path, &uncompressed));
+    RVS_TRY(rvs_fits_guard(path, "desi", "copy or download it again"));
     f = rvs_calloc(1, sizeof *f);
     if (!f || !(f->path = rvs_strdup(path))) {
         status = RVS_ERR_NOMEM;

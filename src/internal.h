@@ -176,6 +176,12 @@ void rvs_devmem_gemm_work(struct rvs_context *ctx, size_t bytes);
 /* src/gemm_fixed.c: row-major C = alpha op(A) op(B) + beta C on host memory, every element summed
  * by fused multiply-adds in ascending k (bit-identical wherever the row sits); is_double picks
  * double or float elements. RVS_OK or RVS_ERR_NOMEM. */
+/* src/fits_guard.c: the headers of a FITS file (plain or gzipped) are printable ASCII, as the
+ * standard demands and cfitsio 4.2.0 needs (it aborts on some that are not). RVS_OK, or
+ * RVS_ERR_FORMAT with the HDU and card in why; the _guard form logs "<path>: <why>; <advice>"
+ * under module. Other damage is left to cfitsio and the callers' checks. */
+int rvs_fits_check_headers(const char *path, char *why, size_t why_size);
+int rvs_fits_guard(const char *path, const char *module, const char *advice);
 int rvs_gemm_fixed_order(int is_double, int trans_a, int trans_b, size_t m, size_t n, size_t k,
                          double alpha, const void *a, size_t lda, const void *b, size_t ldb,
                          double beta, void *c, size_t ldc);

@@ -218,6 +218,11 @@ static int check_output(const char *path, char *pair, char *inid, const char **w
     int fst = 0, nhdu = 0, ok = 0;
     fitsfile *f = NULL;
     pair[0] = inid[0] = '\0';
+    char guard_why[400];
+    if (rvs_fits_check_headers(path, guard_why, sizeof guard_why) != RVS_OK) {
+        *why = "a damaged FITS header (not printable ASCII)";
+        return -1;
+    }
     fits_write_errmark();
     fits_open_diskfile(&f, path, READONLY, &fst);
     if (fst) {

@@ -161,7 +161,11 @@ int rvs_program_cache_load(const char *program_name, const unsigned char key[32]
         goto cleanup;
     }
     uint64_t n = get_u64(header + 44);
-    if (n == 0 || n > ((uint64_t)1 << 31)) {
+    struct stat st;
+    /* the size claimed must be what the file holds before anything that large is allocated
+     * (tests/fuzz/fuzz_cache: a 93-byte entry claiming 2 GB was allocated) */
+    if (n == 0 || n > ((uint64_t)1 << 31) || fstat(fileno(f), &st) != 0 ||
+        (uint64_t)st.st_size != CACHE_HEADER + n) {
         why = "implausible binary size";
         goto cleanup;
     }

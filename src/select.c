@@ -196,6 +196,8 @@ static int read_redrock(const char *path, const char *hdu, struct redrock *rr)
     long long nrows = 0, repeat = 0;
     fitsfile *fp = NULL;
     char **ptrs = NULL;
+    RVS_TRY(rvs_fits_guard(path, "select", "the redrock file is damaged: copy or download it "
+                                           "again"));
     fits_open_diskfile(&fp, path, READONLY, &fst);
     if (fst)
         fp = NULL;

@@ -27,6 +27,14 @@ run 0 "replay of the 4 GB gzip claim" -- env TMPDIR="$scratch" RVSFIT_FUZZ_VERBO
 expect_in err "gzip trailer claims 4119455520 uncompressed bytes from 14621 compressed" \
     "the damaged gzip file named for what it is"
 
+# the finding of tests/fuzz/regress/desi_read/cfitsio-ttype-non-ascii.fits: a TTYPE card of
+# 0xff bytes made cfitsio 4.2.0 overflow a buffer and the process abort; now refused, named
+run 0 "replay of the non-ASCII TTYPE card" -- env TMPDIR="$scratch" RVSFIT_FUZZ_VERBOSE=1 \
+    "$top_builddir/tests/fuzz/replay_desi_read" \
+    "$top_srcdir/tests/fuzz/regress/desi_read/cfitsio-ttype-non-ascii.fits"
+expect_in err "card 60 of the header of HDU 2 FIBERMAP holds byte 0xff at column 11" \
+    "the non-ASCII header card named"
+
 if [ "${RVSFIT_FUZZ_SECONDS:-5}" != 0 ]; then
     "$top_srcdir/tools/fuzz" -w "$scratch/fuzz" -t "${RVSFIT_FUZZ_SECONDS:-5}" -j 2 \
         -c "$top_builddir/config.h" >"$scratch/fuzz.out" 2>&1

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "fuzz_common.h"
+#include "internal.h"
 #include "rvsfit/status.h"
 #include "rvsfit/library.h"
 
@@ -67,7 +68,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* the loader wants the file named rvsfit_<SETUP>.fits; the seeds are desi_b */
     fuzz_write("rvsfit_desi_b.fits", data, size, path, sizeof path);
     load_and_use(path);
-    if (refresh_checksums(path))
+    /* cfitsio 4.2.0 aborts on some non-ASCII headers (src/fits_guard.c): the harness's own
+     * cfitsio calls go only where the loader's guard would let cfitsio go */
+    char why[400];
+    if (rvs_fits_check_headers(path, why, sizeof why) == RVS_OK && refresh_checksums(path))
         load_and_use(path);
     return 0;
 }
