@@ -46,6 +46,14 @@ static const char *level_label(int level)
     return label;
 }
 
+/* "rvsfit-cl[TAG]: " instead of "rvsfit-cl: " (MPI ranks: whose message it is) */
+static char log_tag[32];
+
+void rvs_log_set_tag(const char *tag)
+{
+    snprintf(log_tag, sizeof log_tag, "%s", tag ? tag : "");
+}
+
 void rvs_log(int level, const char *module, const char *fmt, ...)
 {
     if (level < log_threshold)
@@ -55,7 +63,10 @@ void rvs_log(int level, const char *module, const char *fmt, ...)
     va_start(ap, fmt);
     /* One locked write per message keeps lines whole when several threads log. */
     flockfile(out);
-    fprintf(out, "rvsfit-cl: %s [%s] ", level_label(level), module);
+    if (log_tag[0])
+        fprintf(out, "rvsfit-cl[%s]: %s [%s] ", log_tag, level_label(level), module);
+    else
+        fprintf(out, "rvsfit-cl: %s [%s] ", level_label(level), module);
     vfprintf(out, fmt, ap);
     fputc('\n', out);
     fflush(out);

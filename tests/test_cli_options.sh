@@ -125,7 +125,12 @@ bad "invalid --log-level 'LOUD'" --log-level LOUD
 bad "invalid --nthreads 'many'" --nthreads many
 bad "requires an argument" --npoly
 bad "unrecognized option '--no-such'" --no-such
-bad "--mpi is not supported" --mpi
+# --mpi: accepted in an MPI build (tests/test_mpi.sh runs it), else a usage error saying how
+if [ "${RVSFIT_CL_HAVE_MPI:-no}" = yes ]; then
+    run 0 "--mpi in an MPI build" -- "$RVSFIT_CL" --show-config --mpi
+else
+    bad "built without MPI.*libopenmpi-dev" --mpi
+fi
 bad "not both" --targetid 1 --targetid-file-from ids.txt
 bad "--minexpid must be below --maxexpid" --minexpid 5 --maxexpid 5
 bad "need different names" --output-tab-prefix x --output-mod-prefix x

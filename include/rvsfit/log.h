@@ -22,6 +22,9 @@ void rvs_log_set_level(int level);
 int rvs_log_get_level(void);
 /* Parses DEBUG/INFO/WARNING/ERROR/CRITICAL (any case); returns 0, or RVS_ERR_INVALID_ARGUMENT. */
 int rvs_log_parse_level(const char *name, int *level);
+/* A tag after the program name ("rvsfit-cl[rank 3]: ..."), e.g. the MPI rank; NULL or "" for
+ * none. Set it before threads log. */
+void rvs_log_set_tag(const char *tag);
 /* Where messages go (NULL restores stderr); the caller keeps ownership of the stream. */
 void rvs_log_set_stream(FILE *stream);
 

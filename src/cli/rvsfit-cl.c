@@ -25,6 +25,9 @@
 #include <unistd.h>
 
 #include "options.h"
+#ifdef HAVE_MPI
+#include "mpi_ranks.h"
+#endif
 #include "rvsfit.h"
 #include "rvsfit/config.h"
 #include "rvsfit/fit.h"
@@ -149,7 +152,9 @@ static const struct rvs_cli_option cli_options[] = {
     {"nthreads", required_argument, OPT_NTHREADS, "N", "accepted and ignored: the device does the parallel work (use --queue-file for several "
      "processes)", G_COMPAT},
     {"overwrite", required_argument, OPT_OVERWRITE, "X", "accepted and ignored, as in rvs_desi_fit (outputs are always replaced)", G_COMPAT},
-    {"mpi", no_argument, OPT_MPI, NULL, "refused: run several processes sharing a --queue-file instead", G_COMPAT},
+    {"mpi", no_argument, OPT_MPI, NULL, "run as one of the ranks of mpirun/srun: one device per rank (node-local rank "
+     "modulo the node's devices of the default kind, or an entry of a --device list such as 0,1,2,3, or of "
+     "$RVSFIT_CL_MPI_DEVICES), inputs dealt dynamically; needs a build with MPI", G_DEVICE},
     {"help", no_argument, OPT_HELP, NULL, "show this help and exit", G_INFO},
     {"version", no_argument, OPT_VERSION, NULL, "show the version and exit", G_INFO},
 };
@@ -327,7 +332,7 @@ struct settings {
     long long batch_size;
     double clip_sigma;
     int rvspecfit_likelihood;
-    int no_overlap, profile, list_devices, self_test;
+    int no_overlap, profile, list_devices, self_test, mpi;
     /* messages */
     int log_level, verbosity;
     const char *log_file;
@@ -633,8 +638,15 @@ static int apply_option(struct settings *s, int opt, const char *arg, int *stop_
                 "use --skipexisting to keep them");
         return RVS_EXIT_OK;
     case OPT_MPI:
-        return usage_error("--mpi is not supported: %s",
-                           "run several rvsfit-cl processes sharing --queue-file=LIST");
+#ifdef HAVE_MPI
+        s->mpi = 1;
+        return RVS_EXIT_OK;
+#else
+        return usage_error("--mpi: this rvsfit-cl was built without MPI: %s",
+                           "install the Debian packages libopenmpi-dev and openmpi-bin "
+                           "(tools/install-deps does), run ./configure and make again; or run "
+                           "several rvsfit-cl processes sharing --queue-file=LIST");
+#endif
     default:
         return RVS_EXIT_USAGE;
     }
@@ -913,8 +925,32 @@ static int next_input(struct input_source *src, const char **name)
     return RVS_OK;
 }
 
-/* Fits every input; returns the exit code. */
-static int run_files(const struct settings *s, const struct effective *e, const char *cmdline)
+/* MPI ranks (--mpi), or NULL for one process. Opaque where MPI is not built. */
+#ifdef HAVE_MPI
+typedef struct mpi_ranks mpi_ranks_t;
+#else
+typedef struct mpi_ranks_absent mpi_ranks_t;
+#endif
+
+/* The next input of an argument or --input-file-from list for this rank: dealt by rank 0's
+ * counter under --mpi (each index once, to whichever rank asks first). */
+static int next_dealt_input(struct input_source *src, mpi_ranks_t *ranks, const char **name)
+{
+#ifdef HAVE_MPI
+    if (ranks && !src->queue_path) {
+        long i = mpi_ranks_take(ranks);
+        *name = i >= 0 && (size_t)i < src->count ? src->names[i] : NULL;
+        return RVS_OK;
+    }
+#else
+    (void)ranks;
+#endif
+    return next_input(src, name);
+}
+
+/* Fits every input; returns the exit code, and the files, failures and targets in totals. */
+static int run_files(const struct settings *s, const struct effective *e, const char *cmdline,
+                     mpi_ranks_t *ranks, size_t totals[3])
 {
     int code = RVS_EXIT_OK, status;
     struct rvs_context *ctx = NULL;
@@ -938,12 +974,33 @@ static int run_files(const struct settings *s, const struct effective *e, const 
         src.count = s->nfiles;
     }
 
-    if (s->status_file && rvs_output_status_start(s->status_file) != RVS_OK) {
+    int lead = 1; /* the process that empties the status file and logs the summary */
+#ifdef HAVE_MPI
+    lead = !ranks || ranks->rank == 0;
+#endif
+    int status_ready = !s->status_file || !lead || rvs_output_status_start(s->status_file) == RVS_OK;
+#ifdef HAVE_MPI
+    if (ranks)
+        mpi_ranks_barrier(ranks); /* nobody appends before the file is emptied */
+#endif
+    if (!status_ready) {
         code = RVS_EXIT_FAILURE;
         goto cleanup;
     }
 
-    status = rvs_context_create(&s->ctx, &ctx);
+    struct rvs_context_options ctx_options = s->ctx;
+#ifdef HAVE_MPI
+    if (ranks) {
+        ctx_options.device_spec = mpi_ranks_device(ranks, s->ctx.device_spec);
+        if (!ctx_options.device_spec) {
+            code = RVS_EXIT_DEVICE;
+            goto cleanup;
+        }
+        rvs_log(RVS_LOG_INFO, "mpi", "rank %d of %d (node-local %d of %d): device %s", ranks->rank,
+                ranks->size, ranks->local_rank, ranks->local_size, ctx_options.device_spec);
+    }
+#endif
+    status = rvs_context_create(&ctx_options, &ctx);
     if (status != RVS_OK) {
         fprintf(stderr, "rvsfit-cl: no usable OpenCL device: %s\n", rvs_strerror(status));
         code = RVS_EXIT_DEVICE;
@@ -1008,7 +1065,7 @@ static int run_files(const struct settings *s, const struct effective *e, const 
 
     for (;;) {
         const char *input = NULL;
-        status = next_input(&src, &input);
+        status = next_dealt_input(&src, ranks, &input);
         if (status != RVS_OK) {
             code = RVS_EXIT_FAILURE;
             break;
@@ -1031,15 +1088,14 @@ static int run_files(const struct settings *s, const struct effective *e, const 
         }
         if (s->throw_exceptions) {
             fprintf(stderr, "rvsfit-cl: stopping at %s (--throw-exceptions)\n", input);
+#ifdef HAVE_MPI
+            if (ranks)
+                mpi_ranks_request_stop(ranks); /* the other ranks stop at their next input */
+#endif
             break;
         }
     }
-    size_t nfiles = 0, nfailed = 0, ntargets = 0;
-    rvs_run_totals(run, &nfiles, &nfailed, &ntargets);
-    rvs_log(RVS_LOG_INFO, "cli", "%zu file(s) processed, %zu failed, %zu target(s) written",
-            nfiles, nfailed, ntargets);
-    if (nfailed)
-        rvs_log(RVS_LOG_WARNING, "cli", "%zu of %zu file(s) failed", nfailed, nfiles);
+    rvs_run_totals(run, &totals[0], &totals[1], &totals[2]);
     if (s->profile) {
         rvs_run_print_profile(run, stderr);
         print_process_profile(run, stderr);
@@ -1050,6 +1106,20 @@ cleanup:
     rvs_run_free_lines(src.owned, src.count);
     free(src.popped);
     return code;
+}
+
+/* The run's summary (under --mpi: every rank's, by rank 0). */
+static void log_summary(const size_t totals[3], int nranks)
+{
+    size_t nfiles = totals[0], nfailed = totals[1], ntargets = totals[2];
+    if (nranks > 1)
+        rvs_log(RVS_LOG_INFO, "cli", "%zu file(s) processed by %d ranks, %zu failed, %zu target(s) "
+                "written", nfiles, nranks, nfailed, ntargets);
+    else
+        rvs_log(RVS_LOG_INFO, "cli", "%zu file(s) processed, %zu failed, %zu target(s) written",
+                nfiles, nfailed, ntargets);
+    if (nfailed)
+        rvs_log(RVS_LOG_WARNING, "cli", "%zu of %zu file(s) failed", nfailed, nfiles);
 }
 
 int main(int argc, char **argv)
@@ -1127,7 +1197,33 @@ int main(int argc, char **argv)
                 rvs_log(RVS_LOG_WARNING, "cli",
                         "rvsfit-cl writes no figures: --doplot, --figure-dir and "
                         "--figure-prefix are accepted for compatibility and ignored");
-            code = run_files(&s, &e, cmdline);
+            size_t totals[3] = {0, 0, 0};
+            int nranks = 1, lead = 1;
+            mpi_ranks_t *ranks = NULL;
+#ifdef HAVE_MPI
+            struct mpi_ranks mpi;
+            if (s.mpi) {
+                if (mpi_ranks_start(&argc, &argv, &mpi) != 0) {
+                    effective_free(&e);
+                    free(cmdline);
+                    return RVS_EXIT_FAILURE;
+                }
+                ranks = &mpi;
+                nranks = mpi.size;
+                lead = mpi.rank == 0;
+            }
+#endif
+            code = run_files(&s, &e, cmdline, ranks, totals);
+#ifdef HAVE_MPI
+            if (ranks)
+                mpi_ranks_combine(ranks, totals, &code);
+#endif
+            if (lead)
+                log_summary(totals, nranks);
+#ifdef HAVE_MPI
+            if (ranks)
+                mpi_ranks_end(ranks);
+#endif
         }
         effective_free(&e);
         if (s.show_config && fflush(stdout) != 0 && code == RVS_EXIT_OK)
