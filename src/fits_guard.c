@@ -192,7 +192,9 @@ int rvs_fits_check_headers(const char *path, char *why, size_t why_size)
             nblocks++;
         }
         /* the data unit: skip it (a header whose sizes make no sense ends the walk) */
-        if (naxis < 0 || naxis > 999 || bitpix == 0 || pcount < 0 || gcount < 0)
+        int legal_bitpix = bitpix == 8 || bitpix == 16 || bitpix == 32 || bitpix == 64 ||
+                           bitpix == -32 || bitpix == -64;
+        if (naxis < 0 || naxis > 999 || !legal_bitpix || pcount < 0 || gcount < 0)
             break;
         uint64_t count = naxis > 0 ? 1 : 0;
         for (long long k = 1; k <= naxis; k++) {
@@ -202,7 +204,7 @@ int rvs_fits_check_headers(const char *path, char *why, size_t why_size)
         }
         uint64_t bytes = (uint64_t)(bitpix < 0 ? -bitpix : bitpix) / 8;
         if (count > 0 || pcount > 0) {
-            if ((uint64_t)pcount > UINT64_MAX / 2 - count)
+            if (count > UINT64_MAX / 2 || (uint64_t)pcount > UINT64_MAX / 2 - count)
                 goto done;
             uint64_t elements = (uint64_t)pcount + count;
             if (elements > UINT64_MAX / bytes / (uint64_t)(gcount ? gcount : 1))
