@@ -26,7 +26,7 @@ if [ "${RVSFIT_CL_HAVE_MPI:-no}" != yes ]; then
 fi
 mpirun=${MPIRUN:-mpirun}
 # as root (CI's containers), Open MPI needs to be told; shared-memory transport only
-mpiflags="--oversubscribe -n 2 --mca btl self,vader"
+mpiflags="--oversubscribe --bind-to none -n 2 --mca btl self,vader"
 [ "$(id -u)" -eq 0 ] && mpiflags="$mpiflags --allow-run-as-root"
 
 mkdir -p in/main/100 in/special/200

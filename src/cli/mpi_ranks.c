@@ -21,6 +21,8 @@
 #include <config.h>
 
 #include <mpi.h>
+#include <sched.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +92,19 @@ int mpi_ranks_start(int *argc, char ***argv, struct mpi_ranks *m)
     snprintf(tag, sizeof tag, "rank %d", m->rank);
     if (m->size > 1)
         rvs_log_set_tag(tag);
+    /* Open MPI binds each rank to one core by default when there are few ranks; a rank's host
+     * work (reading, preparing the resolution matrices, the optimizer's steps) runs on threads
+     * and then shares that core: on an H100 node one rank ran 167 s instead of 150 s, and two
+     * ranks on one GPU 118 s instead of 110 s (benchmarks/RESULTS.md) */
+    cpu_set_t cpus;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) == 1 && online > 1 &&
+        m->local_rank == 0)
+        rvs_log(RVS_LOG_WARNING, "mpi",
+                "this rank may use 1 of the node's %ld cores (mpirun binds ranks to cores by "
+                "default); its host threads then share it: run mpirun --bind-to none (or give "
+                "each rank several cores: --map-by slot:PE=N)",
+                online);
     return 0;
 }
 
