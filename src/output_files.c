@@ -397,18 +397,59 @@ void rvs_output_tmp_done(const char *tmp_path)
         tmp_unregister(tmp_path);
 }
 
+/* The input being fitted, for the handler: its message and its status line, made beforehand
+ * (a handler may only write); state 2 = ready, anything else = none. */
+static char inflight_message[4096 + 200], inflight_line[4096 + 64], inflight_status[4096];
+static atomic_int inflight_state;
+
+void rvs_output_set_in_flight(const char *input_path, const char *status_path)
+{
+    atomic_store(&inflight_state, 0);
+    if (!input_path)
+        return;
+    int n = snprintf(inflight_message, sizeof inflight_message,
+                     "rvsfit-cl: interrupted while fitting %s: it has no outputs; its status line "
+                     "says FAILURE, and --skipexisting fits it again\n",
+                     input_path);
+    int m = snprintf(inflight_line, sizeof inflight_line, "%s FAILURE 0 0.00\n", input_path);
+    int k = snprintf(inflight_status, sizeof inflight_status, "%s", status_path ? status_path : "");
+    if (n < 0 || (size_t)n >= sizeof inflight_message || m < 0 ||
+        (size_t)m >= sizeof inflight_line || k < 0 || (size_t)k >= sizeof inflight_status)
+        return; /* too long a name: the general message only */
+    atomic_store(&inflight_state, 2);
+}
+
+static void write_all(int fd, const char *text)
+{
+    size_t len = strlen(text), done = 0;
+    while (done < len) {
+        ssize_t w = write(fd, text + done, len - done);
+        if (w <= 0)
+            return;
+        done += (size_t)w;
+    }
+}
+
 static void on_signal(int sig)
 {
-    /* async-signal-safe only: unlink, write, signal, raise */
-    int removed = 0;
+    /* async-signal-safe only: unlink, open, write, close, signal, raise */
     for (int i = 0; i < TMP_SLOTS; i++)
-        if (atomic_load(&tmp_slot_state[i]) == 2 && unlink(tmp_slot_path[i]) == 0)
-            removed++;
-    static const char msg[] = "rvsfit-cl: interrupted: temporary outputs removed; the inputs "
-                              "being processed have no status line and no outputs\n";
-    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
-    (void)w;
-    (void)removed;
+        if (atomic_load(&tmp_slot_state[i]) == 2)
+            unlink(tmp_slot_path[i]);
+    if (atomic_load(&inflight_state) == 2) {
+        /* the input in hand is named and recorded, so that nothing is lost silently (under
+         * mpirun, a rank that dies makes mpirun end the others with SIGTERM) */
+        write_all(STDERR_FILENO, inflight_message);
+        if (inflight_status[0]) {
+            int fd = open(inflight_status, O_WRONLY | O_APPEND);
+            if (fd >= 0) {
+                write_all(fd, inflight_line);
+                close(fd);
+            }
+        }
+    } else {
+        write_all(STDERR_FILENO, "rvsfit-cl: interrupted: temporary outputs removed\n");
+    }
     signal(sig, SIG_DFL);
     raise(sig);
 }

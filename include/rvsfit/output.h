@@ -135,6 +135,10 @@ int rvs_output_check_writable(const char *tab_path, const char *mod_path);
  * killed otherwise (SIGKILL) are removed by the next write to the same name. */
 void rvs_output_install_signal_cleanup(void);
 
+/* The input being fitted now (NULL: none), and the --process-status-file (NULL: none): a signal
+ * that ends the process then names it on stderr and appends its FAILURE status line. */
+void rvs_output_set_in_flight(const char *input_path, const char *status_path);
+
 /* Writes rvmod then rvtab, each to a temporary name in its destination directory (created as
  * needed) with CHECKSUM/DATASUM on every HDU, and renames both only when both are complete. On
  * any error the temporary files are removed, existing outputs are left as they were, the reason

@@ -1072,7 +1072,9 @@ static int run_files(const struct settings *s, const struct effective *e, const 
         }
         if (!input)
             break;
+        rvs_output_set_in_flight(input, s->status_file);
         status = rvs_run_file(run, input, NULL, NULL);
+        rvs_output_set_in_flight(NULL, NULL);
         /* finished, whatever the outcome (its status line is written): the claim goes */
         if (src.queue_path && rvs_run_queue_done(src.queue_path, input) != RVS_OK)
             code = RVS_EXIT_FAILURE;
