@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "internal.h"
@@ -158,8 +159,115 @@ done:
     return status;
 }
 
-int rvs_fits_guard(const char *path, const char *module, const char *advice)
+/* cfitsio uncompresses a gzipped file in memory and allocates, first, the size the gzip trailer
+ * claims (ISIZE, the last four bytes). A 14 kB file claiming 4 GB made it allocate 4 GB (found by
+ * tests/fuzz/fuzz_desi_read; fuzz_library then did it with a library). Deflate cannot expand more than 1032:1, so a larger claim is a
+ * damaged (or hostile) file; say so before cfitsio sees it. RVS_OK for every other file. */
+static int check_gzip_claim(const char *path, long long size, const char *module)
 {
+    enum { DEFLATE_MAX_RATIO = 1032 };
+    unsigned char magic[2], trailer[4];
+    FILE *in = fopen(path, "rb");
+    if (!in)
+        return RVS_OK; /* cfitsio reports the real reason */
+    int gz = fread(magic, 1, 2, in) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+    int have = gz && size >= 18 && fseek(in, -4L, SEEK_END) == 0 &&
+               fread(trailer, 1, 4, in) == 4;
+    fclose(in);
+    if (!have)
+        return RVS_OK;
+    unsigned long long claim = (unsigned long long)trailer[0] | (unsigned long long)trailer[1] << 8 |
+                               (unsigned long long)trailer[2] << 16 |
+                               (unsigned long long)trailer[3] << 24;
+    if (claim <= (unsigned long long)size * DEFLATE_MAX_RATIO)
+        return RVS_OK;
+    rvs_log(RVS_LOG_ERROR, module,
+            "%s: the gzip trailer claims %llu uncompressed bytes from %lld compressed ones, more "
+            "than deflate can produce (1032:1): the file is damaged; copy it again from its source",
+            path, claim, size);
+    return RVS_ERR_FORMAT;
+}
+
+/* A gzipped input must be a whole gzip stream. cfitsio uncompresses what it can of a truncated
+ * or corrupt one and says nothing, so the file then looks like a shorter FITS file whose later
+ * HDUs (an arm, SCORES) are simply not there: the user was told "HDU Z_WAVELENGTH is missing",
+ * or, with that arm left out, got outputs without SCORES (tests/test_corpus.sh). zlib inflates
+ * the whole stream here (no output kept) and checks its CRC and length. RVS_OK for a file that
+ * is not gzipped (*uncompressed -1), or a whole stream (*uncompressed its length). */
+static int check_gzip_stream(const char *path, long long *uncompressed, const char *module)
+{
+    unsigned char magic[2];
+    *uncompressed = -1;
+    FILE *in = fopen(path, "rb");
+    if (!in)
+        return RVS_OK; /* cfitsio reports the real reason */
+    int gz = fread(magic, 1, 2, in) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+    if (!gz || fseek(in, 0, SEEK_SET) != 0) {
+        fclose(in);
+        return RVS_OK;
+    }
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    /* 16 + MAX_WBITS: a gzip wrapper, whose CRC-32 and length zlib verifies */
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) {
+        fclose(in);
+        rvs_log(RVS_LOG_ERROR, module, "%s: zlib cannot start (out of host memory?)", path);
+        return RVS_ERR_NOMEM;
+    }
+    static __thread unsigned char inbuf[1 << 16], outbuf[1 << 16];
+    int zs = Z_OK;
+    unsigned long long total = 0;
+    while (zs != Z_STREAM_END) {
+        if (z.avail_in == 0) {
+            size_t n = fread(inbuf, 1, sizeof inbuf, in);
+            if (n == 0)
+                break; /* the file ended before the stream did */
+            z.next_in = inbuf;
+            z.avail_in = (uInt)n;
+        }
+        z.next_out = outbuf;
+        z.avail_out = sizeof outbuf;
+        zs = inflate(&z, Z_NO_FLUSH);
+        total += sizeof outbuf - z.avail_out;
+        if (zs != Z_OK && zs != Z_STREAM_END)
+            break;
+    }
+    int read_error = ferror(in);
+    fclose(in);
+    const char *why = zs == Z_STREAM_END ? NULL
+                      : read_error       ? strerror(errno)
+                      : zs == Z_OK || zs == Z_BUF_ERROR
+                          ? "the file ends before the compressed stream does: it is truncated"
+                          : z.msg ? z.msg
+                                  : "the compressed data are corrupt";
+    inflateEnd(&z);
+    if (!why) {
+        *uncompressed = (long long)total;
+        return RVS_OK;
+    }
+    rvs_log(RVS_LOG_ERROR, module,
+            "%s: the gzip stream is damaged after %llu uncompressed bytes (zlib: %s); copy or "
+            "download the file again",
+            path, total, why);
+    return RVS_ERR_FORMAT;
+}
+
+int rvs_fits_guard(const char *path, const char *module, const char *advice,
+                   long long *uncompressed)
+{
+    long long size = -1;
+    struct stat st;
+    if (uncompressed)
+        *uncompressed = -1;
+    if (stat(path, &st) != 0)
+        return RVS_OK; /* the caller's open reports why */
+    int status = check_gzip_claim(path, (long long)st.st_size, module);
+    if (status == RVS_OK)
+        status = check_gzip_stream(path, &size, module);
+    if (status != RVS_OK)
+        return status;
+    if (uncompressed)
+        *uncompressed = size;
     char why[400];
     if (rvs_fits_check_headers(path, why, sizeof why) == RVS_OK)
         return RVS_OK;

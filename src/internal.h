@@ -176,12 +176,17 @@ void rvs_devmem_gemm_work(struct rvs_context *ctx, size_t bytes);
 /* src/gemm_fixed.c: row-major C = alpha op(A) op(B) + beta C on host memory, every element summed
  * by fused multiply-adds in ascending k (bit-identical wherever the row sits); is_double picks
  * double or float elements. RVS_OK or RVS_ERR_NOMEM. */
-/* src/fits_guard.c: the headers of a FITS file (plain or gzipped) are printable ASCII, as the
- * standard demands and cfitsio 4.2.0 needs (it aborts on some that are not). RVS_OK, or
- * RVS_ERR_FORMAT with the HDU and card in why; the _guard form logs "<path>: <why>; <advice>"
- * under module. Other damage is left to cfitsio and the callers' checks. */
+/* src/fits_guard.c: what a FITS file (plain or gzipped) must pass before cfitsio opens it. A
+ * gzipped one: a trailer claiming no more than deflate can produce, and a whole stream (CRC and
+ * length), since cfitsio allocates the claim and says nothing of a truncated stream. Every one:
+ * printable ASCII headers, as the standard demands and cfitsio 4.2.0 needs (it aborts on some
+ * that are not). rvs_fits_check_headers: RVS_OK, or RVS_ERR_FORMAT with the HDU and card in why.
+ * rvs_fits_guard: all of it, logging "<path>: <why>; <advice>" under module; *uncompressed (may
+ * be NULL) gets a gzipped file's length, else -1. Other damage is left to cfitsio and the
+ * callers' checks. */
 int rvs_fits_check_headers(const char *path, char *why, size_t why_size);
-int rvs_fits_guard(const char *path, const char *module, const char *advice);
+int rvs_fits_guard(const char *path, const char *module, const char *advice,
+                   long long *uncompressed);
 int rvs_gemm_fixed_order(int is_double, int trans_a, int trans_b, size_t m, size_t n, size_t k,
                          double alpha, const void *a, size_t lda, const void *b, size_t ldb,
                          double beta, void *c, size_t ldc);

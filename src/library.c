@@ -930,7 +930,8 @@ int rvs_library_open_file(const char *path, struct rvs_library_arm **arm)
         goto cleanup;
     }
     RVS_TRY(rvs_fits_guard(path, MOD, "the template-library file is damaged: copy it again or "
-                                      "re-create it (rvs-import, rvsfit-cl-train)"));
+                                      "re-create it (rvs-import, rvsfit-cl-train)",
+                           NULL));
     /* the disk-file variant takes the name literally (no extended filename syntax) */
     fits_open_diskfile(&f, path, READONLY, &fst);
     FITS_TRY(path, NULL, "open the template-library file");

@@ -197,7 +197,7 @@ static int read_redrock(const char *path, const char *hdu, struct redrock *rr)
     fitsfile *fp = NULL;
     char **ptrs = NULL;
     RVS_TRY(rvs_fits_guard(path, "select", "the redrock file is damaged: copy or download it "
-                                           "again"));
+                                           "again", NULL));
     fits_open_diskfile(&fp, path, READONLY, &fst);
     if (fst)
         fp = NULL;
