@@ -6,7 +6,8 @@
  * it within minutes; in rvsfit-cl one such file would have ended the run for every input after it.
  * The FITS standard allows only the printable ASCII characters (0x20-0x7E) in headers, so a
  * header with any other byte is not FITS and is refused here, naming the HDU and card, before
- * cfitsio sees it.
+ * cfitsio sees it; so is an unquoted value longer than any FITS value can be (the same overflow
+ * with ASCII bytes: "TTYPE15 =mmm...m").
  *
  * How: every 2880-byte block is read, forwards only (a gzipped file, which cfitsio reads too, is
  * checked through zlib in one pass); a block that starts a header (SIMPLE first, XTENSION
@@ -148,6 +149,29 @@ int rvs_fits_check_headers(const char *path, char *why, size_t why_size)
                              card_in_header, hdu, extname[0] ? " " : "", extname, ch, i + 1);
                     status = RVS_ERR_FORMAT;
                     goto done;
+                }
+            }
+            /* an unquoted value longer than a quoted string can be (68 characters): cfitsio
+             * copies such a TTYPEn value into a 70-byte field and overflows it (a fuzzed
+             * "TTYPE15 =mmm...m" aborted it); no FITS number or logical is that long */
+            if (card[8] == '=') {
+                int v = 9;
+                while (v < CARD && card[v] == ' ')
+                    v++;
+                if (v < CARD && card[v] != '\'') {
+                    int e = v;
+                    while (e < CARD && card[e] != '/')
+                        e++;
+                    while (e > v && card[e - 1] == ' ')
+                        e--;
+                    if (e - v > 68) {
+                        snprintf(why, why_size,
+                                 "card %d of the header of HDU %d%s%s has an unquoted value of %d "
+                                 "characters, longer than any FITS value: the file is damaged",
+                                 card_in_header, hdu, extname[0] ? " " : "", extname, e - v);
+                        status = RVS_ERR_FORMAT;
+                        goto done;
+                    }
                 }
             }
             if (memcmp(card, "END", 3) == 0 && memcmp(card + 3, "     ", 5) == 0)
