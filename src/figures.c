@@ -338,7 +338,7 @@ static const double DICHROIC_TEXT[3] = {0.62, 0.40, 0.10};
 static const double OK_GREEN[3] = {0.13, 0.52, 0.25};
 static const double WARN_ORANGE[3] = {0.85, 0.42, 0.08};
 
-/* The blue edge of DESI's b/r dichroic, where rvspecfit's get_specdata masks the data */
+/* What rvspecfit's get_specdata masks as the dichroic's region (mask_dicroic) */
 static const double DICHROIC_LO = 4300, DICHROIC_HI = 4450;
 
 /* RVS_WARN bits by name (rvspecfit desi_fit.py `bitmasks`; BAD_ARM is rvsfit-cl's). */
