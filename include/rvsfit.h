@@ -26,6 +26,7 @@
 #include "rvsfit/fit.h"
 #include "rvsfit/config.h"
 #include "rvsfit/run.h"
+#include "rvsfit/figures.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -707,6 +707,7 @@ static int read_fibermap(struct rvs_desi_file *f)
     RVS_TRY(read_string(f, H, "REF_CAT", 0, n, &fm->ref_cat, &fm->ref_cat_width));
     RVS_TRY(read_numeric(f, H, "TARGET_RA", 0, COL_FLOAT, n, (void **)&fm->target_ra));
     RVS_TRY(read_numeric(f, H, "TARGET_DEC", 0, COL_FLOAT, n, (void **)&fm->target_dec));
+    RVS_TRY(read_numeric(f, H, "BRICKID", 0, COL_INT, n, (void **)&fm->brickid));
 
     RVS_TRY(decide_survey(f));
     static const char *const prefixes[] = {"", "SV1_", "SV2_", "SV3_"};
@@ -1042,6 +1043,7 @@ void rvs_desi_close(struct rvs_desi_file **file)
     free(fm->ref_cat);
     free(fm->target_ra);
     free(fm->target_dec);
+    free(fm->brickid);
     for (size_t i = 0; i < fm->ntarget_columns; i++)
         free(fm->target_columns[i].values);
     free(f->path);

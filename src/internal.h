@@ -54,6 +54,11 @@ char *rvs_strdup(const char *s);
 size_t rvs_parallel_threads(size_t items, size_t min_items, size_t max);
 void rvs_parallel_run(size_t n, void (*work)(void *arg, size_t k, size_t n), void *arg);
 
+/* The path that leads from directory `from` to `to`, both absolute ("/usr/local/bin",
+ * "/usr/local/share/rvsfit-cl" -> "../share/rvsfit-cl"; "." when they are the same); 0, or -1
+ * when it does not fit in `size` bytes (src/datadir.c). */
+int rvs_data_dir_relative(const char *from, const char *to, char *out, size_t size);
+
 /* snprintf in the C locale, so numbers in kernel build options never get a decimal comma. */
 int rvs_snprintf_c(char *buf, size_t size, const char *fmt, ...) RVS_PRINTF_LIKE(3, 4);
 

@@ -21,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "figure_queue.h"
 #include "internal.h"
 #include "rvsfit/library.h"
 #include "rvsfit/run.h"
@@ -32,6 +34,9 @@
 
 #define MODULE "run"
 #define DEFAULT_HOST_BATCH_BYTES ((size_t)1 << 30)
+/* Files whose figures may wait to be drawn before the fit of the next one waits for them: each
+ * holds its prepared spectra and models (about 9 bytes a pixel, 36 MB for 500 DESI targets). */
+#define FIGURE_JOBS_PENDING 2
 
 static const struct rvs_run_fitter_ops default_fitter_ops = {
     rvs_fitter_create, rvs_fitter_destroy, rvs_fitter_max_batch, rvs_fitter_fit,
@@ -47,6 +52,7 @@ void rvs_run_options_init(struct rvs_run_options *options)
     rvs_output_naming_init(&options->naming);
     options->overlap = 1;
     options->prepare.use_resolution = -1;
+    rvs_figure_options_init(&options->figures);
 }
 
 /* Time spent per stage, summed over files (seconds). */
@@ -92,6 +98,11 @@ struct rvs_run {
     size_t ndeps;
     struct rvs_output_template templates[RVS_DESI_NARMS];
     size_t ntemplates;
+
+    /* --doplot: the threads that draw, and figures lost before they reached them */
+    struct rvs_figure_queue *figures;
+    size_t figure_failures;
+    double figure_wait; /* seconds the run waited for the drawing threads */
 
     struct stage_times times;
     struct batch_stats batch;
@@ -188,6 +199,42 @@ static void resolve_lsf(struct rvs_run *run)
     }
 }
 
+/* Drawing threads: as many as asked, else $RVSFIT_CL_FIGURE_THREADS, else one less than the
+ * online cores (the main thread drives the device), 1 to 8. */
+static size_t figure_threads(const struct rvs_figure_options *o)
+{
+    if (o->threads > 0)
+        return o->threads;
+    const char *env = getenv("RVSFIT_CL_FIGURE_THREADS");
+    if (env && *env) {
+        char *end = NULL;
+        unsigned long n = strtoul(env, &end, 10);
+        if (*end == '\0' && n >= 1 && n <= 256)
+            return n;
+        rvs_log(RVS_LOG_WARNING, MODULE,
+                "RVSFIT_CL_FIGURE_THREADS='%s' is not a number of threads from 1 to 256; "
+                "using the default",
+                env);
+    }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t n = ncpu > 2 ? (size_t)ncpu - 1 : 1;
+    return n > 8 ? 8 : n;
+}
+
+static int start_figures(struct rvs_run *run)
+{
+    if (!rvs_figures_available()) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "--doplot: %s", rvs_figures_unavailable_message());
+        return RVS_ERR_UNSUPPORTED;
+    }
+    /* the figures shade what the preparation masked */
+    run->options.figures.mask_dichroic = run->options.prepare.mask_dichroic;
+    size_t threads = figure_threads(&run->options.figures);
+    rvs_log(RVS_LOG_INFO, MODULE, "figures: drawn on %zu host thread(s) in %s", threads,
+            run->options.figures.dir ? run->options.figures.dir : ".");
+    return rvs_figure_queue_create(threads, FIGURE_JOBS_PENDING, &run->figures);
+}
+
 int rvs_run_create(struct rvs_context *ctx, const struct rvs_run_options *options,
                    struct rvs_run **out)
 {
@@ -221,6 +268,8 @@ int rvs_run_create(struct rvs_context *ctx, const struct rvs_run_options *option
     }
     resolve_lsf(run);
     build_header_info(run);
+    if (options->figures.enabled)
+        RVS_TRY(start_figures(run));
     *out = run;
     run = NULL;
 cleanup:
@@ -271,6 +320,8 @@ void rvs_run_destroy(struct rvs_run **run)
 {
     if (!run || !*run)
         return;
+    /* the drawing threads read nothing of the run, but they must finish before it ends */
+    rvs_figure_queue_destroy(&(*run)->figures);
     drop_fitter(*run);
     for (int a = 0; a < RVS_DESI_NARMS; a++)
         rvs_library_close(&(*run)->library[a]);
@@ -502,7 +553,8 @@ static void batch_end(struct rvs_run *run, const struct rvs_context_counters *c0
 /* Fits every selected row; rows and models (zeroed, [nsel][nwave]) are filled. */
 static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
                          const struct rvs_selection *sel, struct rvs_output_row *rows,
-                         float *const models[RVS_DESI_NARMS], const char *input)
+                         float *const models[RVS_DESI_NARMS], const char *input,
+                         struct rvs_figure_job *figures)
 {
     int status = RVS_OK;
     struct batch_slot slots[2];
@@ -581,6 +633,9 @@ static int fit_selection(struct rvs_run *run, struct rvs_desi_file *file,
             goto cleanup;
         }
         run->spectra_fitted += cur->count;
+        /* the figures show the data as the fit saw them: kept before the buffer is refilled */
+        if (figures)
+            rvs_figure_job_add_batch(figures, &cur->prepared, cur->first);
         for (int a = 0; a < RVS_DESI_NARMS; a++) {
             narrow[a] += cur->prepared.narrow_rows[a];
             checked[a] += cur->prepared.checked_rows[a];
@@ -628,6 +683,29 @@ static void copy_rr(char *dst, const char *src)
     snprintf(dst, RVS_OUTPUT_RR_LEN, "%s", src);
 }
 
+/* The figure job of a file, or NULL (with a message, counted as failed figures) when its
+ * figures cannot be made; the fit goes on either way. */
+static struct rvs_figure_job *figure_job_for_file(struct rvs_run *run, struct rvs_desi_file *file,
+                                                  const char *input, size_t nselected)
+{
+    const double *wave[RVS_DESI_NARMS] = {NULL};
+    size_t nwave[RVS_DESI_NARMS] = {0};
+    for (int a = 0; a < RVS_DESI_NARMS; a++)
+        if (run->options.arms & (1u << a)) {
+            wave[a] = rvs_desi_wavelength(file, a);
+            nwave[a] = rvs_desi_nwave(file, a);
+        }
+    struct rvs_figure_job *job = NULL;
+    int status = rvs_figure_job_create(&run->options.figures, input, nselected,
+                                       run->options.arms, wave, nwave, &job);
+    if (status != RVS_OK) {
+        rvs_log(RVS_LOG_ERROR, MODULE, "%s: no figures (%s); the fit goes on", input,
+                rvs_strerror(status));
+        run->figure_failures += nselected + 1;
+    }
+    return job;
+}
+
 static int process_file(struct rvs_run *run, const char *input, const char *tab_path,
                         const char *mod_path, long *nfit)
 {
@@ -636,6 +714,7 @@ static int process_file(struct rvs_run *run, const char *input, const char *tab_
     struct rvs_selection sel;
     struct rvs_output_row *rows = NULL;
     float *models[RVS_DESI_NARMS] = {NULL};
+    struct rvs_figure_job *figures = NULL;
     memset(&sel, 0, sizeof sel);
 
     double t0 = now_seconds();
@@ -675,6 +754,8 @@ static int process_file(struct rvs_run *run, const char *input, const char *tab_
     for (int a = 0; a < RVS_DESI_NARMS; a++)
         if (run->options.arms & (1u << a))
             req.nwave[a] = (long)rvs_desi_nwave(file, a);
+    if (run->figures)
+        figures = figure_job_for_file(run, file, input, sel.nselected);
 
     if (sel.nselected > 0) {
         RVS_TRY(fitter_for_file(run, file));
@@ -706,20 +787,34 @@ static int process_file(struct rvs_run *run, const char *input, const char *tab_
                 goto cleanup;
             }
         }
-        RVS_TRY(fit_selection(run, file, &sel, rows, models, input));
+        RVS_TRY(fit_selection(run, file, &sel, rows, models, input, figures));
         req.nrows = sel.nselected;
         req.rows = rows;
         for (int a = 0; a < RVS_DESI_NARMS; a++)
             req.model[a] = models[a];
+    }
+    /* the figures take the rows and models (still the request's until the write is done) and
+     * the FIBERMAP's names for them, which go with the file */
+    if (figures) {
+        const struct rvs_desi_fibermap *fm = rvs_desi_fibermap(file);
+        rvs_figure_job_take_results(figures, &rows, models, fm->brickid, fm->targetid);
     }
     /* The writer reopens the input for its tables; ours is closed first to keep one handle. */
     rvs_desi_close(&file);
     double tw = now_seconds();
     status = rvs_output_write(&req);
     run->times.write += now_seconds() - tw;
-    if (status == RVS_OK)
+    if (status == RVS_OK) {
         *nfit = (long)sel.nselected;
+        /* drawn on the figure threads while the next file is fitted */
+        if (figures) {
+            double waited = 0;
+            rvs_figure_queue_submit(run->figures, &figures, &waited);
+            run->figure_wait += waited;
+        }
+    }
 cleanup:
+    rvs_figure_job_destroy(&figures);
     rvs_desi_close(&file);
     rvs_selection_free(&sel);
     free(rows);
@@ -818,6 +913,22 @@ int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status 
     if (nfit)
         *nfit = n;
     return status;
+}
+
+int rvs_run_wait_figures(struct rvs_run *run, size_t *failed)
+{
+    size_t lost = run->figure_failures;
+    if (run->figures) {
+        double t0 = now_seconds();
+        rvs_figure_queue_wait(run->figures);
+        run->figure_wait += now_seconds() - t0;
+        struct rvs_figure_queue_stats st;
+        rvs_figure_queue_stats(run->figures, &st);
+        lost += st.failed;
+    }
+    if (failed)
+        *failed = lost;
+    return lost ? RVS_ERR_IO : RVS_OK;
 }
 
 /* ------------------------------------------------------------------ --profile */
@@ -926,6 +1037,16 @@ void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
     fprintf(out, "  host   read spectra              %9.3f s\n", t->read);
     fprintf(out, "  host   prepare                   %9.3f s\n", t->prepare);
     fprintf(out, "  host   write outputs             %9.3f s\n", t->write);
+    if (run->figures) {
+        /* drawn on their own threads: their time is not the fit's, only the waits are */
+        struct rvs_figure_queue_stats f;
+        rvs_figure_queue_stats(run->figures, &f);
+        fprintf(out, "  host   figures (%zu thread(s))    %9.3f s of thread time for %zu figure(s)"
+                     " (%zu failed), %.3f s from the first to the last; the run waited %.3f s "
+                     "for them\n",
+                f.threads, f.draw_seconds, f.drawn, f.failed + run->figure_failures,
+                f.first_to_last, run->figure_wait);
+    }
     fprintf(out, "  device fitter set-up             %9.3f s\n", t->fitter_create);
     fprintf(out, "  device fit (all stages)          %9.3f s\n", t->fit);
     /* evaluations per fitted spectrum, per stage: where the model evaluations go */

@@ -12,16 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <yaml.h>
 
 #include "desi_internal.h"
 #include "rvsfit/select.h"
-
-#ifndef RVS_PKGDATADIR
-#define RVS_PKGDATADIR "/usr/local/share/rvsfit-cl"
-#endif
 
 struct targetmask_entry {
     char name[64];
@@ -32,19 +27,6 @@ struct rvs_targetmask {
     size_t count;
     struct targetmask_entry *entries;
 };
-
-/* $RVSFIT_CL_DATADIR, else the installed data directory, else (a build that was never installed,
- * as after the README's quick start) the source tree's data/ directory. */
-const char *rvs_data_dir(void)
-{
-    const char *env = getenv("RVSFIT_CL_DATADIR");
-    struct stat st;
-    if (env && *env)
-        return env;
-    if (stat(RVS_PKGDATADIR, &st) == 0 && S_ISDIR(st.st_mode))
-        return RVS_PKGDATADIR;
-    return RVS_SRCDATADIR;
-}
 
 static yaml_node_t *mapping_value(yaml_document_t *doc, yaml_node_t *map, const char *key)
 {

@@ -211,10 +211,22 @@ expect_in err "syntax.yaml, line [0-9]+, column [0-9]+: not valid YAML" "syntax 
 run 2 "missing --config" -- "$RVSFIT_CL" --show-config --config none.yaml
 expect_in err "cannot open configuration file none.yaml" "missing config named"
 
-# --- compatibility options: accepted, and never silently
+# --- figure options (rvs_desi_fit's spellings too) and compatibility options, never silently
 run 0 "--doplot and figures" -- "$RVSFIT_CL" --show-config --doplot --figure-dir f \
     --figure_prefix p --nthreads 1 --overwrite x
 expect_in err "overwrite is meaningless" "--overwrite warned about"
+expect_in out "^doplot = true$" "--show-config shows --doplot"
+expect_in out "^figure_dir = f$" "--show-config shows --figure-dir"
+expect_in out "^figure_prefix = p$" "--show-config shows --figure-prefix"
+run 0 "figure defaults" -- "$RVSFIT_CL" --show-config
+expect_in out "^figure_dir = \./$" "rvs_desi_fit's default figure_dir"
+expect_in out "^figure_prefix = fig$" "rvs_desi_fit's default figure_prefix"
+run 2 "--figure-prefix with a /" -- "$RVSFIT_CL" --show-config --figure-prefix a/b
+expect_in err "invalid --figure-prefix 'a/b'" "a prefix naming a directory is refused"
+run 2 "empty --figure-dir" -- "$RVSFIT_CL" --show-config --figure-dir ""
+run 0 "--version names the figure back end" -- "$RVSFIT_CL" --version
+expect_in out "^figures \(--doplot\): (cairo [0-9.]+|not built \(configured without cairo\))$" \
+    "--version says whether --doplot can draw"
 
 # --- help documents every option of the table and the exit codes
 run 0 "--help" -- "$RVSFIT_CL" --help

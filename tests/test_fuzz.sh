@@ -26,6 +26,13 @@ run 0 "replay of the 4 GB gzip claim" -- env TMPDIR="$scratch" RVSFIT_FUZZ_VERBO
     "$top_srcdir/tests/fuzz/regress/desi_read/gzip-trailer-claims-4GB.fits.gz"
 expect_in err "gzip trailer claims 4119455520 uncompressed bytes from 14621 compressed" \
     "the damaged gzip file named for what it is"
+# ...and tests/fuzz/regress/desi_read/gzip-trailer-claims-0.fits.gz: a 74 kB file claiming 0
+# bytes, which cfitsio reads as 2^32 (ISIZE is modulo 2^32) and allocated as 4 GiB
+run 0 "replay of the 0-byte gzip claim" -- env TMPDIR="$scratch" RVSFIT_FUZZ_VERBOSE=1 \
+    "$top_builddir/tests/fuzz/replay_desi_read" \
+    "$top_srcdir/tests/fuzz/regress/desi_read/gzip-trailer-claims-0.fits.gz"
+expect_in err "gzip trailer claims 4294967296 uncompressed bytes from 74545 compressed" \
+    "a claim that cfitsio reads as 4 GiB is refused too"
 
 # the finding of tests/fuzz/regress/desi_read/cfitsio-ttype-non-ascii.fits: a TTYPE card of
 # 0xff bytes made cfitsio 4.2.0 overflow a buffer and the process abort; now refused, named

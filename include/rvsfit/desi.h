@@ -61,6 +61,7 @@ struct rvs_desi_fibermap {
     char survey[16];
     char desi_target_column[72];
     const int64_t *desi_target;
+    int64_t *brickid; /* BRICKID or NULL (names the --doplot figures, as rvspecfit's) */
 };
 
 /* Primary-header keywords copied later into the outputs (DESI-DATAMODEL.md). */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "rvsfit/context.h"
+#include "rvsfit/figures.h"
 #include "rvsfit/fit.h"
 #include "rvsfit/output.h"
 #include "rvsfit/prepare.h"
@@ -55,6 +56,10 @@ struct rvs_run_options {
     const char *command_line; /* RVS_CMD */
     size_t host_batch_bytes;  /* host memory for one batch buffer; 0: 1 GiB */
     const struct rvs_run_fitter_ops *fitter_ops; /* NULL: fit.h's functions */
+    /* --doplot: after a file's outputs are written, its figures (rvsfit/figures.h) are drawn on
+     * host threads while the next file is fitted; rvs_run_create refuses them
+     * (RVS_ERR_UNSUPPORTED, with rvs_figures_unavailable_message) in a build without cairo */
+    struct rvs_figure_options figures;
 };
 
 /* Defaults: all arms, rvspecfit's selection/preparation/fit defaults, overlap on. */
@@ -81,6 +86,11 @@ int rvs_run_file(struct rvs_run *run, const char *input, enum rvs_output_status 
  * memory), so that later files would fail the same way: the caller stops. File problems
  * (RVS_ERR_IO, RVS_ERR_FORMAT, RVS_ERR_INVALID_ARGUMENT, RVS_ERR_UNSUPPORTED) give 0. */
 int rvs_run_status_is_fatal(int status);
+
+/* Waits until every figure queued so far is drawn (rvs_run_destroy does too); *failed (optional)
+ * gets the number of figures that could not be written in the whole run (each was logged).
+ * RVS_OK when none failed, else RVS_ERR_IO. */
+int rvs_run_wait_figures(struct rvs_run *run, size_t *failed);
 
 /* Time per stage (--profile): host stages, the fitter's device stages, throughput. */
 void rvs_run_print_profile(const struct rvs_run *run, FILE *out);

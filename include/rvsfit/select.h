@@ -15,8 +15,9 @@ extern "C" {
 
 /* ------------------------------------------------------------------ desitarget bit tables */
 
-/* Directory of the installed data files: $RVSFIT_CL_DATADIR when set and not empty, else the
- * pkgdatadir chosen at configure time. */
+/* Directory of the installed data files (default/, desitarget/): $RVSFIT_CL_DATADIR when set and
+ * not empty, else the data directory beside the running program (<its bin>/../share/rvsfit-cl
+ * as installed), else the pkgdatadir chosen at configure time, else the source tree's data/. */
 const char *rvs_data_dir(void);
 
 /* The desi_mask bits of one survey (opaque). */

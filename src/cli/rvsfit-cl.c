@@ -97,6 +97,7 @@ static const char G_CONFIG[] = "Configuration";
 static const char G_SELECT[] = "Target selection";
 static const char G_FIT[] = "Fit";
 static const char G_DEVICE[] = "Device and speed";
+static const char G_FIGURES[] = "Figures";
 static const char G_MSG[] = "Messages";
 static const char G_COMPAT[] = "Accepted for rvs_desi_fit compatibility";
 static const char G_INFO[] = "Information";
@@ -142,13 +143,16 @@ static const struct rvs_cli_option cli_options[] = {
      "during it)", G_DEVICE},
     {"profile", no_argument, OPT_PROFILE, NULL, "print the time of every stage, host and device, the device work (commands, transfers, "
      "memory) and the host memory at the end", G_DEVICE},
+    {"doplot", no_argument, OPT_DOPLOT, NULL, "draw a PNG of every fitted target (data, model, residual, velocity posterior) and a "
+     "summary of each input (Kiel diagram, VRAD_ERR against S/N, RVS_WARN counts), on host threads while the device fits", G_FIGURES},
+    {"figure-dir", required_argument, OPT_FIGURE_DIR, "DIR", "where figures go (default ./), in DIR/<last two directories of the input>/ unless "
+     "--no-subdirs", G_FIGURES},
+    {"figure-prefix", required_argument, OPT_FIGURE_PREFIX, "PREFIX", "figure names: PREFIX_<BRICKID>_<TARGETID>_<row>.png and "
+     "PREFIX_summary_<input name>.png (default fig)", G_FIGURES},
     {"log-level", required_argument, OPT_LOG_LEVEL, "LEVEL", "DEBUG, INFO, WARNING (default), ERROR or CRITICAL", G_MSG},
     {"log", required_argument, OPT_LOG, "FILE", "append messages to FILE instead of stderr", G_MSG},
     {"quiet", no_argument, OPT_QUIET, NULL, "only errors (same as --log-level ERROR)", G_MSG},
     {"verbose", no_argument, OPT_VERBOSE, NULL, "more messages (-v INFO, -vv DEBUG)", G_MSG},
-    {"doplot", no_argument, OPT_DOPLOT, NULL, "accepted; rvsfit-cl writes no figures (a warning says so)", G_COMPAT},
-    {"figure-dir", required_argument, OPT_FIGURE_DIR, "DIR", "accepted; no figures", G_COMPAT},
-    {"figure-prefix", required_argument, OPT_FIGURE_PREFIX, "PREFIX", "accepted; no figures", G_COMPAT},
     {"nthreads", required_argument, OPT_NTHREADS, "N", "accepted and ignored: the device does the parallel work (use --queue-file for several "
      "processes)", G_COMPAT},
     {"overwrite", required_argument, OPT_OVERWRITE, "X", "accepted and ignored, as in rvs_desi_fit (outputs are always replaced)", G_COMPAT},
@@ -224,7 +228,9 @@ static void print_help(void)
            "  RVSFIT_CL_CACHE=0      do not use the program-binary cache\n"
            "  XDG_CACHE_HOME         cache location (default ~/.cache; files in rvsfit-cl/)\n"
            "  RVSFIT_CL_FP32=1       same as --fp32\n"
-           "  RVSFIT_CL_GEMM         force the GEMM back end: clblast or openblas\n\n"
+           "  RVSFIT_CL_GEMM         force the GEMM back end: clblast or openblas\n"
+           "  RVSFIT_CL_FIGURE_THREADS  threads drawing --doplot's figures (default: the\n"
+           "                         online cores less one, at most 8)\n\n"
            "Exit status:\n"
            "  0  success\n"
            "  1  an input could not be processed or an output not written\n"
@@ -236,10 +242,12 @@ static void print_help(void)
 
 static void print_version(void)
 {
+    const char *figures = rvs_figures_backend();
     printf("rvsfit-cl %s\n"
+           "figures (--doplot): %s\n"
            "A batched OpenCL port of the DESI path of rvspecfit (S. Koposov, MIT licence).\n"
            "This is free software: you are free to change and redistribute it.\n",
-           PACKAGE_VERSION);
+           PACKAGE_VERSION, figures ? figures : "not built (configured without cairo)");
 }
 
 static int usage_error(const char *fmt, const char *arg)
@@ -618,11 +626,13 @@ static int apply_option(struct settings *s, int opt, const char *arg, int *stop_
         s->doplot = 1;
         return RVS_EXIT_OK;
     case OPT_FIGURE_DIR:
+        if (!*arg)
+            return usage_error("--figure-dir needs a directory name%s", "");
         s->figure_dir = arg;
         return RVS_EXIT_OK;
     case OPT_FIGURE_PREFIX:
         s->figure_prefix = arg;
-        return RVS_EXIT_OK;
+        return check_prefix("--figure-prefix", arg);
     case OPT_NTHREADS:
         if (parse_ll("--nthreads", arg, 1, INT_MAX, &v) != RVS_EXIT_OK)
             return RVS_EXIT_USAGE;
@@ -821,6 +831,9 @@ static void show_config(const struct settings *s, const struct effective *e)
     printf("output_tab_prefix = %s\n", s->tab_prefix);
     printf("output_mod_prefix = %s\n", s->mod_prefix);
     printf("subdirs = %s\n", s->no_subdirs ? "false" : "true");
+    printf("doplot = %s\n", s->doplot ? "true" : "false");
+    printf("figure_dir = %s\n", s->figure_dir ? s->figure_dir : "./");
+    printf("figure_prefix = %s\n", s->figure_prefix ? s->figure_prefix : "fig");
     printf("likelihood = %s\n", s->rvspecfit_likelihood ? "rvspecfit (flat continuum prior, no "
            "clipping)" : "scale-free continuum prior, outlier clipping");
     printf("clip_sigma = %g%s\n", s->rvspecfit_likelihood ? 0 : s->clip_sigma,
@@ -1049,6 +1062,10 @@ static int run_files(const struct settings *s, const struct effective *e, const 
     ro.naming.tab_prefix = s->tab_prefix;
     ro.naming.mod_prefix = s->mod_prefix;
     ro.naming.no_subdirs = s->no_subdirs;
+    ro.figures.enabled = s->doplot;
+    ro.figures.dir = s->figure_dir ? s->figure_dir : "./";
+    ro.figures.prefix = s->figure_prefix ? s->figure_prefix : "fig";
+    ro.figures.no_subdirs = s->no_subdirs;
     ro.template_lib = e->template_lib;
     ro.skip_existing = s->skip_existing;
     ro.overlap = !s->no_overlap;
@@ -1096,6 +1113,13 @@ static int run_files(const struct settings *s, const struct effective *e, const 
 #endif
             break;
         }
+    }
+    /* the last files' figures are still being drawn */
+    size_t figures_failed = 0;
+    if (rvs_run_wait_figures(run, &figures_failed) != RVS_OK) {
+        fprintf(stderr, "rvsfit-cl: %zu figure(s) could not be written (see the messages above)\n",
+                figures_failed);
+        code = code == RVS_EXIT_OK ? RVS_EXIT_FAILURE : code;
     }
     rvs_run_totals(run, &totals[0], &totals[1], &totals[2]);
     if (s->profile) {
@@ -1195,37 +1219,43 @@ int main(int argc, char **argv)
         if (code == RVS_EXIT_OK && s.show_config)
             show_config(&s, &e);
         else if (code == RVS_EXIT_OK) {
-            if (s.doplot || s.figure_dir || s.figure_prefix)
-                rvs_log(RVS_LOG_WARNING, "cli",
-                        "rvsfit-cl writes no figures: --doplot, --figure-dir and "
-                        "--figure-prefix are accepted for compatibility and ignored");
-            size_t totals[3] = {0, 0, 0};
-            int nranks = 1, lead = 1;
-            mpi_ranks_t *ranks = NULL;
+            if (s.doplot && !rvs_figures_available()) {
+                /* found before any device work: the build cannot draw what was asked for */
+                fprintf(stderr, "rvsfit-cl: --doplot: %s\n", rvs_figures_unavailable_message());
+                code = RVS_EXIT_USAGE;
+            } else {
+                if (!s.doplot && (s.figure_dir || s.figure_prefix))
+                    rvs_log(RVS_LOG_WARNING, "cli",
+                            "--figure-dir and --figure-prefix do nothing without --doplot (as "
+                            "in rvs_desi_fit): no figures are drawn");
+                size_t totals[3] = {0, 0, 0};
+                int nranks = 1, lead = 1;
+                mpi_ranks_t *ranks = NULL;
 #ifdef HAVE_MPI
-            struct mpi_ranks mpi;
-            if (s.mpi) {
-                if (mpi_ranks_start(&argc, &argv, &mpi) != 0) {
-                    effective_free(&e);
-                    free(cmdline);
-                    return RVS_EXIT_FAILURE;
+                struct mpi_ranks mpi;
+                if (s.mpi) {
+                    if (mpi_ranks_start(&argc, &argv, &mpi) != 0) {
+                        effective_free(&e);
+                        free(cmdline);
+                        return RVS_EXIT_FAILURE;
+                    }
+                    ranks = &mpi;
+                    nranks = mpi.size;
+                    lead = mpi.rank == 0;
                 }
-                ranks = &mpi;
-                nranks = mpi.size;
-                lead = mpi.rank == 0;
+#endif
+                code = run_files(&s, &e, cmdline, ranks, totals);
+#ifdef HAVE_MPI
+                if (ranks)
+                    mpi_ranks_combine(ranks, totals, &code);
+#endif
+                if (lead)
+                    log_summary(totals, nranks);
+#ifdef HAVE_MPI
+                if (ranks)
+                    mpi_ranks_end(ranks);
+#endif
             }
-#endif
-            code = run_files(&s, &e, cmdline, ranks, totals);
-#ifdef HAVE_MPI
-            if (ranks)
-                mpi_ranks_combine(ranks, totals, &code);
-#endif
-            if (lead)
-                log_summary(totals, nranks);
-#ifdef HAVE_MPI
-            if (ranks)
-                mpi_ranks_end(ranks);
-#endif
         }
         effective_free(&e);
         if (s.show_config && fflush(stdout) != 0 && code == RVS_EXIT_OK)
