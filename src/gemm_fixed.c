@@ -10,7 +10,8 @@
  * item 15: VRAD of an example target moved 0.03 km/s and [alpha/Fe] 0.7 sigma with
  * --batch-size 1).
  *
- * Here every element is C[i][j] = alpha * s + beta * C[i][j] with
+ * Here every element is C[i][j] = fma(beta, C[i][j], alpha * s) (alpha * s when beta = 0), the
+ * epilogue written as a call so that no compiler contracts it differently, with
  *     s = fma(a[i][K-1], b[K-1][j], ... fma(a[i][1], b[1][j], fma(a[i][0], b[0][j], 0)))
  * in the element type: a fused multiply-add per term, k ascending. A fused multiply-add is
  * rounded once by IEEE 754 whatever computes it, so the vector kernel, the scalar tail and the
@@ -76,7 +77,7 @@ static void rows_f32_portable(const struct fixed_job *j, size_t i0, size_t i1)
             float *ci = c + i * j->ldc + j0;
             for (size_t t = 0; t < cols; t++)
                 ci[t] = j->beta == 0 ? (float)j->alpha * acc[t]
-                                     : (float)j->alpha * acc[t] + (float)j->beta * ci[t];
+                                     : fmaf((float)j->beta, ci[t], (float)j->alpha * acc[t]);
         }
     }
 }
@@ -96,7 +97,7 @@ static void rows_f64_portable(const struct fixed_job *j, size_t i0, size_t i1)
                     acc[t] = fma(ai[kk], panel[kk * PANEL_F64 + t], acc[t]);
             double *ci = c + i * j->ldc + j0;
             for (size_t t = 0; t < cols; t++)
-                ci[t] = j->beta == 0 ? j->alpha * acc[t] : j->alpha * acc[t] + j->beta * ci[t];
+                ci[t] = j->beta == 0 ? j->alpha * acc[t] : fma(j->beta, ci[t], j->alpha * acc[t]);
         }
     }
 }
@@ -112,7 +113,7 @@ __attribute__((target("avx2,fma"))) static void store_f32(const struct fixed_job
     _mm256_storeu_ps(acc + 8, hi);
     for (size_t t = 0; t < cols; t++)
         ci[t] = j->beta == 0 ? (float)j->alpha * acc[t]
-                             : (float)j->alpha * acc[t] + (float)j->beta * ci[t];
+                             : fmaf((float)j->beta, ci[t], (float)j->alpha * acc[t]);
 }
 
 __attribute__((target("avx2,fma"))) static void rows_f32_avx2(const struct fixed_job *j,
@@ -173,7 +174,7 @@ __attribute__((target("avx2,fma"))) static void store_f64(const struct fixed_job
     _mm256_storeu_pd(acc, lo);
     _mm256_storeu_pd(acc + 4, hi);
     for (size_t t = 0; t < cols; t++)
-        ci[t] = j->beta == 0 ? j->alpha * acc[t] : j->alpha * acc[t] + j->beta * ci[t];
+        ci[t] = j->beta == 0 ? j->alpha * acc[t] : fma(j->beta, ci[t], j->alpha * acc[t]);
 }
 
 __attribute__((target("avx2,fma"))) static void rows_f64_avx2(const struct fixed_job *j,

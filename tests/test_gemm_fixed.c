@@ -73,12 +73,12 @@ static void check_shape(int is_double, size_t m, size_t n, size_t k, int ta, int
             }
             if (is_double) {
                 double s = ref_f64(ap, k, b, ldb, tb, i, j, k);
-                double want = beta == 0 ? alpha * s : alpha * s + beta * c0[i * ldc + j];
+                double want = beta == 0 ? alpha * s : fma(beta, c0[i * ldc + j], alpha * s);
                 bad += memcmp(&want, &c[i * ldc + j], sizeof want) != 0;
             } else {
                 float s = ref_f32(apf, k, bf, ldb, tb, i, j, k);
                 float want = beta == 0 ? (float)alpha * s
-                                       : (float)alpha * s + (float)beta * (float)c0[i * ldc + j];
+                                       : fmaf((float)beta, (float)c0[i * ldc + j], (float)alpha * s);
                 bad += memcmp(&want, &cf[i * ldc + j], sizeof want) != 0;
             }
         }
