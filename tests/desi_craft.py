@@ -9,6 +9,8 @@ Run by tests/test_desi_read, test_select and test_prepare with Debian's /usr/bin
   prepare OUT           crafted spectra and the expected prepared arrays (a numpy port of
                         rvspecfit's get_specdata written for this test)
   big SRC N OUT         a coadd of N rows tiled from SRC, for benchmarks/bench_io
+  rows SRC OUT R,R,...  a coadd of SRC's rows R (any order, any subset: every per-target HDU
+                        taken alike), for the batch-independence and MPI tests
 """
 import gzip
 import os
@@ -522,6 +524,27 @@ def big(src, n, out):
     fits.HDUList(hdus).writeto(out, overwrite=True)
 
 
+# ----------------------------------------------------------------------------- rows
+def rows(src, out, order):
+    """SRC with only the rows `order`, in that order, in every per-target HDU (FIBERMAP, SCORES
+    and each arm's FLUX, IVAR, MASK, RESOLUTION); the rest copied. Checksums are dropped, not
+    kept stale."""
+    order = np.asarray(order)
+    with fits.open(src) as h:
+        hdus = fits.HDUList()
+        for hdu in h:
+            if hdu.name in ('FIBERMAP', 'SCORES'):
+                hdu = fits.BinTableHDU(hdu.data[order], header=hdu.header)
+            elif hdu.name[:2] in ('B_', 'R_', 'Z_') and hdu.name[2:] != 'WAVELENGTH':
+                hdu = fits.ImageHDU(hdu.data[order], header=hdu.header)
+            else:
+                hdu = hdu.copy()
+            for key in ('CHECKSUM', 'DATASUM'):
+                hdu.header.pop(key, None)
+            hdus.append(hdu)
+        hdus.writeto(out, overwrite=True)
+
+
 if __name__ == '__main__':
     mode = sys.argv[1]
     if mode == 'read-ref':
@@ -532,6 +555,8 @@ if __name__ == '__main__':
         select(sys.argv[2])
     elif mode == 'prepare':
         prepare(sys.argv[2])
+    elif mode == 'rows':
+        rows(sys.argv[2], sys.argv[3], [int(r) for r in sys.argv[4].split(',')])
     elif mode == 'big':
         big(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:

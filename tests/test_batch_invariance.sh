@@ -20,28 +20,8 @@ python=${PYTHON3:-/usr/bin/python3}
 cd "$scratch" || exit 1
 
 # the same targets in the order 7 2 9 0 5 3 8 1 6 4
-"$python" - "$example" permuted.fits <<'PY' || fail "cannot write the permuted copy"
-import sys
-import numpy as np
-from astropy.io import fits
-order = np.array([7, 2, 9, 0, 5, 3, 8, 1, 6, 4])
-with fits.open(sys.argv[1]) as h:
-    n = len(h['FIBERMAP'].data)
-    assert n == len(order), n
-    out = fits.HDUList()
-    for hdu in h:
-        name = hdu.name
-        if name in ('FIBERMAP', 'SCORES'):
-            hdu = fits.BinTableHDU(hdu.data[order], header=hdu.header)
-        elif name[:2] in ('B_', 'R_', 'Z_') and name[2:] != 'WAVELENGTH':
-            hdu = fits.ImageHDU(hdu.data[order], header=hdu.header)
-        else:
-            hdu = hdu.copy()
-        for key in ('CHECKSUM', 'DATASUM'):
-            hdu.header.pop(key, None)
-        out.append(hdu)
-    out.writeto(sys.argv[2])
-PY
+"$python" "$top_srcdir/tests/desi_craft.py" rows "$example" permuted.fits 7,2,9,0,5,3,8,1,6,4 ||
+    fail "cannot write the permuted copy"
 
 fit() { # fit NAME INPUT [OPTIONS...]
     name=$1 input=$2

@@ -30,26 +30,11 @@ mpiflags="--oversubscribe --bind-to none -n 2 --mca btl self,vader"
 [ "$(id -u)" -eq 0 ] && mpiflags="$mpiflags --allow-run-as-root"
 
 mkdir -p in/main/100 in/special/200
-"$python" - "$example" <<'PY' || fail "cannot split the example"
-import sys
-from astropy.io import fits
-parts = {'in/main/100/coadd-a.fits': [0, 1, 2, 3], 'in/main/100/coadd-b.fits': [4, 5, 6],
-         'in/special/200/coadd-c.fits': [7, 8, 9]}
-with fits.open(sys.argv[1]) as h:
-    for path, rows in parts.items():
-        out = fits.HDUList()
-        for hdu in h:
-            if hdu.name in ('FIBERMAP', 'SCORES'):
-                hdu = fits.BinTableHDU(hdu.data[rows], header=hdu.header)
-            elif hdu.name[:2] in ('B_', 'R_', 'Z_') and hdu.name[2:] != 'WAVELENGTH':
-                hdu = fits.ImageHDU(hdu.data[rows], header=hdu.header)
-            else:
-                hdu = hdu.copy()
-            for key in ('CHECKSUM', 'DATASUM'):
-                hdu.header.pop(key, None)
-            out.append(hdu)
-        out.writeto(path)
-PY
+craft="$top_srcdir/tests/desi_craft.py"
+{ "$python" "$craft" rows "$example" in/main/100/coadd-a.fits 0,1,2,3 &&
+  "$python" "$craft" rows "$example" in/main/100/coadd-b.fits 4,5,6 &&
+  "$python" "$craft" rows "$example" in/special/200/coadd-c.fits 7,8,9; } ||
+    fail "cannot split the example"
 head -c 100000 in/main/100/coadd-a.fits > in/main/100/coadd-truncated.fits
 inputs="in/main/100/coadd-a.fits in/main/100/coadd-truncated.fits in/main/100/coadd-b.fits in/special/200/coadd-c.fits"
 
