@@ -43,7 +43,7 @@ static int selected(const char *list, const char *name)
 
 int main(int argc, char **argv)
 {
-    rvs_openblas_reexec_if_generic(argv); /* vector kernels on new CPUs (src/gemm.c) */
+    rvs_openblas_reexec_if_generic(argv); /* vector kernels on new CPUs (src/device/gemm.c) */
     static const struct option options[] = {{"device", required_argument, NULL, 'd'},
                                             {"fp32", no_argument, NULL, 'f'},
                                             {"routine", required_argument, NULL, 'r'},

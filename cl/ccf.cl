@@ -1,4 +1,4 @@
-/* ccf.cl: the device half of the fitter's CCF start (src/fit_ccf.c): the cross-spectra of every
+/* ccf.cl: the device half of the fitter's CCF start (src/fit/ccf.c): the cross-spectra of every
  * (spectrum, bank template) pair, and per pair the best chi^2 over the allowed shifts once
  * clFFT has transformed the cross-spectra back (rvspecfit fitter_ccf.fit / make_ccf compute the
  * same chi^2(shift) with numpy FFTs one spectrum at a time).

@@ -1,7 +1,7 @@
 /* chisq.cl: the continuum-marginalised chi^2 of rvspecfit (py/rvspecfit/spec_fit.py,
  * get_chisq0, _get_chisq0_numba_chol_resid, _get_chisq0_svd) for E requests at once:
  *     chi^2 = log det G + 2 sum log sigma + |D - S a|^2,  G = S^T S, a = G^-1 S^T D,
- * D = F/sigma, S_j = T P_j / sigma. The host (src/chisq.c) runs:
+ * D = F/sigma, S_j = T P_j / sigma. The host (src/engine/chisq.c) runs:
  *   rvs_chisq_prepare        X1 = T^2 / sigma^2 and X2 = T F / sigma^2, E x n_pad
  *   GEMMs                    G = X1 PP (the npoly(npoly+1)/2 products P_j P_k), v = X2 P
  *   rvs_chisq_gram_reduce    (fp32) compensated sum of the K-blocked partial Gram matrices

@@ -1,4 +1,4 @@
-/* nn.cl: the element-wise parts of the NN emulator (src/nn.c): the parameter mapping, and the
+/* nn.cl: the element-wise parts of the NN emulator (src/engine/nn.c): the parameter mapping, and the
  * bias + activation epilogues that follow each GEMM. The GEMMs themselves go through
  * rvs_gemm_f32. Matrices are row-major, one parameter vector per row; 2-D launches put the
  * column in dimension 0 (contiguous accesses) and the row in dimension 1. */

@@ -122,7 +122,7 @@ __kernel void rvs_rotation_crop(__global const rvs_real *work, __global rvs_real
     out[(size_t)meta[rows + r] * (size_t)npix + j] = work[(size_t)r * (size_t)stride + j];
 }
 
-/* Kernel weights on the device (the direct path with fp64, src/rotation.c): work-item s computes
+/* Kernel weights on the device (the direct path with fp64, src/engine/rotation.c): work-item s computes
  * slot s's 2 km + 1 weights for the width R = slot_r[s] pixels into weights[woff ..], the port
  * of the host's rvs_rotation_weights (spec_fit.py compute_vsini_kernel): W_k = integral of
  * Lambda(k - R x) K(x) over x, Lambda the unit hat, K the limb-darkened rotation profile with

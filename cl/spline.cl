@@ -2,10 +2,10 @@
  * them: coefficients by the Thomas algorithm (construct), evaluation at Doppler-shifted
  * wavelengths with the knot index from the uniform (log-)step (evaler).
  *
- * The knot grid is shared by all templates of an arm, so the host (src/spline.c) computes the
+ * The knot grid is shared by all templates of an arm, so the host (src/engine/spline.c) computes the
  * template-independent parts of the sweep once per grid. `geom` holds RVS_SPLINE_SECTIONS arrays
  * of N rvs_real each, in the order of the RVS_SPLINE_* section numbers below (must match
- * src/spline.c).
+ * src/engine/spline.c).
  *
  * Coefficient layout (private to this module): template t, interval i has A, B, C, D at
  * coeffs[4 * (t * (N - 1) + i) + 0..3], so one evaluation reads one aligned 4-vector and
@@ -26,7 +26,7 @@
 
 /* Templates per work-group of the construct kernel and knots per tile: the group moves tiles of
  * its templates through local memory so that global reads and writes are contiguous runs even
- * though each work-item sweeps one template. Must match src/spline.c. */
+ * though each work-item sweeps one template. Must match src/engine/spline.c. */
 #define RVS_SPLINE_GROUP 32
 #define RVS_SPLINE_TILE 16
 /* Odd strides in local memory (in rvs_real units) avoid bank conflicts between work-items. */
@@ -242,14 +242,14 @@ rvs_spline_construct_seg(__global const rvs_real *geom, const int N,
  * diag[i] = 1 / (p[i] + q[i] - S[i][i]). So, exactly,
  *   M[i] = diag[i] (sum_{j<i} d[j] lw[j+1] ... lw[i] + d[i] + sum_{j>i} d[j] rw[i+1] ... rw[j]),
  * both natural ends included (the ratios near the ends carry them). The host computes lw, rw,
- * diag once per grid (src/spline.c) from the rounded knots, so any grid the validation accepts
+ * diag once per grid (src/engine/spline.c) from the rounded knots, so any grid the validation accepts
  * is handled exactly, not only an exactly geometric one: on a log-uniform grid the rows divided
  * by h[i] are nearly the Toeplitz rows (1/r, 2 (1 + 1/r), 1) of the issue, but knots rounded to
  * float move h by ~2e-3 of itself (DESI grid), which a constant-coefficient filter would turn
  * into 1e-3 errors in M. |lw|, |rw| -> 2 - sqrt(3) = 0.268 (the root z1 of z^2 + 4 z + 1 on a
  * uniform grid; 0.268 within 1e-4 on DESI's log grids), so the sums are cut at RVS_SPLINE_FIR_K
  * terms each side, the smallest K with 0.268^(K+1) / (1 - 0.268) <= u / 8 (u = 2^-53 or
- * 2^-24): the neglected weight is below an eighth of a rounding of M. src/spline.c checks the
+ * 2^-24): the neglected weight is below an eighth of a rounding of M. src/engine/spline.c checks the
  * grid's largest ratio against the same bound and uses another kernel where it fails (coarse
  * grids, r >~ 1.01). Each sum is a K-step Horner recurrence over local memory; d is the same
  * arithmetic as the serial kernel's, so the second-difference cancellation is the same.
@@ -261,7 +261,7 @@ rvs_spline_construct_seg(__global const rvs_real *geom, const int N,
  * knots of halo each side go to local memory, every work-item forms M of its knot, then
  * A, B, C, D of its interval, written as contiguous 4-vectors. Per knot: ~4K + 20 flops and
  * ~4K local-memory reads; global traffic y in, A..D out (plus grid sections, shared by all
- * templates and cached). Must match src/spline.c. */
+ * templates and cached). Must match src/engine/spline.c. */
 #define RVS_SPLINE_FIR_GROUP 128
 #if RVS_HAVE_FP64
 #define RVS_SPLINE_FIR_K 29
@@ -292,7 +292,7 @@ rvs_spline_construct_fir(__global const rvs_real *geom, const int N,
     __global const rvs_real *lw = geom + RVS_SPLINE_LW * (size_t)N;
     __global const rvs_real *rw = geom + RVS_SPLINE_RW * (size_t)N;
     __global const rvs_real *diag = geom + RVS_SPLINE_DIAG * (size_t)N;
-    /* the launch has exactly T x tiles groups (src/spline.c), so t < T: no early return, which
+    /* the launch has exactly T x tiles groups (src/engine/spline.c), so t < T: no early return, which
      * PoCL mishandles before barriers even when the whole group takes it (measured: stale
      * local values across the barrier) */
     __global const rvs_real *y = templates + t * N;

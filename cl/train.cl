@@ -1,4 +1,4 @@
-/* train.cl: the element-wise and per-column parts of NN emulator training (src/train.c); the
+/* train.cl: the element-wise and per-column parts of NN emulator training (src/train/train.c); the
  * GEMMs of the forward and backward passes go through rvs_gemm_f32. The network is float32
  * (as rvspecfit trains it); column sums accumulate in rvs_acc. Matrices are row-major with one
  * spectrum per row. All trainable parameters live in one flat float buffer (and their gradients

@@ -39,10 +39,10 @@ OUTSIDE_TOL = 1e-6
 # The templates' LSF per option (doc/template-library.md 2.1, 8): rvspecfit's DESI templates are
 # Gaussians of FWHM 1.55, 1.55, 1.8 A; its resolution-matrix library has sigma 0.5 A.
 DESI_FWHM = {'desi_b': 1.55, 'desi_r': 1.55, 'desi_z': 1.8}
-# LSFSIG holds 12 significant digits (what src/library.c's writer keeps); against the exact
+# LSFSIG holds 12 significant digits (what src/library/library.c's writer keeps); against the exact
 # sigma that is a relative error below 5e-12.
 LSFSIG_RTOL = 5e-12
-# The primary-header comments of the LSF keywords, as src/library.c's write_primary writes them,
+# The primary-header comments of the LSF keywords, as src/library/library.c's write_primary writes them,
 # and their place: right after HULLSPC, before CREATOR.
 LSF_COMMENTS = {'LSFTYPE': 'line-spread function of the templates',
                 'LSFSIG': '[Angstrom] its Gaussian sigma (table: median)',
@@ -87,7 +87,7 @@ def check_keywords(path):
         for key, comment in LSF_COMMENTS.items():
             if key in h:
                 check(h.comments[key] == comment, '%s: %s comment %r, expected %r (as '
-                      'src/library.c writes it)' % (path, key, h.comments[key], comment))
+                      'src/library/library.c writes it)' % (path, key, h.comments[key], comment))
         check(h.get('NONLIN') == 'SiLU' and h.get('OUTPUT') == 'log_flux'
               and h.get('BNPOS') == 'after_nonlin' and h.get('HULLSPC') == 'mapped'
               and h.get('WAVEREF') == 'vacuum', path + ': fixed-value keywords')

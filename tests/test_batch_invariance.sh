@@ -6,7 +6,7 @@
 #   - the same targets in another order (a copy of the file with every per-target HDU permuted),
 # and every RVTAB value and every RVMOD model must be the same, bit for bit, target by target
 # (matched by TARGETID). Before the host GEMM of CPU devices summed every element in one order
-# (src/gemm_fixed.c), OpenBLAS gave a row other bits at other places in the matrix and VRAD of
+# (src/device/gemm_fixed.c), OpenBLAS gave a row other bits at other places in the matrix and VRAD of
 # one star moved 0.03 km/s and [alpha/Fe] 0.7 sigma; RVSFIT_CL_GEMM=openblas shows that still.
 #
 # Cost: four fits of the example, ~45 s on PoCL's CPU device (two cores).

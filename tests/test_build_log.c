@@ -4,7 +4,7 @@
 
 #include <string.h>
 
-#include "internal.h"
+#include "base/internal.h"
 #include "testutil.h"
 
 int main(void)

@@ -1,4 +1,4 @@
-/* test_ccf.c: the fitter's CCF start on the device (src/fit_ccf.c, cl/ccf.cl) against its
+/* test_ccf.c: the fitter's CCF start on the device (src/fit/ccf.c, cl/ccf.cl) against its
  * plain-C reference, the former host implementation kept here: double-precision radix-2 FFTs
  * of each spectrum's grid input and of the bank, one inverse FFT per (spectrum, template) pair,
  * chi^2(shift), the best template and the alternatives of other temperatures (as rvspecfit's
@@ -27,13 +27,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fit_internal.h"
+#include "fit/fit_internal.h"
 #include "mock/mock.h"
 #include "testutil.h"
 #include "tolerances.h"
 
 #define C_KMS 299792.458
-#define NALT 2 /* RVS_FIT_NALT of src/fit.c */
+#define NALT 2 /* RVS_FIT_NALT of src/fit/fit.c */
 
 /* ------------------------------------------------------------------ reference */
 

@@ -10,7 +10,7 @@
  * back when the rotation is destroyed; reset zeroes the counts and restarts the peaks; a buffer
  * the library did not make and buffers released after their context is gone change nothing.
  *
- * Invariant (src/engine.c): one engine call makes one device pass per chunk, and a pass issues a
+ * Invariant (src/engine/engine.c): one engine call makes one device pass per chunk, and a pass issues a
  * fixed sequence per arm (uploads, NN: 2 x (layers + 2) + 1 launches and layers + 2 GEMMs,
  * [gather], [rotation], spline construct + evaluate, [resolution], chi^2: 4-7 launches and 2-3
  * GEMMs, downloads) whatever the number of requests, as long as the pass has the same optional

@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
-#include "plot.h"
+#include "base/internal.h"
+#include "figures/plot.h"
 #include "testutil.h"
 
 static char scratch[4096];

@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "mock/mock.h"
-#include "fit_internal.h"
+#include "fit/fit_internal.h"
 #include "testutil.h"
 
 static int cmp_d(const void *a, const void *b)
@@ -66,7 +66,7 @@ static void print_profile(const char *what, const struct rvs_fitter *f)
 }
 
 
-/* Outlier clipping (src/fit_clip.c): the same three targets with and without two unflagged 40-100
+/* Outlier clipping (src/fit/clip.c): the same three targets with and without two unflagged 40-100
  * sigma cosmics per arm. With clipping on, every unflagged cosmic pixel is left out (NPIX_CLIP
  * counts them and their neighbours) and each target's parameters stay within 1 sigma of the
  * fit of the clean spectrum; with clipping off nothing is clipped. Returns 0 when it could run. */

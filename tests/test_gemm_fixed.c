@@ -1,4 +1,4 @@
-/* test_gemm_fixed.c: the host GEMM of CPU devices (src/gemm_fixed.c) keeps its promise. Every
+/* test_gemm_fixed.c: the host GEMM of CPU devices (src/device/gemm_fixed.c) keeps its promise. Every
  * element is the fused multiply-add chain in ascending k, so the test demands bit equality
  * (tolerance 0) with
  *   - a scalar reference written here (fmaf/fma, k ascending) for float and double, both
@@ -13,7 +13,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "internal.h"
+#include "base/internal.h"
 #include "testutil.h"
 
 static float ref_f32(const float *a, size_t lda, const float *b, size_t ldb, int tb, size_t i,

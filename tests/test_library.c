@@ -1,4 +1,4 @@
-/* test_library.c: the template-library loader and writer (src/library.c) on rvspecfit's fixture
+/* test_library.c: the template-library loader and writer (src/library/library.c) on rvspecfit's fixture
  * library converted with tools/rvs-import:
  *  - each arm loads, has the DESI parameters, and the network run on the device through
  *    rvs_nn_create/rvs_nn_forward reproduces rvspecfit's own fluxes at the 20 reference parameter

@@ -1,4 +1,4 @@
-/* test_nn.c: the NN emulator (src/nn.c) against the unfolded float32 OpenBLAS reference of
+/* test_nn.c: the NN emulator (src/engine/nn.c) against the unfolded float32 OpenBLAS reference of
  * tests/routines/nn.c, in the default context (fp64 where the device has it) and with forced
  * fp32: batches E = 1..4099, npix 1..6000, nlayers 0..2 with and without BatchNorm, both
  * outputs, an impulse pc_layer and the +-300 clip edge. Also the parameter mapping alone, work

@@ -1,5 +1,5 @@
-/* test_output.c: the rvtab/rvmod writers (src/output.c) and their file handling
- * (src/output_files.c).
+/* test_output.c: the rvtab/rvmod writers (src/desi/output.c) and their file handling
+ * (src/desi/output_files.c).
  *
  * Without data: output names (subdirectories, --no-subdirs, .gz, prefixes, "." and ".."),
  * --process-status-file lines. With the DESI EDR files under ../shared/data: outputs for a coadd

@@ -6,7 +6,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "internal.h"
+#include "base/internal.h"
 #include "testutil.h"
 
 enum { MAX_SHARES = 64 };

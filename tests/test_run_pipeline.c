@@ -1,4 +1,4 @@
-/* test_run_pipeline.c: the per-file pipeline of src/run.c apart from the fit itself. A recording
+/* test_run_pipeline.c: the per-file pipeline of src/run/run.c apart from the fit itself. A recording
  * fitter stands in for fit.h (through rvs_run_options.fitter_ops) and writes, for each target it
  * is given, sums of the prepared spectrum into the row and the prepared flux as the model. Then:
  * every selected row reaches the fitter exactly once, with the data that a single read and

@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-#include "internal.h"
+#include "base/internal.h"
 #include "testutil.h"
 
 static void check_vector(const char *msg, size_t repeat, const char *want)

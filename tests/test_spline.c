@@ -1,4 +1,4 @@
-/* test_spline.c: natural cubic splines (src/spline.c, cl/spline.cl) against the long-double port
+/* test_spline.c: natural cubic splines (src/engine/spline.c, cl/spline.cl) against the long-double port
  * of rvspecfit's spliner.c in tests/routines/spline.c, in the default precision and in forced
  * fp32: coefficients (spline_construct) by each of the three construction kernels (serial,
  * segmented, fir; RVSFIT_CL_SPLINE_KERNEL) and Doppler-shifted evaluation (spline_eval, after

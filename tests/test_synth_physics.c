@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "synth_internal.h"
+#include "synth/synth_internal.h"
 #include "testutil.h"
 
 /* H(a, v) = 1/sqrt(pi) int_0^inf exp(-a s - s^2/4) cos(v s) ds: a smooth integrand, Simpson. */
@@ -308,7 +308,7 @@ static void test_linelists(void)
     rvs_synth_linelist_free(&list);
 }
 
-/* The van der Waals factors (synth_vdw.c, tools/mkgrid-vdw.py) are sane, and with them the wings
+/* The van der Waals factors (synth/vdw.c, tools/mkgrid-vdw.py) are sane, and with them the wings
  * of Mg b in the Sun are deeper than with Unsoeld's widths alone. */
 static void test_vdw(void)
 {

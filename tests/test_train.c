@@ -1,7 +1,7 @@
-/* test_train.c: NN emulator training (src/train.c, src/train_pca.c, cl/train.cl).
+/* test_train.c: NN emulator training (src/train/train.c, src/train/pca.c, cl/train.cl).
  *
  *  1. A plain-C double reference of the training forward/backward pass (written here from the
- *     maths, not from src/train.c) against central finite differences, for tiny networks with
+ *     maths, not from src/train/train.c) against central finite differences, for tiny networks with
  *     and without BatchNorm, with the L1 loss and the others (--loss l2, l1l2): max |analytic -
  *     FD| / max |gradient| <= 1e-6 per tensor.
  *  2. The device gradients (fp32 network, rvs_acc column sums) against that reference on the

@@ -29,7 +29,7 @@ static int test_failures;
  * only when OpenCL has no platform or device at all. */
 static inline struct rvs_context *test_context(int skip_selftest)
 {
-    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
+    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/device/gemm.c) */
     rvs_openblas_reexec_if_generic(NULL);
     struct rvs_device_list list;
     if (rvs_device_list_query(&list) != RVS_OK) {

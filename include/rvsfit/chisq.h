@@ -89,7 +89,7 @@ int rvs_chisq_fallback_count(struct rvs_context *ctx, struct rvs_chisq_arm *arm,
 size_t rvs_chisq_arm_npoly(const struct rvs_chisq_arm *arm);
 size_t rvs_chisq_arm_npix(const struct rvs_chisq_arm *arm);
 
-/* Self-test row (src/selftest.c): data = template x a continuum in the basis, so the residual
+/* Self-test row (src/device/selftest.c): data = template x a continuum in the basis, so the residual
  * vanishes and chi^2 = log det G + 2 sum log sigma, known on the host. */
 int rvs_chisq_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);
 

@@ -12,7 +12,7 @@ extern "C" {
 enum rvs_gemm_backend {
     RVS_GEMM_CLBLAST = 0, /* GPUs and other devices with their own memory */
     RVS_GEMM_OPENBLAS = 1, /* CPU devices, on request: cblas on mapped buffers */
-    RVS_GEMM_HOST = 2      /* CPU devices (default): src/gemm_fixed.c on mapped buffers, one
+    RVS_GEMM_HOST = 2      /* CPU devices (default): src/device/gemm_fixed.c on mapped buffers, one
                             * summation order per element, so a row's result does not depend
                             * on its batch-mates (OpenBLAS's does); ~10x CLBlast-on-PoCL */
 };
@@ -33,7 +33,7 @@ struct rvs_program_entry; /* built programs, private */
 
 /* Device work and memory counted per context (rvs_context_counters_get), at the one place each
  * kind of command is enqueued: kernel launches in rvs_kernel_launch_*, GEMMs in rvs_gemm_*
- * (src/gemm.c), clFFT transforms in src/fft.c, transfers in rvs_buffer_write/read/fill and the
+ * (src/device/gemm.c), clFFT transforms in src/device/fft.c, transfers in rvs_buffer_write/read/fill and the
  * OpenBLAS path's maps, buffers in rvs_buffer_create/rvs_buffer_release. Counts are since
  * rvs_context_create (which includes the self-test) or the last rvs_context_counters_reset.
  * Not counted: what CLBlast and clFFT launch inside one call (a GEMM may be 1-4 kernels, a
@@ -69,7 +69,7 @@ struct rvs_context {
     struct rvs_program_stats stats;
     struct rvs_program_entry *programs;
     int fft_ready;
-    /* CLBlast's work space for non-batched GEMMs, kept and grown across calls (src/gemm.c) */
+    /* CLBlast's work space for non-batched GEMMs, kept and grown across calls (src/device/gemm.c) */
     cl_mem gemm_temp;
     size_t gemm_temp_bytes;
     struct rvs_context_counters counters; /* read with rvs_context_counters_get */

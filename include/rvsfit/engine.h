@@ -199,7 +199,7 @@ void rvs_engine_set_chunk_limits(struct rvs_engine *engine, size_t max_requests,
  * returned CL_MEM_OBJECT_ALLOCATION_FAILURE (0 = off), to exercise the halving retry. */
 void rvs_engine_simulate_alloc_limit(struct rvs_engine *engine, size_t max_requests);
 
-/* Self-test row (src/selftest.c): a one-arm engine over a constant network; the best-fit model
+/* Self-test row (src/device/selftest.c): a one-arm engine over a constant network; the best-fit model
  * of a spectrum equal to a basis function must reproduce it exactly, at two velocities sharing
  * one template. */
 int rvs_engine_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);

@@ -46,7 +46,7 @@ void rvs_resolution_row_sums_host(const float *rdata, size_t ndiag, size_t n, do
  * padding is left alone. With the row sums this is the edge-row renormalisation. */
 void rvs_resolution_scale_row_host(float *rdata, size_t ndiag, size_t n, size_t i, double factor);
 
-/* Known-answer check of the kernel (a row of the context's self-test, src/selftest.c): returns
+/* Known-answer check of the kernel (a row of the context's self-test, src/device/selftest.c): returns
  * RVS_ERR_SELFTEST with a description in detail when the device gives a wrong answer. */
 int rvs_resolution_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);
 

@@ -45,7 +45,7 @@ void rvs_rotation_destroy(struct rvs_rotation **rot);
 /* Forces a path or returns to AUTO. */
 void rvs_rotation_set_path(struct rvs_rotation *rot, enum rvs_rotation_path path);
 /* AUTO uses the FFT for kernels of at least min_length weights (0: the device's default, from
- * the measurements documented in src/rotation.c; $RVSFIT_CL_ROTATION_FFT_MIN overrides that
+ * the measurements documented in src/engine/rotation.c; $RVSFIT_CL_ROTATION_FFT_MIN overrides that
  * default at creation). */
 void rvs_rotation_set_fft_threshold(struct rvs_rotation *rot, size_t min_length);
 /* The kernel length from which AUTO uses the FFT. */

@@ -23,7 +23,7 @@ struct rvs_spline_grid;
  * uniform; the step test is spliner.c's: the first two steps agree within 1e-10) and uploads
  * the grid. Returns RVS_ERR_INVALID_ARGUMENT with a logged reason for a bad grid. Chooses the
  * construction kernel for the grid: fir (parallel over knots) on GPUs, segmented elsewhere,
- * RVSFIT_CL_SPLINE_KERNEL=serial|segmented|fir to override (src/spline.c). */
+ * RVSFIT_CL_SPLINE_KERNEL=serial|segmented|fir to override (src/engine/spline.c). */
 int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, int log_step,
                            struct rvs_spline_grid **grid);
 /* Releases the grid; accepts NULL and sets *grid to NULL. */
@@ -64,7 +64,7 @@ int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
 int rvs_spline_coeffs_read(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
                            cl_mem coeffs, size_t T, double *abcd);
 
-/* Known-answer check for src/selftest.c: a linear template (reproduced exactly by a natural
+/* Known-answer check for src/device/selftest.c: a linear template (reproduced exactly by a natural
  * spline) evaluated at a known velocity. */
 int rvs_spline_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);
 

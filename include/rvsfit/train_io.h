@@ -96,7 +96,7 @@ int rvs_train_library_write(const char *dir, const struct rvs_train_grid *grid,
  * reorders v. NAN for n = 0. */
 double rvs_train_quantile(float *v, size_t n, double q);
 
-/* Where the emulation error comes from (src/train_report.c): err holds |dflux|/flux of the
+/* Where the emulation error comes from (src/train/report.c): err holds |dflux|/flux of the
  * spectra rows[0..count-1] of g, count x npix; writes to out the overall median and 99th
  * percentile, the same per bin of each parameter (teff, logg, feh, alpha: fixed physical bins;
  * other names: six equal-width bins) and per twelfth of the wavelength range, each bin's share

@@ -25,9 +25,9 @@
 
 #include <fitsio.h>
 
-#include "internal.h"
+#include "base/internal.h"
 #include "options.h"
-#include "output_files.h"
+#include "desi/output_files.h"
 #include "rvsfit.h"
 
 #define PROG "rvsfit-cl-eval"
@@ -1317,7 +1317,7 @@ cleanup:
 
 int main(int argc, char **argv)
 {
-    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
+    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/device/gemm.c) */
     rvs_openblas_reexec_if_generic(argv);
     struct option long_options[NUM_OPTIONS + 1];
     char short_options[3 * NUM_OPTIONS + 2];

@@ -443,7 +443,7 @@ static int write_predictions(const char *path, const struct rvs_train_grid *g, c
 
 int main(int argc, char **argv)
 {
-    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
+    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/device/gemm.c) */
     rvs_openblas_reexec_if_generic(argv);
     struct option long_options[NUM_OPTIONS + 1];
     char short_options[3 * NUM_OPTIONS + 2] = ":";

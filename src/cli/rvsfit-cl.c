@@ -1150,7 +1150,7 @@ static void log_summary(const size_t totals[3], int nranks)
 
 int main(int argc, char **argv)
 {
-    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
+    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/device/gemm.c) */
     rvs_openblas_reexec_if_generic(argv);
     program_start = now_seconds();
     /* an interrupt removes the outputs being written and says so (issue 19) */

@@ -22,9 +22,9 @@
 
 #include <fitsio.h>
 
-#include "internal.h"
+#include "base/internal.h"
 #include "mock/mock.h"
-#include "output_files.h"
+#include "desi/output_files.h"
 
 #define MOD "mock"
 

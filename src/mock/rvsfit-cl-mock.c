@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../cli/options.h"
+#include "cli/options.h"
 #include "mock/mock.h"
 #include "rvsfit.h"
 
@@ -145,7 +145,7 @@ static int parse_ulong(const char *s, unsigned long long *v)
 
 int main(int argc, char **argv)
 {
-    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/gemm.c) */
+    /* OpenBLAS on its generic kernels (new CPUs): run again with vector ones (src/device/gemm.c) */
     rvs_openblas_reexec_if_generic(argv);
     struct option long_options[NUM_OPTIONS + 1];
     char short_options[3 * NUM_OPTIONS + 2];

@@ -1,4 +1,4 @@
-/* fuzz_cache.c: the kernel-cache entry reader (src/program_cache.c) on arbitrary bytes written
+/* fuzz_cache.c: the kernel-cache entry reader (src/device/program_cache.c) on arbitrary bytes written
  * as the entry of a fixed (program, key). Entries are checked for magic, format, key, size and a
  * SHA-256 of the binary; to get past the last two, odd-sized inputs get the key and, where the
  * stated size fits the input, the digest patched in (even-sized ones are read as they are). A
@@ -6,7 +6,7 @@
 #include <config.h>
 
 #include "fuzz_common.h"
-#include "internal.h"
+#include "base/internal.h"
 
 static unsigned char fuzz_key[32];
 
@@ -23,7 +23,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* layout (src/program_cache.c): magic[8] u32 format, key[32], u64 size, sha256[32], binary */
+/* layout (src/device/program_cache.c): magic[8] u32 format, key[32], u64 size, sha256[32], binary */
 enum { KEY_AT = 12, SIZE_AT = 44, SHA_AT = 52, HEADER = 84 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

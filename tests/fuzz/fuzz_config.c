@@ -1,4 +1,4 @@
-/* fuzz_config.c: the YAML configuration reader (src/config.c, libyaml) on arbitrary bytes:
+/* fuzz_config.c: the YAML configuration reader (src/run/config.c, libyaml) on arbitrary bytes:
  * rvs_config_read as rvsfit-cl --config calls it, then the configuration is freed. */
 #include <config.h>
 

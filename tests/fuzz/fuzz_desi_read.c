@@ -1,4 +1,4 @@
-/* fuzz_desi_read.c: the DESI spectra reader (src/desi_read.c) on arbitrary bytes: open (every
+/* fuzz_desi_read.c: the DESI spectra reader (src/desi/read.c) on arbitrary bytes: open (every
  * HDU, FIBERMAP, SCORES, the arms' shapes and types, checksums when present), then read the
  * spectra of every row with their resolution matrices, as rvsfit-cl does per batch. The rows
  * read are capped so that one input never asks for more than 64 MB (a claim the reader has

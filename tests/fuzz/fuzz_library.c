@@ -1,4 +1,4 @@
-/* fuzz_library.c: the template-library loader (src/library.c) on arbitrary bytes. The loader
+/* fuzz_library.c: the template-library loader (src/library/library.c) on arbitrary bytes. The loader
  * checks every HDU's CHECKSUM/DATASUM before anything else, so a mutated file would almost never
  * get further; each input is therefore loaded twice: as it is (the checksum path), and after
  * cfitsio has written fresh checksums into every HDU it can reach (the keywords, shapes, values,
@@ -10,7 +10,7 @@
 #include <math.h>
 
 #include "fuzz_common.h"
-#include "internal.h"
+#include "base/internal.h"
 #include "rvsfit/status.h"
 #include "rvsfit/library.h"
 
@@ -68,7 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* the loader wants the file named rvsfit_<SETUP>.fits; the seeds are desi_b */
     fuzz_write("rvsfit_desi_b.fits", data, size, path, sizeof path);
     load_and_use(path);
-    /* cfitsio 4.2.0 aborts on some non-ASCII headers (src/fits_guard.c): the harness's own
+    /* cfitsio 4.2.0 aborts on some non-ASCII headers (src/base/fits_guard.c): the harness's own
      * cfitsio calls go only where the loader's guard would let cfitsio go */
     char why[400];
     if (rvs_fits_check_headers(path, why, sizeof why) == RVS_OK && refresh_checksums(path))

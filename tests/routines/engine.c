@@ -1,4 +1,4 @@
-/* routines/engine.c: the evaluation engine (src/engine.c) as a routine, and its plain-C
+/* routines/engine.c: the evaluation engine (src/engine/engine.c) as a routine, and its plain-C
  * reference pipeline: for each request, the template from the NN (see below), rotation by direct
  * 'same'-mode convolution with rvs_rotation_weights in long double, the natural spline of
  * rvspecfit's spliner.c (construct and evaler, ported here in long double) at

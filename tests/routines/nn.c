@@ -1,4 +1,4 @@
-/* routines/nn.c: the NN emulator (src/nn.c) as a routine, and its plain-C reference: the
+/* routines/nn.c: the NN emulator (src/engine/nn.c) as a routine, and its plain-C reference: the
  * network computed UNFOLDED in torch's order (Linear -> SiLU -> BatchNorm, rvspecfit
  * nn/NNInterpolator.py with batchnorm_after_nl = True) with OpenBLAS cblas_sgemm in float32, so
  * the BatchNorm folding of rvs_nn_create is tested, and the parameter mapping (Mapper.forward)

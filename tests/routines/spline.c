@@ -1,4 +1,4 @@
-/* routines/spline.c: the natural-spline family (src/spline.c) as two routines, spline_construct
+/* routines/spline.c: the natural-spline family (src/engine/spline.c) as two routines, spline_construct
  * and spline_eval, with a plain-C long-double port of rvspecfit's spliner.c (construct, evaler)
  * as the reference. Inputs are rounded to rvs_real first, so the reference sees what the device
  * sees; the reference evaluates at lam * sqrt((1 - b) / (1 + b)) in long double.
