@@ -28,6 +28,7 @@
 #include <fitsio.h>
 
 #include "base/internal.h"
+#include "base/files.h"
 #include "desi/output_files.h"
 #include "rvsfit/output.h"
 
@@ -1043,19 +1044,19 @@ int rvs_output_write(const struct rvs_output_request *req)
         }
     }
 
-    RVS_TRY(rvs_output_mkdirs_for(req->mod_path));
-    RVS_TRY(rvs_output_mkdirs_for(req->tab_path));
-    RVS_TRY(rvs_output_reserve_tmp(req->mod_path, &tmp_mod));
-    RVS_TRY(rvs_output_reserve_tmp(req->tab_path, &tmp_tab));
+    RVS_TRY(rvs_file_mkdirs_for(req->mod_path));
+    RVS_TRY(rvs_file_mkdirs_for(req->tab_path));
+    RVS_TRY(rvs_file_reserve_tmp(req->mod_path, &tmp_mod));
+    RVS_TRY(rvs_file_reserve_tmp(req->tab_path, &tmp_tab));
     struct rvs_output_pair_id pair;
     RVS_TRY(rvs_output_pair_id_make(req->input_path, &pair));
     /* Both files complete before either replaces anything (rvspecfit: rvmod, then rvtab). */
     RVS_TRY(write_rvmod(in, req, tmp_mod, fib_rows, &pair));
     RVS_TRY(write_rvtab_file(in, req, tmp_tab, fib_rows, &pair));
-    RVS_TRY(rvs_output_commit(tmp_mod, req->mod_path));
+    RVS_TRY(rvs_file_commit(tmp_mod, req->mod_path));
     free(tmp_mod);
     tmp_mod = NULL;
-    status = rvs_output_commit(tmp_tab, req->tab_path);
+    status = rvs_file_commit(tmp_tab, req->tab_path);
     if (status != RVS_OK) {
         /* the new rvmod is in place but its rvtab is not: remove it rather than leave a pair
          * from two different runs (an older rvtab may still be there; without its rvmod it is
@@ -1077,11 +1078,11 @@ cleanup:
     }
     if (tmp_mod) {
         unlink(tmp_mod);
-        rvs_output_tmp_done(tmp_mod);
+        rvs_file_tmp_done(tmp_mod);
     }
     if (tmp_tab) {
         unlink(tmp_tab);
-        rvs_output_tmp_done(tmp_tab);
+        rvs_file_tmp_done(tmp_tab);
     }
     if (status != RVS_OK)
         rvs_log(RVS_LOG_ERROR, "output", "%s: no output written for this file (%s)",

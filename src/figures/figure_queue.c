@@ -15,7 +15,7 @@
 
 #include "figures/figure_queue.h"
 #include "base/internal.h"
-#include "desi/output_files.h"
+#include "base/files.h"
 
 #define MODULE "figures"
 
@@ -83,7 +83,7 @@ int rvs_figure_job_create(const struct rvs_figure_options *options, const char *
     if (!job)
         return RVS_ERR_NOMEM;
     RVS_TRY(rvs_figure_paths(options, input, &job->dir, &job->summary_path));
-    RVS_TRY(rvs_output_mkdirs(job->dir));
+    RVS_TRY(rvs_file_mkdirs(job->dir));
     const char *base = strrchr(input, '/');
     job->input_name = rvs_strdup(base ? base + 1 : input);
     job->prefix = rvs_strdup(options->prefix && *options->prefix ? options->prefix : "fig");

@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "base/internal.h"
-#include "desi/output_files.h"
+#include "base/files.h"
 #include "figures/plot.h"
 #include "rvsfit/figures.h"
 
@@ -244,7 +244,7 @@ static int write_png(cairo_surface_t *surface, const char *path)
     row = rvs_malloc(3 * (size_t)cairo_image_surface_get_width(surface) + 1);
     if (!row)
         return RVS_ERR_NOMEM;
-    RVS_TRY(rvs_output_reserve_tmp(path, &tmp));
+    RVS_TRY(rvs_file_reserve_tmp(path, &tmp));
     sink.file = fopen(tmp, "wb");
     if (!sink.file) {
         rvs_log(RVS_LOG_ERROR, MODULE, "cannot write %s: %s", tmp, strerror(errno));
@@ -274,7 +274,7 @@ cleanup:
     if (tmp) {
         if (status != RVS_OK)
             unlink(tmp);
-        rvs_output_tmp_done(tmp);
+        rvs_file_tmp_done(tmp);
         free(tmp);
     }
     free(row);

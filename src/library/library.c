@@ -21,7 +21,7 @@
 #include <fitsio.h>
 
 #include "base/internal.h"
-#include "desi/output_files.h"
+#include "base/files.h"
 #include "rvsfit/library.h"
 
 #define MOD "library"
@@ -1394,7 +1394,7 @@ int rvs_library_write_arm(const char *path, const struct rvs_library_content *co
         rvs_log(RVS_LOG_ERROR, MOD, "%s exists; remove it or allow overwriting", path);
         return RVS_ERR_IO;
     }
-    RVS_TRY(rvs_output_reserve_tmp(path, &tmp));
+    RVS_TRY(rvs_file_reserve_tmp(path, &tmp));
     unlink(tmp);
     fits_create_diskfile(&f, tmp, &fst);
     FITS_TRY(tmp, NULL, "create the file");
@@ -1416,7 +1416,7 @@ int rvs_library_write_arm(const char *path, const struct rvs_library_content *co
     fits_close_file(f, &fst);
     f = NULL;
     FITS_TRY(tmp, NULL, "finish writing the file");
-    RVS_TRY(rvs_output_commit(tmp, path));
+    RVS_TRY(rvs_file_commit(tmp, path));
     free(tmp);
     tmp = NULL;
 cleanup:
@@ -1427,7 +1427,7 @@ cleanup:
     }
     if (tmp) {
         unlink(tmp);
-        rvs_output_tmp_done(tmp);
+        rvs_file_tmp_done(tmp);
         free(tmp);
     }
     return status;

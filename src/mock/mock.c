@@ -24,7 +24,7 @@
 
 #include "base/internal.h"
 #include "mock/mock.h"
-#include "desi/output_files.h"
+#include "base/files.h"
 
 #define MOD "mock"
 

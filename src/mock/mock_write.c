@@ -16,7 +16,7 @@
 
 #include "base/internal.h"
 #include "mock/mock.h"
-#include "desi/output_files.h"
+#include "base/files.h"
 
 #define MOD "mock"
 
@@ -105,7 +105,7 @@ cleanup:
 static int open_tmp(const char *final_path, char **tmp, fitsfile **f)
 {
     int status = RVS_OK, fst = 0;
-    RVS_TRY(rvs_output_reserve_tmp(final_path, tmp));
+    RVS_TRY(rvs_file_reserve_tmp(final_path, tmp));
     unlink(*tmp);
     fits_create_diskfile(f, *tmp, &fst);
     FITS_TRY(*tmp, "create the file");
@@ -119,7 +119,7 @@ static int close_commit(fitsfile **f, char **tmp, const char *final_path)
     fits_close_file(*f, &fst);
     *f = NULL;
     FITS_TRY(*tmp, "finish writing the file");
-    RVS_TRY(rvs_output_commit(*tmp, final_path));
+    RVS_TRY(rvs_file_commit(*tmp, final_path));
     free(*tmp);
     *tmp = NULL;
 cleanup:
@@ -597,7 +597,7 @@ int rvs_mock_write(const struct rvs_mock *mock, const char *out_path, int redroc
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
-    RVS_TRY(rvs_output_mkdirs_for(out_path));
+    RVS_TRY(rvs_file_mkdirs_for(out_path));
     RVS_TRY(write_coadd(mock, out_path, command_line));
     RVS_TRY(write_truth(mock, truth, out_path));
     if (rr)
