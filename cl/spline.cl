@@ -479,3 +479,93 @@ __kernel void rvs_spline_eval(__global const rvs_real *geom, const int N, const 
     out[o] = c.s0 * dxl * dxl * dxl + c.s1 * dxr * dxr * dxr + c.s2 * dxl + c.s3 * dxr;
 #endif
 }
+
+/* rvs_spline_eval and the derivative of each value with respect to the request's velocity:
+ * with x(v) = lam f(v), f = sqrt((1 - b) / (1 + b)), b = v / c, df/dv = -f / (c (1 - b^2)), so
+ *   d out / dv = S'(x) dx/dv,  S'(x) = 3 A dxl^2 - 3 B dxr^2 + C - D,  dx/dv = -x / (c (1 - b^2))
+ * (dxl = x - xs[pos] and dxr = xs[pos+1] - x of the interval that holds x). The value is
+ * computed by the same expressions as rvs_spline_eval's, in the same order, so both kernels
+ * give the same bits; the natural spline is C^2, so the derivative is continuous across knots
+ * and the choice of interval near a knot does not matter for it. value may be NULL
+ * (write_value = 0): derivatives only. NaN where rvs_spline_eval gives NaN. doppler holds
+ * rvs_spline_doppler's values and, at [5], -1 / (c (1 - b^2)). */
+__kernel void rvs_spline_eval_dv(__global const rvs_real *geom, const int N, const int log_step,
+                                 const rvs_real x0, const rvs_real step,
+                                 __global const rvs_real *coeffs, const int T,
+                                 __global const int *template_index,
+                                 __global const rvs_real *velocity, const int E,
+                                 __global const rvs_real *lam, const int n,
+                                 __global rvs_real *value, const int write_value,
+                                 __global rvs_real *deriv, __local rvs_real *doppler)
+{
+    const int j = (int)get_global_id(0), e = (int)get_global_id(1);
+    if (get_local_id(0) == 0 && e < E) {
+        rvs_spline_doppler(velocity[e], x0, step, doppler);
+        const rvs_real b = velocity[e] / (rvs_real)RVS_SPLINE_C_KMS;
+        doppler[5] = -1 / ((rvs_real)RVS_SPLINE_C_KMS * (1 - b * b));
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (j >= n || e >= E)
+        return;
+    __global const rvs_real *xs = geom + RVS_SPLINE_XS * (size_t)N;
+    const size_t o = (size_t)e * n + j;
+    const int t = template_index[e];
+    const rvs_real f = doppler[0], fm1_hi = doppler[1], fm1_lo = doppler[2];
+    const rvs_real l = lam[j];
+    const rvs_real x = l * f;
+    const rvs_real dxdv = x * doppler[5];
+    rvs_real sh, sl;
+#if RVS_HAVE_FP64
+    sh = l * fm1_hi;
+    sl = 0;
+#else
+    {
+#pragma OPENCL FP_CONTRACT OFF
+        sh = l * fm1_hi;
+        sl = fma(l, fm1_hi, -sh) + l * fm1_lo;
+    }
+#endif
+#if RVS_HAVE_FP64
+    /* rvs_spline_eval's straight-line fp64 code, line for line */
+    const int inside = t >= 0 && t < T && x >= xs[0] && x < xs[N - 1];
+    const double u = log_step ? (lam[n + j] + doppler[3]) * doppler[4] : (x - x0) * doppler[4];
+    const int p0 = (int)fmin(fmax(u, 0.0), (double)(N - 2)); /* NaN -> 0 */
+    const double xm = xs[max(p0 - 1, 0)], x0k = xs[p0], x1k = xs[p0 + 1],
+                 x2k = xs[min(p0 + 2, N - 1)];
+    const int down = ((l - x0k) + sh) < 0 && p0 > 0;
+    const int up = !down && ((x1k - l) - sh) < 0 && p0 < N - 2;
+    const int pos = p0 - down + up;
+    const double left = down ? xm : up ? x1k : x0k, right = down ? x0k : up ? x2k : x1k;
+    const double dxl = (l - left) + sh, dxr = (right - l) - sh;
+    const double4 c = vload4((size_t)(inside ? t : 0) * (N - 1) + pos, coeffs);
+    const double val = c.s0 * dxl * dxl * dxl + c.s1 * dxr * dxr * dxr + c.s2 * dxl + c.s3 * dxr;
+    const double slope = 3 * (c.s0 * dxl * dxl - c.s1 * dxr * dxr) + (c.s2 - c.s3);
+    if (write_value)
+        value[o] = inside ? val : (double)NAN;
+    deriv[o] = inside ? slope * dxdv : (double)NAN;
+#else
+    if (t < 0 || t >= T || !(x >= xs[0]) || !(x < xs[N - 1])) {
+        if (write_value)
+            value[o] = (rvs_real)NAN;
+        deriv[o] = (rvs_real)NAN;
+        return;
+    }
+    const float u = log_step ? (lam[n + j] + doppler[3]) * doppler[4] : (x - x0) * doppler[4];
+    int pos = clamp((int)u, 0, N - 2);
+    rvs_real dxl = ((l - xs[pos]) + sh) + sl;
+    while (dxl < 0 && pos > 0) {
+        pos--;
+        dxl = ((l - xs[pos]) + sh) + sl;
+    }
+    rvs_real dxr = ((xs[pos + 1] - l) - sh) - sl;
+    while (dxr < 0 && pos < N - 2) {
+        pos++;
+        dxl = ((l - xs[pos]) + sh) + sl;
+        dxr = ((xs[pos + 1] - l) - sh) - sl;
+    }
+    const float4 c = vload4((size_t)t * (N - 1) + pos, coeffs);
+    if (write_value)
+        value[o] = c.s0 * dxl * dxl * dxl + c.s1 * dxr * dxr * dxr + c.s2 * dxl + c.s3 * dxr;
+    deriv[o] = (3 * (c.s0 * dxl * dxl - c.s1 * dxr * dxr) + (c.s2 - c.s3)) * dxdv;
+#endif
+}

@@ -103,6 +103,27 @@ int rvs_nn_map(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params, size_t
 int rvs_nn_forward(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params, size_t count,
                    cl_mem out, enum rvs_nn_output what);
 
+/* The network's values and their exact derivatives with respect to the parameters (forward-mode
+ * differentiation), for the fitter's gradients (issue 18) in place of finite differences.
+ * `out` holds (1 + indim) x count rows of npix values (rvs_real or float, per `what`) in block
+ * layout:
+ *   row e                     (e < count)  what rvs_nn_forward writes for vector e (the same
+ *                                          bits on CPU devices, whose GEMM rounds each row
+ *                                          independently of its batch-mates);
+ *   row (1 + k) count + e     (k < indim)  d(row e) / d theta_k in the parameter's own units
+ *                                          (per K for teff, per dex for logg, [Fe/H], ...).
+ * Computed by carrying indim tangent rows per vector through the same float32 GEMMs (one GEMM
+ * per layer over (1 + indim) count rows), with the derivatives of the mapping
+ * (1 / (S theta ln 10) for a log10 column, 1 / S otherwise), of SiLU (s + SiLU(a) (1 - s),
+ * s = sigmoid(a)) and of the output (flux d(out) inside the clip, 0 where it clips; the
+ * log-flux tangent is d(out) itself) applied exactly; the folded BatchNorm is affine and rides
+ * in the GEMMs. The tangents therefore carry float32 rounding like the values (~1e-6 relative
+ * to the row's scale). Rows are in the layout that rvs_rotation_apply_rows (tangents share the
+ * template's vsini) and rvs_spline_construct (any rows) take as they are. Work space grows to
+ * (1 + indim) count rows, as for rvs_nn_forward. */
+int rvs_nn_forward_tangent(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params,
+                           size_t count, cl_mem out, enum rvs_nn_output what);
+
 /* Known-answer check of a tiny network, for the context's self-test table. */
 int rvs_nn_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);
 

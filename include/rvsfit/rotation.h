@@ -36,6 +36,20 @@ size_t rvs_rotation_kernel_length(double R);
  * (then RVS_ERR_INVALID_ARGUMENT and nothing is written); weights may be NULL to ask the length. */
 int rvs_rotation_weights(double R, double eps, double *weights, size_t capacity, size_t *length);
 
+/* d weights[j] / dR of rvs_rotation_weights(R, eps), exactly (analytic integrals of the kernel's
+ * x K(x) primitives over the hat's legs, and the quotient rule of the normalisation; see
+ * src/rotation.c), for the exact derivative of a rotated template with respect to vsini
+ * (dR/dvsini = 1 / (c lnstep)). Same length and centre as the weights for R >=
+ * RVS_ROTATION_MIN_WIDTH. Behaviour near R = 0: for 0 < R <= 1 every weight is linear in R
+ * (w = identity + R m/2 [1, -2, 1], m = integral of |x| K(x)), so the rotated template is
+ * linear in vsini there and this derivative is the same constant kernel for any R in (0, 1];
+ * a width 0 < R < RVS_ROTATION_MIN_WIDTH, where rvs_rotation_weights cuts to the identity,
+ * gives that same kernel (the limit R -> 0+, 5 weights, the outer two zero), the right
+ * derivative a fit at vsini -> 0+ needs. R <= 0 (no rotation: the template does not depend on
+ * vsini) gives the single weight {0}. *length and NULL dweights as rvs_rotation_weights. */
+int rvs_rotation_weights_dR(double R, double eps, double *dweights, size_t capacity,
+                            size_t *length);
+
 /* A convolution object for templates of npix pixels: kernels, work buffers and clFFT plans are
  * kept in it between calls. Not thread-safe; one per context and thread. */
 int rvs_rotation_create(struct rvs_context *ctx, size_t npix, struct rvs_rotation **rot);
@@ -64,6 +78,18 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
 int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
                             const int *in_rows, size_t n_in, size_t ntempl, const double *vsini,
                             double lnstep, double eps, cl_mem out);
+
+/* d out[t] / d vsini[t] (per km/s) of rvs_rotation_apply_rows with the same arguments: template
+ * in_rows[t] convolved ('same' mode, zero padding) with the kernel of rvs_rotation_weights_dR
+ * at R = vsini[t] / (c lnstep), divided by c lnstep; the direct or FFT path is chosen by the
+ * kernel length as for the values. vsini[t] <= 0 gives a row of zeros (a NaN or inf pixel of
+ * the input gives NaN there, as 0 x NaN); 0 < vsini[t] below the width cut gives the right
+ * derivative at vsini -> 0+ (see rvs_rotation_weights_dR). The tangents of theta need no call
+ * of their own: rotation is linear, so rvs_rotation_apply_rows with the tangent rows in
+ * in_rows and the template's vsini rotates them. */
+int rvs_rotation_apply_rows_dvsini(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
+                                   const int *in_rows, size_t n_in, size_t ntempl,
+                                   const double *vsini, double lnstep, double eps, cl_mem out);
 
 /* Self-test row: an impulse template broadened at a known vsini must equal the weights. */
 int rvs_rotation_selftest(struct rvs_context *ctx, char *detail, size_t detail_size);

@@ -59,6 +59,20 @@ int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
                     size_t T, cl_mem template_index, cl_mem velocity, size_t E, cl_mem lam,
                     size_t n, cl_mem out);
 
+/* rvs_spline_eval and the exact derivative of each value with respect to the request's velocity,
+ * for the fitter's gradient in v (issue 18): dout[e * n + j] = S'(x) dx/dv (per km/s), S the
+ * spline template_index[e], x = lam[j] f(v) the shifted wavelength of rvs_spline_eval,
+ * f = sqrt((1 - b) / (1 + b)), b = v / c, so dx/dv = -x / (c (1 - b^2)), and
+ * S'(x) = 3 A dxl^2 - 3 B dxr^2 + C - D on the interval that holds x (the natural spline is
+ * C^2, so this is continuous across knots). out (may be NULL: derivatives only) receives the
+ * same values as rvs_spline_eval, bit for bit. NaN where rvs_spline_eval gives NaN. Spline
+ * construction is linear in the template values, so the tangents of the template parameters
+ * (rvs_nn_forward_tangent's rows, rotated) are splines of their own, built by
+ * rvs_spline_construct and evaluated by rvs_spline_eval at the same velocity. */
+int rvs_spline_eval_dv(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                       cl_mem coeffs, size_t T, cl_mem template_index, cl_mem velocity, size_t E,
+                       cl_mem lam, size_t n, cl_mem out, cl_mem dout);
+
 /* Reads T templates' coefficients back into abcd[(t * (N - 1) + i) * 4 + 0..3] = A, B, C, D of
  * interval i (spliner.c's A, B, C, D), whatever the device layout; for tests and debugging. */
 int rvs_spline_coeffs_read(struct rvs_context *ctx, const struct rvs_spline_grid *grid,

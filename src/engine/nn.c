@@ -29,6 +29,7 @@ struct rvs_nn {
     struct nn_layer lin[RVS_NN_MAX_LINEAR];
     struct nn_layer pc;
     cl_kernel k_map, k_silu, k_bias, k_flux;
+    cl_kernel k_map_t, k_silu_t, k_flux_t; /* rvs_nn_forward_tangent's epilogues */
     /* Work space, grown on demand: two ping-pong activations of rows x ws_cols floats, and
      * the float pc_layer output before widening to rvs_real (fp64 flux output only). */
     size_t ws_cols, ws_rows, pcout_rows;
@@ -198,6 +199,9 @@ void rvs_nn_destroy(struct rvs_nn **nn)
     release_kernel(&n->k_silu);
     release_kernel(&n->k_bias);
     release_kernel(&n->k_flux);
+    release_kernel(&n->k_map_t);
+    release_kernel(&n->k_silu_t);
+    release_kernel(&n->k_flux_t);
     free(n);
     *nn = NULL;
 }
@@ -281,6 +285,9 @@ int rvs_nn_create(struct rvs_context *ctx, const struct rvs_nn_desc *desc, struc
     RVS_TRY(rvs_context_kernel(ctx, "nn", "rvs_nn_bias_silu", &nn->k_silu));
     RVS_TRY(rvs_context_kernel(ctx, "nn", "rvs_nn_bias", &nn->k_bias));
     RVS_TRY(rvs_context_kernel(ctx, "nn", "rvs_nn_bias_flux", &nn->k_flux));
+    RVS_TRY(rvs_context_kernel(ctx, "nn", "rvs_nn_map_tangent", &nn->k_map_t));
+    RVS_TRY(rvs_context_kernel(ctx, "nn", "rvs_nn_bias_silu_tangent", &nn->k_silu_t));
+    RVS_TRY(rvs_context_kernel(ctx, "nn", "rvs_nn_bias_flux_tangent", &nn->k_flux_t));
     rvs_log(RVS_LOG_DEBUG, "nn",
             "network indim=%zu nlayers=%zu width=%zu npc=%zu npix=%zu%s on %s", nn->indim,
             nn->nlayers, nn->width, nn->npc, nn->npix,
@@ -313,6 +320,22 @@ static int grow(struct rvs_context *ctx, cl_mem *buf, size_t *cap_rows, size_t r
         rvs_log(RVS_LOG_WARNING, "nn",
                 "no device memory for NN work space of %zu x %zu floats; use a smaller batch",
                 rows, cols);
+    return status;
+}
+
+/* Both ping-pong activation buffers hold at least `rows` rows; ws_rows counts only once both
+ * exist. */
+static int grow_ws(struct rvs_context *ctx, struct rvs_nn *nn, size_t rows)
+{
+    int status = RVS_OK;
+    if (nn->ws_rows < rows) {
+        size_t rows0 = 0, rows1 = 0;
+        nn->ws_rows = 0;
+        RVS_TRY(grow(ctx, &nn->ws[0], &rows0, rows, nn->ws_cols));
+        RVS_TRY(grow(ctx, &nn->ws[1], &rows1, rows, nn->ws_cols));
+        nn->ws_rows = rows;
+    }
+cleanup:
     return status;
 }
 
@@ -405,14 +428,7 @@ int rvs_nn_forward(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params, si
         return RVS_OK;
     size_t out_es = what == RVS_NN_FLUX_REAL && ctx ? rvs_context_real_size(ctx) : sizeof(float);
     RVS_TRY(check_call(ctx, nn, params, count, out, nn ? nn->npix * out_es : 1, "output"));
-    if (nn->ws_rows < count) {
-        /* both ping-pong buffers are sized together; ws_rows counts only once both exist */
-        size_t rows0 = 0, rows1 = 0;
-        nn->ws_rows = 0;
-        RVS_TRY(grow(ctx, &nn->ws[0], &rows0, count, nn->ws_cols));
-        RVS_TRY(grow(ctx, &nn->ws[1], &rows1, count, nn->ws_cols));
-        nn->ws_rows = count;
-    }
+    RVS_TRY(grow_ws(ctx, nn, count));
     /* the float pc_layer output goes straight into `out` unless it must be widened to double */
     cl_mem pc_dest = out;
     if (what == RVS_NN_FLUX_REAL && out_es != sizeof(float)) {
@@ -433,6 +449,86 @@ int rvs_nn_forward(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params, si
         RVS_TRY(launch_epilogue(ctx, nn->k_bias, out, nn->pc.bias, nn->npix, count, NULL));
     else
         RVS_TRY(launch_epilogue(ctx, nn->k_flux, pc_dest, nn->pc.bias, nn->npix, count, out));
+cleanup:
+    return status;
+}
+
+/* Tangent epilogue over count x cols values and their ntan tangent planes:
+ * kernel(h, bias, cols, count, ntan[, out]). */
+static int launch_tangent_epilogue(struct rvs_context *ctx, cl_kernel k, cl_mem h, cl_mem bias,
+                                   size_t cols, size_t count, size_t ntan, cl_mem out)
+{
+    int status = RVS_OK;
+    cl_uint c = (cl_uint)cols, n = (cl_uint)count, t = (cl_uint)ntan;
+    RVS_TRY(rvs_kernel_arg(k, 0, sizeof h, &h));
+    RVS_TRY(rvs_kernel_arg(k, 1, sizeof bias, &bias));
+    RVS_TRY(rvs_kernel_arg(k, 2, sizeof c, &c));
+    RVS_TRY(rvs_kernel_arg(k, 3, sizeof n, &n));
+    RVS_TRY(rvs_kernel_arg(k, 4, sizeof t, &t));
+    if (out)
+        RVS_TRY(rvs_kernel_arg(k, 5, sizeof out, &out));
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k, cols, count, 0, 1));
+cleanup:
+    return status;
+}
+
+/* Forward-mode differentiation (see nn.h): the tangent rows ride through the same GEMMs as the
+ * values, one GEMM per layer over rows = (1 + indim) count. Each row of a GEMM result depends
+ * on that row of its input only (src/gemm_fixed.c on CPU devices), so a vector's value rows are
+ * rvs_nn_forward's and neither depends on the rest of the batch. */
+int rvs_nn_forward_tangent(struct rvs_context *ctx, struct rvs_nn *nn, cl_mem params,
+                           size_t count, cl_mem out, enum rvs_nn_output what)
+{
+    int status = RVS_OK;
+    if (what != RVS_NN_FLUX_REAL && what != RVS_NN_LOGFLUX_F32) {
+        rvs_log(RVS_LOG_ERROR, "nn", "unknown NN output kind %d", (int)what);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    if (count == 0)
+        return RVS_OK;
+    if (!nn) {
+        rvs_log(RVS_LOG_ERROR, "nn", "NN call without a network");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    size_t planes = 1 + nn->indim;
+    if (count > INT32_MAX / planes) {
+        rvs_log(RVS_LOG_ERROR, "nn", "batch of %zu parameter vectors is too large for "
+                "tangents (%zu rows each); split it", count, planes);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    size_t rows = planes * count;
+    size_t out_es = what == RVS_NN_FLUX_REAL && ctx ? rvs_context_real_size(ctx) : sizeof(float);
+    RVS_TRY(check_call(ctx, nn, params, count, out, planes * nn->npix * out_es, "output"));
+    RVS_TRY(grow_ws(ctx, nn, rows));
+    cl_mem pc_dest = out;
+    if (what == RVS_NN_FLUX_REAL && out_es != sizeof(float)) {
+        RVS_TRY(grow(ctx, &nn->pcout, &nn->pcout_rows, rows, nn->npix));
+        pc_dest = nn->pcout;
+    }
+
+    /* the map kernel has rvs_nn_map's arguments */
+    cl_uint n = (cl_uint)count, indim = (cl_uint)nn->indim, mask = nn->log_mask;
+    cl_kernel k = nn->k_map_t;
+    RVS_TRY(rvs_kernel_arg(k, 0, sizeof params, &params));
+    RVS_TRY(rvs_kernel_arg(k, 1, sizeof n, &n));
+    RVS_TRY(rvs_kernel_arg(k, 2, sizeof indim, &indim));
+    RVS_TRY(rvs_kernel_arg(k, 3, sizeof mask, &mask));
+    RVS_TRY(rvs_kernel_arg(k, 4, sizeof nn->coef, &nn->coef));
+    RVS_TRY(rvs_kernel_arg(k, 5, sizeof nn->ws[0], &nn->ws[0]));
+    RVS_TRY(rvs_kernel_launch_1d(ctx, k, count, 0));
+    int cur = 0;
+    for (size_t l = 0; l < nn->nlin; l++) {
+        RVS_TRY(layer_gemm(ctx, &nn->lin[l], rows, nn->ws[cur], nn->ws[1 - cur]));
+        RVS_TRY(launch_tangent_epilogue(ctx, nn->k_silu_t, nn->ws[1 - cur], nn->lin[l].bias,
+                                        nn->lin[l].out, count, nn->indim, NULL));
+        cur = 1 - cur;
+    }
+    RVS_TRY(layer_gemm(ctx, &nn->pc, rows, nn->ws[cur], pc_dest));
+    if (what == RVS_NN_LOGFLUX_F32) /* log-flux tangents are the GEMM's rows as they are */
+        RVS_TRY(launch_epilogue(ctx, nn->k_bias, out, nn->pc.bias, nn->npix, count, NULL));
+    else
+        RVS_TRY(launch_tangent_epilogue(ctx, nn->k_flux_t, pc_dest, nn->pc.bias, nn->npix,
+                                        count, nn->indim, out));
 cleanup:
     return status;
 }

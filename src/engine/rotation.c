@@ -139,6 +139,69 @@ int rvs_rotation_weights(double R, double eps, double *weights, size_t capacity,
     return RVS_OK;
 }
 
+/* d w_k / dR of rvs_rotation_weights (see rotation.h). With Lambda the unit hat,
+ * W_k(R) = integral of Lambda(k - R x) K(x) dx; the hat is continuous and vanishes where its
+ * legs end, and the clipped limits x = +-1 do not move, so no boundary term appears and
+ * dW_k/dR = integral of Lambda'(k - R x) (-x) K(x) dx: -x K(x) on the rising leg
+ * (Lambda' = +1), +x K(x) on the falling leg (Lambda' = -1), i.e. vsini_segment with slope -+1
+ * and intercept 0 over the same intervals as the weights. The weights are W / sum(W), so
+ * dw_k/dR = (W'_k - w_k sum(W')) / sum(W). Analytically sum(W) = 1 (the hats partition unity
+ * and K is normalised) and sum(W') = 0; the quotient rule is kept so that the result is the
+ * derivative of what rvs_rotation_weights computes, rounding included. */
+int rvs_rotation_weights_dR(double R, double eps, double *dweights, size_t capacity,
+                            size_t *length)
+{
+    if (isnan(R) || isinf(R) || R > 1e7) {
+        *length = 0;
+        rvs_log(RVS_LOG_ERROR, "rotation", "kernel width %g pixels is not usable", R);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    /* below the cut the kernel is linear in R (see rotation.h): its derivative is the same
+     * for every R in (0, 1], so the cut itself stands for the limit R -> 0+ */
+    if (R > 0 && R < RVS_ROTATION_MIN_WIDTH)
+        R = RVS_ROTATION_MIN_WIDTH;
+    size_t n = R > 0 ? rvs_rotation_kernel_length(R) : 1;
+    *length = n;
+    if (!dweights)
+        return RVS_OK;
+    if (capacity < n) {
+        rvs_log(RVS_LOG_ERROR, "rotation", "kernel of %zu weights does not fit in %zu", n,
+                capacity);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    if (n == 1) {
+        dweights[0] = 0.0; /* no rotation: the template does not depend on vsini */
+        return RVS_OK;
+    }
+    double *w = rvs_malloc(n * sizeof *w);
+    if (!w)
+        return RVS_ERR_NOMEM;
+    size_t k_max = (n - 1) / 2;
+    for (size_t k = 0; k <= k_max; k++) {
+        /* W_k exactly as rvs_rotation_weights forms it, and W'_k on the same intervals */
+        double kd = (double)k, v = 0.0, dv = 0.0;
+        double lo = clip1(kd / R), hi = clip1((kd + 1.0) / R);
+        if (hi > lo) {
+            v += vsini_segment(lo, hi, -R, 1.0 + kd, eps);
+            dv += vsini_segment(lo, hi, -1.0, 0.0, eps);
+        }
+        lo = clip1((kd - 1.0) / R), hi = clip1(kd / R);
+        if (hi > lo) {
+            v += vsini_segment(lo, hi, R, 1.0 - kd, eps);
+            dv += vsini_segment(lo, hi, 1.0, 0.0, eps);
+        }
+        w[k_max + k] = w[k_max - k] = v;
+        dweights[k_max + k] = dweights[k_max - k] = dv;
+    }
+    double sum = 0.0, dsum = 0.0;
+    for (size_t j = 0; j < n; j++)
+        sum += w[j], dsum += dweights[j];
+    for (size_t j = 0; j < n; j++)
+        dweights[j] = (dweights[j] - w[j] / sum * dsum) / sum;
+    free(w);
+    return RVS_OK;
+}
+
 /* ------------------------------------------------------------------ object */
 
 static size_t rotation_default_threshold(const struct rvs_context *ctx)
@@ -485,9 +548,11 @@ int rvs_rotation_apply(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem
     return rvs_rotation_apply_rows(ctx, rot, in, NULL, ntempl, ntempl, vsini, lnstep, eps, out);
 }
 
-int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
-                            const int *in_rows, size_t n_in, size_t ntempl, const double *vsini,
-                            double lnstep, double eps, cl_mem out)
+/* rvs_rotation_apply_rows (deriv = 0) and rvs_rotation_apply_rows_dvsini (deriv = 1): the same
+ * slots, paths and launches; only the weights differ. */
+static int apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
+                      const int *in_rows, size_t n_in, size_t ntempl, const double *vsini,
+                      double lnstep, double eps, cl_mem out, int deriv)
 {
     int status = RVS_OK;
     struct width_key *keys = NULL;
@@ -527,8 +592,14 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
             goto cleanup;
         }
         double R = vsini[t] > 0 ? vsini[t] / RVS_SPEED_OF_LIGHT_KMS / lnstep : 0.0;
-        keys[t].R = R < RVS_ROTATION_MIN_WIDTH ? 0.0 : R;
-        keys[t].n = rvs_rotation_kernel_length(keys[t].R);
+        if (!deriv) {
+            keys[t].R = R < RVS_ROTATION_MIN_WIDTH ? 0.0 : R;
+            keys[t].n = rvs_rotation_kernel_length(keys[t].R);
+        } else {
+            /* vsini > 0 below the cut: the limit R -> 0+ (rvs_rotation_weights_dR) */
+            keys[t].R = vsini[t] > 0 ? fmax(R, RVS_ROTATION_MIN_WIDTH) : 0.0;
+            keys[t].n = keys[t].R > 0 ? rvs_rotation_kernel_length(keys[t].R) : 1;
+        }
         keys[t].t = t;
         if (keys[t].n == 0 || keys[t].R > 1e7 || keys[t].n > (size_t)INT32_MAX / 4) {
             rvs_log(RVS_LOG_ERROR, "rotation", "kernel width %g px (template %zu) is not usable",
@@ -538,7 +609,7 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
         }
         all_direct &= keys[t].n < use_fft_from;
     }
-    if (rot->k_weights && all_direct) {
+    if (rot->k_weights && all_direct && !deriv) {
         /* the usual case: weights on the device */
         status = apply_direct_device_weights(ctx, rot, in, in_rows, ntempl, keys, eps, out);
         goto cleanup;
@@ -579,7 +650,14 @@ int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, c
             if (i > 0)
                 s++;
             size_t n;
-            RVS_TRY(rvs_rotation_weights(keys[i].R, eps, w + woff, nweights - woff, &n));
+            if (!deriv) {
+                RVS_TRY(rvs_rotation_weights(keys[i].R, eps, w + woff, nweights - woff, &n));
+            } else {
+                /* d/dvsini = d/dR dR/dvsini, R = vsini / (c lnstep) */
+                RVS_TRY(rvs_rotation_weights_dR(keys[i].R, eps, w + woff, nweights - woff, &n));
+                for (size_t j = 0; j < n; j++)
+                    w[woff + j] /= RVS_SPEED_OF_LIGHT_KMS * lnstep;
+            }
             meta[off_woff + s] = (int)woff;
             meta[off_km + s] = (int)((n - 1) / 2);
             woff += n;
@@ -641,6 +719,20 @@ cleanup:
     free(w);
     free(chunk_nslots);
     return status;
+}
+
+int rvs_rotation_apply_rows(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
+                            const int *in_rows, size_t n_in, size_t ntempl, const double *vsini,
+                            double lnstep, double eps, cl_mem out)
+{
+    return apply_rows(ctx, rot, in, in_rows, n_in, ntempl, vsini, lnstep, eps, out, 0);
+}
+
+int rvs_rotation_apply_rows_dvsini(struct rvs_context *ctx, struct rvs_rotation *rot, cl_mem in,
+                                   const int *in_rows, size_t n_in, size_t ntempl,
+                                   const double *vsini, double lnstep, double eps, cl_mem out)
+{
+    return apply_rows(ctx, rot, in, in_rows, n_in, ntempl, vsini, lnstep, eps, out, 1);
 }
 
 /* ------------------------------------------------------------------ self-test */

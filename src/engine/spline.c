@@ -54,6 +54,7 @@ struct rvs_spline_grid {
     double x0, step; /* step: log(xs[1]/xs[0]) for log grids, xs[1] - xs[0] otherwise */
     cl_mem geom;     /* SPLINE_SECTIONS arrays of n rvs_real */
     cl_kernel construct, eval;
+    cl_kernel eval_dv; /* rvs_spline_eval_dv: values and d/dv */
     enum spline_kind kind; /* the construction kernel in use */
     cl_kernel construct_other; /* the segmented or fir kernel when kind says so */
 };
@@ -69,6 +70,8 @@ void rvs_spline_grid_destroy(struct rvs_spline_grid **grid)
         clReleaseKernel((*grid)->construct);
     if ((*grid)->eval)
         clReleaseKernel((*grid)->eval);
+    if ((*grid)->eval_dv)
+        clReleaseKernel((*grid)->eval_dv);
     if ((*grid)->construct_other)
         clReleaseKernel((*grid)->construct_other);
     free(*grid);
@@ -311,6 +314,7 @@ int rvs_spline_grid_create(struct rvs_context *ctx, const double *xs, size_t n, 
                               host, &grid->geom));
     RVS_TRY(rvs_context_kernel(ctx, "spline", "rvs_spline_construct", &grid->construct));
     RVS_TRY(rvs_context_kernel(ctx, "spline", "rvs_spline_eval", &grid->eval));
+    RVS_TRY(rvs_context_kernel(ctx, "spline", "rvs_spline_eval_dv", &grid->eval_dv));
     size_t wg = 0;
     RVS_CL_TRY(clGetKernelWorkGroupInfo(grid->construct, ctx->caps.device,
                                         CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL));
@@ -416,13 +420,12 @@ cleanup:
     return status;
 }
 
-int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid, cl_mem coeffs,
-                    size_t T, cl_mem template_index, cl_mem velocity, size_t E, cl_mem lam,
-                    size_t n, cl_mem out)
+/* The arguments rvs_spline_eval and rvs_spline_eval_dv share (0..11), after the size checks. */
+static int eval_common_args(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                            cl_kernel k, cl_mem coeffs, size_t T, cl_mem template_index,
+                            cl_mem velocity, size_t E, cl_mem lam, size_t n)
 {
     int status = RVS_OK;
-    if (E == 0 || n == 0)
-        return RVS_OK;
     if (T > INT_MAX || E > INT_MAX || n > INT_MAX) {
         rvs_log(RVS_LOG_ERROR, "spline", "evaluation sizes T=%zu E=%zu n=%zu exceed the int range",
                 T, E, n);
@@ -433,12 +436,10 @@ int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
     RVS_TRY(rvs_buffer_check_size("spline", template_index, E * sizeof(cl_int), "template index"));
     RVS_TRY(rvs_buffer_check_size("spline", velocity, E * es, "velocity"));
     RVS_TRY(rvs_buffer_check_size("spline", lam, 2 * n * es, "wavelength"));
-    RVS_TRY(rvs_buffer_check_size("spline", out, E * n * es, "spline output"));
     cl_int nk = (cl_int)grid->n, logs = grid->log_step, nt = (cl_int)T, ne = (cl_int)E,
            nn = (cl_int)n;
     double x0 = grid->x0, step = grid->step;
     float x0f = (float)x0, stepf = (float)step;
-    cl_kernel k = grid->eval;
     RVS_TRY(rvs_kernel_arg(k, 0, sizeof(cl_mem), &grid->geom));
     RVS_TRY(rvs_kernel_arg(k, 1, sizeof nk, &nk));
     RVS_TRY(rvs_kernel_arg(k, 2, sizeof logs, &logs));
@@ -451,11 +452,52 @@ int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
     RVS_TRY(rvs_kernel_arg(k, 9, sizeof ne, &ne));
     RVS_TRY(rvs_kernel_arg(k, 10, sizeof(cl_mem), &lam));
     RVS_TRY(rvs_kernel_arg(k, 11, sizeof nn, &nn));
+cleanup:
+    return status;
+}
+
+int rvs_spline_eval(struct rvs_context *ctx, const struct rvs_spline_grid *grid, cl_mem coeffs,
+                    size_t T, cl_mem template_index, cl_mem velocity, size_t E, cl_mem lam,
+                    size_t n, cl_mem out)
+{
+    int status = RVS_OK;
+    if (E == 0 || n == 0)
+        return RVS_OK;
+    cl_kernel k = grid->eval;
+    RVS_TRY(eval_common_args(ctx, grid, k, coeffs, T, template_index, velocity, E, lam, n));
+    size_t es = rvs_context_real_size(ctx);
+    RVS_TRY(rvs_buffer_check_size("spline", out, E * n * es, "spline output"));
     RVS_TRY(rvs_kernel_arg(k, 12, sizeof(cl_mem), &out));
     RVS_TRY(rvs_kernel_arg(k, 13, SPLINE_DOPPLER_VALUES * es, NULL));
     /* pixels along dimension 0: neighbouring work-items read neighbouring wavelengths and
      * coefficient vectors and write neighbouring outputs; a group's pixels share one request,
      * whose Doppler factor is computed once per group */
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k, n, E, SPLINE_EVAL_GROUP, 1));
+cleanup:
+    return status;
+}
+
+int rvs_spline_eval_dv(struct rvs_context *ctx, const struct rvs_spline_grid *grid,
+                       cl_mem coeffs, size_t T, cl_mem template_index, cl_mem velocity, size_t E,
+                       cl_mem lam, size_t n, cl_mem out, cl_mem dout)
+{
+    int status = RVS_OK;
+    if (E == 0 || n == 0)
+        return RVS_OK;
+    cl_kernel k = grid->eval_dv;
+    RVS_TRY(eval_common_args(ctx, grid, k, coeffs, T, template_index, velocity, E, lam, n));
+    size_t es = rvs_context_real_size(ctx);
+    if (out)
+        RVS_TRY(rvs_buffer_check_size("spline", out, E * n * es, "spline output"));
+    RVS_TRY(rvs_buffer_check_size("spline", dout, E * n * es, "spline derivative output"));
+    cl_int write_value = out != NULL;
+    /* without values the kernel never touches its value argument; a NULL buffer is allowed
+     * for a __global pointer argument (OpenCL 1.2, clSetKernelArg) */
+    RVS_TRY(rvs_kernel_arg(k, 12, sizeof(cl_mem), &out));
+    RVS_TRY(rvs_kernel_arg(k, 13, sizeof write_value, &write_value));
+    RVS_TRY(rvs_kernel_arg(k, 14, sizeof(cl_mem), &dout));
+    /* rvs_spline_doppler's values and -1 / (c (1 - b^2)) */
+    RVS_TRY(rvs_kernel_arg(k, 15, (SPLINE_DOPPLER_VALUES + 1) * es, NULL));
     RVS_TRY(rvs_kernel_launch_2d(ctx, k, n, E, SPLINE_EVAL_GROUP, 1));
 cleanup:
     return status;
