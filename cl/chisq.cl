@@ -896,9 +896,15 @@ __kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rv
         for (uint m = 0; m < j; m++)
             d -= cf[j * K + m] * cf[j * K + m];
         uint pj = j * K - j * (j - 1) / 2; /* packed index of (j, j) */
-        rvs_real yy = acc[2 * pj] + acc[2 * pj + 1];
-        int keep = d > psd_tol * yy;
+        rvs_real thr = psd_tol * (acc[2 * pj] + acc[2 * pj + 1]);
+        /* y_j itself in the span to rounding: row and column j of GN exactly zero; else a
+         * pivot at the rounding level (y_j's projection a combination of earlier ones'):
+         * column j zero, the row keeps its coupling to the earlier directions */
+        int keep = d > thr;
         rvs_real ljj = keep ? sqrt(d) : (rvs_real)0;
+        if (!(mm[j * K + j] > thr))
+            for (uint m = 0; m < j; m++)
+                cf[j * K + m] = 0;
         for (uint i2 = 0; i2 < K; i2++) {
             if (i2 < j) {
                 cf[i2 * K + j] = 0;
