@@ -10,22 +10,22 @@
  * and measures (fp64) how far the Gauss-Newton matrix is from a finite-difference Hessian of a
  * parametric stellar model (tangents by complex step) at the optimum and away from it.
  *
- * Errors and tolerances (the test prints every maximum):
- *   chi^2 vs rvs_chisq_eval, relative: TOL_CHISQ (the same sum; a different work-group size,
+ * Errors and tolerances (tests/tolerances.h, RVS_TOL_CHISQ_DERIV_*; the test prints every maximum):
+ *   chi^2 vs rvs_chisq_eval, relative: RVS_TOL_CHISQ_DERIV_CHISQ (the same sum; a different work-group size,
  *     on devices with little local memory, changes only its rounding).
  *   gradient, |g_dev - g_ref| / (sum_i |t_ki z_i| + 2 |D| |y_k|) (the sum's own magnitude,
  *     where rounding of the terms acts, plus the envelope formula's first-order sensitivity
  *     to rounding of the coefficients a: 2 (S da)^T y_k with |S da| ~ eps |D|; it dominates
- *     at high S/N near a perfect fit, and is ~1e-13 of a parameter's error there): fp64 TOL_GRAD_FP64 (measured ~1e-14 .. 1e-13), fp32 TOL_GRAD_FP32
+ *     at high S/N near a perfect fit, and is ~1e-13 of a parameter's error there): fp64 RVS_TOL_CHISQ_DERIV_GRAD_FP64 (measured ~1e-14 .. 1e-13), fp32 RVS_TOL_CHISQ_DERIV_GRAD_FP32
  *     (float terms: h_i = q^T G^-1 q and r_i c_i each carry a few ulp of 6e-8, a is refined
  *     once in double-float; measured ~6e-9).
  *   gradient vs finite difference (fp64 only: fp32 chi^2 carries ~1e-4 absolute rounding,
- *     which the difference quotient would divide by h), same normalisation: TOL_GRAD_FD.
+ *     which the difference quotient would divide by h), same normalisation: RVS_TOL_CHISQ_DERIV_GRAD_FD.
  *   Gauss-Newton vs reference, max |GN_dev - GN_ref| / max_k 2 |y_k|^2 (the unprojected size,
- *     where the cancellation of Y^T Y - U^T G^-1 U leaves its rounding): fp64 TOL_GN_FP64,
- *     fp32 TOL_GN_FP32 (float sums of products that cancel through the projection; measured
+ *     where the cancellation of Y^T Y - U^T G^-1 U leaves its rounding): fp64 RVS_TOL_CHISQ_DERIV_GN_FP64,
+ *     fp32 RVS_TOL_CHISQ_DERIV_GN_FP32 (float sums of products that cancel through the projection; measured
  *     4.5e-7, the worst on the 37-pixel case).
- *   GN symmetric exactly; positive semi-definite: smallest eigenvalue >= -TOL_PSD_FP64/FP32 x
+ *   GN symmetric exactly; positive semi-definite: smallest eigenvalue >= -RVS_TOL_CHISQ_DERIV_PSD_FP64/FP32 x
  *     largest diagonal (the rounding of GN = 2 cf cf^T: a few ulp of rvs_real). */
 #include <config.h>
 
@@ -38,19 +38,6 @@
 
 #include "testutil.h"
 #include "tolerances.h"
-
-#define TOL_CHISQ 1e-13
-#define TOL_GRAD_FP64 1e-11
-#define TOL_GRAD_FP32 1e-7
-#define TOL_GRAD_FD 1e-7
-#define TOL_GN_FP64 1e-11
-#define TOL_GN_FP32 4e-6
-#define TOL_PSD_FP64 1e-12
-#define TOL_PSD_FP32 1e-6
-/* the closed form of the scale tangent (2 npoly or 0), absolute: fp64 5e-8 of 2 npoly = 20,
- * fp32 5e-6 (the sum's terms carry a float's rounding; a's error enters at first order) */
-#define TOL_SCALE_FP64 1e-6
-#define TOL_SCALE_FP32 1e-4
 
 #define KMAX RVS_CHISQ_MAX_TANGENTS
 #define NPMAX 16
@@ -527,7 +514,7 @@ static void run_case(struct rvs_context *ctx, const struct dcase *c, struct maxe
     double *fd = NULL;
     if (fp64) {
         size_t F = 4 * E * K;
-        double *mods = malloc(F * n * sizeof *mods), *val = malloc(F * sizeof *val);
+        double *mods = calloc(F * n, sizeof *mods), *val = malloc(F * sizeof *val);
         cl_int *idx = malloc(F * sizeof *idx);
         const double mult[4] = {1, -1, 0.5, -0.5};
         fd = malloc(E * K * sizeof *fd);
@@ -569,7 +556,7 @@ static void run_case(struct rvs_context *ctx, const struct dcase *c, struct maxe
         m->bitwise += chi[e] == chi_eval[e];
         double dc = fabs(chi[e] - chi_eval[e]) / fabs(chi_eval[e]);
         m->chisq = fmax(m->chisq, dc);
-        CHECK(dc <= TOL_CHISQ, "n=%zu e=%zu: chi^2 %.17g, rvs_chisq_eval %.17g", n, e, chi[e],
+        CHECK(dc <= RVS_TOL_CHISQ_DERIV_CHISQ, "n=%zu e=%zu: chi^2 %.17g, rvs_chisq_eval %.17g", n, e, chi[e],
               chi_eval[e]);
         double dref = fabs(chi[e] - r.chisq) / fabs(r.chisq);
         CHECK(dref <= (fp64 ? RVS_TOL_FP64_REL : RVS_TOL_CHISQ_FP32_ABS / 1e3),
@@ -577,7 +564,7 @@ static void run_case(struct rvs_context *ctx, const struct dcase *c, struct maxe
         for (size_t k = 0; k < K; k++) {
             double g = grad[e * K + k], err = fabs(g - r.grad[k]) / r.gscale[k];
             m->grad = fmax(m->grad, err);
-            CHECK(err <= (fp64 ? TOL_GRAD_FP64 : TOL_GRAD_FP32),
+            CHECK(err <= (fp64 ? RVS_TOL_CHISQ_DERIV_GRAD_FP64 : RVS_TOL_CHISQ_DERIV_GRAD_FP32),
                   "n=%zu e=%zu k=%zu: gradient %.12g, reference %.12g (scale %.3g)", n, e, k, g,
                   r.grad[k], r.gscale[k]);
             double hkk = r.gn[k * K + k];
@@ -586,7 +573,7 @@ static void run_case(struct rvs_context *ctx, const struct dcase *c, struct maxe
             if (fd) {
                 double efd = fabs(g - fd[e * K + k]) / r.gscale[k];
                 m->grad_fd = fmax(m->grad_fd, efd);
-                CHECK(efd <= TOL_GRAD_FD, "n=%zu e=%zu k=%zu: gradient %.12g, finite diff. %.12g",
+                CHECK(efd <= RVS_TOL_CHISQ_DERIV_GRAD_FD, "n=%zu e=%zu k=%zu: gradient %.12g, finite diff. %.12g",
                       n, e, k, g, fd[e * K + k]);
             }
             for (size_t l = 0; l < K; l++) {
@@ -594,7 +581,7 @@ static void run_case(struct rvs_context *ctx, const struct dcase *c, struct maxe
                 m->sym = fmax(m->sym, fabs(a - b));
                 double egn = fabs(a - r.gn[k * K + l]) / r.yy_max;
                 m->gn = fmax(m->gn, egn);
-                CHECK(egn <= (fp64 ? TOL_GN_FP64 : TOL_GN_FP32),
+                CHECK(egn <= (fp64 ? RVS_TOL_CHISQ_DERIV_GN_FP64 : RVS_TOL_CHISQ_DERIV_GN_FP32),
                       "n=%zu e=%zu (%zu,%zu): GN %.12g, reference %.12g (scale %.3g)", n, e, k, l,
                       a, r.gn[k * K + l], r.yy_max);
             }
@@ -605,7 +592,7 @@ static void run_case(struct rvs_context *ctx, const struct dcase *c, struct maxe
         double me = min_eigen(gn + e * K * K, K);
         double rel = me < 0 ? -me / dmax : 0;
         m->psd = fmax(m->psd, rel);
-        CHECK(rel <= (fp64 ? TOL_PSD_FP64 : TOL_PSD_FP32), "n=%zu e=%zu: GN eigenvalue %.3g (largest diagonal %.3g)", n, e, me,
+        CHECK(rel <= (fp64 ? RVS_TOL_CHISQ_DERIV_PSD_FP64 : RVS_TOL_CHISQ_DERIV_PSD_FP32), "n=%zu e=%zu: GN eigenvalue %.3g (largest diagonal %.3g)", n, e, me,
               dmax);
     }
     CHECK(m->sym == 0, "GN not exactly symmetric (%.3g)", m->sym);
@@ -638,7 +625,7 @@ static void check_special(struct rvs_context *ctx)
         run_deriv(ctx, arm, p.model, p.tan, p.index, n, E, K, chi, grad, gn);
         run_eval(ctx, arm, p.model, p.index, n, E, chi_eval);
         double want = sf ? 0.0 : 2.0 * (double)np;
-        double tol = ctx->use_fp64 ? TOL_SCALE_FP64 : TOL_SCALE_FP32;
+        double tol = ctx->use_fp64 ? RVS_TOL_CHISQ_DERIV_SCALE_FP64 : RVS_TOL_CHISQ_DERIV_SCALE_FP32;
         printf("    scale tangent (%s prior): gradient %.12g (want %g, tolerance %.2g), "
                "GN row %g %g %g\n", sf ? "scale-free" : "flat", grad[1], want, tol, gn[3],
                gn[4], gn[5]);
@@ -945,15 +932,15 @@ static void run_all(struct rvs_context *ctx)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(ctx, &cases[i], &m);
     printf("%s: %zu requests; chi^2 vs rvs_chisq_eval max rel %.3g (%zu bitwise equal, tol "
-           "%.0e)\n", fp64 ? "fp64" : "fp32", m.requests, m.chisq, m.bitwise, TOL_CHISQ);
+           "%.0e)\n", fp64 ? "fp64" : "fp32", m.requests, m.chisq, m.bitwise, RVS_TOL_CHISQ_DERIV_CHISQ);
     printf("  gradient vs reference max %.3g of its rounding scale (tol %.0e), %.3g sigma\n", m.grad,
-           fp64 ? TOL_GRAD_FP64 : TOL_GRAD_FP32, m.sigma);
+           fp64 ? RVS_TOL_CHISQ_DERIV_GRAD_FP64 : RVS_TOL_CHISQ_DERIV_GRAD_FP32, m.sigma);
     if (fp64)
         printf("  gradient vs finite difference of rvs_chisq_eval max %.3g (tol %.0e)\n",
-               m.grad_fd, TOL_GRAD_FD);
+               m.grad_fd, RVS_TOL_CHISQ_DERIV_GRAD_FD);
     printf("  GN vs reference max %.3g of max 2|y_k|^2 (tol %.0e); asymmetry %.3g; "
            "PSD: worst -lambda_min/max diag %.3g (tol %.0e)\n", m.gn,
-           fp64 ? TOL_GN_FP64 : TOL_GN_FP32, m.sym, m.psd, fp64 ? TOL_PSD_FP64 : TOL_PSD_FP32);
+           fp64 ? RVS_TOL_CHISQ_DERIV_GN_FP64 : RVS_TOL_CHISQ_DERIV_GN_FP32, m.sym, m.psd, fp64 ? RVS_TOL_CHISQ_DERIV_PSD_FP64 : RVS_TOL_CHISQ_DERIV_PSD_FP32);
     check_special(ctx);
     if (getenv("RVSFIT_TEST_TIMING"))
         timing(ctx);

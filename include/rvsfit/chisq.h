@@ -113,7 +113,8 @@ int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem mo
  * against a finite-difference Hessian). Pivots of the Schur complement Y^T Y - U^T G^-1 U
  * below 4 (npoly + K) eps of the unprojected |y_k|^2 (eps of rvs_real) are taken as zero:
  * a tangent whose y_k lies in the continuum's span to rounding (a pure scale change of the
- * template, say) gets zero curvature rather than rounding noise of either sign.
+ * template, say) gets an exactly zero row and column rather than rounding noise of either
+ * sign; a tangent whose projection is a combination of earlier ones' keeps its couplings.
  *
  * Rank-deficient G: chi^2 +inf, grad and gn NaN. Non-finite model or tangent values, or a bad
  * spectrum index: grad and gn NaN (chi^2 as rvs_chisq_eval: NaN unless only a tangent is bad).
