@@ -437,6 +437,137 @@ __kernel void rvs_chisq_refine(__global const rvs_real *gv, __global const rvs_r
 #endif
 }
 
+/* ---- the residual pass's pieces, shared by rvs_chisq_residual and rvs_chisq_deriv so that
+ * both sum the same |r|^2 in the same order (same work-group size: the same bits) ---- */
+
+#if RVS_HAVE_FP64
+typedef rvs_real rvs_resid; /* r */
+typedef rvs_ksum rvs_resid_acc;
+#else
+typedef float2 rvs_resid; /* r as double-float */
+/* r^2 summed in double-float: chi^2 of a poor velocity can be 1e5..1e6, where a float r^2
+ * per pixel alone would cost more than 1e-3 */
+typedef float2 rvs_resid_acc;
+#endif
+
+/* Pixel i of a request with model value t, spectrum offset so: the continuum in the arm's
+ * orthonormal basis cont = sum_j a_j Q_ji, the best-fit model md = t cont (data units) and the
+ * whitened residual r = D_i - md / sigma_i (double-float in fp32). */
+static inline rvs_resid residual_at(uint i, uint n, uint np, rvs_real t, size_t so,
+                                    __global const rvs_real *dh, __global const rvs_real *dl,
+                                    __global const rvs_real *sh, __global const rvs_real *sl,
+                                    __global const rvs_real *ph, __global const rvs_real *pl,
+                                    __local const rvs_real *ah, __local const rvs_real *al,
+                                    rvs_real *md_out, rvs_real *cont_out)
+{
+#if RVS_HAVE_FP64
+    rvs_real cont = 0;
+    for (uint j = 0; j < np; j++)
+        cont += ah[j] * ph[(size_t)j * n + i];
+    rvs_real md = t * cont;
+    *md_out = md;
+    *cont_out = cont;
+    return dh[so + i] - md * sh[so + i];
+#else
+    float2 cont = (float2)(0, 0);
+    for (uint j = 0; j < np; j++) {
+        float2 a = (float2)(ah[j], al[j]);
+        float2 p = (float2)(ph[(size_t)j * n + i], pl[(size_t)j * n + i]);
+        cont = df_add(cont, df_mul(a, p));
+    }
+    float2 mdd = df_mul_f(cont, t);
+    float2 m = df_mul(mdd, (float2)(sh[so + i], sl[so + i]));
+    *md_out = mdd.x;
+    *cont_out = cont.x + cont.y;
+    return df_add((float2)(dh[so + i], dl[so + i]), (float2)(-m.x, -m.y));
+#endif
+}
+
+static inline void resid_acc_init(rvs_resid_acc *acc)
+{
+#if RVS_HAVE_FP64
+    rvs_ksum_init(acc);
+#else
+    *acc = (float2)(0, 0);
+#endif
+}
+
+static inline void resid_acc_add(rvs_resid_acc *acc, rvs_resid rr)
+{
+#if RVS_HAVE_FP64
+    rvs_ksum_add(acc, rr * rr);
+#else
+    float2 sq = df_two_prod(rr.x, rr.x);
+    sq.y += 2 * rr.x * rr.y;
+    *acc = df_add(*acc, sq);
+#endif
+}
+
+static inline void resid_acc_store(const rvs_resid_acc *acc, __local rvs_acc *lsum,
+                                   __local rvs_acc *lcomp, uint lid)
+{
+#if RVS_HAVE_FP64
+    lsum[lid] = acc->sum;
+    lcomp[lid] = acc->comp;
+#else
+    lsum[lid] = acc->x;
+    lcomp[lid] = acc->y;
+#endif
+}
+
+/* Tree sum of the work-group's (lsum, lcomp) pairs into lsum[0], lcomp[0]; L a power of two.
+ * Starts and ends with a barrier, so it can follow stores to lsum/lcomp directly. */
+static void group_sum(__local rvs_acc *lsum, __local rvs_acc *lcomp, uint lid, uint L)
+{
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint h = L / 2; h > 0; h /= 2) {
+        if (lid < h) {
+#if RVS_HAVE_FP64
+            rvs_acc a = lsum[lid], b = lsum[lid + h];
+            rvs_acc t = a + b;
+            rvs_acc err = fabs(a) >= fabs(b) ? (a - t) + b : (b - t) + a;
+            lsum[lid] = t;
+            lcomp[lid] += lcomp[lid + h] + err;
+#else
+            float2 t = df_add((float2)(lsum[lid], lcomp[lid]),
+                              (float2)(lsum[lid + h], lcomp[lid + h]));
+            lsum[lid] = t.x;
+            lcomp[lid] = t.y;
+#endif
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+}
+
+/* chi^2 = |r|^2 (the group sum) + log det + 2 sum log sigma as (hi, lo); +inf for a
+ * rank-deficient request, NaN for a non-finite one or a bad spectrum index. */
+static void chisq_total(__local const rvs_acc *lsum, __local const rvs_acc *lcomp,
+                        __global const rvs_real *logdet, __global const rvs_real *logsig,
+                        size_t e, int s, int valid, int mode, rvs_real *hi_out, rvs_real *lo_out)
+{
+    rvs_real hi, lo;
+#if RVS_HAVE_FP64
+    hi = lsum[0] + lcomp[0] + logdet[2 * e] + logsig[2 * (size_t)(valid ? s : 0)];
+    lo = 0;
+#else
+    float2 tot = (float2)(lsum[0], lcomp[0]);
+    tot = df_add(tot, (float2)(logdet[2 * e], logdet[2 * e + 1]));
+    size_t so2 = 2 * (size_t)(valid ? s : 0);
+    tot = df_add(tot, (float2)(logsig[so2], logsig[so2 + 1]));
+    hi = tot.x;
+    lo = tot.y;
+#endif
+    if (mode == MODE_RANK_DEFICIENT) {
+        hi = (rvs_real)INFINITY;
+        lo = 0;
+    } else if (mode == MODE_NONFINITE || !valid || !isfinite(hi)) {
+        hi = (rvs_real)NAN;
+        lo = 0;
+    }
+    *hi_out = hi;
+    *lo_out = lo;
+}
+
 /* One work-group per request (dimension 1), pixels strided over the group (dimension 0).
  * pass 0 (fp32 refinement): r_out[e, i] = r_i T_i / sigma_i for S^T r.
  * pass 1: chi^2 = |r|^2 + log det + 2 sum log sigma as (hi, lo); optional outputs. */
@@ -466,97 +597,33 @@ __kernel void rvs_chisq_residual(__global const rvs_real *models, __global const
     int s = spectrum[e];
     int valid = s >= 0 && (uint)s < S;
     size_t so = valid ? (size_t)s * n : 0;
-#if RVS_HAVE_FP64
-    rvs_ksum acc;
-    rvs_ksum_init(&acc);
-#else
-    /* r^2 summed in double-float: chi^2 of a poor velocity can be 1e5..1e6, where a float r^2
-     * per pixel alone would cost more than 1e-3 */
-    float2 acc = (float2)(0, 0);
-#endif
+    rvs_resid_acc acc;
+    resid_acc_init(&acc);
     for (uint i = lid; i < n; i += L) {
         rvs_real t = models[e * n + i];
+        rvs_real md, cont;
+        rvs_resid rr = residual_at(i, n, np, t, so, dh, dl, sh, sl, ph, pl, ah, al, &md, &cont);
 #if RVS_HAVE_FP64
-        rvs_real cont = 0;
-        for (uint j = 0; j < np; j++)
-            cont += ah[j] * ph[(size_t)j * n + i];
-        rvs_real md = t * cont;
-        rvs_real r = dh[so + i] - md * sh[so + i];
+        rvs_real r = rr;
 #else
-        float2 cont = (float2)(0, 0);
-        for (uint j = 0; j < np; j++) {
-            float2 a = (float2)(ah[j], al[j]);
-            float2 p = (float2)(ph[(size_t)j * n + i], pl[(size_t)j * n + i]);
-            cont = df_add(cont, df_mul(a, p));
-        }
-        float2 mdd = df_mul_f(cont, t);
-        float2 m = df_mul(mdd, (float2)(sh[so + i], sl[so + i]));
-        float2 rr = df_add((float2)(dh[so + i], dl[so + i]), (float2)(-m.x, -m.y));
         float r = rr.x + rr.y;
-        float md = mdd.x;
 #endif
         if (pass == 0) {
             r_out[e * n_pad + i] = r * t * sh[so + i];
         } else {
-#if RVS_HAVE_FP64
-            rvs_ksum_add(&acc, r * r);
-#else
-            float2 sq = df_two_prod(rr.x, rr.x);
-            sq.y += 2 * rr.x * rr.y;
-            acc = df_add(acc, sq);
-#endif
+            resid_acc_add(&acc, rr);
             if (want_model)
                 model_out[e * n + i] = md;
         }
     }
     if (pass == 0)
         return;
-#if RVS_HAVE_FP64
-    lsum[lid] = acc.sum;
-    lcomp[lid] = acc.comp;
-#else
-    lsum[lid] = acc.x;
-    lcomp[lid] = acc.y;
-#endif
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint h = L / 2; h > 0; h /= 2) {
-        if (lid < h) {
-#if RVS_HAVE_FP64
-            rvs_acc a = lsum[lid], b = lsum[lid + h];
-            rvs_acc t = a + b;
-            rvs_acc err = fabs(a) >= fabs(b) ? (a - t) + b : (b - t) + a;
-            lsum[lid] = t;
-            lcomp[lid] += lcomp[lid + h] + err;
-#else
-            float2 t = df_add((float2)(lsum[lid], lcomp[lid]),
-                              (float2)(lsum[lid + h], lcomp[lid + h]));
-            lsum[lid] = t.x;
-            lcomp[lid] = t.y;
-#endif
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
+    resid_acc_store(&acc, lsum, lcomp, lid);
+    group_sum(lsum, lcomp, lid, L);
     if (lid == 0) {
         int mode = mode_in[e];
         rvs_real hi, lo;
-#if RVS_HAVE_FP64
-        hi = lsum[0] + lcomp[0] + logdet[2 * e] + logsig[2 * (size_t)(valid ? s : 0)];
-        lo = 0;
-#else
-        float2 tot = (float2)(lsum[0], lcomp[0]);
-        tot = df_add(tot, (float2)(logdet[2 * e], logdet[2 * e + 1]));
-        size_t so2 = 2 * (size_t)(valid ? s : 0);
-        tot = df_add(tot, (float2)(logsig[so2], logsig[so2 + 1]));
-        hi = tot.x;
-        lo = tot.y;
-#endif
-        if (mode == MODE_RANK_DEFICIENT) {
-            hi = (rvs_real)INFINITY;
-            lo = 0;
-        } else if (mode == MODE_NONFINITE || !valid || !isfinite(hi)) {
-            hi = (rvs_real)NAN;
-            lo = 0;
-        }
+        chisq_total(lsum, lcomp, logdet, logsig, e, s, valid, mode, &hi, &lo);
         chisq[2 * e] = hi;
         chisq[2 * e + 1] = lo;
         if (want_coef) /* rvspecfit's basis: a = L^-T b */
@@ -575,4 +642,288 @@ __kernel void rvs_chisq_residual(__global const rvs_real *models, __global const
 #endif
             }
     }
+}
+
+/* ---------------------------------------------------------------- derivatives
+ *
+ * rvs_chisq_deriv: chi^2, its gradient along K tangents and a Gauss-Newton matrix, for the
+ * requests of rvs_chisq_eval_deriv (include/rvsfit/chisq.h has the formulas). It replaces the
+ * final residual pass of rvs_chisq_eval: the Gram matrix, factorisation and coefficients come
+ * from the same stages, and this kernel makes the one remaining pass over the pixels.
+ *
+ * One work-group of L work-items per request; pixels in tiles of L (pixel b + lid goes to
+ * work-item lid, the residual pass's order, so chi^2 is the same sum). Per pixel, with
+ * tt = T/sigma, tk_k = T_k/sigma, q the orthonormal basis column, c = q.a the continuum,
+ * r the whitened residual, h = q^T G^-1 q, lev = |q|^2:
+ *   gradient  g_k += tk_k z, z = 2 (tt (h - [scale-free] npoly lev / tr G) - r c)  (private)
+ *   tile      y_k = tk_k c (the columns of S_k a) and w_j = tt q_j (the columns of S)
+ * and after each tile the work-group sums Y^T Y (K(K+1)/2 entries) and U = S^T Y (npoly x K)
+ * over the tile, one accumulator per work-item, into compensated running sums in local memory.
+ * The Gauss-Newton matrix is 2 (Y^T Y - U^T G^-1 U) = 2 |(I - Pi_S) Y|^2, made positive
+ * semi-definite by a Cholesky factorisation whose pivots at the rounding level of Y^T Y (the
+ * size before the projection cancels) are set to zero: directions that lie in the continuum's
+ * span to rounding get exactly zero curvature instead of +-rounding noise. */
+
+#define RVS_CHISQ_MAX_TANGENTS 8
+
+/* (k, l), k <= l, of packed upper-triangle index p of a K x K matrix */
+static inline void pair_of(uint p, uint K, uint *k, uint *l)
+{
+    uint kk = 0;
+    while (p >= K - kk) {
+        p -= K - kk;
+        kk++;
+    }
+    *k = kk;
+    *l = kk + p;
+}
+
+/* One scalar across the work-group: every work-item's (sum, comp) into (lsum, lcomp) and the
+ * tree; the total (sum + comp) for lid 0. */
+static rvs_real group_total(rvs_acc sum, rvs_acc comp, __local rvs_acc *lsum,
+                            __local rvs_acc *lcomp, uint lid, uint L)
+{
+    barrier(CLK_LOCAL_MEM_FENCE); /* lsum may still be read by an earlier tree's lid 0 */
+    lsum[lid] = sum;
+    lcomp[lid] = comp;
+    group_sum(lsum, lcomp, lid, L);
+    return lsum[0] + lcomp[0];
+}
+
+__kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rvs_real *tangents,
+                              __global const int *spectrum, __global const rvs_real *dh,
+                              __global const rvs_real *dl, __global const rvs_real *sh,
+                              __global const rvs_real *sl, __global const rvs_real *ph,
+                              __global const rvs_real *pl, __global const rvs_real *coef,
+                              __global const rvs_real *gh, __global const rvs_real *gl,
+                              __global const rvs_real *fac, __global const rvs_real *logdet,
+                              __global const rvs_real *logsig, __global const int *mode_in,
+                              uint n, uint np, uint K, uint E, uint S, int scale_free,
+                              int want_gn, rvs_real psd_tol, __global rvs_real *chisq,
+                              __global rvs_real *grad, __global rvs_real *gn,
+                              __local rvs_real *tile, __local rvs_acc *acc,
+                              __local rvs_acc *lsum, __local rvs_acc *lcomp,
+                              __local rvs_real *ginv)
+{
+    __local rvs_real ah[RVS_CHISQ_MAX_NPOLY], al[RVS_CHISQ_MAX_NPOLY];
+    __local rvs_real gout[RVS_CHISQ_MAX_TANGENTS];
+    size_t e = get_global_id(1);
+    uint lid = get_local_id(0), L = get_local_size(0);
+    if (e >= E) /* uniform over the work-group */
+        return;
+    uint npk = K * (K + 1) / 2, nacc = npk + np * K, npair = np * (np + 1) / 2;
+    int s = spectrum[e];
+    int valid = s >= 0 && (uint)s < S;
+    size_t so = valid ? (size_t)s * n : 0;
+    int mode = mode_in[e];
+    int solved = valid && (mode == MODE_CHOLESKY || mode == MODE_EIGEN);
+    __global const rvs_real *f = fac + e * FAC_STRIDE(np);
+    __global const rvs_real *inv = f + 3 * np * np, *scale = inv + np;
+
+    for (uint j = lid; j < np; j += L) {
+        ah[j] = coef[e * 2 * np + j];
+        al[j] = coef[e * 2 * np + np + j];
+    }
+    for (uint p = lid; p < nacc; p += L)
+        acc[2 * p] = acc[2 * p + 1] = 0;
+
+    /* G^-1 = Sc C^-1 Sc from the factorisation of the scaled C = Sc G Sc. Cholesky: the
+     * columns of L^-1 (one per work-item) into the tile's memory first. */
+    if (solved && mode == MODE_CHOLESKY) {
+        __local rvs_real *linv = tile;
+        for (uint col = lid; col < np; col += L)
+            for (uint j = 0; j < np; j++) {
+                rvs_real t = j == col ? (rvs_real)1 : (rvs_real)0;
+                for (uint k = col; k < j; k++)
+                    t -= f[j * np + k] * linv[k * np + col];
+                linv[j * np + col] = j < col ? (rvs_real)0 : t / f[j * np + j];
+            }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint p = lid; p < np * np; p += L) {
+        uint j = p / np, l = p % np;
+        rvs_real t = 0;
+        if (solved && mode == MODE_CHOLESKY) {
+            __local const rvs_real *linv = tile;
+            for (uint m = j > l ? j : l; m < np; m++)
+                t += linv[m * np + j] * linv[m * np + l];
+        } else if (solved) { /* V Lambda^+ V^T, dropped directions have inv 0 */
+            for (uint m = 0; m < np; m++)
+                t += f[j * np + m] * inv[m] * f[l * np + m];
+        }
+        ginv[p] = t * scale[j] * scale[l];
+    }
+    /* the scale-free prior's npoly / tr G (tr in the orthonormal basis, as rvs_chisq_solve) */
+    rvs_real sf = 0;
+    if (scale_free) {
+        rvs_real tr = 0;
+        for (uint j = 0, p = 0; j < np; j++) {
+            tr += gh[e * npair + p];
+#if !RVS_HAVE_FP64
+            tr += gl[e * npair + p];
+#endif
+            p += np - j;
+        }
+        sf = (rvs_real)np / tr;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE); /* ginv complete; linv no longer needed */
+
+    rvs_resid_acc racc;
+    resid_acc_init(&racc);
+    rvs_ksum gacc[RVS_CHISQ_MAX_TANGENTS];
+    for (uint k = 0; k < RVS_CHISQ_MAX_TANGENTS; k++)
+        rvs_ksum_init(&gacc[k]);
+    __local rvs_real *ty = tile, *tw = tile + K * L; /* y_k at [k L + lid], w_j at [j L + lid] */
+
+    for (uint b = 0; b < n; b += L) {
+        uint i = b + lid;
+        if (i < n) {
+            rvs_real t = models[e * n + i];
+            rvs_real md, c;
+            rvs_resid rr = residual_at(i, n, np, t, so, dh, dl, sh, sl, ph, pl, ah, al, &md, &c);
+            resid_acc_add(&racc, rr);
+#if RVS_HAVE_FP64
+            rvs_real r = rr;
+#else
+            float r = rr.x + rr.y;
+#endif
+            rvs_real sv = sh[so + i], tt = t * sv;
+            /* q into this work-item's column of tw, then h = q^T G^-1 q and |q|^2 */
+            for (uint j = 0; j < np; j++)
+                tw[j * L + lid] = ph[(size_t)j * n + i];
+            rvs_real h = 0, lev = 0;
+            for (uint j = 0; j < np; j++) {
+                rvs_real qj = tw[j * L + lid], row = 0;
+                for (uint l = 0; l < np; l++)
+                    row += ginv[j * np + l] * tw[l * L + lid];
+                h += qj * row;
+                lev += qj * qj;
+            }
+            rvs_real z = 2 * (tt * (h - sf * lev) - r * c);
+            for (uint k = 0; k < K; k++) {
+                rvs_real tk = tangents[(e * K + k) * n + i] * sv;
+                rvs_ksum_add(&gacc[k], tk * z);
+                ty[k * L + lid] = tk * c;
+            }
+            for (uint j = 0; j < np; j++)
+                tw[j * L + lid] *= tt;
+        } else {
+            for (uint k = 0; k < K; k++)
+                ty[k * L + lid] = 0;
+            for (uint j = 0; j < np; j++)
+                tw[j * L + lid] = 0;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (want_gn) {
+            uint cnt = n - b < L ? n - b : L;
+            for (uint p = lid; p < nacc; p += L) {
+                __local const rvs_real *x, *y;
+                if (p < npk) {
+                    uint k, l;
+                    pair_of(p, K, &k, &l);
+                    x = ty + k * L;
+                    y = ty + l * L;
+                } else {
+                    x = tw + ((p - npk) / K) * L;
+                    y = ty + ((p - npk) % K) * L;
+                }
+                rvs_acc part = 0;
+                for (uint q = 0; q < cnt; q++)
+                    part += x[q] * y[q];
+                /* the tile's partial sum into a compensated running sum (Neumaier) */
+                rvs_acc sum = acc[2 * p], t = sum + part;
+                acc[2 * p + 1] += fabs(sum) >= fabs(part) ? (sum - t) + part : (part - t) + sum;
+                acc[2 * p] = t;
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+
+    /* chi^2: the residual pass's tree and total */
+    resid_acc_store(&racc, lsum, lcomp, lid);
+    group_sum(lsum, lcomp, lid, L);
+    rvs_real hi = 0, lo = 0;
+    if (lid == 0)
+        chisq_total(lsum, lcomp, logdet, logsig, e, s, valid, mode, &hi, &lo);
+    for (uint k = 0; k < K; k++) {
+        rvs_real g = group_total(gacc[k].sum, gacc[k].comp, lsum, lcomp, lid, L);
+        if (lid == 0)
+            gout[k] = g;
+    }
+    /* GN: W = G^-1 U (npoly x K) into the tile, then M = Y^T Y - U^T W (K x K, full) after it */
+    __local rvs_real *wm = tile, *mm = tile + np * K;
+    if (want_gn) {
+        for (uint p = lid; p < np * K; p += L) {
+            uint j = p / K, k = p % K;
+            rvs_real t = 0;
+            for (uint m = 0; m < np; m++)
+                t += ginv[j * np + m] * (acc[2 * (npk + m * K + k)] + acc[2 * (npk + m * K + k) + 1]);
+            wm[p] = t;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint p = lid; p < npk; p += L) {
+            uint k, l;
+            pair_of(p, K, &k, &l);
+            rvs_real t = acc[2 * p] + acc[2 * p + 1];
+            for (uint j = 0; j < np; j++)
+                t -= (acc[2 * (npk + j * K + k)] + acc[2 * (npk + j * K + k) + 1]) *
+                     wm[j * K + l];
+            mm[k * K + l] = mm[l * K + k] = t;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid != 0)
+        return;
+
+    chisq[2 * e] = hi;
+    chisq[2 * e + 1] = lo;
+    int ok = solved && isfinite(hi);
+    for (uint k = 0; k < K; k++)
+        ok = ok && isfinite(gout[k]);
+    if (want_gn)
+        for (uint k = 0; k < K * K; k++)
+            ok = ok && isfinite(mm[k]);
+    for (uint k = 0; k < K; k++)
+        grad[e * K + k] = ok ? gout[k] : (rvs_real)NAN;
+    if (!want_gn)
+        return;
+    /* Cholesky of M in place (lower triangle into cf, after mm), pivots at the rounding level
+     * of the unprojected Y^T Y dropped; then GN = 2 cf cf^T. Exactly symmetric: entry (k, l)
+     * and (l, k) are the same products in the same order. */
+    __local rvs_real *cf = mm + K * K;
+    for (uint j = 0; j < K; j++) {
+        rvs_real d = mm[j * K + j];
+        for (uint m = 0; m < j; m++)
+            d -= cf[j * K + m] * cf[j * K + m];
+        uint pj = j * K - j * (j - 1) / 2; /* packed index of (j, j) */
+        rvs_real thr = psd_tol * (acc[2 * pj] + acc[2 * pj + 1]);
+        /* y_j itself in the span to rounding: row and column j of GN exactly zero; else a
+         * pivot at the rounding level (y_j's projection a combination of earlier ones'):
+         * column j zero, the row keeps its coupling to the earlier directions */
+        int keep = d > thr;
+        rvs_real ljj = keep ? sqrt(d) : (rvs_real)0;
+        if (!(mm[j * K + j] > thr))
+            for (uint m = 0; m < j; m++)
+                cf[j * K + m] = 0;
+        for (uint i2 = 0; i2 < K; i2++) {
+            if (i2 < j) {
+                cf[i2 * K + j] = 0;
+            } else if (i2 == j) {
+                cf[j * K + j] = ljj;
+            } else {
+                rvs_real t = mm[i2 * K + j];
+                for (uint m = 0; m < j; m++)
+                    t -= cf[i2 * K + m] * cf[j * K + m];
+                cf[i2 * K + j] = keep ? t / ljj : (rvs_real)0;
+            }
+        }
+    }
+    for (uint k = 0; k < K; k++)
+        for (uint l = 0; l < K; l++) {
+            rvs_real t = 0;
+            uint top = k < l ? k : l;
+            for (uint m = 0; m <= top; m++)
+                t += cf[k * K + m] * cf[l * K + m];
+            gn[(e * K + k) * K + l] = ok ? 2 * t : (rvs_real)NAN;
+        }
 }

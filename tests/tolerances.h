@@ -42,6 +42,25 @@
  * s1): 3 x 13 x eps = 2.3e-6 c. The bound takes c = 13. Measured: 2.7e-6 continuum-normalised,
  * 4.2e-6 raw flux (PoCL, c ~ 2); 1.2e-5 raw flux with NVIDIA's OpenCL on an H200 (c ~ 5). */
 #define RVS_TOL_CCF_FP32_REL 3e-5
+/* rvs_chisq_eval_deriv (tests/test_chisq_deriv.c says what each error is normalised by):
+ * chi^2 vs rvs_chisq_eval relative (the same sum; measured 0, bitwise); gradient vs the
+ * long-double reference over its rounding scale, fp64 (measured 3e-15) and fp32 (6e-9); vs
+ * Richardson finite differences of rvs_chisq_eval, fp64 only (1.3e-13); Gauss-Newton matrix
+ * over max 2|y_k|^2, fp64 (5.7e-15) and fp32 (4.5e-7); its smallest eigenvalue over its
+ * largest diagonal (9e-18, 4.5e-10: rounding of cf cf^T); the scale tangent's closed form
+ * 2 npoly or 0, absolute (6e-9, 2e-6) */
+#define RVS_TOL_CHISQ_DERIV_CHISQ 1e-13
+#define RVS_TOL_CHISQ_DERIV_GRAD_FP64 1e-11
+#define RVS_TOL_CHISQ_DERIV_GRAD_FP32 1e-7
+#define RVS_TOL_CHISQ_DERIV_GRAD_FD 1e-7
+#define RVS_TOL_CHISQ_DERIV_GN_FP64 1e-11
+#define RVS_TOL_CHISQ_DERIV_GN_FP32 4e-6
+#define RVS_TOL_CHISQ_DERIV_PSD_FP64 1e-12
+#define RVS_TOL_CHISQ_DERIV_PSD_FP32 1e-6
+/* the closed form of the scale tangent (2 npoly or 0), absolute: fp64 5e-8 of 2 npoly = 20,
+ * fp32 5e-6 (the sum's terms carry a float's rounding; a's error enters at first order) */
+#define RVS_TOL_CHISQ_DERIV_SCALE_FP64 1e-6
+#define RVS_TOL_CHISQ_DERIV_SCALE_FP32 1e-4
 /* GEMM: eps * 4k relative to the scale of the inputs (see tests/test_gemm.c) */
 
 #endif

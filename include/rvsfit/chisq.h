@@ -78,6 +78,55 @@ int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem mo
                    cl_mem spectrum_index, size_t E, cl_mem chisq, cl_mem coeffs,
                    cl_mem best_model);
 
+/* Largest number of tangents (fit parameters) rvs_chisq_eval_deriv accepts per request. */
+#define RVS_CHISQ_MAX_TANGENTS 8
+
+/* chi^2 of E requests as rvs_chisq_eval, with its exact derivatives along K tangents.
+ *
+ * Inputs. models: E x n rvs_real, the template T of request e at the data pixels in row e (the
+ * layout of rvs_chisq_eval, so one buffer serves both). tangents: E K x n rvs_real, T_k =
+ * dT/dx_k of request e in row e K + k (k < K: the request's K rows follow each other).
+ * spectrum_index: E cl_int, as rvs_chisq_eval. 1 <= K <= RVS_CHISQ_MAX_TANGENTS.
+ *
+ * Outputs. chisq: 2 E rvs_real (hi, lo), the value rvs_chisq_eval returns (the same bits
+ * when the derivative kernel runs at the residual pass's work-group size, as on CPU devices;
+ * else to rounding). grad: E x K rvs_real, grad[e K + k] = d chi^2 / dx_k. gn (may be NULL):
+ * E x K x K rvs_real, gn[(e K + k) K + l], a symmetric positive semi-definite Gauss-Newton
+ * approximation of the Hessian d^2 chi^2 / dx_k dx_l.
+ *
+ * What is computed, with t = T/sigma, t_k = T_k/sigma, S = diag(t) P^T, S_k = diag(t_k) P^T,
+ * G = S^T S, a = G^-1 S^T D, c = P^T a (the continuum), r = D - S a, the hat values
+ * h_i = p_i^T G^-1 p_i (p_i the basis at pixel i), dG_k = S_k^T S + S^T S_k:
+ *   gradient = -2 r^T S_k a + tr(G^-1 dG_k) [- npoly tr(dG_k) / tr G]
+ *            = sum_i t_ki z_i,  z_i = 2 (t_i h_i - r_i c_i) [- 2 npoly t_i |q_i|^2 / tr G],
+ * exact for the profiled objective: a is the minimiser of |r|^2, so its own change does not
+ * enter (envelope theorem). The bracket is the scale-free prior (rvs_chisq_arm_set_scale_free),
+ * with tr G and q_i, as in rvs_chisq_eval, in the arm's orthonormalised basis Q (|q_i|^2 is
+ * the unweighted hat value p_i^T (P P^T)^-1 p_i, so it depends on the basis's span only).
+ *   GN = 2 J^T J, J_k = -(I - Pi_S) S_k a, Pi_S = S G^-1 S^T:
+ *      = 2 (Y^T Y - U^T G^-1 U), Y = [S_1 a .. S_K a] (n x K), U = S^T Y,
+ * the variable-projection Jacobian of Kaufman (1975). Left out of the Hessian: the
+ * Golub-Pereyra term of dr/dx (-S G^-1 S_k^T r, zero at a perfect fit), the residual's
+ * curvature r^T d^2r/dx_k dx_l (second derivatives of T, not available here), and all second
+ * derivatives of log det G and of the scale-free term (they are not positive semi-definite
+ * and, at S/N >~ 10, much smaller than J^T J; tests/test_chisq_deriv.c measures the total
+ * against a finite-difference Hessian). Pivots of the Schur complement Y^T Y - U^T G^-1 U
+ * below 4 (npoly + K) eps of the unprojected |y_k|^2 (eps of rvs_real) are taken as zero:
+ * a tangent whose y_k lies in the continuum's span to rounding (a pure scale change of the
+ * template, say) gets an exactly zero row and column rather than rounding noise of either
+ * sign; a tangent whose projection is a combination of earlier ones' keeps its couplings.
+ *
+ * Rank-deficient G: chi^2 +inf, grad and gn NaN. Non-finite model or tangent values, or a bad
+ * spectrum index: grad and gn NaN (chi^2 as rvs_chisq_eval: NaN unless only a tangent is bad).
+ *
+ * Cost: rvs_chisq_eval's Gram GEMMs and per-request solve, then one fused pass over the pixels
+ * that reads T, the K tangents, D, 1/sigma and the basis once and sums |r|^2, the gradient,
+ * Y^T Y and U together (O(n (npoly^2 + K npoly + K^2)) per request). Enqueued on ctx->queue;
+ * workspace and allocation failures as rvs_chisq_eval. */
+int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
+                         cl_mem tangents, size_t K, cl_mem spectrum_index, size_t E,
+                         cl_mem chisq, cl_mem grad, cl_mem gn);
+
 /* Reads E chi^2 values written by rvs_chisq_eval into doubles (hi + lo summed in double). */
 int rvs_chisq_read(struct rvs_context *ctx, cl_mem chisq, size_t E, double *out);
 

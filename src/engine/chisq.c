@@ -36,8 +36,9 @@ struct rvs_chisq_arm {
     /* workspace for up to cap requests */
     size_t cap, last_e;
     cl_mem x1, x2, gpart, gh, gl, v, fac, coef, logdet, mode;
-    cl_kernel k_prepare, k_reduce, k_solve, k_residual, k_refine;
+    cl_kernel k_prepare, k_reduce, k_solve, k_residual, k_refine, k_deriv;
     size_t local; /* residual work-group size, a power of two */
+    size_t deriv_kwg; /* the derivative kernel's largest work-group on this device */
 };
 
 size_t rvs_chisq_arm_npoly(const struct rvs_chisq_arm *arm) { return arm->np; }
@@ -162,6 +163,7 @@ void rvs_chisq_arm_destroy(struct rvs_chisq_arm **arm)
     release_kernel(&a->k_solve);
     release_kernel(&a->k_residual);
     release_kernel(&a->k_refine);
+    release_kernel(&a->k_deriv);
     free(a);
     *arm = NULL;
 }
@@ -320,6 +322,10 @@ int rvs_chisq_arm_create(struct rvs_context *ctx, const double *lam, size_t n, s
     RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_solve", &arm->k_solve));
     RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_residual", &arm->k_residual));
     RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_refine", &arm->k_refine));
+    RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_deriv", &arm->k_deriv));
+    RVS_CL_TRY(clGetKernelWorkGroupInfo(arm->k_deriv, ctx->caps.device,
+                                        CL_KERNEL_WORK_GROUP_SIZE, sizeof arm->deriv_kwg,
+                                        &arm->deriv_kwg, NULL));
 
     size_t kwg = 0;
     RVS_CL_TRY(clGetKernelWorkGroupInfo(arm->k_residual, ctx->caps.device,
@@ -516,25 +522,34 @@ cleanup:
     return status;
 }
 
-int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
-                   cl_mem spectrum_index, size_t E, cl_mem chisq, cl_mem coeffs,
-                   cl_mem best_model)
+/* The checks shared by rvs_chisq_eval and rvs_chisq_eval_deriv (`what` names the caller). */
+static int check_eval_args(struct rvs_context *ctx, const struct rvs_chisq_arm *arm,
+                           const char *what, int have_buffers, size_t E)
 {
-    int status = RVS_OK;
-    if (!arm || !models || !spectrum_index || !chisq || E > 0x7fffffff) {
-        rvs_log(RVS_LOG_ERROR, "chisq", "eval: missing arm, models, index or output");
+    if (!arm || !have_buffers || E > 0x7fffffff) {
+        rvs_log(RVS_LOG_ERROR, "chisq", "%s: missing arm, models, index or output", what);
         return RVS_ERR_INVALID_ARGUMENT;
     }
     if (arm->S == 0) {
-        rvs_log(RVS_LOG_ERROR, "chisq", "eval: no spectra; call rvs_chisq_arm_set_data first");
+        rvs_log(RVS_LOG_ERROR, "chisq", "%s: no spectra; call rvs_chisq_arm_set_data first",
+                what);
         return RVS_ERR_INVALID_ARGUMENT;
     }
-    if (E == 0)
-        return RVS_OK;
     if (arm->fp64 != ctx->use_fp64) {
-        rvs_log(RVS_LOG_ERROR, "chisq", "eval: arm and context disagree on fp64");
+        rvs_log(RVS_LOG_ERROR, "chisq", "%s: arm and context disagree on fp64", what);
         return RVS_ERR_INVALID_ARGUMENT;
     }
+    return RVS_OK;
+}
+
+/* Everything of rvs_chisq_eval before its final pass over the pixels: X1, X2, the Gram and
+ * projection GEMMs, the per-request solve and (fp32) one refinement of the coefficients.
+ * Leaves G (gh, gl), the factors (fac), coefficients (coef), log det and modes in the
+ * workspace. */
+static int solve_stage(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
+                       cl_mem spectrum_index, size_t E)
+{
+    int status = RVS_OK;
     RVS_TRY(ensure_workspace(ctx, arm, E));
     arm->last_e = E;
     size_t np = arm->np, npair = arm->npair, n_pad = arm->n_pad;
@@ -619,7 +634,115 @@ int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem mo
         RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->coef));
         RVS_TRY(rvs_kernel_launch_1d(ctx, k, E, 0));
     }
+cleanup:
+    return status;
+}
+
+int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
+                   cl_mem spectrum_index, size_t E, cl_mem chisq, cl_mem coeffs,
+                   cl_mem best_model)
+{
+    int status = RVS_OK;
+    RVS_TRY(check_eval_args(ctx, arm, "eval", models && spectrum_index && chisq, E));
+    if (E == 0)
+        return RVS_OK;
+    RVS_TRY(solve_stage(ctx, arm, models, spectrum_index, E));
     RVS_TRY(residual_pass(ctx, arm, models, spectrum_index, E, 1, chisq, coeffs, best_model));
+cleanup:
+    return status;
+}
+
+/* Local memory of rvs_chisq_deriv at work-group size L, in rvs_real elements: the tile (the
+ * largest of its three uses), the accumulators' (sum, comp) pairs, lsum + lcomp, G^-1. */
+static size_t deriv_tile(size_t L, size_t np, size_t K)
+{
+    size_t t = (K + np) * L;
+    if (t < np * np) /* the columns of L^-1 */
+        t = np * np;
+    if (t < np * K + 2 * K * K) /* G^-1 U, M and its Cholesky factor */
+        t = np * K + 2 * K * K;
+    return t;
+}
+
+static size_t deriv_local_elems(size_t L, size_t np, size_t K)
+{
+    size_t nacc = K * (K + 1) / 2 + np * K;
+    return deriv_tile(L, np, K) + 2 * nacc + 2 * L + np * np;
+}
+
+int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
+                         cl_mem tangents, size_t K, cl_mem spectrum_index, size_t E,
+                         cl_mem chisq, cl_mem grad, cl_mem gn)
+{
+    int status = RVS_OK;
+    RVS_TRY(check_eval_args(ctx, arm, "eval_deriv",
+                            models && tangents && spectrum_index && chisq && grad, E));
+    if (K == 0 || K > RVS_CHISQ_MAX_TANGENTS) {
+        rvs_log(RVS_LOG_ERROR, "chisq", "eval_deriv: %zu tangents per request (1..%d)", K,
+                RVS_CHISQ_MAX_TANGENTS);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    if (E == 0)
+        return RVS_OK;
+    size_t np = arm->np, es = arm->es;
+    /* The residual pass's work-group size where the tile fits, so chi^2 is the same sum to
+     * the bit; else halved until it fits (chi^2 then differs from rvs_chisq_eval's by
+     * rounding only). A device's static local arrays (ah, al, gout: < 1 KiB) are left room. */
+    size_t L = arm->local, lmem = (size_t)ctx->caps.local_mem_size;
+    while (L > 1 && (L > arm->deriv_kwg || deriv_local_elems(L, np, K) * es + 1024 > lmem))
+        L /= 2;
+    if (deriv_local_elems(L, np, K) * es + 1024 > lmem) {
+        rvs_log(RVS_LOG_ERROR, "chisq",
+                "eval_deriv: %zu bytes of local memory needed for npoly %zu and %zu tangents, "
+                "the device has %zu; use fewer tangents or a smaller basis",
+                deriv_local_elems(L, np, K) * es + 1024, np, K, lmem);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    RVS_TRY(solve_stage(ctx, arm, models, spectrum_index, E));
+
+    cl_kernel k = arm->k_deriv;
+    cl_uint n32 = (cl_uint)arm->n, np32 = (cl_uint)np, k32 = (cl_uint)K, e32 = (cl_uint)E;
+    cl_uint s32 = (cl_uint)arm->S;
+    cl_int scale_free = arm->scale_free, want_gn = gn != NULL;
+    cl_mem gl = arm->fp64 ? arm->gh : arm->gl;
+    size_t nacc = K * (K + 1) / 2 + np * K;
+    cl_uint a = 0;
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &models));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &tangents));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &spectrum_index));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->dh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->dl));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->sh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->sl));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->ph));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->pl));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->coef));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->gh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &gl));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->fac));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logdet));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logsig));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->mode));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof n32, &n32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof np32, &np32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof k32, &k32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof e32, &e32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof s32, &s32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof scale_free, &scale_free));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_gn, &want_gn));
+    /* Schur-complement pivots below this fraction of the unprojected |y_k|^2 are rounding
+     * noise of the cancellation Y^T Y - U^T G^-1 U (npoly + K terms of each entry) */
+    double eps = arm->fp64 ? DBL_EPSILON : FLT_EPSILON;
+    RVS_TRY(real_arg(arm, k, a++, 4.0 * (double)(np + K) * eps));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &chisq));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &grad));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), want_gn ? &gn : &grad)); /* unused if no GN */
+    RVS_TRY(rvs_kernel_arg(k, a++, deriv_tile(L, np, K) * es, NULL));
+    RVS_TRY(rvs_kernel_arg(k, a++, 2 * nacc * es, NULL));
+    RVS_TRY(rvs_kernel_arg(k, a++, L * es, NULL));
+    RVS_TRY(rvs_kernel_arg(k, a++, L * es, NULL));
+    RVS_TRY(rvs_kernel_arg(k, a++, np * np * es, NULL));
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k, L, E, L, 1));
 cleanup:
     return status;
 }
