@@ -698,7 +698,8 @@ __kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rv
                               __global const rvs_real *gh, __global const rvs_real *gl,
                               __global const rvs_real *fac, __global const rvs_real *logdet,
                               __global const rvs_real *logsig, __global const int *mode_in,
-                              uint n, uint np, uint K, uint E, uint S, int scale_free,
+                              uint n, uint np, uint K, uint E, uint S, uint trow0,
+                              int scale_free,
                               int want_gn, rvs_real psd_tol, __global rvs_real *chisq,
                               __global rvs_real *grad, __global rvs_real *gn,
                               __local rvs_real *tile, __local rvs_acc *acc,
@@ -801,7 +802,7 @@ __kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rv
             }
             rvs_real z = 2 * (tt * (h - sf * lev) - r * c);
             for (uint k = 0; k < K; k++) {
-                rvs_real tk = tangents[(e * K + k) * n + i] * sv;
+                rvs_real tk = tangents[((size_t)trow0 + (size_t)k * E + e) * n + i] * sv;
                 rvs_ksum_add(&gacc[k], tk * z);
                 ty[k * L + lid] = tk * c;
             }

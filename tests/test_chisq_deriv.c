@@ -405,7 +405,20 @@ static double run_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cons
                         const double *tan, const cl_int *index, size_t n, size_t E, size_t K,
                         double *chisq, double *grad, double *gn)
 {
-    cl_mem dm = upload(ctx, models, E * n), dt = upload(ctx, tan, E * K * n);
+    /* the tangents in the device layout (K blocks of E rows): after the models in one buffer
+     * (as the engine passes them) for even E, in a buffer of their own for odd E */
+    int shared = E % 2 == 0;
+    size_t row0 = shared ? E : 0;
+    double *rows = malloc((row0 + K * E) * n * sizeof *rows);
+    CHECK(rows != NULL, "out of memory");
+    if (shared)
+        memcpy(rows, models, E * n * sizeof *rows);
+    for (size_t e = 0; e < E; e++)
+        for (size_t k = 0; k < K; k++)
+            memcpy(rows + (row0 + k * E + e) * n, tan + (e * K + k) * n, n * sizeof *rows);
+    cl_mem dt = upload(ctx, rows, (row0 + K * E) * n);
+    cl_mem dm = shared ? dt : upload(ctx, models, E * n);
+    free(rows);
     cl_mem dc = scratch(ctx, 2 * E), dg = scratch(ctx, E * K);
     cl_mem dh = gn ? scratch(ctx, E * K * K) : NULL, di = NULL;
     int st = rvs_buffer_create(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, E * sizeof *index,
@@ -413,7 +426,7 @@ static double run_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cons
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (st == RVS_OK)
-        st = rvs_chisq_eval_deriv(ctx, arm, dm, dt, K, di, E, dc, dg, dh);
+        st = rvs_chisq_eval_deriv(ctx, arm, dm, dt, row0, K, di, E, dc, dg, dh);
     if (st == RVS_OK)
         st = clFinish(ctx->queue);
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -423,7 +436,9 @@ static double run_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cons
     download(ctx, dg, E * K, grad);
     if (gn)
         download(ctx, dh, E * K * K, gn);
-    rvs_buffer_release(&dm), rvs_buffer_release(&dt), rvs_buffer_release(&dc);
+    if (!shared)
+        rvs_buffer_release(&dm);
+    rvs_buffer_release(&dt), rvs_buffer_release(&dc);
     rvs_buffer_release(&dg), rvs_buffer_release(&dh), rvs_buffer_release(&di);
     return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
 }

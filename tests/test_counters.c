@@ -46,6 +46,7 @@ static counters diff(const counters *b, const counters *a)
     d.gemm_calls -= a->gemm_calls;
     d.fft_transforms -= a->fft_transforms;
     d.fills -= a->fills;
+    d.copies -= a->copies;
     d.writes -= a->writes;
     d.reads -= a->reads;
     d.maps -= a->maps;

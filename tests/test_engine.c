@@ -8,7 +8,10 @@
  * (fp64) or RVS_TOL_ENGINE_FP32_ABS absolute (forced fp32); best-fit models and coefficients
  * (model space) RVS_TOL_FP64_REL / RVS_TOL_FP32_REL; the same requests in other batches
  * (chunked passes, allocation-failure retries) RVS_TOL_ENGINE_REBATCH_REL relative (plus
- * RVS_TOL_ENGINE_FP32_ABS in fp32). The whole test takes ~10 s on PoCL here. */
+ * RVS_TOL_ENGINE_FP32_ABS in fp32). rvs_engine_derivs (issue 18): its chi^2 is
+ * rvs_engine_eval's, its gradient a central difference of rvs_engine_eval within
+ * RVS_TOL_ENGINE_GRAD of the gradient's own scale, its Gauss-Newton matrix symmetric positive
+ * semi-definite. The whole test takes ~15 s on PoCL here. */
 #include <config.h>
 
 #include <stdlib.h>
@@ -255,6 +258,155 @@ static void check_chunking(struct rvs_context *ctx, void *state, const char *lab
     free(tot0), free(arm0);
 }
 
+/* rvs_engine_derivs against rvs_engine_eval: the same chi^2; each gradient component against a
+ * fourth-order central difference (+-h, +-2h) with h a fifth of a standard error
+ * (h_k = 0.2 / sqrt(GN_kk / 2)): small enough for the random networks' curvature, large enough
+ * that the float32 emulator's rounding noise in chi^2 (~1e-3 here) stays far below the change;
+ * errors measured in units of the gradient's scale sqrt(GN_kk) (a gradient of 1 unit moves the
+ * optimum by ~1 sigma). vsini
+ * <= 0 has a zero vsini derivative (no rotation); a vsini step never crosses 0. The GN matrix is
+ * symmetric and positive semi-definite; non-finite requests stay non-finite; chunked passes give
+ * the same derivatives. */
+static void check_derivs(struct rvs_context *ctx, void *state, const char *label)
+{
+    enum { ND = RVS_ENGINE_NDERIV, NQ = 48 };
+    struct rvs_engine *g = rvs_engine_routine_engine(state);
+    const struct rvs_engine_request *req = rvs_engine_routine_requests(state);
+    size_t E, narm;
+    const double *tot, *arm;
+    CHECK(rvs_routine_engine.run(ctx, state) == RVS_OK, "%s: eval", label);
+    rvs_engine_routine_results(state, &E, &narm, &tot, &arm);
+    size_t nq = E < NQ ? E : NQ;
+    struct rvs_engine_request q[NQ], pts[4 * NQ];
+    double c[NQ], grad[NQ * ND], gn[NQ * ND * ND], grad2[NQ * ND], gn2[NQ * ND * ND], c2[NQ];
+    double fpm[4 * NQ], h[NQ][ND];
+    /* every 7th request of the scenario: a mix of arms, vsini and templates */
+    for (size_t i = 0; i < nq; i++)
+        q[i] = req[(i * 7) % E];
+    int st = rvs_engine_derivs(g, q, nq, c, NULL, grad, gn);
+    CHECK(st == RVS_OK, "%s: rvs_engine_derivs: %s", label, rvs_strerror(st));
+    if (st != RVS_OK)
+        return;
+    double ec = 0, eg = 0, asym = 0, neg = 0;
+    size_t nfinite = 0, ncheck = 0;
+    for (size_t i = 0; i < nq; i++) {
+        double ref = tot[(i * 7) % E];
+        CHECK(isfinite(c[i]) == isfinite(ref), "%s: request %zu: chi^2 %g, eval %g", label, i,
+              c[i], ref);
+        if (!isfinite(c[i]) || !isfinite(ref)) {
+            for (int k = 0; k < ND; k++)
+                CHECK(isnan(grad[i * ND + k]), "%s: request %zu: gradient %g where chi^2 is not "
+                      "finite", label, i, grad[i * ND + k]);
+            continue;
+        }
+        nfinite++;
+        ec = fmax(ec, fabs(c[i] - ref) / fmax(fabs(ref), 1));
+        const double *m = gn + i * ND * ND;
+        for (int k = 0; k < ND; k++)
+            for (int l = 0; l < ND; l++)
+                asym = fmax(asym, fabs(m[k * ND + l] - m[l * ND + k]) /
+                                      sqrt(fmax(m[k * ND + k] * m[l * ND + l], 1e-300)));
+        /* smallest eigenvalue's sign through a Cholesky of GN + tiny ridge */
+        double L[ND][ND], ridge = 0;
+        for (int k = 0; k < ND; k++)
+            ridge = fmax(ridge, m[k * ND + k]);
+        ridge = ridge * 1e-9 + 1e-300;
+        for (int a = 0; a < ND; a++)
+            for (int b = 0; b <= a; b++) {
+                double sum = m[a * ND + b] + (a == b ? ridge : 0);
+                for (int k = 0; k < b; k++)
+                    sum -= L[a][k] * L[b][k];
+                if (a == b) {
+                    if (!(sum > 0))
+                        neg = fmax(neg, -sum / ridge);
+                    L[a][a] = sqrt(fmax(sum, ridge));
+                } else
+                    L[a][b] = sum / L[b][b];
+            }
+        if (q[i].vsini <= 0)
+            CHECK(grad[i * ND + RVS_ENGINE_D_VSINI] == 0, "%s: request %zu: vsini 0, d/dvsini "
+                  "%g", label, i, grad[i * ND + RVS_ENGINE_D_VSINI]);
+    }
+    /* the central differences: one call per parameter for all requests */
+    for (int k = 0; k < ND; k++) {
+        size_t np = 0;
+        for (size_t i = 0; i < nq; i++) {
+            double gkk = gn[(i * ND + k) * ND + k];
+            h[i][k] = 0;
+            if (!isfinite(c[i]) || !(gkk > 0))
+                continue;
+            double hk = 0.2 / sqrt(gkk / 2);
+            if (k == RVS_ENGINE_D_VSINI) {
+                if (q[i].vsini <= 0)
+                    continue;
+                hk = fmin(hk, 0.25 * q[i].vsini);
+            }
+            h[i][k] = hk;
+            static const double mult[4] = {1, -1, 2, -2};
+            for (int t = 0; t < 4; t++) {
+                struct rvs_engine_request r = q[i];
+                double *x[ND] = {&r.vrad, &r.vsini, &r.teff, &r.logg, &r.feh, &r.alpha};
+                *x[k] += mult[t] * hk;
+                pts[np++] = r;
+            }
+        }
+        if (np == 0)
+            continue;
+        CHECK(rvs_engine_eval(g, pts, np, fpm, NULL) == RVS_OK, "%s: eval of the differences",
+              label);
+        size_t j = 0;
+        for (size_t i = 0; i < nq; i++) {
+            if (h[i][k] == 0)
+                continue;
+            double f1 = fpm[j], f_1 = fpm[j + 1], f2 = fpm[j + 2], f_2 = fpm[j + 3];
+            j += 4;
+            if (!isfinite(f1) || !isfinite(f_1) || !isfinite(f2) || !isfinite(f_2))
+                continue; /* a step left the template's coverage */
+            double fd = (8 * (f1 - f_1) - (f2 - f_2)) / (12 * h[i][k]);
+            double scale = sqrt(gn[(i * ND + k) * ND + k]);
+            double e = fabs(grad[i * ND + k] - fd) / scale;
+            if (!(e <= (ctx->use_fp64 ? RVS_TOL_ENGINE_GRAD : RVS_TOL_ENGINE_GRAD_FP32)))
+                printf("    request %zu parameter %d: gradient %.6g, difference %.6g (h %.3g, "
+                       "scale %.3g)\n", i, k, grad[i * ND + k], fd, h[i][k], scale);
+            eg = fmax(eg, e);
+            ncheck++;
+        }
+    }
+    printf("  %s: %zu requests (%zu finite), %zu gradient components: chi^2 vs eval %.2e, "
+           "gradient vs differences %.3e of its scale (tol %.1e), GN asymmetry %.1e, "
+           "negative pivots %.1e\n", label, nq, nfinite, ncheck, ec, eg,
+           ctx->use_fp64 ? RVS_TOL_ENGINE_GRAD : RVS_TOL_ENGINE_GRAD_FP32, asym, neg);
+    CHECK(nfinite > nq / 2 && ncheck > 3 * nfinite, "%s: too few checks (%zu finite, %zu)",
+          label, nfinite, ncheck);
+    CHECK(ec <= (ctx->use_fp64 ? RVS_TOL_ENGINE_FP64_REL : RVS_TOL_ENGINE_FP32_ABS),
+          "%s: derivs' chi^2 differs from eval's by %.3e", label, ec);
+    double tol = ctx->use_fp64 ? RVS_TOL_ENGINE_GRAD : RVS_TOL_ENGINE_GRAD_FP32;
+    CHECK(eg <= tol, "%s: gradient error %.3e > %.1e", label, eg, tol);
+    CHECK(asym <= 1e-12 && neg == 0, "%s: GN asymmetry %.3e, negative pivots %.3e", label, asym,
+          neg);
+
+    /* chunked passes: the same derivatives */
+    rvs_engine_set_chunk_limits(g, 5, 3);
+    CHECK(rvs_engine_derivs(g, q, nq, c2, NULL, grad2, gn2) == RVS_OK, "%s: chunked", label);
+    rvs_engine_set_chunk_limits(g, 0, 0);
+    int ok = 1;
+    double d = fmax(result_diff(ctx, c2, c, nq, &ok),
+                    fmax(result_diff(ctx, grad2, grad, nq * ND, &ok),
+                         result_diff(ctx, gn2, gn, nq * ND * ND, &ok)));
+    printf("  %s: chunked derivatives: max relative difference %.3e\n", label, d);
+    CHECK(ok || d <= 1e-5, "%s: chunked derivatives differ by %.3e", label, d);
+
+    /* bad requests: NaN derivatives, their neighbours unchanged */
+    struct rvs_engine_request bad[3] = {q[0], q[1], q[2]};
+    double cb[3], gb[3 * ND];
+    bad[1].teff = NAN;
+    CHECK(rvs_engine_derivs(g, bad, 3, cb, NULL, gb, NULL) == RVS_OK, "%s: bad request", label);
+    int bad_ok = isnan(cb[1]) && (!isfinite(c[0]) || gb[0] == grad[0]);
+    for (int k = 0; k < ND; k++)
+        bad_ok = bad_ok && isnan(gb[ND + k]);
+    CHECK(bad_ok, "%s: a NaN theta: chi^2 %g, gradient %g (want NaN)", label, cb[1], gb[ND]);
+}
+
 /* Continuum-only fits of every spectrum (rvspecfit's get_chisq_continuum). */
 static void check_continuum(struct rvs_context *ctx, void *state, const char *label)
 {
@@ -329,6 +481,9 @@ static void run_all(struct rvs_context *ctx)
     with_scenario(ctx, &mixed, check_continuum, "continuum only");
     with_scenario(ctx, &mixed, check_api, "api");
     with_scenario(ctx, &mixed, check_set_errors, "new errors");
+    with_scenario(ctx, &mixed, check_derivs, "derivatives");
+    const struct rvs_routine_args twoarm = C(300, 16, 12, 3 | ENG_VSINI | ENG_TWOARMS | ENG_BN);
+    with_scenario(ctx, &twoarm, check_derivs, "derivatives, two arms, no resolution");
 }
 
 int main(void)

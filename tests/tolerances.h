@@ -31,6 +31,13 @@
  * differently by ~1 ulp (6e-8 relative flux) when other rows share the call (OpenBLAS; CLBlast
  * tiles alike), which moves chi^2 by up to ~1.3e-7 relative (measured, chi^2 up to 1e5) */
 #define RVS_TOL_ENGINE_REBATCH_REL 1e-6
+/* rvs_engine_derivs' gradient vs a central difference of rvs_engine_eval with a 1-sigma step
+ * (tests/test_engine.c), in units of the gradient's scale sqrt(GN_kk): the difference's cubic
+ * term and the float32 emulator's noise in chi^2 over the step. */
+#define RVS_TOL_ENGINE_GRAD 2e-2
+/* the same in forced fp32, where chi^2 itself carries ~RVS_TOL_ENGINE_FP32_ABS of rounding:
+ * over the difference's 0.28-unit step that is ~0.05 units */
+#define RVS_TOL_ENGINE_GRAD_FP32 1e-1
 /* rvsfit-cl-mkgrid spectra at DESI resolution vs values stored from the code before its
  * speed-up (tests/test_mkgrid_reference.c): relative (measured <= 1.9e-4) */
 #define RVS_TOL_MKGRID_REF 1e-3

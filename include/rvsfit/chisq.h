@@ -84,9 +84,11 @@ int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem mo
 /* chi^2 of E requests as rvs_chisq_eval, with its exact derivatives along K tangents.
  *
  * Inputs. models: E x n rvs_real, the template T of request e at the data pixels in row e (the
- * layout of rvs_chisq_eval, so one buffer serves both). tangents: E K x n rvs_real, T_k =
- * dT/dx_k of request e in row e K + k (k < K: the request's K rows follow each other).
- * spectrum_index: E cl_int, as rvs_chisq_eval. 1 <= K <= RVS_CHISQ_MAX_TANGENTS.
+ * layout of rvs_chisq_eval, so one buffer serves both). tangents: rows of n rvs_real, T_k =
+ * dT/dx_k of request e in row tangent_row0 + k E + e (K blocks of E rows, the layout in which
+ * the engine's spline and resolution passes write them); tangents may be the models buffer
+ * itself with tangent_row0 >= E. spectrum_index: E cl_int, as rvs_chisq_eval.
+ * 1 <= K <= RVS_CHISQ_MAX_TANGENTS.
  *
  * Outputs. chisq: 2 E rvs_real (hi, lo), the value rvs_chisq_eval returns (the same bits
  * when the derivative kernel runs at the residual pass's work-group size, as on CPU devices;
@@ -124,8 +126,8 @@ int rvs_chisq_eval(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem mo
  * Y^T Y and U together (O(n (npoly^2 + K npoly + K^2)) per request). Enqueued on ctx->queue;
  * workspace and allocation failures as rvs_chisq_eval. */
 int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
-                         cl_mem tangents, size_t K, cl_mem spectrum_index, size_t E,
-                         cl_mem chisq, cl_mem grad, cl_mem gn);
+                         cl_mem tangents, size_t tangent_row0, size_t K, cl_mem spectrum_index,
+                         size_t E, cl_mem chisq, cl_mem grad, cl_mem gn);
 
 /* Reads E chi^2 values written by rvs_chisq_eval into doubles (hi + lo summed in double). */
 int rvs_chisq_read(struct rvs_context *ctx, cl_mem chisq, size_t E, double *out);

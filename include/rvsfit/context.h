@@ -45,6 +45,7 @@ struct rvs_context_counters {
     unsigned long long gemm_calls;      /* rvs_gemm_* calls that reached CLBlast or OpenBLAS */
     unsigned long long fft_transforms;  /* clfftEnqueueTransform calls */
     unsigned long long fills;           /* clEnqueueFillBuffer calls */
+    unsigned long long copies;          /* clEnqueueCopyBuffer calls (device to device) */
     unsigned long long writes, reads, maps; /* transfer commands (maps: OpenBLAS path) */
     unsigned long long bytes_to_device; /* writes and buffers created from host data */
     unsigned long long bytes_from_device; /* reads */
@@ -95,7 +96,8 @@ int rvs_context_kernel(struct rvs_context *ctx, const char *program_name, const 
 void rvs_context_counters_get(const struct rvs_context *ctx, struct rvs_context_counters *out);
 /* Zeroes every count; the peaks restart from the memory held now (mem_current, fft_work). */
 void rvs_context_counters_reset(struct rvs_context *ctx);
-/* Device commands in a counter set: kernel launches + GEMM calls + FFT transforms + fills. */
+/* Device commands in a counter set: kernel launches + GEMM calls + FFT transforms + fills +
+ * copies. */
 unsigned long long rvs_context_counters_commands(const struct rvs_context_counters *c);
 
 /* Bytes per rvs_real element on the device: 8 with fp64 accumulation, else 4. */
@@ -118,6 +120,10 @@ int rvs_buffer_write_async(struct rvs_context *ctx, cl_mem buffer, size_t offset
 /* Fills `bytes` from `offset` with copies of a pattern of pattern_size bytes (on the device). */
 int rvs_buffer_fill(struct rvs_context *ctx, cl_mem buffer, const void *pattern,
                     size_t pattern_size, size_t offset, size_t bytes);
+/* Copies `bytes` from src at src_offset to dst at dst_offset on the device (kernels take whole
+ * buffers, so rows computed apart are joined this way). */
+int rvs_buffer_copy(struct rvs_context *ctx, cl_mem src, size_t src_offset, cl_mem dst,
+                    size_t dst_offset, size_t bytes);
 /* Fails (RVS_ERR_INVALID_ARGUMENT, logged under `module` naming the `what` buffer) unless the
  * buffer holds at least `bytes`: the argument check of every batched device call. */
 int rvs_buffer_check_size(const char *module, cl_mem buffer, size_t bytes, const char *what);

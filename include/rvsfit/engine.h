@@ -166,6 +166,30 @@ int rvs_engine_models(struct rvs_engine *engine, const struct rvs_engine_request
                       double *chisq_total, double *chisq_arm, double *const *models,
                       double *const *coeffs);
 
+/* The parameters the derivatives are taken with respect to, in this order (the fitter's x). */
+enum rvs_engine_param {
+    RVS_ENGINE_D_VRAD = 0, /* km/s */
+    RVS_ENGINE_D_VSINI,    /* km/s */
+    RVS_ENGINE_D_TEFF,     /* K */
+    RVS_ENGINE_D_LOGG,     /* dex */
+    RVS_ENGINE_D_FEH,      /* dex */
+    RVS_ENGINE_D_ALPHA,    /* dex */
+    RVS_ENGINE_NDERIV
+};
+
+/* As rvs_engine_eval, and the exact derivatives of -2 log L along (v, vsini, teff, logg, feh,
+ * alpha), summed over the arms the spectrum has: grad[e * RVS_ENGINE_NDERIV + k] and, when gn
+ * is not NULL, gn[(e * RVS_ENGINE_NDERIV + k) * RVS_ENGINE_NDERIV + l], the Gauss-Newton matrix
+ * (symmetric, positive semi-definite; rvs_chisq_eval_deriv says what it leaves out). The
+ * template's tangents come from the emulator's forward-mode tangents (theta), the rotation
+ * kernel's derivative (vsini; 0 for vsini <= 0, where the template is not rotated) and the
+ * spline's derivative at the Doppler-shifted wavelengths (v); they go through the resolution
+ * matrix like the template. A request whose chi^2 is not finite in some arm gets NaN
+ * derivatives. One device pass per chunk, as rvs_engine_eval, with about six times its
+ * template work and seven times its per-request work. */
+int rvs_engine_derivs(struct rvs_engine *engine, const struct rvs_engine_request *req, size_t E,
+                      double *chisq_total, double *chisq_arm, double *grad, double *gn);
+
 /* The continuum-only fit of every spectrum of the batch (rvspecfit's get_chisq_continuum: a
  * template of ones, through the resolution matrix when the arm has one): chisq_arm[s * narms + a]
  * is -2 log L of that fit (0 for an arm the spectrum lacks) and, per arm where not NULL,

@@ -80,6 +80,7 @@ enum option_id {
     OPT_NO_CCF_CONTINUUM_NORMALIZE,
     OPT_BATCH_SIZE,
     OPT_CLIP_SIGMA,
+    OPT_OPTIMIZER,
     OPT_RVSPECFIT_LIKELIHOOD,
     OPT_NO_OVERLAP,
     OPT_PROFILE,
@@ -131,6 +132,7 @@ static const struct rvs_cli_option cli_options[] = {
     {"resolution-matrix", no_argument, OPT_RESOLUTION_MATRIX, NULL, "convolve models with the files' resolution matrices (the default for a library made for them, LSFRMAT = T)", G_FIT},
     {"no-resolution-matrix", no_argument, OPT_NO_RESOLUTION_MATRIX, NULL, "do not (the default for other libraries, as rvspecfit)", G_FIT},
     {"clip-sigma", required_argument, OPT_CLIP_SIGMA, "K", "leave out pixels whose residual at the optimum exceeds K robust sigmas (cosmics the mask missed) and refit (default 5; 0: rvspecfit's likelihood, nothing left out)", G_FIT},
+    {"optimizer", required_argument, OPT_OPTIMIZER, "KIND", "derivatives of the optimizer: 'stencil' (finite differences, default) or 'exact' (the gradient and Gauss-Newton Hessian through the model, one evaluation per step)", G_FIT},
     {"rvspecfit-likelihood", no_argument, OPT_RVSPECFIT_LIKELIHOOD, NULL, "rvspecfit's exact likelihood, for comparisons: no outlier clipping (--clip-sigma 0) and a flat prior on the continuum coefficients, which depends on the templates' flux scale", G_FIT},
     {"no-ccf-continuum-normalize", no_argument, OPT_NO_CCF_CONTINUUM_NORMALIZE, NULL, "do not divide by the continuum before the CCF", G_FIT},
     {"device", required_argument, OPT_DEVICE, "SPEC", "OpenCL device: index, P:D, name substring, cpu or gpu (default: $RVSFIT_CL_DEVICE, else "
@@ -339,6 +341,7 @@ struct settings {
     struct rvs_context_options ctx;
     long long batch_size;
     double clip_sigma;
+    int exact_derivatives;
     int rvspecfit_likelihood;
     int no_overlap, profile, list_devices, self_test, mpi;
     /* messages */
@@ -611,6 +614,14 @@ static int apply_option(struct settings *s, int opt, const char *arg, int *stop_
         if (!(s->clip_sigma == 0 || (s->clip_sigma >= 2 && s->clip_sigma <= 1000)))
             return usage_error("invalid --clip-sigma '%s': 0 (no clipping) or 2..1000", arg);
         return RVS_EXIT_OK;
+    case OPT_OPTIMIZER:
+        if (strcmp(arg, "exact") == 0)
+            s->exact_derivatives = 1;
+        else if (strcmp(arg, "stencil") == 0)
+            s->exact_derivatives = 0;
+        else
+            return usage_error("invalid --optimizer '%s': 'stencil' or 'exact'", arg);
+        return RVS_EXIT_OK;
     case OPT_RVSPECFIT_LIKELIHOOD:
         s->rvspecfit_likelihood = 1;
         return RVS_EXIT_OK;
@@ -838,6 +849,7 @@ static void show_config(const struct settings *s, const struct effective *e)
            "clipping)" : "scale-free continuum prior, outlier clipping");
     printf("clip_sigma = %g%s\n", s->rvspecfit_likelihood ? 0 : s->clip_sigma,
            s->clip_sigma > 0 && !s->rvspecfit_likelihood ? "" : " (off)");
+    printf("optimizer = %s\n", s->exact_derivatives ? "exact" : "stencil");
     if (s->batch_size > 0)
         printf("batch_size = %lld\n", s->batch_size);
     else
@@ -1057,6 +1069,7 @@ static int run_files(const struct settings *s, const struct effective *e, const 
     ro.fit.param_init = s->param_init;
     ro.fit.batch_size = (size_t)s->batch_size;
     ro.fit.clip_sigma = s->rvspecfit_likelihood ? 0 : s->clip_sigma;
+    ro.fit.exact_derivatives = s->exact_derivatives;
     ro.fit.scale_free_continuum = !s->rvspecfit_likelihood;
     ro.naming.output_dir = s->output_dir;
     ro.naming.tab_prefix = s->tab_prefix;

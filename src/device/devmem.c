@@ -113,7 +113,7 @@ void rvs_context_counters_reset(struct rvs_context *ctx)
 
 unsigned long long rvs_context_counters_commands(const struct rvs_context_counters *c)
 {
-    return c->kernel_launches + c->gemm_calls + c->fft_transforms + c->fills;
+    return c->kernel_launches + c->gemm_calls + c->fft_transforms + c->fills + c->copies;
 }
 
 /* ------------------------------------------------------------------ buffers and transfers */
@@ -197,6 +197,22 @@ int rvs_buffer_fill(struct rvs_context *ctx, cl_mem buffer, const void *pattern,
         return err;
     }
     ctx->counters.fills++;
+    return err;
+}
+
+int rvs_buffer_copy(struct rvs_context *ctx, cl_mem src, size_t src_offset, cl_mem dst,
+                    size_t dst_offset, size_t bytes)
+{
+    if (bytes == 0)
+        return RVS_OK;
+    cl_int err = clEnqueueCopyBuffer(ctx->queue, src, dst, src_offset, dst_offset, bytes, 0, NULL,
+                                     NULL);
+    if (err != CL_SUCCESS) {
+        rvs_log(RVS_LOG_ERROR, "devmem", "copying %zu bytes on the device failed: %s", bytes,
+                rvs_strerror(err));
+        return err;
+    }
+    ctx->counters.copies++;
     return err;
 }
 

@@ -671,8 +671,8 @@ static size_t deriv_local_elems(size_t L, size_t np, size_t K)
 }
 
 int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
-                         cl_mem tangents, size_t K, cl_mem spectrum_index, size_t E,
-                         cl_mem chisq, cl_mem grad, cl_mem gn)
+                         cl_mem tangents, size_t tangent_row0, size_t K, cl_mem spectrum_index,
+                         size_t E, cl_mem chisq, cl_mem grad, cl_mem gn)
 {
     int status = RVS_OK;
     RVS_TRY(check_eval_args(ctx, arm, "eval_deriv",
@@ -685,6 +685,13 @@ int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_
     if (E == 0)
         return RVS_OK;
     size_t np = arm->np, es = arm->es;
+    if (tangent_row0 > UINT32_MAX) {
+        rvs_log(RVS_LOG_ERROR, "chisq", "eval_deriv: tangent_row0 %zu beyond 2^32-1",
+                tangent_row0);
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    RVS_TRY(rvs_buffer_check_size("chisq", tangents, (tangent_row0 + K * E) * arm->n * es,
+                                  "tangents"));
     /* The residual pass's work-group size where the tile fits, so chi^2 is the same sum to
      * the bit; else halved until it fits (chi^2 then differs from rvs_chisq_eval's by
      * rounding only). A device's static local arrays (ah, al, gout: < 1 KiB) are left room. */
@@ -702,7 +709,7 @@ int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_
 
     cl_kernel k = arm->k_deriv;
     cl_uint n32 = (cl_uint)arm->n, np32 = (cl_uint)np, k32 = (cl_uint)K, e32 = (cl_uint)E;
-    cl_uint s32 = (cl_uint)arm->S;
+    cl_uint s32 = (cl_uint)arm->S, row0 = (cl_uint)tangent_row0;
     cl_int scale_free = arm->scale_free, want_gn = gn != NULL;
     cl_mem gl = arm->fp64 ? arm->gh : arm->gl;
     size_t nacc = K * (K + 1) / 2 + np * K;
@@ -728,6 +735,7 @@ int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof k32, &k32));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof e32, &e32));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof s32, &s32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof row0, &row0));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof scale_free, &scale_free));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_gn, &want_gn));
     /* Schur-complement pivots below this fraction of the unprojected |y_k|^2 are rounding

@@ -59,7 +59,9 @@ void rvs_engine_release_work(struct rvs_engine *g)
 {
     struct grow_buf *all[] = {&g->params, &g->tmpl,  &g->rot,   &g->coef,   &g->tidx,
                               &g->vel,    &g->sidx,  &g->ptidx, &g->pvel,   &g->psidx,
-                              &g->model,  &g->res,   &g->chisq, &g->coeffs, &g->best};
+                              &g->model,  &g->res,   &g->chisq, &g->coeffs, &g->best,
+                              &g->drot,   &g->drow,  &g->xtidx, &g->xvel,   &g->xsidx,
+                              &g->grad,   &g->gn};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         rvs_buffer_release(&all[i]->mem);
         all[i]->bytes = 0;
@@ -253,10 +255,18 @@ cleanup:
 /* ------------------------------------------------------------------ memory budget */
 
 /* Device bytes per request of a pass (all arms; the chi^2 workspace is per arm). */
-size_t rvs_engine_bytes_per_request(const struct rvs_engine *g, int with_models)
+size_t rvs_engine_bytes_per_request(const struct rvs_engine *g, int with_models, int with_derivs)
 {
     size_t es = g->es, b = 0;
-    b += es * g->n_max * (1 + (size_t)g->any_res); /* model, resolution output */
+    /* model, resolution output; with derivatives seven rows each (the template and its six
+     * tangents) and the v-derivative rows before they join them */
+    size_t rows = with_derivs ? 1 + RVS_ENGINE_NDERIV : 1;
+    b += es * g->n_max * rows * (1 + (size_t)g->any_res);
+    if (with_derivs) {
+        b += es * g->n_max;                                  /* v-derivative rows */
+        b += (size_t)RVS_ENGINE_NDERIV * (4 + es) + rows * 4; /* extended indices, velocities */
+        b += es * RVS_ENGINE_NDERIV * (1 + RVS_ENGINE_NDERIV); /* gradients, GN matrices */
+    }
     b += es * 2 * 2 + 4 * 4;                        /* velocities, indices (+ per-arm copies) */
     b += es * 2;                                    /* chi^2 (hi, lo) */
     if (with_models)
@@ -272,17 +282,21 @@ size_t rvs_engine_bytes_per_request(const struct rvs_engine *g, int with_models)
 }
 
 /* Device bytes per unique template of a pass. */
-size_t rvs_engine_bytes_per_template(const struct rvs_engine *g)
+size_t rvs_engine_bytes_per_template(const struct rvs_engine *g, int with_derivs)
 {
+    /* with derivatives: the emulator's value and four theta tangents, their rotations and the
+     * vsini derivative (six rows), six splines */
+    size_t nn_rows = with_derivs ? 1 + RVS_ENGINE_NPARAM : 1;
+    size_t rows = with_derivs ? 2 + RVS_ENGINE_NPARAM : 1;
     size_t es = g->es, b = 0, coef = 0;
-    b += es * g->tn_max * 2 + es * RVS_ENGINE_NPARAM + 4; /* NN out, rotated */
+    b += es * g->tn_max * (nn_rows + rows + (with_derivs ? 1 : 0)) + es * RVS_ENGINE_NPARAM + 4;
     for (size_t a = 0; a < g->narms; a++) {
         const struct engine_arm *r = &g->arm[a];
         coef = r->coef_per_tmpl > coef ? r->coef_per_tmpl : coef;
         /* NN ping-pong work space and widened pc output; rotation work rows (FFT path) */
-        b += 4 * (2 * ENGINE_NN_WIDTH_GUESS + r->tn) + 2 * es * (r->tn + 2);
+        b += nn_rows * 4 * (2 * ENGINE_NN_WIDTH_GUESS + r->tn) + rows * 2 * es * (r->tn + 2);
     }
-    return b + coef;
+    return b + rows * coef;
 }
 
 size_t rvs_engine_resident_bytes(const struct rvs_engine *g)
@@ -331,7 +345,7 @@ size_t rvs_engine_max_batch(const struct rvs_engine *g, size_t rps, size_t tps)
     }
     if (tps == 0 || tps > rps)
         tps = rps;
-    per_spec += rps * rvs_engine_bytes_per_request(g, 0) + tps * rvs_engine_bytes_per_template(g);
+    per_spec += rps * rvs_engine_bytes_per_request(g, 0, 0) + tps * rvs_engine_bytes_per_template(g, 0);
     size_t S = rvs_engine_budget_bytes(g) / (per_spec ? per_spec : 1);
     size_t by_alloc = (size_t)g->ctx->caps.max_alloc_size / (per_spec_alloc ? per_spec_alloc : 1);
     S = S < by_alloc ? S : by_alloc;
@@ -524,7 +538,7 @@ int rvs_engine_continuum(struct rvs_engine *g, double *chisq_arm, double *const 
     double t_call = rvs_engine_now();
     size_t cap_req, cap_tmpl;
     rvs_engine_alloc_caps(g, &cap_req, &cap_tmpl);
-    size_t per_req = rvs_engine_bytes_per_request(g, 1), budget = rvs_engine_budget_bytes(g), res = rvs_engine_resident_bytes(g);
+    size_t per_req = rvs_engine_bytes_per_request(g, 1, 0), budget = rvs_engine_budget_bytes(g), res = rvs_engine_resident_bytes(g);
     size_t by_mem = budget > res ? (budget - res) / per_req : 1;
     cap_req = cap_req < by_mem ? cap_req : by_mem;
     if (g->user_req)

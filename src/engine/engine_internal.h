@@ -58,6 +58,9 @@ struct rvs_engine {
     struct rvs_engine_stats stats;
     struct grow_buf params, tmpl, rot, coef, tidx, vel, sidx, ptidx, pvel, psidx;
     struct grow_buf model, res, chisq, coeffs, best;
+    /* rvs_engine_derivs: the vsini-derivative rows of the rotation, the v-derivative rows of the
+     * spline, the extended index/velocity arrays of the tangent rows, gradients, GN matrices */
+    struct grow_buf drot, drow, xtidx, xvel, xsidx, grad, gn;
 };
 
 /* engine.c: helpers of both files. */
@@ -76,8 +79,8 @@ int rvs_engine_stage_end(struct rvs_engine *g, enum rvs_engine_stage stage, doub
 /* The memory budget: device bytes per request (all arms) and per unique template of a pass, the
  * batch's resident data, the engine's share of the device, and the caps the largest single
  * allocation sets per request and per template. */
-size_t rvs_engine_bytes_per_request(const struct rvs_engine *g, int with_models);
-size_t rvs_engine_bytes_per_template(const struct rvs_engine *g);
+size_t rvs_engine_bytes_per_request(const struct rvs_engine *g, int with_models, int with_derivs);
+size_t rvs_engine_bytes_per_template(const struct rvs_engine *g, int with_derivs);
 size_t rvs_engine_resident_bytes(const struct rvs_engine *g);
 size_t rvs_engine_budget_bytes(const struct rvs_engine *g);
 void rvs_engine_alloc_caps(const struct rvs_engine *g, size_t *max_req, size_t *max_tmpl);

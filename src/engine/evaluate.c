@@ -102,10 +102,17 @@ struct plan {
     double *h_vsini, *h_chisq;
     int32_t *arm_req; /* chunk requests of the current arm (request ids) */
     void *h_best, *h_coef;
+    /* derivatives: rotation rows and their vsini, the tangent rows' template index, velocity
+     * and spectrum, gradients and GN matrices read back */
+    cl_int *h_rrows, *h_xtidx, *h_xsidx;
+    double *h_rvsini;
+    void *h_xvel, *h_grad, *h_gn;
 };
 
 static void plan_free(struct plan *p)
 {
+    free(p->h_rrows), free(p->h_xtidx), free(p->h_xsidx), free(p->h_rvsini), free(p->h_xvel);
+    free(p->h_grad), free(p->h_gn);
     free(p->tv_of_req), free(p->theta_of_tv), free(p->theta), free(p->vsini_of_tv);
     free(p->rank_of_tv), free(p->tv_at_rank), free(p->order);
     free(p->h_params), free(p->h_vel), free(p->h_pvel), free(p->h_nnrow), free(p->h_tidx);
@@ -212,7 +219,7 @@ cleanup:
 
 /* Staging arrays big enough for a chunk of up to ereq requests and ntmpl templates. */
 static int plan_staging(struct rvs_engine *g, struct plan *p, size_t ereq, size_t ntmpl,
-                        int with_models)
+                        int with_models, int with_derivs)
 {
     size_t es = g->es;
     ereq = ereq ? ereq : 1;
@@ -232,6 +239,19 @@ static int plan_staging(struct rvs_engine *g, struct plan *p, size_t ereq, size_
         p->h_best = rvs_malloc(ereq * g->n_max * es);
         p->h_coef = rvs_malloc(ereq * g->np_max * es);
     }
+    if (with_derivs) {
+        const size_t nd = RVS_ENGINE_NDERIV;
+        p->h_rrows = rvs_malloc(ntmpl * (1 + RVS_ENGINE_NPARAM) * sizeof(cl_int));
+        p->h_rvsini = rvs_malloc(ntmpl * (1 + RVS_ENGINE_NPARAM) * sizeof(double));
+        p->h_xtidx = rvs_malloc(ereq * nd * sizeof(cl_int));
+        p->h_xvel = rvs_malloc(ereq * nd * es);
+        p->h_xsidx = rvs_malloc(ereq * (1 + nd) * sizeof(cl_int));
+        p->h_grad = rvs_malloc(ereq * nd * es);
+        p->h_gn = rvs_malloc(ereq * nd * nd * es);
+        if (!p->h_rrows || !p->h_rvsini || !p->h_xtidx || !p->h_xvel || !p->h_xsidx ||
+            !p->h_grad || !p->h_gn)
+            return RVS_ERR_NOMEM;
+    }
     if (!p->h_params || !p->h_vel || !p->h_pvel || !p->h_nnrow || !p->h_tidx || !p->h_sidx ||
         !p->h_ptidx || !p->h_psidx || !p->h_vsini || !p->h_chisq || !p->arm_req ||
         (with_models && (!p->h_best || !p->h_coef)))
@@ -243,7 +263,127 @@ static int plan_staging(struct rvs_engine *g, struct plan *p, size_t ereq, size_
 struct outputs {
     double *chisq_arm; /* E x narms, always (internal when the caller passed NULL) */
     double *const *models, *const *coeffs;
+    double *grad, *gn; /* rvs_engine_derivs: E x NDERIV, E x NDERIV^2 (summed over arms) */
 };
+
+/* rvs_engine_derivs's rows on the device. The emulator gives the template and its tangents in
+ * theta (blocks 0 and 1..4 of its output), the rotation turns them into rotated rows and adds
+ * the vsini derivative (block 5), the spline evaluates blocks 0..5 at the requests' velocities
+ * and adds the v derivative (block 6): block b of the model rows holds request i's row at
+ * b Ea + i, the layout rvs_chisq_eval_deriv takes. Which parameter each tangent block is: */
+static const int tangent_param[RVS_ENGINE_NDERIV] = {
+    RVS_ENGINE_D_TEFF, RVS_ENGINE_D_LOGG,  RVS_ENGINE_D_FEH,
+    RVS_ENGINE_D_ALPHA, RVS_ENGINE_D_VSINI, RVS_ENGINE_D_VRAD};
+
+/* One arm of a chunk with derivatives: Uth emulator rows, Ut templates (template k reads
+ * emulator row h_nnrow[k] and rotates with h_vsini[k]), the arm's Ea requests arm_req[0..Ea)
+ * (chunk positions) with their template index, spectrum and velocity on the device in tidx,
+ * sidx, vel. Results into out, summed over arms. */
+static int arm_derivs(struct rvs_engine *g, struct plan *p, size_t a, size_t c0, size_t Uth,
+                      size_t Ut, size_t Ea, cl_mem tidx, cl_mem sidx, cl_mem vel,
+                      struct outputs *out)
+{
+    int status = RVS_OK;
+    struct rvs_context *ctx = g->ctx;
+    struct engine_arm *r = &g->arm[a];
+    const int fp64 = ctx->use_fp64;
+    const size_t es = g->es, nd = RVS_ENGINE_NDERIV, nb = 1 + RVS_ENGINE_NPARAM;
+    const size_t tn = r->tn, n = r->n, rowb = n * es;
+    double t0;
+
+    /* host: rows of the rotation (emulator block b of template k's theta), the tangent rows'
+     * template index (spline block b of the request's template), velocity and spectrum */
+    for (size_t b = 0; b < nb; b++)
+        for (size_t k = 0; k < Ut; k++) {
+            p->h_rrows[b * Ut + k] = (cl_int)(b * Uth) + p->h_nnrow[k];
+            p->h_rvsini[b * Ut + k] = p->h_vsini[k];
+        }
+    for (size_t k = 0; k < Ea; k++) {
+        size_t i = (size_t)p->arm_req[k];
+        for (size_t b = 0; b < nd; b++) {
+            p->h_xtidx[b * Ea + k] = (cl_int)(b * Ut) + p->h_tidx[i];
+            rvs_real_put(fp64, p->h_xvel, b * Ea + k, rvs_real_get(fp64, p->h_vel, i));
+        }
+        for (size_t b = 0; b <= nd; b++)
+            p->h_xsidx[b * Ea + k] = p->h_sidx[i];
+    }
+    RVS_TRY(rvs_engine_grow(ctx, &g->xtidx, nd * Ea * sizeof(cl_int)));
+    RVS_TRY(rvs_engine_grow(ctx, &g->xvel, nd * Ea * es));
+    RVS_TRY(rvs_engine_grow(ctx, &g->xsidx, (1 + nd) * Ea * sizeof(cl_int)));
+    t0 = rvs_engine_stage_begin(g);
+    RVS_TRY(rvs_engine_upload(g, g->xtidx.mem, p->h_xtidx, nd * Ea * sizeof(cl_int)));
+    RVS_TRY(rvs_engine_upload(g, g->xvel.mem, p->h_xvel, nd * Ea * es));
+    RVS_TRY(rvs_engine_upload(g, g->xsidx.mem, p->h_xsidx, (1 + nd) * Ea * sizeof(cl_int)));
+    RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_UPLOAD, t0, 3));
+
+    t0 = rvs_engine_stage_begin(g);
+    RVS_TRY(rvs_nn_forward_tangent(ctx, r->nn, g->params.mem, Uth, g->tmpl.mem,
+                                   RVS_NN_FLUX_REAL));
+    g->stats.nn_rows += Uth;
+    RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_NN, t0, 1));
+
+    /* rotation: template and theta tangents (linear: the template's vsini), then the vsini
+     * derivative of the template, joined as block nb */
+    t0 = rvs_engine_stage_begin(g);
+    RVS_TRY(rvs_rotation_apply_rows(ctx, r->rot, g->tmpl.mem, p->h_rrows, nb * Uth, nb * Ut,
+                                    p->h_rvsini, r->lnstep, RVS_ROTATION_EPS, g->rot.mem));
+    RVS_TRY(rvs_rotation_apply_rows_dvsini(ctx, r->rot, g->tmpl.mem, p->h_nnrow, Uth, Ut,
+                                           p->h_vsini, r->lnstep, RVS_ROTATION_EPS,
+                                           g->drot.mem));
+    RVS_TRY(rvs_buffer_copy(ctx, g->drot.mem, 0, g->rot.mem, nb * Ut * tn * es, Ut * tn * es));
+    RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_ROTATION, t0, 3));
+
+    t0 = rvs_engine_stage_begin(g);
+    RVS_TRY(rvs_spline_construct(ctx, r->grid, g->rot.mem, (nb + 1) * Ut, g->coef.mem));
+    g->stats.templates_built += Ut;
+    RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_SPLINE_BUILD, t0, 1));
+
+    /* blocks 0..nb of the model rows at the requests' velocities, then d/dv as block nd */
+    t0 = rvs_engine_stage_begin(g);
+    RVS_TRY(rvs_spline_eval(ctx, r->grid, g->coef.mem, (nb + 1) * Ut, g->xtidx.mem, g->xvel.mem,
+                            nd * Ea, r->lam, n, g->model.mem));
+    RVS_TRY(rvs_spline_eval_dv(ctx, r->grid, g->coef.mem, (nb + 1) * Ut, tidx, vel, Ea, r->lam, n,
+                               NULL, g->drow.mem));
+    RVS_TRY(rvs_buffer_copy(ctx, g->drow.mem, 0, g->model.mem, nd * Ea * rowb, Ea * rowb));
+    g->stats.spline_evals += Ea;
+    RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_SPLINE_EVAL, t0, 3));
+
+    cl_mem m = g->model.mem;
+    if (r->ndiag > 0) {
+        t0 = rvs_engine_stage_begin(g);
+        RVS_TRY(rvs_resolution_apply(ctx, r->rdata, g->S, r->ndiag, n, m, g->xsidx.mem,
+                                     (1 + nd) * Ea, g->res.mem));
+        RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_RESOLUTION, t0, 1));
+        m = g->res.mem;
+    }
+    t0 = rvs_engine_stage_begin(g);
+    RVS_TRY(rvs_chisq_eval_deriv(ctx, r->chisq, m, m, Ea, nd, sidx, Ea, g->chisq.mem, g->grad.mem,
+                                 out->gn ? g->gn.mem : NULL));
+    RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_CHISQ, t0, 1));
+
+    t0 = rvs_engine_stage_begin(g);
+    RVS_TRY(rvs_chisq_read(ctx, g->chisq.mem, Ea, p->h_chisq));
+    RVS_TRY(rvs_buffer_read(ctx, g->grad.mem, 0, Ea * nd * es, p->h_grad));
+    if (out->gn)
+        RVS_TRY(rvs_buffer_read(ctx, g->gn.mem, 0, Ea * nd * nd * es, p->h_gn));
+    g->stats.bytes_out += Ea * es * (2 + nd + (out->gn ? nd * nd : 0));
+    RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_DOWNLOAD, t0, out->gn ? 3 : 2));
+
+    for (size_t k = 0; k < Ea; k++) {
+        size_t e = (size_t)p->order[c0 + (size_t)p->arm_req[k]];
+        out->chisq_arm[e * g->narms + a] = p->h_chisq[k];
+        for (size_t i = 0; i < nd; i++) {
+            size_t pi = (size_t)tangent_param[i];
+            out->grad[e * nd + pi] += rvs_real_get(fp64, p->h_grad, k * nd + i);
+            if (out->gn)
+                for (size_t j = 0; j < nd; j++)
+                    out->gn[(e * nd + pi) * nd + (size_t)tangent_param[j]] +=
+                        rvs_real_get(fp64, p->h_gn, (k * nd + i) * nd + j);
+        }
+    }
+cleanup:
+    return status;
+}
 
 /* One device pass over order[c0, c1): every arm, results into out. */
 static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
@@ -254,6 +394,7 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
     int fp64 = ctx->use_fp64;
     size_t es = g->es, Ec = c1 - c0;
     int with_models = out->models || out->coeffs;
+    int with_derivs = out->grad != NULL;
     if (g->sim_fail_above && Ec > g->sim_fail_above) {
         rvs_log(RVS_LOG_DEBUG, "engine", "simulated allocation failure for %zu requests", Ec);
         return CL_MEM_OBJECT_ALLOCATION_FAILURE;
@@ -289,24 +430,37 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
         rvs_real_put(fp64, p->h_vel, i, q->vrad);
     }
 
-    /* device buffers for this pass */
+    /* device buffers for this pass; with derivatives the emulator gives 1 + NPARAM rows per
+     * theta, the rotation and the splines 2 + NPARAM per template (the vsini derivative
+     * added), and the model 1 + NDERIV rows per request (arm_derivs) */
+    const size_t nn_rows = with_derivs ? 1 + RVS_ENGINE_NPARAM : 1;
+    const size_t t_rows = with_derivs ? 2 + RVS_ENGINE_NPARAM : 1;
+    const size_t m_rows = with_derivs ? 1 + RVS_ENGINE_NDERIV : 1;
     size_t tbytes = Ut * g->tn_max * es, ebytes = Ec * g->n_max * es;
     RVS_TRY(rvs_engine_grow(ctx, &g->params, Uth * RVS_ENGINE_NPARAM * es));
-    RVS_TRY(rvs_engine_grow(ctx, &g->tmpl, Uth * g->tn_max * es));
-    if (rotate)
-        RVS_TRY(rvs_engine_grow(ctx, &g->rot, tbytes));
+    RVS_TRY(rvs_engine_grow(ctx, &g->tmpl, nn_rows * Uth * g->tn_max * es));
+    if (rotate || with_derivs)
+        RVS_TRY(rvs_engine_grow(ctx, &g->rot, t_rows * tbytes));
     size_t coef_bytes = 0;
     for (size_t a = 0; a < g->narms; a++) {
-        size_t b = rvs_spline_coeffs_bytes(ctx, g->arm[a].grid, Ut);
+        size_t b = rvs_spline_coeffs_bytes(ctx, g->arm[a].grid, t_rows * Ut);
         coef_bytes = b > coef_bytes ? b : coef_bytes;
     }
     RVS_TRY(rvs_engine_grow(ctx, &g->coef, coef_bytes));
     RVS_TRY(rvs_engine_grow(ctx, &g->tidx, Ec * sizeof(cl_int)));
     RVS_TRY(rvs_engine_grow(ctx, &g->sidx, Ec * sizeof(cl_int)));
     RVS_TRY(rvs_engine_grow(ctx, &g->vel, Ec * es));
-    RVS_TRY(rvs_engine_grow(ctx, &g->model, ebytes));
+    RVS_TRY(rvs_engine_grow(ctx, &g->model, m_rows * ebytes));
     if (g->any_res)
-        RVS_TRY(rvs_engine_grow(ctx, &g->res, ebytes));
+        RVS_TRY(rvs_engine_grow(ctx, &g->res, m_rows * ebytes));
+    if (with_derivs) {
+        RVS_TRY(rvs_engine_grow(ctx, &g->drot, tbytes));
+        RVS_TRY(rvs_engine_grow(ctx, &g->drow, ebytes));
+        RVS_TRY(rvs_engine_grow(ctx, &g->grad, Ec * RVS_ENGINE_NDERIV * es));
+        if (out->gn)
+            RVS_TRY(rvs_engine_grow(ctx, &g->gn,
+                                    Ec * RVS_ENGINE_NDERIV * RVS_ENGINE_NDERIV * es));
+    }
     RVS_TRY(rvs_engine_grow(ctx, &g->chisq, 2 * Ec * es));
     if (with_models) {
         RVS_TRY(rvs_engine_grow(ctx, &g->best, ebytes));
@@ -350,6 +504,10 @@ static int run_chunk(struct rvs_engine *g, struct plan *p, size_t c0, size_t c1,
             tidx = g->ptidx.mem;
             sidx = g->psidx.mem;
             vel = g->pvel.mem;
+        }
+        if (with_derivs) {
+            RVS_TRY(arm_derivs(g, p, a, c0, Uth, Ut, Ea, tidx, sidx, vel, out));
+            continue;
         }
 
         t0 = rvs_engine_stage_begin(g);
@@ -448,7 +606,7 @@ static size_t chunk_end(const struct rvs_engine *g, const struct plan *p, size_t
 
 static int engine_call(struct rvs_engine *g, const struct rvs_engine_request *req, size_t E,
                        double *chisq_total, double *chisq_arm, double *const *models,
-                       double *const *coeffs)
+                       double *const *coeffs, double *grad, double *gn)
 {
     int status = RVS_OK;
     struct plan p;
@@ -486,7 +644,16 @@ static int engine_call(struct rvs_engine *g, const struct rvs_engine_request *re
     g->stats.unique_templates += p.ntv;
     g->stats.invalid += E - p.nvalid;
 
-    /* defaults: NaN where an arm is used (overwritten by the device), 0 / NaN rows elsewhere */
+    /* defaults: NaN where an arm is used (overwritten by the device), 0 / NaN rows elsewhere;
+     * derivatives 0 (summed over the arms) for valid requests, NaN for the others */
+    const size_t nd = RVS_ENGINE_NDERIV;
+    for (size_t e = 0; e < E && grad; e++) {
+        double d0 = p.tv_of_req[e] >= 0 ? 0.0 : NAN;
+        for (size_t k = 0; k < nd; k++)
+            grad[e * nd + k] = d0;
+        for (size_t k = 0; gn && k < nd * nd; k++)
+            gn[e * nd * nd + k] = d0;
+    }
     for (size_t e = 0; e < E; e++)
         for (size_t a = 0; a < narms; a++) {
             int u = g->used[(size_t)req[e].spectrum * narms + a];
@@ -509,15 +676,16 @@ static int engine_call(struct rvs_engine *g, const struct rvs_engine_request *re
         cap_req = g->fail_req < cap_req ? g->fail_req : cap_req;
     if (g->fail_tmpl)
         cap_tmpl = g->fail_tmpl < cap_tmpl ? g->fail_tmpl : cap_tmpl;
-    size_t per_req = rvs_engine_bytes_per_request(g, with_models), per_tmpl = rvs_engine_bytes_per_template(g);
+    size_t per_req = rvs_engine_bytes_per_request(g, with_models, grad != NULL);
+    size_t per_tmpl = rvs_engine_bytes_per_template(g, grad != NULL);
     size_t budget = rvs_engine_budget_bytes(g), resident = rvs_engine_resident_bytes(g);
     budget = budget > resident + per_req + per_tmpl ? budget - resident : per_req + per_tmpl;
     /* staging for the largest chunk this call can form */
     size_t stage_req = p.nvalid < cap_req ? p.nvalid : cap_req;
     size_t stage_tmpl = p.ntv < cap_tmpl ? p.ntv : cap_tmpl;
-    RVS_TRY(plan_staging(g, &p, stage_req, stage_tmpl, with_models));
+    RVS_TRY(plan_staging(g, &p, stage_req, stage_tmpl, with_models, grad != NULL));
 
-    struct outputs out = {carm, models, coeffs};
+    struct outputs out = {carm, models, coeffs, grad, gn};
     size_t c0 = 0;
     while (c0 < p.nvalid) {
         size_t c1 = chunk_end(g, &p, c0, cap_req, cap_tmpl, per_req, per_tmpl, budget);
@@ -560,6 +728,13 @@ static int engine_call(struct rvs_engine *g, const struct rvs_engine_request *re
             if (g->used[(size_t)req[e].spectrum * narms + a])
                 sum += carm[e * narms + a];
         chisq_total[e] = sum;
+        /* an arm whose chi^2 is not finite has no derivatives */
+        if (grad && !isfinite(sum)) {
+            for (size_t k = 0; k < nd; k++)
+                grad[e * nd + k] = NAN;
+            for (size_t k = 0; gn && k < nd * nd; k++)
+                gn[e * nd * nd + k] = NAN;
+        }
     }
 cleanup:
     plan_free(&p);
@@ -571,13 +746,23 @@ cleanup:
 int rvs_engine_eval(struct rvs_engine *g, const struct rvs_engine_request *req, size_t E,
                     double *chisq_total, double *chisq_arm)
 {
-    return engine_call(g, req, E, chisq_total, chisq_arm, NULL, NULL);
+    return engine_call(g, req, E, chisq_total, chisq_arm, NULL, NULL, NULL, NULL);
+}
+
+int rvs_engine_derivs(struct rvs_engine *g, const struct rvs_engine_request *req, size_t E,
+                      double *chisq_total, double *chisq_arm, double *grad, double *gn)
+{
+    if (!grad) {
+        rvs_log(RVS_LOG_ERROR, "engine", "derivs: no gradient output");
+        return RVS_ERR_INVALID_ARGUMENT;
+    }
+    return engine_call(g, req, E, chisq_total, chisq_arm, NULL, NULL, grad, gn);
 }
 
 int rvs_engine_models(struct rvs_engine *g, const struct rvs_engine_request *req, size_t E,
                       double *chisq_total, double *chisq_arm, double *const *models,
                       double *const *coeffs)
 {
-    return engine_call(g, req, E, chisq_total, chisq_arm, models, coeffs);
+    return engine_call(g, req, E, chisq_total, chisq_arm, models, coeffs, NULL, NULL);
 }
 

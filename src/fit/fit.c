@@ -176,6 +176,8 @@ void rvs_fitter_destroy(struct rvs_fitter **fitter)
     free(f->req);
     free(f->chi);
     free(f->chi_arm);
+    free(f->grad);
+    free(f->gn);
     free(f);
     *fitter = NULL;
 }

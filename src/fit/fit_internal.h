@@ -10,6 +10,10 @@
 #include "rvsfit/engine.h"
 #include "rvsfit/fit.h"
 
+/* The fit parameters x = (v, vsini, teff, logg, feh, alpha) of the optimizer (src/fit/optimize.c,
+ * one walker per start): the engine's derivative order (enum rvs_engine_param). */
+#define RVS_FIT_NDIM RVS_ENGINE_NDERIV
+
 /* One point of the objective: spectrum, velocity, vsini, theta (teff, logg, feh, alpha). */
 struct rvs_fit_point {
     int s;
@@ -43,10 +47,12 @@ struct rvs_fitter {
     /* request scratch */
     struct rvs_engine_request *req;
     double *chi, *chi_arm;
+    double *grad, *gn; /* rvs_fit_objective_derivs: per request 6 and 36 */
     size_t cap;
     /* statistics */
     struct rvs_fit_profile prof;
     size_t newton_calls, newton_iter_max, newton_unconverged, posterior_rounds;
+    size_t derivative_evaluations; /* requests of rvs_fit_objective_derivs */
     struct rvs_fit_ccf *ccf;
     /* outlier clipping of the current batch (src/fit/clip.c), per engine arm [nt][npix] */
     unsigned char *clip[RVS_DESI_NARMS]; /* 1: left out as an outlier */
@@ -59,10 +65,16 @@ double rvs_fit_now(void);
 /* Objective values of n points in as few engine calls as the engine needs (one call). */
 int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n, int mode,
                       double *out, double *arm_out);
+/* The optimizer-mode objective of n points (rvs_fit_objective's RVS_FIT_OPTIMIZER) with its
+ * gradient g[i] and a Gauss-Newton Hessian H[i] in x = (v, vsini, teff, logg, feh, alpha), in
+ * one engine call (rvs_engine_derivs): chi^2's exact gradient and its Gauss-Newton matrix, the
+ * outside penalty's by finite differences on the host, the vsini clipping penalty's exactly.
+ * Points with the bad values (bounds, not covering the data, a non-finite arm) get NaN
+ * gradients. */
+int rvs_fit_objective_derivs(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n,
+                             double *out, double (*g)[RVS_FIT_NDIM],
+                             double (*H)[RVS_FIT_NDIM][RVS_FIT_NDIM]);
 
-/* The optimizer (src/fit/optimize.c): one walker per start, x = (v, vsini, teff, logg, feh,
- * alpha). */
-#define RVS_FIT_NDIM 6
 /* The optimizer's full stencil (src/fit/optimize.c): 28 points, of which 21 distinct
  * (theta, vsini) templates: the two velocity steps and the five (velocity, other) cross points
  * reuse the template of a point without the velocity step. The batch sizing needs both. */
@@ -92,6 +104,10 @@ void rvs_fit_walker_init(struct rvs_fit_walker *w, int s, const double x[RVS_FIT
 enum rvs_fit_stencils { RVS_FIT_STENCIL_FULL, RVS_FIT_STENCIL_DIAG };
 int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter,
                    enum rvs_fit_stencils stencils);
+/* The same iteration on exact derivatives (rvs_fit_objective_derivs): one point per walker and
+ * iteration, the Gauss-Newton Hessian in place of the stencil's. */
+int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
+                         size_t maxiter);
 /* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's
  * point (one engine call); bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,

@@ -426,6 +426,8 @@ static void add_stencil(struct stencil_call *c, size_t i, const double *x, const
 int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter,
                    enum rvs_fit_stencils stencils)
 {
+    if (f->cfg.exact_derivatives)
+        return rvs_fit_gauss_newton(f, w, nw, maxiter);
     int status = RVS_OK;
     struct stencil_call c = {0};
     c.pts = rvs_malloc((NSTENCIL * nw + 1) * sizeof *c.pts);
@@ -600,6 +602,141 @@ cleanup:
     free(fv);
     free(cand);
     free(hc);
+    free(pred);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The optimizer on exact derivatives (issue 18): each iteration asks for the objective, its
+ * gradient and its Gauss-Newton Hessian at one point per walker (rvs_fit_objective_derivs: one
+ * request with six tangents instead of a stencil of 13 to 28), then takes the same damped
+ * Newton (Levenberg-Marquardt) step as rvs_fit_newton. The scaled coordinates keep the stencil
+ * steps' meaning (one unit changes -2 log L by about STEP_DCHI), so the damping and the step cap
+ * behave as there. No re-measurement at other scales: the derivatives are exact at the point. */
+
+/* Takes exact derivatives at a walker's (new) point; stops it when the Newton decrement says
+ * nothing more is to be gained. */
+static void take_exact(struct rvs_fit_walker *s, const double g[ND], const double H[ND][ND])
+{
+    memcpy(s->g, g, sizeof s->g);
+    memcpy(s->H, H, sizeof s->H);
+    adapt_steps(s->H, s->hx, s->h);
+    memcpy(s->hx, s->h, sizeof s->hx);
+    s->iter++;
+    if (newton_decrement(s) < DECREMENT_TOL)
+        s->done = s->converged = 1;
+}
+
+static int finite_derivs(const double g[ND], const double H[ND][ND])
+{
+    for (int k = 0; k < ND; k++) {
+        if (!isfinite(g[k]))
+            return 0;
+        for (int l = 0; l < ND; l++)
+            if (!isfinite(H[k][l]))
+                return 0;
+    }
+    return 1;
+}
+
+int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
+                         size_t maxiter)
+{
+    int status = RVS_OK;
+    struct rvs_fit_point *pts = rvs_malloc((nw + 1) * sizeof *pts);
+    size_t *who = rvs_malloc((nw + 1) * sizeof *who);
+    double *fv = rvs_malloc((nw + 1) * sizeof *fv);
+    double (*gv)[ND] = rvs_malloc((nw + 1) * sizeof *gv);
+    double (*Hv)[ND][ND] = rvs_malloc((nw + 1) * sizeof *Hv);
+    double (*cand)[ND] = rvs_malloc((nw + 1) * sizeof *cand);
+    double *pred = rvs_malloc((nw + 1) * sizeof *pred);
+    if (!pts || !who || !fv || !gv || !Hv || !cand || !pred) {
+        status = RVS_ERR_NOMEM;
+        goto cleanup;
+    }
+    /* the derivatives at every active walker's current point (a walker coming from the
+     * stencils has only their estimates) */
+    size_t na = 0;
+    for (size_t i = 0; i < nw; i++) {
+        if (w[i].done)
+            continue;
+        memcpy(cand[i], w[i].x, sizeof cand[i]);
+        to_point(w[i].x, w[i].s, &pts[na]);
+        who[na++] = i;
+    }
+    if (na > 0) {
+        RVS_TRY(rvs_fit_objective_derivs(f, pts, na, fv, gv, Hv));
+        f->newton_calls++;
+        for (size_t q = 0; q < na; q++) {
+            struct rvs_fit_walker *s = &w[who[q]];
+            if (!(fv[q] < 1e29) || !finite_derivs(gv[q], Hv[q])) {
+                s->done = 1;
+                s->failed = 1;
+                continue;
+            }
+            s->fx = fv[q];
+            s->lambda = 1e-3;
+            s->rejects = 0;
+            take_exact(s, gv[q], Hv[q]);
+            trace(s, "exact", s->x, s->fx, 0);
+        }
+    }
+    for (size_t it = 0; it < maxiter; it++) {
+        na = 0;
+        for (size_t i = 0; i < nw; i++) {
+            struct rvs_fit_walker *s = &w[i];
+            if (s->done)
+                continue;
+            double dx[ND];
+            int pd;
+            pred[i] = newton_step(s, &s->lambda, dx, &pd);
+            if (!(pred[i] > 0.1 * DECREMENT_TOL)) {
+                s->done = 1;
+                s->converged = pd;
+                trace(s, pd ? "flat" : "flat-npd", s->x, s->fx, pred[i]);
+                continue;
+            }
+            shorten_to_hull(f, s->x, dx);
+            for (int k = 0; k < ND; k++)
+                cand[i][k] = s->x[k] + dx[k];
+            to_point(cand[i], s->s, &pts[na]);
+            who[na++] = i;
+        }
+        if (na == 0)
+            break;
+        RVS_TRY(rvs_fit_objective_derivs(f, pts, na, fv, gv, Hv));
+        f->newton_calls++;
+        for (size_t q = 0; q < na; q++) {
+            size_t i = who[q];
+            struct rvs_fit_walker *s = &w[i];
+            if (fv[q] < s->fx && finite_derivs(gv[q], Hv[q])) {
+                double rho = pred[i] > 0 ? (s->fx - fv[q]) / pred[i] : 1;
+                memcpy(s->x, cand[i], sizeof s->x);
+                s->fx = fv[q];
+                if (rho > 0.75)
+                    s->lambda /= 4;
+                else if (rho < 0.25)
+                    s->lambda *= 2;
+                if (s->lambda < 1e-6)
+                    s->lambda = 1e-6;
+                s->rejects = 0;
+                take_exact(s, gv[q], Hv[q]);
+                trace(s, s->done ? "accept*" : "accept-x", s->x, s->fx, pred[i]);
+            } else {
+                trace(s, "reject", cand[i], fv[q], pred[i]);
+                s->lambda = s->lambda < 0.1 ? 0.1 : s->lambda * 4;
+                if (++s->rejects > 12)
+                    s->done = 1;
+            }
+        }
+    }
+cleanup:
+    free(pts);
+    free(who);
+    free(fv);
+    free(gv);
+    free(Hv);
+    free(cand);
     free(pred);
     return status;
 }
