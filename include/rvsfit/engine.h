@@ -182,7 +182,8 @@ enum rvs_engine_param {
  * is not NULL, gn[(e * RVS_ENGINE_NDERIV + k) * RVS_ENGINE_NDERIV + l], the Gauss-Newton matrix
  * (symmetric, positive semi-definite; rvs_chisq_eval_deriv says what it leaves out). The
  * template's tangents come from the emulator's forward-mode tangents (theta), the rotation
- * kernel's derivative (vsini; 0 for vsini <= 0, where the template is not rotated) and the
+ * kernel's derivative (vsini; at vsini <= 0, where the template is not rotated, the derivative
+ * from the right, at vsini -> 0+, so that a fit at 0 can leave it) and the
  * spline's derivative at the Doppler-shifted wavelengths (v); they go through the resolution
  * matrix like the template. A request whose chi^2 is not finite in some arm gets NaN
  * derivatives. One device pass per chunk, as rvs_engine_eval, with about six times its

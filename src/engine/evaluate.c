@@ -242,7 +242,7 @@ static int plan_staging(struct rvs_engine *g, struct plan *p, size_t ereq, size_
     if (with_derivs) {
         const size_t nd = RVS_ENGINE_NDERIV;
         p->h_rrows = rvs_malloc(ntmpl * (1 + RVS_ENGINE_NPARAM) * sizeof(cl_int));
-        p->h_rvsini = rvs_malloc(ntmpl * (1 + RVS_ENGINE_NPARAM) * sizeof(double));
+        p->h_rvsini = rvs_malloc(ntmpl * (2 + RVS_ENGINE_NPARAM) * sizeof(double));
         p->h_xtidx = rvs_malloc(ereq * nd * sizeof(cl_int));
         p->h_xvel = rvs_malloc(ereq * nd * es);
         p->h_xsidx = rvs_malloc(ereq * (1 + nd) * sizeof(cl_int));
@@ -274,6 +274,10 @@ struct outputs {
 static const int tangent_param[RVS_ENGINE_NDERIV] = {
     RVS_ENGINE_D_TEFF, RVS_ENGINE_D_LOGG,  RVS_ENGINE_D_FEH,
     RVS_ENGINE_D_ALPHA, RVS_ENGINE_D_VSINI, RVS_ENGINE_D_VRAD};
+
+/* km/s: where rvs_rotation_apply_rows_dvsini gives the derivative at vsini -> 0+ (a kernel of
+ * 3e-7 pixels at DESI's template sampling) */
+#define ENGINE_VSINI_RIGHT_LIMIT 1e-6
 
 /* One arm of a chunk with derivatives: Uth emulator rows, Ut templates (template k reads
  * emulator row h_nnrow[k] and rotates with h_vsini[k]), the arm's Ea requests arm_req[0..Ea)
@@ -327,8 +331,13 @@ static int arm_derivs(struct rvs_engine *g, struct plan *p, size_t a, size_t c0,
     t0 = rvs_engine_stage_begin(g);
     RVS_TRY(rvs_rotation_apply_rows(ctx, r->rot, g->tmpl.mem, p->h_rrows, nb * Uth, nb * Ut,
                                     p->h_rvsini, r->lnstep, RVS_ROTATION_EPS, g->rot.mem));
+    /* at vsini <= 0 (no rotation) the derivative from the right: a kernel narrower than a
+     * pixel broadens linearly in vsini, so any tiny vsini gives that limit */
+    double *dv_vsini = p->h_rvsini + nb * Ut;
+    for (size_t k = 0; k < Ut; k++)
+        dv_vsini[k] = p->h_vsini[k] > 0 ? p->h_vsini[k] : ENGINE_VSINI_RIGHT_LIMIT;
     RVS_TRY(rvs_rotation_apply_rows_dvsini(ctx, r->rot, g->tmpl.mem, p->h_nnrow, Uth, Ut,
-                                           p->h_vsini, r->lnstep, RVS_ROTATION_EPS,
+                                           dv_vsini, r->lnstep, RVS_ROTATION_EPS,
                                            g->drot.mem));
     RVS_TRY(rvs_buffer_copy(ctx, g->drot.mem, 0, g->rot.mem, nb * Ut * tn * es, Ut * tn * es));
     RVS_TRY(rvs_engine_stage_end(g, RVS_ENGINE_STAGE_ROTATION, t0, 3));

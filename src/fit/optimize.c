@@ -614,10 +614,30 @@ cleanup:
  * steps' meaning (one unit changes -2 log L by about STEP_DCHI), so the damping and the step cap
  * behave as there. No re-measurement at other scales: the derivatives are exact at the point. */
 
+/* vsini >= 0 is a bound of the exact walkers (the engine's vsini derivative at 0 is the one from
+ * the right): a walker at vsini = 0 whose gradient pushes below it holds vsini there, and its
+ * step and its Newton decrement are those of the other five parameters. The stencils instead
+ * straddle 0 and see rvspecfit's clipping penalty. */
+static void hold_vsini_bound(const double *x, double g[ND], double H[ND][ND])
+{
+    if (!(x[1] <= 0 && g[1] > 0))
+        return;
+    g[1] = 0;
+    for (int k = 0; k < ND; k++)
+        if (k != 1)
+            H[k][1] = H[1][k] = 0;
+    if (!(H[1][1] > 0))
+        H[1][1] = 1;
+}
+
 /* Takes exact derivatives at a walker's (new) point; stops it when the Newton decrement says
  * nothing more is to be gained. */
-static void take_exact(struct rvs_fit_walker *s, const double g[ND], const double H[ND][ND])
+static void take_exact(struct rvs_fit_walker *s, const double g0[ND], const double H0[ND][ND])
 {
+    double g[ND], H[ND][ND];
+    memcpy(g, g0, sizeof g);
+    memcpy(H, H0, sizeof H);
+    hold_vsini_bound(s->x, g, H);
     memcpy(s->g, g, sizeof s->g);
     memcpy(s->H, H, sizeof s->H);
     adapt_steps(s->H, s->hx, s->h);
@@ -660,6 +680,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
     for (size_t i = 0; i < nw; i++) {
         if (w[i].done)
             continue;
+        w[i].x[1] = fmax(w[i].x[1], 0);
         memcpy(cand[i], w[i].x, sizeof cand[i]);
         to_point(w[i].x, w[i].s, &pts[na]);
         who[na++] = i;
@@ -699,6 +720,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             shorten_to_hull(f, s->x, dx);
             for (int k = 0; k < ND; k++)
                 cand[i][k] = s->x[k] + dx[k];
+            cand[i][1] = fmax(cand[i][1], 0); /* the bound, projected */
             to_point(cand[i], s->s, &pts[na]);
             who[na++] = i;
         }
