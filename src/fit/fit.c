@@ -28,6 +28,8 @@
 /* Alternative starts per target (besides the CCF's best) and the damped Newton iterations all
  * starts make before the best one per target is chosen and carried to convergence. */
 #define RVS_FIT_NALT 2
+/* Spectra per batch on CPU devices (rvs_fitter_max_batch). */
+#define RVS_FIT_CPU_BATCH 128
 #define RVS_FIT_SCREEN_ITER 3
 
 void rvs_fit_config_init(struct rvs_fit_config *c)
@@ -192,6 +194,11 @@ size_t rvs_fitter_max_batch(const struct rvs_fitter *f)
      * bruteforce start's scans are wider but chunked by the engine anyway. Counting one template
      * per request made H100 batches of ~365 spectra that used a third of the budget
      * (RESULTS.md: batches of 700 were 5 % faster). */
+    /* CPU devices: the engine's work space is a fixed budget (src/engine/engine.c), which the
+     * passes are cut to fit, so the batch only needs enough spectra per call to amortise each
+     * call's fixed cost; its memory is the resident data (~0.5 MB a spectrum) */
+    if (f->ctx->caps.type & CL_DEVICE_TYPE_CPU)
+        return RVS_FIT_CPU_BATCH;
     int brute = f->cfg.param_init == RVS_FIT_INIT_BRUTEFORCE;
     size_t per = brute ? (size_t)((f->cfg.max_vel - f->cfg.min_vel) / f->cfg.vel_step0) + 2 : 128;
     size_t tmpl = brute ? 0 : (RVS_FIT_NALT + 1) * RVS_FIT_STENCIL_TEMPLATES;

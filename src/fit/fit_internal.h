@@ -109,7 +109,8 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
 int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
                          size_t maxiter);
 /* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's
- * point (one engine call); bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */
+ * point (one engine call), or with exact derivatives from the Gauss-Newton Hessian there;
+ * bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
                          double (*err)[4], int *bad);
 
