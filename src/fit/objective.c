@@ -54,6 +54,18 @@ static int grow(struct rvs_fitter *f, size_t n)
     return RVS_OK;
 }
 
+/* The engine's request for point q, with vsini as the objective's mapping made it. */
+static void to_request(const struct rvs_fit_point *q, double vsini, struct rvs_engine_request *r)
+{
+    r->spectrum = q->s;
+    r->teff = q->th[0];
+    r->logg = q->th[1];
+    r->feh = q->th[2];
+    r->alpha = q->th[3];
+    r->vsini = vsini;
+    r->vrad = q->v;
+}
+
 int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n, int mode,
                       double *out, double *arm_out)
 {
@@ -96,14 +108,7 @@ int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_
             continue;
         }
         out[i] = pen;
-        struct rvs_engine_request *r = &f->req[m];
-        r->spectrum = q->s;
-        r->teff = q->th[0];
-        r->logg = q->th[1];
-        r->feh = q->th[2];
-        r->alpha = q->th[3];
-        r->vsini = vsini;
-        r->vrad = q->v;
+        to_request(q, vsini, &f->req[m]);
         map[i] = m++;
     }
     if (m > 0) {
@@ -232,14 +237,7 @@ int rvs_fit_objective_derivs(struct rvs_fitter *f, const struct rvs_fit_point *p
             map[i] = SIZE_MAX;
             continue;
         }
-        struct rvs_engine_request *r = &f->req[m];
-        r->spectrum = q->s;
-        r->teff = q->th[0];
-        r->logg = q->th[1];
-        r->feh = q->th[2];
-        r->alpha = q->th[3];
-        r->vsini = vsini;
-        r->vrad = q->v;
+        to_request(q, vsini, &f->req[m]);
         map[i] = m++;
     }
     if (m > 0) {
