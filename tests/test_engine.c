@@ -440,7 +440,8 @@ static void check_api(struct rvs_context *ctx, void *state, const char *label)
     printf("  %s: max batch %zu spectra at 1 request each, %zu at 100, %zu at 100 requests "
            "sharing 50 templates\n",
            label, b1, b100, b100t50);
-    CHECK(b1 >= b100 && b100 >= 1 && b1 > 1000, "%s: max batch %zu / %zu", label, b1, b100);
+    /* > 500: a CPU device's budget is 256 MiB (src/engine/engine.c), ~900 of these spectra */
+    CHECK(b1 >= b100 && b100 >= 1 && b1 > 500, "%s: max batch %zu / %zu", label, b1, b100);
     /* shared templates take less memory: a larger batch, at most the 1-request one */
     CHECK(b100t50 > b100 && b100t50 <= b1, "%s: max batch %zu with shared templates, %zu without",
           label, b100t50, b100);

@@ -16,7 +16,7 @@
  * left to the driver, the BLAS/FFT libraries and other processes. */
 #define ENGINE_MEMORY_SHARE 0.5
 /* The engine's budget on CPU devices (data + work space), whatever the host's RAM. */
-#define ENGINE_CPU_BUDGET ((size_t)512 << 20)
+#define ENGINE_CPU_BUDGET ((size_t)256 << 20)
 /* Hard caps per pass: kernels index pixels of a pass with 32-bit integers. */
 #define ENGINE_MAX_CHUNK ((size_t)1 << 22)
 /* The NN's hidden width is private to the nn module; the budget assumes at most this. */
