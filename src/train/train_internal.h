@@ -1,5 +1,6 @@
-/* train_internal.h: the trainer's state, shared by train.c (creation, data, steps, the loop) and
- * checkpoint.c (the trained network out, checkpoints in and out). Not installed. */
+/* train_internal.h: the trainer's state, shared by train.c (creation, data, steps), loop.c (the
+ * epochs, scheduler, early stopping) and checkpoint.c (the trained network out, checkpoints in
+ * and out). Not installed. */
 #ifndef RVS_TRAIN_INTERNAL_H
 #define RVS_TRAIN_INTERNAL_H
 
@@ -54,6 +55,11 @@ struct rvs_trainer {
 };
 
 
+/* train.c: a monotonic clock (seconds); the loss (and, when pred is not NULL, the predictions)
+ * of the count rows whose indices are on the device in idx, in evaluation mode. */
+double rvs_train_now(void);
+int rvs_train_evaluate_dev(struct rvs_trainer *tr, cl_mem idx, size_t count, double *loss,
+                           float *pred);
 /* Hidden layer `layer` (1..nlayers) has a BatchNorm when the configuration asks for them. */
 int rvs_train_has_bn(const struct rvs_trainer *tr, size_t layer);
 
