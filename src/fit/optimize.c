@@ -359,6 +359,27 @@ static void shorten_to_hull(const struct rvs_fitter *f, const double *x, double 
         dx[k] *= 0.9 * lo;
 }
 
+/* The candidate point of a damped Newton step dx from x: shortened to stay inside the training
+ * hulls when it would leave them. */
+static void candidate(const struct rvs_fitter *f, const double *x, double *dx, double *cand)
+{
+    shorten_to_hull(f, x, dx);
+    for (int k = 0; k < ND; k++)
+        cand[k] = x[k] + dx[k];
+}
+
+/* Levenberg-Marquardt damping after an accepted step whose actual gain was rho times the
+ * predicted one: trust the quadratic model more (rho > 0.75) or less (rho < 0.25). */
+static void damp_after_accept(struct rvs_fit_walker *s, double rho)
+{
+    if (rho > 0.75)
+        s->lambda /= 4;
+    else if (rho < 0.25)
+        s->lambda *= 2;
+    if (s->lambda < 1e-6)
+        s->lambda = 1e-6;
+}
+
 /* RVSFIT_CL_TRACE_SPECTRUM=s[,s...]: the iterations of the walkers of these batch spectra on
  * stderr (for diagnosing convergence) */
 static void trace(const struct rvs_fit_walker *s, const char *what, const double *x, double fx,
@@ -519,9 +540,7 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 trace(s, pd ? "flat" : "flat-npd", s->x, s->fx, pred[i]);
                 continue;
             }
-            shorten_to_hull(f, s->x, dx);
-            for (int k = 0; k < ND; k++)
-                cand[i][k] = s->x[k] + dx[k];
+            candidate(f, s->x, dx, cand[i]);
             memcpy(hc[i], s->h, sizeof hc[i]);
             add_stencil(&c, i, cand[i], hc[i], s->s, next_kind(s, stencils));
         }
@@ -561,12 +580,7 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 double rho = pred[i] > 0 ? (s->fx - v[0]) / pred[i] : 1;
                 memcpy(s->x, cand[i], sizeof s->x);
                 s->fx = v[0];
-                if (rho > 0.75)
-                    s->lambda /= 4;
-                else if (rho < 0.25)
-                    s->lambda *= 2;
-                if (s->lambda < 1e-6)
-                    s->lambda = 1e-6;
+                damp_after_accept(s, rho);
                 s->rejects = 0;
                 s->diag_run = kind == STENCIL_DIAG ? s->diag_run + 1 : 0;
                 s->full_next = rho < 0.25;
@@ -717,9 +731,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
                 trace(s, pd ? "flat" : "flat-npd", s->x, s->fx, pred[i]);
                 continue;
             }
-            shorten_to_hull(f, s->x, dx);
-            for (int k = 0; k < ND; k++)
-                cand[i][k] = s->x[k] + dx[k];
+            candidate(f, s->x, dx, cand[i]);
             cand[i][1] = fmax(cand[i][1], 0); /* the bound, projected */
             to_point(cand[i], s->s, &pts[na]);
             who[na++] = i;
@@ -735,12 +747,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
                 double rho = pred[i] > 0 ? (s->fx - fv[q]) / pred[i] : 1;
                 memcpy(s->x, cand[i], sizeof s->x);
                 s->fx = fv[q];
-                if (rho > 0.75)
-                    s->lambda /= 4;
-                else if (rho < 0.25)
-                    s->lambda *= 2;
-                if (s->lambda < 1e-6)
-                    s->lambda = 1e-6;
+                damp_after_accept(s, rho);
                 s->rejects = 0;
                 take_exact(s, gv[q], Hv[q]);
                 trace(s, s->done ? "accept*" : "accept-x", s->x, s->fx, pred[i]);
