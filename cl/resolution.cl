@@ -65,11 +65,18 @@ __kernel void rvs_resolution_apply(__global const float *rdata, const uint ndiag
             /* coefficient r multiplies model column i + he - r, i.e. mtile[t + 2 he - r] */
             /* compensated: signed models can cancel; in fp64 the compensation costs nothing
              * measurable in this memory-bound loop */
+#if RVS_HAVE_FP64
+            rvs_acc acc = 0;
+            for (uint r = 0; r < width; r++)
+                acc += (rvs_acc)rtile[r * T + t] * (rvs_acc)mtile[t + 2 * he - r];
+            out[row + i] = (rvs_real)acc;
+#else
             rvs_ksum acc;
             rvs_ksum_init(&acc);
             for (uint r = 0; r < width; r++)
                 rvs_ksum_add(&acc, (rvs_acc)rtile[r * T + t] * (rvs_acc)mtile[t + 2 * he - r]);
             out[row + i] = (rvs_real)rvs_ksum_value(&acc);
+#endif
         }
     }
 }

@@ -512,7 +512,7 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
              * Gauss-Newton steps picked the wrong temperature basin for 3 of 100 realistic
              * targets, by up to 390 in -2 log L: the exact steps are long, and after three of
              * them a start in a shallow wrong basin can lead one in the deep right one.) */
-            RVS_TRY(rvs_fit_gauss_newton(f, wall, n * K, 60));
+            RVS_TRY(rvs_fit_gauss_newton(f, wall, n * K, K, 60));
             keep_best(wall, n, K, 1, wk);
         } else {
         RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60,

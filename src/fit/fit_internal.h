@@ -107,7 +107,7 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
 /* The same iteration on exact derivatives (rvs_fit_objective_derivs): one point per walker and
  * iteration, the Gauss-Newton Hessian in place of the stencil's. */
 int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                         size_t maxiter);
+                         size_t group, size_t maxiter);
 /* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's
  * point (one engine call), or with exact derivatives from the Gauss-Newton Hessian there;
  * bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */

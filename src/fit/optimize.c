@@ -77,6 +77,12 @@ static const double step_max[ND] = {30, 30, 1500, 1.0, 1.0, 0.5};
 #define STEP_DCHI 1.0
 /* scaled Newton steps are capped at this many stencil steps per iteration */
 #define MAX_SCALED_STEP 30.0
+/* The exact walkers' steps are capped in physical units instead (v km/s, vsini km/s, teff K,
+ * logg, feh, alpha), the whole step shortened by one factor: a cap in units of the parameter's
+ * own uncertainty (MAX_SCALED_STEP) let a high-S/N star whose sigma(teff) is ~1 K cross the
+ * 2500 K from a distant start in 40 accepted steps of 30 K, each predicted to within a few per
+ * cent by the Gauss-Newton model (realistic 100-target mock, PoCL). */
+static const double exact_step_cap[ND] = {30, 30, 1000, 1.0, 0.5, 0.25};
 /* converged when the Newton decrement (predicted gain of an undamped step) is below this */
 #define DECREMENT_TOL 0.01
 /* coarser re-measurements allowed per walker when it stalls on a non-convex patch */
@@ -228,7 +234,8 @@ static void cholesky_solve(int n, const double l[ND][ND], const double *b, doubl
 /* The damped Newton step in scaled coordinates u = x / h: (Hs + lambda I) du = -gs, lambda
  * raised until the matrix is positive definite. Returns the predicted decrease of the
  * objective; *pd reports whether the undamped matrix was positive definite. */
-static double newton_step(const struct rvs_fit_walker *w, double *lambda, double dx[ND], int *pd)
+static double newton_step(const struct rvs_fit_walker *w, double *lambda, double dx[ND], int *pd,
+                          const double *cap)
 {
     double gs[ND], Hs[ND][ND], A[ND][ND], L[ND][ND], du[ND];
     for (int k = 0; k < ND; k++) {
@@ -253,10 +260,10 @@ static double newton_step(const struct rvs_fit_walker *w, double *lambda, double
     cholesky_solve(ND, L, mg, du);
     double big = 0;
     for (int k = 0; k < ND; k++)
-        big = fmax(big, fabs(du[k]));
-    if (big > MAX_SCALED_STEP)
+        big = fmax(big, cap ? fabs(du[k] * w->hx[k]) / cap[k] : fabs(du[k]) / MAX_SCALED_STEP);
+    if (big > 1)
         for (int k = 0; k < ND; k++)
-            du[k] *= MAX_SCALED_STEP / big;
+            du[k] /= big;
     double pred = 0;
     for (int k = 0; k < ND; k++) {
         double hd = 0;
@@ -448,7 +455,7 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                    enum rvs_fit_stencils stencils)
 {
     if (f->cfg.exact_derivatives)
-        return rvs_fit_gauss_newton(f, w, nw, maxiter);
+        return rvs_fit_gauss_newton(f, w, nw, 1, maxiter);
     int status = RVS_OK;
     struct stencil_call c = {0};
     c.pts = rvs_malloc((NSTENCIL * nw + 1) * sizeof *c.pts);
@@ -497,7 +504,7 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
                 continue;
             double dx[ND];
             int pd;
-            pred[i] = newton_step(s, &s->lambda, dx, &pd);
+            pred[i] = newton_step(s, &s->lambda, dx, &pd, NULL);
             if (s->resample == 2) {
                 /* the last step was rejected: the quadratic model from this stencil is not to
                  * be trusted at its scale; measure again here with half the steps */
@@ -673,8 +680,36 @@ static int finite_derivs(const double g[ND], const double H[ND][ND])
     return 1;
 }
 
+/* Stops the walkers of a target (`group` consecutive walkers) that cannot win: a walker whose
+ * local optimum, by its own quadratic model (fx minus the Newton decrement, doubled for the
+ * model's error), still lies more than PRUNE_MARGIN above where another walker of the target
+ * already is. The objective of a walker only decreases, so the leader ends at least that much
+ * lower. */
+#define PRUNE_MARGIN 25.0
+static void prune_behind(struct rvs_fit_walker *w, size_t nw, size_t group)
+{
+    if (group < 2)
+        return;
+    for (size_t g0 = 0; g0 + group <= nw; g0 += group) {
+        double lead = HUGE_VAL;
+        for (size_t j = g0; j < g0 + group; j++)
+            if (!w[j].failed && isfinite(w[j].fx))
+                lead = fmin(lead, w[j].fx);
+        for (size_t j = g0; j < g0 + group; j++) {
+            struct rvs_fit_walker *s = &w[j];
+            if (s->done || !(s->fx > lead + PRUNE_MARGIN))
+                continue;
+            double dec = newton_decrement(s);
+            if (s->fx - 2 * dec > lead + PRUNE_MARGIN) {
+                s->done = 1;
+                trace(s, "pruned", s->x, s->fx, dec);
+            }
+        }
+    }
+}
+
 int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                         size_t maxiter)
+                         size_t group, size_t maxiter)
 {
     int status = RVS_OK;
     struct rvs_fit_point *pts = rvs_malloc((nw + 1) * sizeof *pts);
@@ -715,6 +750,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             take_exact(s, gv[q], Hv[q]);
             trace(s, "exact", s->x, s->fx, 0);
         }
+        prune_behind(w, nw, group);
     }
     for (size_t it = 0; it < maxiter; it++) {
         na = 0;
@@ -724,7 +760,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
                 continue;
             double dx[ND];
             int pd;
-            pred[i] = newton_step(s, &s->lambda, dx, &pd);
+            pred[i] = newton_step(s, &s->lambda, dx, &pd, exact_step_cap);
             if (!(pred[i] > 0.1 * DECREMENT_TOL)) {
                 s->done = 1;
                 s->converged = pd;
@@ -758,6 +794,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
                     s->done = 1;
             }
         }
+        prune_behind(w, nw, group);
     }
 cleanup:
     free(pts);
