@@ -18,7 +18,8 @@ truth="$top_srcdir/examples/truth-main-bright-10000.fits"
 python=${PYTHON3:-/usr/bin/python3}
 cd "$scratch" || exit 1
 
-run 0 "stencil fit" -- "$RVSFIT_CL" --no-subdirs --profile --output-dir stencil "$example"
+run 0 "stencil fit" -- "$RVSFIT_CL" --no-subdirs --profile --optimizer stencil --output-dir stencil \
+    "$example"
 stencil_evals=$(sed -n 's/.*optimizer .* \([0-9.]*\) evaluations\/spectrum.*/\1/p' err)
 # the walkers' trace (RVSFIT_CL_TRACE_SPECTRUM) shows the starts stopped as unable to win: the
 # checks below then hold with them stopped

@@ -30,7 +30,7 @@ run 0 "--profile, nothing selected" -- "$RVSFIT_CL" --profile --targetid 1 --no-
     --output-dir empty "$example"
 for pattern in "^rvsfit-cl profile: 1 file\(s\), 0 failed, 0 target\(s\) written" \
     "host   read spectra" "device fit \(all stages\)" "engine calls 0, model evaluations 0" \
-    "device commands 0: kernel launches 0, GEMM calls 0, FFT transforms 0, buffer fills 0" \
+    "device commands 0: kernel launches 0, GEMM calls 0, FFT transforms 0, buffer fills 0, buffer copies 0" \
     "per batch: no batch fitted" "transfers: 0 B to the device in 0 writes" \
     "device memory: peak 0 B in rvsfit-cl's buffers" "host peak RSS [0-9.]+ MiB" \
     "end to end [0-9.]+ s" "^rvsfit-cl profile-data: files=1 failed=0 targets=0 " \
@@ -40,7 +40,7 @@ done
 keys="files targets spectra wall_s open_s select_s read_s prepare_s write_s setup_s fit_s ccf_s
 optimizer_s posterior_s hessian_s models_s engine_s upload_s engine_ccf_s engine_optimizer_s
 engine_posterior_s engine_hessian_s engine_models_s engine_calls evaluations commands kernel_launches
-gemm_calls fft_transforms fills batches batch_min batch_max batch_commands_min batch_commands_max
+gemm_calls fft_transforms fills copies batches batch_min batch_max batch_commands_min batch_commands_max
 commands_per_call_min commands_per_call_max bytes_to_device bytes_from_device bytes_mapped
 mem_peak mem_peak_total fft_work gemm_work_max rss_max_kib e2e_s e2e_spectra_per_s
 eval_ccf eval_optimizer eval_posterior eval_hessian eval_models"
@@ -74,8 +74,9 @@ sed -n 's/^  \(per batch: .*\)/all in one:     \1/p' all.err
 [ "$(value batch_min all.err)" = "$n" ] || fail "batch size $n: batch of $(value batch_min all.err)"
 for f in one.err all.err; do
     c=$(value commands $f) l=$(value kernel_launches $f) g=$(value gemm_calls $f)
-    t=$(value fft_transforms $f) fl=$(value fills $f) bmax=$(value batch_commands_max $f)
-    [ "$c" -eq $((l + g + t + fl)) ] || fail "$f: commands $c != $l + $g + $t + $fl"
+    t=$(value fft_transforms $f) fl=$(value fills $f) cp=$(value copies $f)
+    bmax=$(value batch_commands_max $f)
+    [ "$c" -eq $((l + g + t + fl + cp)) ] || fail "$f: commands $c != $l + $g + $t + $fl + $cp"
     [ "$c" -ge "$bmax" ] && [ "$bmax" -gt 0 ] || fail "$f: batch commands $bmax, total $c"
     [ "$(value mem_peak $f)" -gt 0 ] || fail "$f: no device memory counted"
     # the evaluations per stage add up to all of them, and every stage of a fit has some

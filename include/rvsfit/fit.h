@@ -39,8 +39,8 @@ struct rvs_fit_config {
                                   * optimum are left out and the fit redone (5; 0: rvspecfit's
                                   * likelihood, no clipping) */
     int exact_derivatives;       /* the optimizer's derivatives: 1 exact (rvs_engine_derivs: the
-                                  * gradient and the Gauss-Newton Hessian at each point), 0 the
-                                  * finite-difference stencils (--optimizer) */
+                                  * gradient and the Gauss-Newton Hessian at each point; the
+                                  * default), 0 the finite-difference stencils (--optimizer) */
 };
 
 void rvs_fit_config_init(struct rvs_fit_config *config);

@@ -132,7 +132,7 @@ static const struct rvs_cli_option cli_options[] = {
     {"resolution-matrix", no_argument, OPT_RESOLUTION_MATRIX, NULL, "convolve models with the files' resolution matrices (the default for a library made for them, LSFRMAT = T)", G_FIT},
     {"no-resolution-matrix", no_argument, OPT_NO_RESOLUTION_MATRIX, NULL, "do not (the default for other libraries, as rvspecfit)", G_FIT},
     {"clip-sigma", required_argument, OPT_CLIP_SIGMA, "K", "leave out pixels whose residual at the optimum exceeds K robust sigmas (cosmics the mask missed) and refit (default 5; 0: rvspecfit's likelihood, nothing left out)", G_FIT},
-    {"optimizer", required_argument, OPT_OPTIMIZER, "KIND", "derivatives of the optimizer: 'stencil' (finite differences, default) or 'exact' (the gradient and Gauss-Newton Hessian through the model, one evaluation per step)", G_FIT},
+    {"optimizer", required_argument, OPT_OPTIMIZER, "KIND", "derivatives of the optimizer: 'exact' (the gradient and Gauss-Newton Hessian through the model, one evaluation per step; default) or 'stencil' (finite differences)", G_FIT},
     {"rvspecfit-likelihood", no_argument, OPT_RVSPECFIT_LIKELIHOOD, NULL, "rvspecfit's exact likelihood, for comparisons: no outlier clipping (--clip-sigma 0) and a flat prior on the continuum coefficients, which depends on the templates' flux scale", G_FIT},
     {"no-ccf-continuum-normalize", no_argument, OPT_NO_CCF_CONTINUUM_NORMALIZE, NULL, "do not divide by the continuum before the CCF", G_FIT},
     {"device", required_argument, OPT_DEVICE, "SPEC", "OpenCL device: index, P:D, name substring, cpu or gpu (default: $RVSFIT_CL_DEVICE, else "
@@ -362,6 +362,7 @@ static void settings_init(struct settings *s)
     s->npoly = 10;
     s->resolution_matrix = -1; /* the library decides (LSFRMAT) */
     s->clip_sigma = 5;
+    s->exact_derivatives = 1;
     s->param_init = RVS_FIT_INIT_CCF;
     s->minsn = -1e9;
     s->log_level = -1;

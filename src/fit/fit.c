@@ -49,6 +49,7 @@ void rvs_fit_config_init(struct rvs_fit_config *c)
     c->batch_size = 0;
     c->clip_sigma = 5;
     c->scale_free_continuum = 1;
+    c->exact_derivatives = 1;
 }
 
 int rvs_fitter_create(struct rvs_context *ctx, const struct rvs_fit_config *config,

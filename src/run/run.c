@@ -965,8 +965,8 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
         rvs_context_counters_get(run->ctx, &c);
     unsigned long long commands = rvs_context_counters_commands(&c);
     fprintf(out, "  device commands %llu: kernel launches %llu, GEMM calls %llu, FFT transforms "
-                 "%llu, buffer fills %llu\n",
-            commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills);
+                 "%llu, buffer fills %llu, buffer copies %llu\n",
+            commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills, c.copies);
     if (b->batches > 0) {
         fprintf(out, "  per batch: %zu batch(es) of %zu..%zu spectra; %llu (batch of %zu) to %llu "
                      "(batch of %zu) commands",
@@ -997,7 +997,7 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
                  "engine_hessian_s=%.6f engine_models_s=%.6f "
                  "engine_calls=%llu "
                  "evaluations=%llu commands=%llu kernel_launches=%llu gemm_calls=%llu "
-                 "fft_transforms=%llu fills=%llu batches=%zu batch_min=%zu batch_max=%zu "
+                 "fft_transforms=%llu fills=%llu copies=%llu batches=%zu batch_min=%zu batch_max=%zu "
                  "batch_commands_min=%llu batch_commands_max=%llu commands_per_call_min=%.3f "
                  "commands_per_call_max=%.3f writes=%llu reads=%llu maps=%llu "
                  "bytes_to_device=%llu bytes_from_device=%llu bytes_mapped=%llu "
@@ -1010,7 +1010,7 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
             p->engine_ccf, p->engine_optimizer, p->engine_posterior, p->engine_hessian,
             p->engine_models, p->engine_calls,
             p->evaluations,
-            commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills, b->batches,
+            commands, c.kernel_launches, c.gemm_calls, c.fft_transforms, c.fills, c.copies, b->batches,
             b->size_min, b->size_max, b->cmd_min, b->cmd_max, b->per_call_min, b->per_call_max,
             c.writes, c.reads, c.maps, c.bytes_to_device, c.bytes_from_device, c.bytes_mapped,
             c.buffers_created, c.buffers_released, c.mem_peak, c.mem_peak_total, c.fft_work,
