@@ -55,6 +55,18 @@ finish() {
     exit 0
 }
 
+# The set-up of a test that fits the bundled example: a device (else skip), the bundled
+# libraries, $example and $truth, Debian's $python, and the scratch directory as the working one.
+use_example() {
+    require_device
+    RVSFIT_CL_DATADIR="$top_srcdir/data"
+    export RVSFIT_CL_DATADIR
+    example="$top_srcdir/examples/coadd-main-bright-10000.fits"
+    truth="$top_srcdir/examples/truth-main-bright-10000.fits"
+    python=${PYTHON3:-/usr/bin/python3}
+    cd "$scratch" || exit 1
+}
+
 # Skip (77) only when no OpenCL device exists at all: hardware absent, not a failure.
 require_device() {
     "$RVSFIT_CL" --list-devices >"$scratch/devices" 2>&1

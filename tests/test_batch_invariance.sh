@@ -12,12 +12,7 @@
 # Cost: four fits of the example, ~45 s on PoCL's CPU device (two cores).
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-require_device
-RVSFIT_CL_DATADIR="$top_srcdir/data"
-export RVSFIT_CL_DATADIR
-example="$top_srcdir/examples/coadd-main-bright-10000.fits"
-python=${PYTHON3:-/usr/bin/python3}
-cd "$scratch" || exit 1
+use_example
 
 # the same targets in the order 7 2 9 0 5 3 8 1 6 4
 "$python" "$top_srcdir/tests/desi_craft.py" rows "$example" permuted.fits 7,2,9,0,5,3,8,1,6,4 ||

@@ -9,12 +9,7 @@
 # Every run here selects no target, so the fitter is never needed.
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-require_device
-RVSFIT_CL_DATADIR="$top_srcdir/data"
-export RVSFIT_CL_DATADIR
-example="$top_srcdir/examples/coadd-main-bright-10000.fits"
-python=${PYTHON3:-/usr/bin/python3}
-cd "$scratch" || exit 1
+use_example
 
 # Inputs: symbolic links to the example coadd under two parent directories, a text file and a
 # FITS file that is not a DESI coadd (the truth table) under DESI names.

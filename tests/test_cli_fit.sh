@@ -11,13 +11,7 @@
 # RVSFIT_CL_SLOW_TESTS=1 fits two (rows 2 and 4).
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-require_device
-RVSFIT_CL_DATADIR="$top_srcdir/data"
-export RVSFIT_CL_DATADIR
-example="$top_srcdir/examples/coadd-main-bright-10000.fits"
-truth="$top_srcdir/examples/truth-main-bright-10000.fits"
-python=${PYTHON3:-/usr/bin/python3}
-cd "$scratch" || exit 1
+use_example
 mode=full
 if "$RVSFIT_CL" --self-test 2>/dev/null | grep -q '\[CPU\]'; then
     mode=small

@@ -25,12 +25,7 @@
 # shellcheck disable=SC2086 # $sub and $nofit are options split on purpose
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-require_device
-RVSFIT_CL_DATADIR="$top_srcdir/data"
-export RVSFIT_CL_DATADIR
-example="$top_srcdir/examples/coadd-main-bright-10000.fits"
-python=${PYTHON3:-/usr/bin/python3}
-cd "$scratch" || exit 1
+use_example
 
 # Today's bugs (issue 19): the expectation written is the right behaviour. Take a case off the
 # list when src/ is fixed (an XPASS fails the test).

@@ -11,12 +11,7 @@
 # Two ranks share the two cores, so each input runs at about half speed: ~1 minute in all.
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-require_device
-RVSFIT_CL_DATADIR="$top_srcdir/data"
-export RVSFIT_CL_DATADIR
-example="$top_srcdir/examples/coadd-main-bright-10000.fits"
-python=${PYTHON3:-/usr/bin/python3}
-cd "$scratch" || exit 1
+use_example
 
 if [ "${RVSFIT_CL_HAVE_MPI:-no}" != yes ]; then
     run 2 "--mpi without MPI" -- "$RVSFIT_CL" --mpi "$example"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # test_optimizer_exact.sh: rvsfit-cl --optimizer exact (issue 18: the gradient and Gauss-Newton
-# Hessian through the model) against the default finite-difference stencils on the bundled
+# Hessian through the model; the default) against the finite-difference stencils on the bundled
 # example (10 mock stars, 3 arms): the -2 log L of the final models (CHISQ_TOT) matches the
 # stencils' (median difference below 0.05; no target worse by more than 2: the two optimizers
 # may stop in different shallow optima of a barely constrained star, as for 1.2 % of the
@@ -10,13 +10,7 @@
 # cannot win. ~10 s per fit on PoCL's two cores.
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-require_device
-RVSFIT_CL_DATADIR="$top_srcdir/data"
-export RVSFIT_CL_DATADIR
-example="$top_srcdir/examples/coadd-main-bright-10000.fits"
-truth="$top_srcdir/examples/truth-main-bright-10000.fits"
-python=${PYTHON3:-/usr/bin/python3}
-cd "$scratch" || exit 1
+use_example
 
 run 0 "stencil fit" -- "$RVSFIT_CL" --no-subdirs --profile --optimizer stencil --output-dir stencil \
     "$example"

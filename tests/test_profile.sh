@@ -14,11 +14,7 @@
 # examples/, three arms, seconds.
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
 
-require_device
-RVSFIT_CL_DATADIR="$top_srcdir/data"
-export RVSFIT_CL_DATADIR
-example="$top_srcdir/examples/coadd-main-bright-10000.fits"
-cd "$scratch" || exit 1
+use_example
 
 # value KEY FILE: KEY's value on the profile-data lines of FILE
 value() {

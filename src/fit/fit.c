@@ -503,19 +503,21 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
                 if (j > 0 && s->s < 0)
                     w->done = 1; /* no alternative: fx stays +inf */
             }
-        /* successive halving: all K starts walk RVS_FIT_SCREEN_ITER iterations, the best two
-         * per target RVS_FIT_SCREEN_ITER more (a start that lost an iteration to a rejected
-         * step, typically the hot one of a hot/cool metal-poor pair, catches up here), then the
-         * best one goes on to convergence */
         if (f->cfg.exact_derivatives) {
             /* with exact derivatives a step costs one evaluation: every start walks to its
-             * optimum, and the best optimum of each target wins. (Successive halving after 3
-             * Gauss-Newton steps picked the wrong temperature basin for 3 of 100 realistic
-             * targets, by up to 390 in -2 log L: the exact steps are long, and after three of
-             * them a start in a shallow wrong basin can lead one in the deep right one.) */
+             * optimum unless its own quadratic model says it cannot beat the target's leading
+             * start (then it stops), and the best optimum of each target wins. (Successive
+             * halving after 3 Gauss-Newton steps picked the wrong temperature basin for 3 of
+             * 100 realistic targets, by up to 390 in -2 log L: the exact steps are long, and
+             * after three of them a start in a shallow wrong basin can lead one in the deep
+             * right one.) */
             RVS_TRY(rvs_fit_gauss_newton(f, wall, n * K, K, 60));
             keep_best(wall, n, K, 1, wk);
         } else {
+        /* the stencils, successive halving: all K starts walk RVS_FIT_SCREEN_ITER iterations,
+         * the best two per target RVS_FIT_SCREEN_ITER more (a start that lost an iteration to a
+         * rejected step, typically the hot one of a hot/cool metal-poor pair, catches up here),
+         * then the best one goes on to convergence */
         RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60,
                                K > 1 ? RVS_FIT_STENCIL_DIAG : RVS_FIT_STENCIL_FULL));
         if (K > 2) {

@@ -105,7 +105,9 @@ enum rvs_fit_stencils { RVS_FIT_STENCIL_FULL, RVS_FIT_STENCIL_DIAG };
 int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, size_t maxiter,
                    enum rvs_fit_stencils stencils);
 /* The same iteration on exact derivatives (rvs_fit_objective_derivs): one point per walker and
- * iteration, the Gauss-Newton Hessian in place of the stencil's. */
+ * iteration, the Gauss-Newton Hessian in place of the stencil's. With group > 1 the walkers are
+ * the starts of targets, `group` consecutive ones per target, and a start that cannot beat its
+ * target's leader stops early (prune_behind); group 1 walks every walker to its end. */
 int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
                          size_t group, size_t maxiter);
 /* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's

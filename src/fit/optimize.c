@@ -1,8 +1,11 @@
 /* fit/optimize.c: the fitter's optimizer and parameter errors: a lockstep, damped Newton
  * (Levenberg-Marquardt) iteration on rvspecfit's objective (vel_fit.chisq_func: -2 log L with
  * velocity bounds, vsini clipping and penalty, outside-grid penalty) in
- * x = (v, vsini, teff, logg, feh, alpha), with gradient and Hessian from a central-difference
- * stencil evaluated for every active walker of the batch in ONE engine call per iteration.
+ * x = (v, vsini, teff, logg, feh, alpha), ONE engine call per iteration for every active walker
+ * of the batch. Two walkers share the step, damping and hull handling: rvs_fit_gauss_newton (the
+ * default, --optimizer exact: the exact gradient and Gauss-Newton Hessian of each point, see
+ * rvs_engine_derivs; it is described where it is defined) and rvs_fit_newton, whose gradient and
+ * Hessian come from a central-difference stencil (--optimizer stencil), described below.
  *
  * Why not rvspecfit's Nelder-Mead + BFGS: in lockstep, Nelder-Mead needs ~1000 engine calls per
  * batch (one per simplex phase) and stalls in 6 dimensions; a Newton iteration converges in ~5-15
@@ -232,8 +235,10 @@ static void cholesky_solve(int n, const double l[ND][ND], const double *b, doubl
 }
 
 /* The damped Newton step in scaled coordinates u = x / h: (Hs + lambda I) du = -gs, lambda
- * raised until the matrix is positive definite. Returns the predicted decrease of the
- * objective; *pd reports whether the undamped matrix was positive definite. */
+ * raised until the matrix is positive definite, then shortened as a whole to at most
+ * MAX_SCALED_STEP scaled units (cap NULL, the stencils) or to cap[k] in physical units per
+ * parameter (the exact walkers). Returns the predicted decrease of the objective; *pd reports
+ * whether the undamped matrix was positive definite. */
 static double newton_step(const struct rvs_fit_walker *w, double *lambda, double dx[ND], int *pd,
                           const double *cap)
 {
