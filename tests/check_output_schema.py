@@ -237,14 +237,15 @@ def main():
         for k, i in enumerate(rows):
             r = data[k]
             if i in bad:
-                if not r['RVS_WARN'] & 32 or r['SUCCESS'] or r['NPIX_TOT'] != 0:
+                if (not r['RVS_WARN'] & 32 or r['SUCCESS'] or r['NPIX_TOT'] != 0
+                        or r['PARAM_PRIOR'] != 0):
                     fail(f'bad row {k}: RVS_WARN {r["RVS_WARN"]} SUCCESS {r["SUCCESS"]}')
                 for name in fit_cols:
                     if not np.isnan(r[name]):
                         fail(f'bad row {k}: {name} = {r[name]}, expected NaN')
             else:
                 checks = [('VRAD', 10.0 * (i + 1)), ('TEFF', 5000.0 + i),
-                          ('NPIX_TOT', 7000 + i)]
+                          ('NPIX_TOT', 7000 + i), ('PARAM_PRIOR', i % 16)]
                 for a, arm in enumerate(ARMS):
                     if arm in arms:
                         A = arm.upper()

@@ -167,6 +167,18 @@ done:
     rvs_mock_free(&dirty);
 }
 
+/* The standard deviation of a flat prior over the arms' widest training range of parameter k. */
+static double prior_sigma(struct rvs_library_arm *const arms[RVS_DESI_NARMS], int k)
+{
+    double lo = HUGE_VAL, hi = -HUGE_VAL;
+    for (int a = 0; a < RVS_DESI_NARMS; a++) {
+        const struct rvs_library_param *q = &rvs_library_content(arms[a])->params[k];
+        lo = fmin(lo, q->train_min);
+        hi = fmax(hi, q->train_max);
+    }
+    return (hi - lo) / sqrt(12.0);
+}
+
 int main(void)
 {
     const char *top = getenv("top_srcdir");
@@ -276,6 +288,17 @@ int main(void)
               "target %zu: finite velocity and error", t);
         CHECK(r->npix_tot > 0 && isfinite(r->chisq_tot) && isfinite(r->chisq_c_tot),
               "target %zu: chi^2 and NPIX_TOT filled", t);
+        /* issue 24: every error finite, none wider than the flat prior over the training
+         * range, and PARAM_PRIOR says exactly which ones are that prior's */
+        const double errs[4] = {r->teff_err, r->logg_err, r->feh_err, r->alphafe_err};
+        for (int k = 0; k < 4; k++) {
+            double sig = prior_sigma(arms, k);
+            int capped = (r->param_prior >> k & 1) != 0;
+            CHECK(isfinite(errs[k]) && errs[k] > 0 && errs[k] <= sig &&
+                      capped == (errs[k] == sig),
+                  "target %zu: parameter %d error %g, prior sigma %g, PARAM_PRIOR %lld", t, k,
+                  errs[k], sig, r->param_prior);
+        }
         pv[ng] = pull_v;
         pt[ng] = pull_t;
         pg[ng] = pull_g;

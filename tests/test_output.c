@@ -235,6 +235,7 @@ static void fill_rows(struct fit_set *fs, const long *input_rows, size_t n, long
         r->alphafe = 0.1;
         r->alphafe_err = 0.03;
         r->npix_tot = 7000 + i;
+        r->param_prior = i % 16;
         r->chisq_tot = r->chisq_c_tot = 0;
         for (int a = 0; a < RVS_DESI_NARMS; a++)
             if (arms & (1u << a)) {

@@ -29,6 +29,17 @@ enum rvs_warn_bit {
     RVS_WARN_BAD_ARM = 128
 };
 
+/* PARAM_PRIOR bits (rvsfit-cl's column): the data do not constrain the parameter. Its error from
+ * the Hessian exceeds the standard deviation of a flat prior over the library's training range
+ * (or the Hessian gave none), so *_ERR is that standard deviation, range / sqrt(12). The fit is
+ * not a failure: [alpha/Fe] of a hot star is simply not in its spectrum. */
+enum rvs_prior_bit {
+    RVS_PRIOR_TEFF = 1,
+    RVS_PRIOR_LOGG = 2,
+    RVS_PRIOR_FEH = 4,
+    RVS_PRIOR_ALPHAFE = 8
+};
+
 #define RVS_OUTPUT_RR_LEN 32 /* room for redrock's SPECTYPE (6A) and SUBTYPE (20A) */
 
 /* One RVTAB row: one selected input spectrum. Columns copied from the input FIBERMAP (FIBER,
@@ -42,6 +53,7 @@ struct rvs_output_row {
     double chisq_tot, chisq_c_tot;
     long long npix_tot;
     long long npix_clip; /* pixels left out as outliers (--clip-sigma), not in npix_tot */
+    long long param_prior; /* RVS_PRIOR_* bits: *_ERR is the prior range's, not the data's */
     double chisq[RVS_DESI_NARMS], chisq_c[RVS_DESI_NARMS]; /* NaN for an arm not fitted for this row */
     double vrad_ccf;                             /* km/s */
     long long rvs_warn;                          /* RVS_WARN_* bits; SUCCESS = (rvs_warn == 0) */

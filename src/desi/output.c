@@ -396,6 +396,7 @@ enum col_kind {
     COL_DOUBLE,   /* a double field of the row (NaN for a bad spectrum) */
     COL_NPIX,     /* NPIX_TOT */
     COL_NCLIP,    /* NPIX_CLIP */
+    COL_PRIOR,    /* PARAM_PRIOR */
     COL_ARM,      /* chisq[arm] / chisq_c[arm] (field offset of the array) */
     COL_WARN,     /* RVS_WARN */
     COL_COPY,     /* copied from the input FIBERMAP */
@@ -527,6 +528,9 @@ static int build_rvtab_columns(fitsfile *in, const struct rvs_output_request *re
         c->offset = offsetof(struct rvs_output_row, vrad_ccf);
     }
     add_col(cols, ncols, "RVS_WARN", "K", "", "RVSpecFit warning flag", COL_WARN);
+    /* not in rvspecfit's table: which *_ERR are the prior range's (enum rvs_prior_bit) */
+    add_col(cols, ncols, "PARAM_PRIOR", "K", "",
+            "Error from the prior range: 1 TEFF, 2 LOGG, 4 FEH, 8 ALPHAFE", COL_PRIOR);
     for (size_t i = 0; i < sizeof(copied_columns) / sizeof(copied_columns[0]); i++) {
         int colnum = 0, type = 0;
         long repeat = 0, width = 0;
@@ -679,6 +683,10 @@ static int write_rvtab_hdu(fitsfile *out, const char *file, fitsfile *in,
             case COL_NCLIP:
                 datatype = TLONGLONG;
                 ll[k] = bad ? 0 : r->npix_clip;
+                break;
+            case COL_PRIOR:
+                datatype = TLONGLONG;
+                ll[k] = bad ? 0 : r->param_prior;
                 break;
             case COL_WARN:
                 datatype = TLONGLONG;
