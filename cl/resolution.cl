@@ -81,3 +81,84 @@ __kernel void rvs_resolution_apply(__global const float *rdata, const uint ndiag
         }
     }
 }
+
+/* rvs_resolution_apply_blocks: the same product for CPU devices. PoCL runs a work-group as a
+ * loop over its work-items and vectorises only innermost loops, so the tiled kernel above, whose
+ * innermost loop is the 11 diagonals of one pixel, runs there as scalar code (the largest kernel
+ * of a realistic fit on two cores, 15 % of its samples). Here one work-item computes
+ * RVS_RES_BLOCK consecutive output pixels of one request with vector types: for each diagonal
+ * d, out[i..i+B) += data[h - d][i + d ..] * model[i + d ..], two unaligned vector loads per
+ * diagonal, no local memory and no barriers. The diagonals are summed in the tiled kernel's order
+ * (d = +he down to -he), plainly in fp64 and compensated in fp32. A block whose columns would
+ * leave [0, n) (the first and last he pixels, a short last block) takes the scalar path of
+ * rvs_resolution_apply_host; padding is never read.
+ * Global size: (ceil(n / B), E); dimension 1 is the request. */
+#define RVS_RES_BLOCK 8
+#if RVS_HAVE_FP64
+typedef double8 rvs_res_vec;
+#define rvs_res_convert convert_double8
+#else
+typedef float8 rvs_res_vec;
+#define rvs_res_convert convert_float8
+#endif
+
+__kernel void rvs_resolution_apply_blocks(__global const float *rdata, const uint ndiag,
+                                          const uint n, const uint S, const uint he,
+                                          __global const rvs_real *models,
+                                          __global const int *spectrum_index, const uint E,
+                                          __global rvs_real *out)
+{
+    const uint i = (uint)get_global_id(0) * RVS_RES_BLOCK;
+    const uint e = (uint)get_global_id(1);
+    if (i >= n || e >= E)
+        return;
+    const uint h = ndiag / 2;
+    const ulong row = (ulong)e * n;
+    const int s = spectrum_index[e];
+    if (!(s >= 0 && (uint)s < S)) { /* a bad index never addresses memory; NaN shows it */
+        for (uint q = i; q < n && q < i + RVS_RES_BLOCK; q++)
+            out[row + q] = (rvs_real)NAN;
+        return;
+    }
+    __global const float *base = rdata + (ulong)s * ndiag * n;
+    __global const rvs_real *m = models + row;
+    if (i >= he && i + RVS_RES_BLOCK + he <= n) {
+#if RVS_HAVE_FP64
+        rvs_res_vec acc = (rvs_res_vec)(0);
+        for (uint r = 0; r < 2 * he + 1; r++) {
+            const uint j = i + he - r; /* first column of diagonal d = he - r */
+            acc += rvs_res_convert(vload8(0, base + (ulong)(h - he + r) * n + j)) *
+                   vload8(0, m + j);
+        }
+#else
+        rvs_res_vec acc = (rvs_res_vec)(0), comp = (rvs_res_vec)(0);
+        for (uint r = 0; r < 2 * he + 1; r++) {
+            const uint j = i + he - r;
+            const rvs_res_vec x =
+                rvs_res_convert(vload8(0, base + (ulong)(h - he + r) * n + j)) * vload8(0, m + j);
+            const rvs_res_vec t = acc + x;
+            comp += select((x - t) + acc, (acc - t) + x, isgreaterequal(fabs(acc), fabs(x)));
+            acc = t;
+        }
+        acc += comp;
+#endif
+        vstore8(acc, 0, out + row + i);
+        return;
+    }
+    for (uint q = i; q < n && q < i + RVS_RES_BLOCK; q++) {
+        /* columns q - he' .. q + he' that exist, in the order d = +he .. -he */
+        const uint dlo = q < he ? q : he, dhi = n - 1 - q < he ? n - 1 - q : he;
+        rvs_ksum acc;
+        rvs_ksum_init(&acc);
+        for (uint d = 0; d < dhi + dlo + 1; d++) {
+            const uint j = q + dhi - d;
+            const rvs_acc x = (rvs_acc)base[(ulong)(h + q - j) * n + j] * (rvs_acc)m[j];
+#if RVS_HAVE_FP64
+            acc.sum += x;
+#else
+            rvs_ksum_add(&acc, x);
+#endif
+        }
+        out[row + q] = (rvs_real)rvs_ksum_value(&acc);
+    }
+}

@@ -1,6 +1,7 @@
 /* test_resolution.c: rvs_resolution_apply (the batched DESI resolution matrix) against the dense
  * long-double reference of tests/routines/resolution.c, in the default context (fp64 where the
- * device has it) and in forced fp32; the host primitives; argument checks; real DESI matrices.
+ * device has it) and in forced fp32, both kernels (tiled for GPUs, vector blocks for CPU devices);
+ * the host primitives; argument checks; real DESI matrices.
  *
  * Tolerances (tests/tolerances.h), relative to the largest |output| of a case:
  *   fp64 path: RVS_TOL_FP64_REL; fp32 path: RVS_TOL_FP32_REL;
@@ -391,18 +392,37 @@ static int run_all(struct rvs_context *ctx)
     return check_desi(ctx);
 }
 
+/* Both kernels (RVSFIT_CL_RESOLUTION: the tiled one GPUs use, the vector blocks of CPU
+ * devices) through every case; an unknown name is refused. */
+static int run_kernels(struct rvs_context *ctx)
+{
+    static const char *const kernels[] = {"tiled", "blocks"};
+    int have_data = 1;
+    for (size_t k = 0; k < 2; k++) {
+        setenv("RVSFIT_CL_RESOLUTION", kernels[k], 1);
+        printf("resolution             kernel %s\n", kernels[k]);
+        have_data &= run_all(ctx);
+    }
+    setenv("RVSFIT_CL_RESOLUTION", "rows", 1);
+    char detail[256] = "";
+    CHECK(rvs_resolution_selftest(ctx, detail, sizeof detail) == RVS_ERR_INVALID_ARGUMENT,
+          "RVSFIT_CL_RESOLUTION=rows was not refused");
+    unsetenv("RVSFIT_CL_RESOLUTION");
+    return have_data;
+}
+
 int main(void)
 {
     check_host_random();
     struct rvs_context *ctx = test_context(1);
-    int have_data = run_all(ctx);
+    int have_data = run_kernels(ctx);
     int was_fp64 = ctx->use_fp64;
     rvs_context_destroy(&ctx);
     setenv("RVSFIT_CL_FP32", "1", 1);
     ctx = test_context(1);
     CHECK(!ctx->use_fp64, "RVSFIT_CL_FP32=1 did not force fp32");
     if (was_fp64) /* without fp64 the first pass already was fp32 */
-        run_all(ctx);
+        run_kernels(ctx);
     rvs_context_destroy(&ctx);
     int rc = test_finish("test_resolution");
     if (rc == 0 && !have_data) {
