@@ -49,6 +49,69 @@ __kernel void rvs_rotation_direct(__global const rvs_real *in, __global rvs_real
 #endif
 }
 
+/* rvs_rotation_direct for CPU devices (context's vector_blocks): one work-item computes
+ * RVS_ROT_BLOCK consecutive pixels of one row with vector types, acc += w[d] * x[i+d .. i+d+B)
+ * for each weight, because PoCL vectorises only innermost loops and rvs_rotation_direct's is the
+ * weights of one pixel. The weights are summed in the same order (d = lo .. hi); a block whose
+ * taps would leave [0, npix) takes the scalar loop of rvs_rotation_direct. Global size:
+ * (ceil(npix / B), nrows). */
+#define RVS_ROT_BLOCK 8
+__kernel void rvs_rotation_direct_blocks(__global const rvs_real *in, __global rvs_real *out,
+                                         __global const rvs_real *weights,
+                                         __global const int *meta, const int tmpl_slot,
+                                         const int slot_woff, const int slot_km, const int rows,
+                                         const int nrows, const int npix, const int in_row)
+{
+    int i0 = (int)get_global_id(0) * RVS_ROT_BLOCK;
+    int r = (int)get_global_id(1);
+    if (i0 >= npix || r >= nrows)
+        return;
+    int t = meta[rows + r];
+    int s = meta[tmpl_slot + t];
+    int km = meta[slot_km + s];
+    __global const rvs_real *w = weights + meta[slot_woff + s] + km;
+    __global const rvs_real *x = in + (size_t)meta[in_row + t] * (size_t)npix;
+    __global rvs_real *o = out + (size_t)t * (size_t)npix;
+    if (i0 - km >= 0 && i0 + RVS_ROT_BLOCK + km <= npix) {
+#if RVS_HAVE_FP64
+        double8 acc = (double8)(0);
+        for (int d = -km; d <= km; d++)
+            acc += w[d] * vload8(0, x + i0 + d);
+        vstore8(acc, 0, o + i0);
+#else
+        float8 sum = (float8)(0), comp = (float8)(0);
+        for (int d = -km; d <= km; d++) {
+            float8 y = w[d] * vload8(0, x + i0 + d);
+            float8 tt = sum + y;
+            float8 z = tt - sum;
+            comp += (sum - (tt - z)) + (y - z);
+            sum = tt;
+        }
+        vstore8(sum + comp, 0, o + i0);
+#endif
+        return;
+    }
+    for (int i = i0; i < npix && i < i0 + RVS_ROT_BLOCK; i++) {
+        int lo = max(-km, -i), hi = min(km, npix - 1 - i);
+#if RVS_HAVE_FP64
+        rvs_acc acc = 0;
+        for (int d = lo; d <= hi; d++)
+            acc += (rvs_acc)w[d] * (rvs_acc)x[i + d];
+        o[i] = (rvs_real)acc;
+#else
+        float sum = 0, comp = 0;
+        for (int d = lo; d <= hi; d++) {
+            float y = w[d] * x[i + d];
+            float tt = sum + y;
+            float z = tt - sum;
+            comp += (sum - (tt - z)) + (y - z);
+            sum = tt;
+        }
+        o[i] = sum + comp;
+#endif
+    }
+}
+
 /* Copies template rows[r] (input row meta[in_row + rows[r]]) into row r of the FFT work buffer
  * (row stride `stride` reals, the in-place real-to-complex layout) followed by zeros; rows
  * r >= nrows (the padding of the batch up to the plan's size) are zeroed. Global size: stride x

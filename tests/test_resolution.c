@@ -392,22 +392,16 @@ static int run_all(struct rvs_context *ctx)
     return check_desi(ctx);
 }
 
-/* Both kernels (RVSFIT_CL_RESOLUTION: the tiled one GPUs use, the vector blocks of CPU
- * devices) through every case; an unknown name is refused. */
+/* Both kernels (the tiled one GPUs use, the vector blocks of CPU devices) through every case. */
 static int run_kernels(struct rvs_context *ctx)
 {
-    static const char *const kernels[] = {"tiled", "blocks"};
-    int have_data = 1;
-    for (size_t k = 0; k < 2; k++) {
-        setenv("RVSFIT_CL_RESOLUTION", kernels[k], 1);
-        printf("resolution             kernel %s\n", kernels[k]);
+    int have_data = 1, saved = ctx->vector_blocks;
+    for (int blocks = 0; blocks < 2; blocks++) {
+        ctx->vector_blocks = blocks;
+        printf("resolution             kernel %s\n", blocks ? "blocks" : "tiled");
         have_data &= run_all(ctx);
     }
-    setenv("RVSFIT_CL_RESOLUTION", "rows", 1);
-    char detail[256] = "";
-    CHECK(rvs_resolution_selftest(ctx, detail, sizeof detail) == RVS_ERR_INVALID_ARGUMENT,
-          "RVSFIT_CL_RESOLUTION=rows was not refused");
-    unsetenv("RVSFIT_CL_RESOLUTION");
+    ctx->vector_blocks = saved;
     return have_data;
 }
 

@@ -4,7 +4,9 @@
  * limit. Device, in the default context (fp64 where present) and with forced fp32, through both
  * paths: random templates at N 1, 7, 64, 1000, 4099, 6000 and vsini 0, tiny, sub-pixel, 1 ... 500
  * km/s (kernels longer than N included), mixed-vsini batches up to T=1000, impulses (result =
- * the weights), constants (interior unchanged), unchanged templates bit for bit, bad calls.
+ * the weights), constants (interior unchanged), unchanged templates bit for bit, bad calls; the
+ * direct path with both of its kernels (vector blocks for CPU devices, a pixel per work-item for
+ * GPUs).
  * Tolerances (tests/tolerances.h): weights and fp64 results RVS_TOL_FP64_REL, fp32 results
  * RVS_TOL_FP32_REL (RVS_TOL_ROTATION_FFT_FP32_REL where clFFT runs in float), relative to the
  * largest magnitude of each template's result. FFT lengths are kept to three (128, 1024, 6144):
@@ -366,6 +368,29 @@ static void run_context(struct rvs_context *ctx)
     }
 }
 
+/* The direct path's cases again with the other direct kernel (vector blocks of 8 pixels on CPU
+ * devices, one pixel per work-item on GPUs): both are tested wherever the tests run. */
+static void run_other_direct_kernel(struct rvs_context *ctx)
+{
+    int saved = ctx->vector_blocks;
+    ctx->vector_blocks = !saved;
+    printf("direct kernel: %s\n", ctx->vector_blocks ? "vector blocks" : "one pixel per work-item");
+    test_input_rows(ctx, RVS_ROTATION_DIRECT);
+    static const size_t sizes[] = {1, 7, 9, 64, 1000, 4099, 6000};
+    static const double vsini[] = {0, 1e-9, 0.5, 10, 100, 300, 500};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        for (size_t v = 0; v < sizeof vsini / sizeof vsini[0]; v++) {
+            size_t T = sizes[i] >= 4099 ? 2 : 5;
+            check_case(ctx, (struct rvs_routine_args){.batch = T, .n = sizes[i], .m = 1,
+                                                      .param = vsini[v], .seed = (unsigned)v});
+        }
+    check_case(ctx, (struct rvs_routine_args){.batch = 3, .n = 64, .m = 1, .param = C_KMS * LNSTEP});
+    check_case(ctx, (struct rvs_routine_args){.batch = 300, .n = 4099, .m = 1, .k = 1, .param = 500});
+    test_impulse_constant(ctx, RVS_ROTATION_DIRECT);
+    test_unchanged_and_errors(ctx, RVS_ROTATION_DIRECT);
+    ctx->vector_blocks = saved;
+}
+
 int main(void)
 {
     test_weights();
@@ -379,12 +404,14 @@ int main(void)
     CHECK(rvs_rotation_fft_threshold(rot) == def, "threshold not reset");
     rvs_rotation_destroy(&rot);
     run_context(ctx);
+    run_other_direct_kernel(ctx);
     rvs_context_destroy(&ctx);
     if (getenv("RVSFIT_CL_FP32") == NULL) {
         setenv("RVSFIT_CL_FP32", "1", 1);
         ctx = test_context(0);
         CHECK(!ctx->use_fp64, "forced fp32 context still uses fp64");
         run_context(ctx);
+        run_other_direct_kernel(ctx);
         rvs_context_destroy(&ctx);
     }
     return test_finish("test_rotation");

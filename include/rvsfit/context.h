@@ -65,6 +65,10 @@ struct rvs_context {
     cl_context context;
     cl_command_queue queue;
     int use_fp64; /* kernels accumulate in double (RVS_HAVE_FP64=1) */
+    /* the CPU kernels: a block of consecutive pixels per work-item in vector types (PoCL
+     * vectorises only innermost loops), instead of one pixel per work-item; 1 on CPU devices,
+     * RVSFIT_CL_VECTOR_BLOCKS=0|1 overrides, tests set it to run both */
+    int vector_blocks;
     enum rvs_gemm_backend gemm_backend;
     char build_options[256];
     struct rvs_program_stats stats;

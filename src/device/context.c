@@ -104,6 +104,19 @@ int rvs_context_create(const struct rvs_context_options *options, struct rvs_con
     rvs_snprintf_c(ctx->build_options, sizeof ctx->build_options,
                    "-cl-std=CL1.2 -DRVS_HAVE_FP64=%d", ctx->use_fp64);
     RVS_TRY(choose_gemm_backend(ctx));
+    ctx->vector_blocks = (ctx->caps.type & CL_DEVICE_TYPE_CPU) != 0;
+    const char *blocks = getenv("RVSFIT_CL_VECTOR_BLOCKS");
+    if (blocks && *blocks) {
+        if (strcmp(blocks, "0") != 0 && strcmp(blocks, "1") != 0) {
+            rvs_log(RVS_LOG_ERROR, "context",
+                    "RVSFIT_CL_VECTOR_BLOCKS=%s: expected 0 (one pixel per work-item, the GPU "
+                    "kernels) or 1 (pixel blocks in vector types, the CPU kernels); unset it for "
+                    "the device's default", blocks);
+            status = RVS_ERR_INVALID_ARGUMENT;
+            goto cleanup;
+        }
+        ctx->vector_blocks = blocks[0] == '1';
+    }
     RVS_TRY(rvs_fft_acquire());
     ctx->fft_ready = 1;
 

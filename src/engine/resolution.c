@@ -6,7 +6,6 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "base/internal.h"
@@ -64,27 +63,6 @@ void rvs_resolution_scale_row_host(float *rdata, size_t ndiag, size_t n, size_t 
 
 /* Output pixels per work-item of rvs_resolution_apply_blocks (RVS_RES_BLOCK of the kernel). */
 #define RESOLUTION_BLOCK 8
-
-/* Which kernel: the vector blocks on CPU devices (PoCL vectorises only innermost loops, and the
- * tiled kernel's is the 11 diagonals of one pixel: on two cores the resolution stage of a
- * realistic 100-target fit took 2.5 s tiled), the tiled one on GPUs (one pixel per work-item
- * and the model in local memory suit them). RVSFIT_CL_RESOLUTION=tiled|blocks overrides, so the
- * tests run both on PoCL. */
-static int choose_kernel(const struct rvs_context *ctx, int *blocks)
-{
-    const char *env = getenv("RVSFIT_CL_RESOLUTION");
-    *blocks = (ctx->caps.type & CL_DEVICE_TYPE_CPU) != 0;
-    if (!env || !*env)
-        return RVS_OK;
-    if (strcmp(env, "tiled") == 0 || strcmp(env, "blocks") == 0) {
-        *blocks = strcmp(env, "blocks") == 0;
-        return RVS_OK;
-    }
-    rvs_log(RVS_LOG_ERROR, "resolution",
-            "RVSFIT_CL_RESOLUTION=%s: expected 'tiled' or 'blocks'; unset it for the device's "
-            "default", env);
-    return RVS_ERR_INVALID_ARGUMENT;
-}
 
 static int product_fits(size_t a, size_t b, size_t c, size_t *out)
 {
@@ -146,9 +124,9 @@ int rvs_resolution_apply(struct rvs_context *ctx, cl_mem rdata, size_t S, size_t
 
     size_t es = rvs_context_real_size(ctx);
     size_t h = ndiag / 2, he = h < n - 1 ? h : n - 1, width = 2 * he + 1;
-    int blocks;
-    RVS_TRY(choose_kernel(ctx, &blocks));
-    if (blocks) {
+    /* CPU devices: the vector blocks (PoCL vectorises only innermost loops, and the tiled
+     * kernel's is the 11 diagonals of one pixel: 4x slower there); GPUs: the tiled kernel */
+    if (ctx->vector_blocks) {
         RVS_TRY(rvs_context_kernel(ctx, "resolution", "rvs_resolution_apply_blocks", &kernel));
         cl_uint b_ndiag = (cl_uint)ndiag, b_n = (cl_uint)n, b_s = (cl_uint)S, b_he = (cl_uint)he;
         cl_uint b_e = (cl_uint)E;

@@ -36,6 +36,14 @@
 #define ROTATION_FFT_MIN_CPU_FP64 97
 #define ROTATION_FFT_MIN_CPU_FP32 25
 #define ROTATION_FFT_MIN_GPU 401
+/* CPU devices with the vector-block direct kernel (the context's vector_blocks, the default
+ * there since 2026-12-08). PoCL, 2 cores, bench_kernels --routine rotation, 4096 x 6000 px:
+ *                  vsini 10 (K ~ 5)  100 (K ~ 11)  300 (K ~ 27)   FFT, any K
+ *   fp64 direct       11.8 ms         20.6 ms       41.1 ms       581-613 ms
+ *   fp32 direct       15.5 ms         26.8 ms       65.5 ms       413-421 ms
+ * (the one-pixel kernel: 95, 165, 398 ms in fp64). ~1.2 ms (fp64) and ~2 ms (fp32) per weight:
+ * the FFT would win only from K of a few hundred, as on GPUs. */
+#define ROTATION_FFT_MIN_BLOCKS 401
 
 /* Templates per FFT launch: bounds the work buffers (rows x (len+2) reals, ~50 MB at DESI size in
  * double) and, with batch_bucket(), the number of distinct clFFT plans. */
@@ -47,6 +55,7 @@ struct rvs_rotation {
     struct rvs_context *ctx; /* where its clFFT plans' work space is counted */
     size_t npix;
     int is_double;
+    int vector_blocks; /* k_direct is rvs_rotation_direct_blocks (the context's choice at creation) */
     enum rvs_rotation_path path;
     size_t fft_min_default, fft_min_length;
     cl_kernel k_direct, k_pad, k_kernel_pad, k_multiply, k_crop;
@@ -55,6 +64,9 @@ struct rvs_rotation {
     size_t weights_bytes, meta_bytes, work_bytes, hwork_bytes, slot_r_bytes;
     struct rvs_fft_plan_cache plans;
 };
+
+/* Pixels per work-item of rvs_rotation_direct_blocks (RVS_ROT_BLOCK of the kernel). */
+#define ROTATION_BLOCK 8
 
 /* ------------------------------------------------------------------ kernel weights (host) */
 
@@ -208,6 +220,8 @@ static size_t rotation_default_threshold(const struct rvs_context *ctx)
 {
     if (ctx->caps.type & CL_DEVICE_TYPE_GPU)
         return ROTATION_FFT_MIN_GPU;
+    if (ctx->vector_blocks)
+        return ROTATION_FFT_MIN_BLOCKS;
     return ctx->use_fp64 ? ROTATION_FFT_MIN_CPU_FP64 : ROTATION_FFT_MIN_CPU_FP32;
 }
 
@@ -241,7 +255,13 @@ int rvs_rotation_create(struct rvs_context *ctx, size_t npix, struct rvs_rotatio
             rot->fft_min_default = v;
     }
     rot->fft_min_length = rot->fft_min_default;
-    RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_direct", &rot->k_direct));
+    /* CPU devices: the vector blocks of 8 pixels (the same sums; 1 pixel per work-item left
+     * PoCL's code scalar) */
+    rot->vector_blocks = ctx->vector_blocks;
+    RVS_TRY(rvs_context_kernel(ctx, "rotation",
+                               ctx->vector_blocks ? "rvs_rotation_direct_blocks"
+                                                  : "rvs_rotation_direct",
+                               &rot->k_direct));
     RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_pad", &rot->k_pad));
     RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_kernel_pad", &rot->k_kernel_pad));
     RVS_TRY(rvs_context_kernel(ctx, "rotation", "rvs_rotation_multiply", &rot->k_multiply));
@@ -459,7 +479,10 @@ static int launch_direct(struct rvs_context *ctx, struct rvs_rotation *rot, cl_m
     RVS_TRY(rvs_kernel_arg(k, 8, sizeof a_nrows, &a_nrows));
     RVS_TRY(rvs_kernel_arg(k, 9, sizeof a_npix, &a_npix));
     RVS_TRY(rvs_kernel_arg(k, 10, sizeof a_in_row, &a_in_row));
-    RVS_TRY(rvs_kernel_launch_2d(ctx, k, rot->npix, nrows, 0, 1));
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k,
+                                 rot->vector_blocks ? (rot->npix + ROTATION_BLOCK - 1) / ROTATION_BLOCK
+                                                    : rot->npix,
+                                 nrows, 0, 1));
 cleanup:
     return status;
 }
