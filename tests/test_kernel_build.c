@@ -126,5 +126,22 @@ int main(void)
     CHECK(!ctx->use_fp64, "RVSFIT_CL_FP32=1 forces fp32 accumulation");
     run_all(ctx);
     rvs_context_destroy(&ctx);
+    unsetenv("RVSFIT_CL_FP32");
+
+    /* RVSFIT_CL_VECTOR_BLOCKS: 0 and 1 choose the kernels, anything else is refused (the
+     * default is 1 on CPU devices, 0 elsewhere) */
+    for (int v = 0; v < 2; v++) {
+        setenv("RVSFIT_CL_VECTOR_BLOCKS", v ? "1" : "0", 1);
+        ctx = test_context(0);
+        CHECK(ctx->vector_blocks == v, "RVSFIT_CL_VECTOR_BLOCKS=%d gave %d", v, ctx->vector_blocks);
+        rvs_context_destroy(&ctx);
+    }
+    setenv("RVSFIT_CL_VECTOR_BLOCKS", "yes", 1);
+    struct rvs_context_options opt;
+    rvs_context_options_init(&opt);
+    opt.skip_selftest = 1;
+    CHECK(rvs_context_create(&opt, &ctx) == RVS_ERR_INVALID_ARGUMENT && ctx == NULL,
+          "RVSFIT_CL_VECTOR_BLOCKS=yes was not refused");
+    unsetenv("RVSFIT_CL_VECTOR_BLOCKS");
     return test_finish("test_kernel_build");
 }
