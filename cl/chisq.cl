@@ -539,18 +539,18 @@ static void group_sum(__local rvs_acc *lsum, __local rvs_acc *lcomp, uint lid, u
     }
 }
 
-/* chi^2 = |r|^2 (the group sum) + log det + 2 sum log sigma as (hi, lo); +inf for a
+/* chi^2 = |r|^2 (rsum + rcomp, the group's sum) + log det + 2 sum log sigma as (hi, lo); +inf for a
  * rank-deficient request, NaN for a non-finite one or a bad spectrum index. */
-static void chisq_total(__local const rvs_acc *lsum, __local const rvs_acc *lcomp,
-                        __global const rvs_real *logdet, __global const rvs_real *logsig,
-                        size_t e, int s, int valid, int mode, rvs_real *hi_out, rvs_real *lo_out)
+static void chisq_total(rvs_acc rsum, rvs_acc rcomp, __global const rvs_real *logdet,
+                        __global const rvs_real *logsig, size_t e, int s, int valid, int mode,
+                        rvs_real *hi_out, rvs_real *lo_out)
 {
     rvs_real hi, lo;
 #if RVS_HAVE_FP64
-    hi = lsum[0] + lcomp[0] + logdet[2 * e] + logsig[2 * (size_t)(valid ? s : 0)];
+    hi = rsum + rcomp + logdet[2 * e] + logsig[2 * (size_t)(valid ? s : 0)];
     lo = 0;
 #else
-    float2 tot = (float2)(lsum[0], lcomp[0]);
+    float2 tot = (float2)(rsum, rcomp);
     tot = df_add(tot, (float2)(logdet[2 * e], logdet[2 * e + 1]));
     size_t so2 = 2 * (size_t)(valid ? s : 0);
     tot = df_add(tot, (float2)(logsig[so2], logsig[so2 + 1]));
@@ -623,7 +623,7 @@ __kernel void rvs_chisq_residual(__global const rvs_real *models, __global const
     if (lid == 0) {
         int mode = mode_in[e];
         rvs_real hi, lo;
-        chisq_total(lsum, lcomp, logdet, logsig, e, s, valid, mode, &hi, &lo);
+        chisq_total(lsum[0], lcomp[0], logdet, logsig, e, s, valid, mode, &hi, &lo);
         chisq[2 * e] = hi;
         chisq[2 * e + 1] = lo;
         if (want_coef) /* rvspecfit's basis: a = L^-T b */
@@ -690,6 +690,147 @@ static rvs_real group_total(rvs_acc sum, rvs_acc comp, __local rvs_acc *lsum,
     return lsum[0] + lcomp[0];
 }
 
+/* G^-1 = Sc C^-1 Sc from the factorisation of the scaled C = Sc G Sc (fac of rvs_chisq_solve)
+ * into ginv (np x np), for both derivative kernels. Cholesky: the columns of L^-1 (one per
+ * work-item) into tile first; eigen: V Lambda^+ V^T, dropped directions have inv 0. Every
+ * work-item of the group calls it (barriers); ginv is complete on return. */
+static void deriv_ginv(__global const rvs_real *f, int solved, int mode, uint np,
+                       __local rvs_real *tile, __local rvs_real *ginv, uint lid, uint L)
+{
+    __global const rvs_real *inv = f + 3 * np * np, *scale = inv + np;
+    if (solved && mode == MODE_CHOLESKY) {
+        __local rvs_real *linv = tile;
+        for (uint col = lid; col < np; col += L)
+            for (uint j = 0; j < np; j++) {
+                rvs_real t = j == col ? (rvs_real)1 : (rvs_real)0;
+                for (uint k = col; k < j; k++)
+                    t -= f[j * np + k] * linv[k * np + col];
+                linv[j * np + col] = j < col ? (rvs_real)0 : t / f[j * np + j];
+            }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint p = lid; p < np * np; p += L) {
+        uint j = p / np, l = p % np;
+        rvs_real t = 0;
+        if (solved && mode == MODE_CHOLESKY) {
+            __local const rvs_real *linv = tile;
+            for (uint m = j > l ? j : l; m < np; m++)
+                t += linv[m * np + j] * linv[m * np + l];
+        } else if (solved) {
+            for (uint m = 0; m < np; m++)
+                t += f[j * np + m] * inv[m] * f[l * np + m];
+        }
+        ginv[p] = t * scale[j] * scale[l];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE); /* ginv complete; linv no longer needed */
+}
+
+/* The scale-free prior's npoly / tr G (tr in the orthonormal basis, as rvs_chisq_solve). */
+static rvs_real scale_free_factor(__global const rvs_real *gh, __global const rvs_real *gl,
+                                  size_t e, uint np)
+{
+    uint npair = np * (np + 1) / 2;
+    rvs_real tr = 0;
+    for (uint j = 0, p = 0; j < np; j++) {
+        tr += gh[e * npair + p];
+#if !RVS_HAVE_FP64
+        tr += gl[e * npair + p];
+#endif
+        p += np - j;
+    }
+    return (rvs_real)np / tr;
+}
+
+/* The end of both derivative kernels, once chi^2 (hi, lo), the gradient (gout) and the sums
+ * acc ((sum, comp) pairs: Y^T Y packed, then U = S^T Y, npoly x K) are in local memory: the
+ * Gauss-Newton matrix 2 (Y^T Y - U^T G^-1 U), made positive semi-definite by a Cholesky
+ * factorisation whose pivots at the rounding level of Y^T Y are dropped, and the outputs.
+ * Every work-item of the group calls it (barriers); work-item 0 writes. */
+static void deriv_finish(__local const rvs_acc *acc, __local const rvs_real *ginv,
+                         __local rvs_real *tile, __local const rvs_real *gout, uint np, uint K,
+                         int want_gn, rvs_real psd_tol, int solved, rvs_real hi, rvs_real lo,
+                         size_t e, __global rvs_real *chisq, __global rvs_real *grad,
+                         __global rvs_real *gn, uint lid, uint L)
+{
+    uint npk = K * (K + 1) / 2;
+    /* GN: W = G^-1 U (npoly x K) into the tile, then M = Y^T Y - U^T W (K x K, full) after it */
+    __local rvs_real *wm = tile, *mm = tile + np * K;
+    if (want_gn) {
+        for (uint p = lid; p < np * K; p += L) {
+            uint j = p / K, k = p % K;
+            rvs_real t = 0;
+            for (uint m = 0; m < np; m++)
+                t += ginv[j * np + m] * (acc[2 * (npk + m * K + k)] + acc[2 * (npk + m * K + k) + 1]);
+            wm[p] = t;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint p = lid; p < npk; p += L) {
+            uint k, l;
+            pair_of(p, K, &k, &l);
+            rvs_real t = acc[2 * p] + acc[2 * p + 1];
+            for (uint j = 0; j < np; j++)
+                t -= (acc[2 * (npk + j * K + k)] + acc[2 * (npk + j * K + k) + 1]) *
+                     wm[j * K + l];
+            mm[k * K + l] = mm[l * K + k] = t;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid != 0)
+        return;
+
+    chisq[2 * e] = hi;
+    chisq[2 * e + 1] = lo;
+    int ok = solved && isfinite(hi);
+    for (uint k = 0; k < K; k++)
+        ok = ok && isfinite(gout[k]);
+    if (want_gn)
+        for (uint k = 0; k < K * K; k++)
+            ok = ok && isfinite(mm[k]);
+    for (uint k = 0; k < K; k++)
+        grad[e * K + k] = ok ? gout[k] : (rvs_real)NAN;
+    if (!want_gn)
+        return;
+    /* Cholesky of M in place (lower triangle into cf, after mm), pivots at the rounding level
+     * of the unprojected Y^T Y dropped; then GN = 2 cf cf^T. Exactly symmetric: entry (k, l)
+     * and (l, k) are the same products in the same order. */
+    __local rvs_real *cf = mm + K * K;
+    for (uint j = 0; j < K; j++) {
+        rvs_real d = mm[j * K + j];
+        for (uint m = 0; m < j; m++)
+            d -= cf[j * K + m] * cf[j * K + m];
+        uint pj = j * K - j * (j - 1) / 2; /* packed index of (j, j) */
+        rvs_real thr = psd_tol * (acc[2 * pj] + acc[2 * pj + 1]);
+        /* y_j itself in the span to rounding: row and column j of GN exactly zero; else a
+         * pivot at the rounding level (y_j's projection a combination of earlier ones'):
+         * column j zero, the row keeps its coupling to the earlier directions */
+        int keep = d > thr;
+        rvs_real ljj = keep ? sqrt(d) : (rvs_real)0;
+        if (!(mm[j * K + j] > thr))
+            for (uint m = 0; m < j; m++)
+                cf[j * K + m] = 0;
+        for (uint i2 = 0; i2 < K; i2++) {
+            if (i2 < j) {
+                cf[i2 * K + j] = 0;
+            } else if (i2 == j) {
+                cf[j * K + j] = ljj;
+            } else {
+                rvs_real t = mm[i2 * K + j];
+                for (uint m = 0; m < j; m++)
+                    t -= cf[i2 * K + m] * cf[j * K + m];
+                cf[i2 * K + j] = keep ? t / ljj : (rvs_real)0;
+            }
+        }
+    }
+    for (uint k = 0; k < K; k++)
+        for (uint l = 0; l < K; l++) {
+            rvs_real t = 0;
+            uint top = k < l ? k : l;
+            for (uint m = 0; m <= top; m++)
+                t += cf[k * K + m] * cf[l * K + m];
+            gn[(e * K + k) * K + l] = ok ? 2 * t : (rvs_real)NAN;
+        }
+}
+
 __kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rvs_real *tangents,
                               __global const int *spectrum, __global const rvs_real *dh,
                               __global const rvs_real *dl, __global const rvs_real *sh,
@@ -712,14 +853,13 @@ __kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rv
     uint lid = get_local_id(0), L = get_local_size(0);
     if (e >= E) /* uniform over the work-group */
         return;
-    uint npk = K * (K + 1) / 2, nacc = npk + np * K, npair = np * (np + 1) / 2;
+    uint npk = K * (K + 1) / 2, nacc = npk + np * K;
     int s = spectrum[e];
     int valid = s >= 0 && (uint)s < S;
     size_t so = valid ? (size_t)s * n : 0;
     int mode = mode_in[e];
     int solved = valid && (mode == MODE_CHOLESKY || mode == MODE_EIGEN);
     __global const rvs_real *f = fac + e * FAC_STRIDE(np);
-    __global const rvs_real *inv = f + 3 * np * np, *scale = inv + np;
 
     for (uint j = lid; j < np; j += L) {
         ah[j] = coef[e * 2 * np + j];
@@ -728,46 +868,9 @@ __kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rv
     for (uint p = lid; p < nacc; p += L)
         acc[2 * p] = acc[2 * p + 1] = 0;
 
-    /* G^-1 = Sc C^-1 Sc from the factorisation of the scaled C = Sc G Sc. Cholesky: the
-     * columns of L^-1 (one per work-item) into the tile's memory first. */
-    if (solved && mode == MODE_CHOLESKY) {
-        __local rvs_real *linv = tile;
-        for (uint col = lid; col < np; col += L)
-            for (uint j = 0; j < np; j++) {
-                rvs_real t = j == col ? (rvs_real)1 : (rvs_real)0;
-                for (uint k = col; k < j; k++)
-                    t -= f[j * np + k] * linv[k * np + col];
-                linv[j * np + col] = j < col ? (rvs_real)0 : t / f[j * np + j];
-            }
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint p = lid; p < np * np; p += L) {
-        uint j = p / np, l = p % np;
-        rvs_real t = 0;
-        if (solved && mode == MODE_CHOLESKY) {
-            __local const rvs_real *linv = tile;
-            for (uint m = j > l ? j : l; m < np; m++)
-                t += linv[m * np + j] * linv[m * np + l];
-        } else if (solved) { /* V Lambda^+ V^T, dropped directions have inv 0 */
-            for (uint m = 0; m < np; m++)
-                t += f[j * np + m] * inv[m] * f[l * np + m];
-        }
-        ginv[p] = t * scale[j] * scale[l];
-    }
-    /* the scale-free prior's npoly / tr G (tr in the orthonormal basis, as rvs_chisq_solve) */
-    rvs_real sf = 0;
-    if (scale_free) {
-        rvs_real tr = 0;
-        for (uint j = 0, p = 0; j < np; j++) {
-            tr += gh[e * npair + p];
-#if !RVS_HAVE_FP64
-            tr += gl[e * npair + p];
-#endif
-            p += np - j;
-        }
-        sf = (rvs_real)np / tr;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE); /* ginv complete; linv no longer needed */
+    deriv_ginv(f, solved, mode, np, tile, ginv, lid, L);
+    /* the scale-free prior's npoly / tr G */
+    rvs_real sf = scale_free ? scale_free_factor(gh, gl, e, np) : (rvs_real)0;
 
     rvs_resid_acc racc;
     resid_acc_init(&racc);
@@ -845,86 +948,240 @@ __kernel void rvs_chisq_deriv(__global const rvs_real *models, __global const rv
     group_sum(lsum, lcomp, lid, L);
     rvs_real hi = 0, lo = 0;
     if (lid == 0)
-        chisq_total(lsum, lcomp, logdet, logsig, e, s, valid, mode, &hi, &lo);
+        chisq_total(lsum[0], lcomp[0], logdet, logsig, e, s, valid, mode, &hi, &lo);
     for (uint k = 0; k < K; k++) {
         rvs_real g = group_total(gacc[k].sum, gacc[k].comp, lsum, lcomp, lid, L);
         if (lid == 0)
             gout[k] = g;
     }
-    /* GN: W = G^-1 U (npoly x K) into the tile, then M = Y^T Y - U^T W (K x K, full) after it */
-    __local rvs_real *wm = tile, *mm = tile + np * K;
-    if (want_gn) {
-        for (uint p = lid; p < np * K; p += L) {
-            uint j = p / K, k = p % K;
-            rvs_real t = 0;
-            for (uint m = 0; m < np; m++)
-                t += ginv[j * np + m] * (acc[2 * (npk + m * K + k)] + acc[2 * (npk + m * K + k) + 1]);
-            wm[p] = t;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint p = lid; p < npk; p += L) {
-            uint k, l;
-            pair_of(p, K, &k, &l);
-            rvs_real t = acc[2 * p] + acc[2 * p + 1];
-            for (uint j = 0; j < np; j++)
-                t -= (acc[2 * (npk + j * K + k)] + acc[2 * (npk + j * K + k) + 1]) *
-                     wm[j * K + l];
-            mm[k * K + l] = mm[l * K + k] = t;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid != 0)
-        return;
+    deriv_finish(acc, ginv, tile, gout, np, K, want_gn, psd_tol, solved, hi, lo, e, chisq, grad, gn,
+                 lid, L);
+}
 
+/* ---------------------------------------------------------------- CPU kernels
+ *
+ * rvs_chisq_residual_blocks and rvs_chisq_deriv_blocks: the residual pass and the derivative
+ * kernel for CPU devices (the context's vector_blocks), fp64 only. PoCL runs a work-group as a
+ * loop over its work-items and vectorises only innermost loops; in the kernels above the
+ * innermost loops run over the basis functions of one pixel, so they ran as scalar code (the
+ * derivative kernel alone was 12 % of a realistic fit's samples on two cores). Here one
+ * work-item (work-group size 1) takes a whole request and walks its pixels in blocks of
+ * RVS_CHISQ_BLOCK in vector types, with the same per-pixel formulas as residual_at and
+ * rvs_chisq_deriv; |r|^2 and the gradient are summed with compensation per lane, the
+ * Gauss-Newton sums plainly per lane, and the lanes are added in order at the end. Both kernels
+ * share that order, so chi^2 is the same from either, to the bit. The end (G^-1, the
+ * Gauss-Newton matrix, outputs) is deriv_ginv and deriv_finish, as above. */
+
+#define RVS_CHISQ_BLOCK 8
+/* Gauss-Newton sums K(K+1)/2 + npoly K the CPU derivative kernel keeps in vector registers at
+ * most; the host falls back to rvs_chisq_deriv beyond (npoly 10 and 6 tangents: 81) */
+#define RVS_CHISQ_BLOCKS_MAX_ACC 128
+
+#if RVS_HAVE_FP64
+/* RVS_CHISQ_BLOCK values of p from i0; zeros past n (a zero pixel adds nothing to any sum) */
+static inline double8 load_block(__global const double *p, uint i0, uint n)
+{
+    if (i0 + RVS_CHISQ_BLOCK <= n)
+        return vload8(0, p + i0);
+    double v[RVS_CHISQ_BLOCK];
+    for (uint l = 0; l < RVS_CHISQ_BLOCK; l++)
+        v[l] = i0 + l < n ? p[i0 + l] : 0.0;
+    return vload8(0, v);
+}
+
+static inline void store_block(__global double *p, uint i0, uint n, double8 x)
+{
+    if (i0 + RVS_CHISQ_BLOCK <= n) {
+        vstore8(x, 0, p + i0);
+        return;
+    }
+    double v[RVS_CHISQ_BLOCK];
+    vstore8(x, 0, v);
+    for (uint l = 0; i0 + l < n; l++)
+        p[i0 + l] = v[l];
+}
+
+/* Neumaier's compensated sum, lane by lane */
+static inline void ksum8_add(double8 *sum, double8 *comp, double8 x)
+{
+    double8 t = *sum + x;
+    *comp += select((x - t) + *sum, (*sum - t) + x, isgreaterequal(fabs(*sum), fabs(x)));
+    *sum = t;
+}
+
+/* The lanes of (sum, comp) added in order: (total, its compensation) */
+static inline void lanes_total(double8 sum, double8 comp, double *total, double *total_comp)
+{
+    double s[RVS_CHISQ_BLOCK], c[RVS_CHISQ_BLOCK];
+    vstore8(sum, 0, s);
+    vstore8(comp, 0, c);
+    rvs_ksum k;
+    rvs_ksum_init(&k);
+    double cc = 0;
+    for (uint l = 0; l < RVS_CHISQ_BLOCK; l++) {
+        rvs_ksum_add(&k, s[l]);
+        cc += c[l];
+    }
+    *total = k.sum;
+    *total_comp = k.comp + cc;
+}
+
+/* residual_at for the pixels [i0, i0 + B): the continuum cont = sum_j a_j Q_j and the whitened
+ * residual D - t cont / sigma, the same operations in the same order per pixel */
+static inline double8 residual_block(uint i0, uint n, uint np, double8 t, size_t so,
+                                     __global const double *dh, __global const double *sh,
+                                     __global const double *ph, const double *a,
+                                     double8 *cont_out)
+{
+    double8 cont = (double8)(0);
+    for (uint j = 0; j < np; j++)
+        cont += a[j] * load_block(ph + (size_t)j * n, i0, n);
+    *cont_out = cont;
+    return load_block(dh + so, i0, n) - (t * cont) * load_block(sh + so, i0, n);
+}
+#endif
+
+/* rvs_chisq_residual's pass 1 (chi^2 and the optional outputs) for CPU devices. Global size E,
+ * work-group size 1. */
+__kernel void rvs_chisq_residual_blocks(__global const rvs_real *models,
+                                        __global const int *spectrum,
+                                        __global const rvs_real *dh, __global const rvs_real *sh,
+                                        __global const rvs_real *ph, __global const rvs_real *coef,
+                                        __global const rvs_real *linvt,
+                                        __global const rvs_real *logdet,
+                                        __global const rvs_real *logsig,
+                                        __global const int *mode_in, uint n, uint np, uint E,
+                                        uint S, __global rvs_real *chisq,
+                                        __global rvs_real *coef_out,
+                                        __global rvs_real *model_out, int want_coef,
+                                        int want_model)
+{
+#if RVS_HAVE_FP64
+    size_t e = get_global_id(0);
+    if (e >= E)
+        return;
+    double a[RVS_CHISQ_MAX_NPOLY];
+    for (uint j = 0; j < np; j++)
+        a[j] = coef[e * 2 * np + j];
+    int s = spectrum[e];
+    int valid = s >= 0 && (uint)s < S;
+    size_t so = valid ? (size_t)s * n : 0;
+    double8 sum = (double8)(0), comp = (double8)(0);
+    for (uint i0 = 0; i0 < n; i0 += RVS_CHISQ_BLOCK) {
+        double8 t = load_block(models + e * n, i0, n), cont;
+        double8 r = residual_block(i0, n, np, t, so, dh, sh, ph, a, &cont);
+        ksum8_add(&sum, &comp, r * r);
+        if (want_model)
+            store_block(model_out + e * n, i0, n, t * cont);
+    }
+    double rs, rc, hi, lo;
+    lanes_total(sum, comp, &rs, &rc);
+    chisq_total(rs, rc, logdet, logsig, e, s, valid, mode_in[e], &hi, &lo);
     chisq[2 * e] = hi;
     chisq[2 * e + 1] = lo;
-    int ok = solved && isfinite(hi);
-    for (uint k = 0; k < K; k++)
-        ok = ok && isfinite(gout[k]);
-    if (want_gn)
-        for (uint k = 0; k < K * K; k++)
-            ok = ok && isfinite(mm[k]);
-    for (uint k = 0; k < K; k++)
-        grad[e * K + k] = ok ? gout[k] : (rvs_real)NAN;
-    if (!want_gn)
+    if (want_coef) /* rvspecfit's basis: a = L^-T b */
+        for (uint j = 0; j < np; j++) {
+            double t = 0;
+            for (uint k = 0; k < np; k++)
+                t += linvt[j * np + k] * a[k];
+            coef_out[e * np + j] = t;
+        }
+#endif
+}
+
+/* rvs_chisq_deriv for CPU devices (same arguments but the local buffers). Global size E,
+ * work-group size 1. */
+__kernel void rvs_chisq_deriv_blocks(__global const rvs_real *models,
+                                     __global const rvs_real *tangents,
+                                     __global const int *spectrum, __global const rvs_real *dh,
+                                     __global const rvs_real *sh, __global const rvs_real *ph,
+                                     __global const rvs_real *coef, __global const rvs_real *gh,
+                                     __global const rvs_real *gl, __global const rvs_real *fac,
+                                     __global const rvs_real *logdet,
+                                     __global const rvs_real *logsig,
+                                     __global const int *mode_in, uint n, uint np, uint K,
+                                     uint E, uint S, uint trow0, int scale_free, int want_gn,
+                                     rvs_real psd_tol, __global rvs_real *chisq,
+                                     __global rvs_real *grad, __global rvs_real *gn)
+{
+#if RVS_HAVE_FP64
+    /* the tile holds L^-1 (np^2), then W and M (np K + 2 K^2) */
+    __local double tile[RVS_CHISQ_MAX_NPOLY * RVS_CHISQ_MAX_NPOLY];
+    __local double ginv[RVS_CHISQ_MAX_NPOLY * RVS_CHISQ_MAX_NPOLY];
+    __local double acc[2 * RVS_CHISQ_BLOCKS_MAX_ACC];
+    __local double gout[RVS_CHISQ_MAX_TANGENTS];
+    size_t e = get_global_id(0);
+    if (e >= E) /* work-group size 1 */
         return;
-    /* Cholesky of M in place (lower triangle into cf, after mm), pivots at the rounding level
-     * of the unprojected Y^T Y dropped; then GN = 2 cf cf^T. Exactly symmetric: entry (k, l)
-     * and (l, k) are the same products in the same order. */
-    __local rvs_real *cf = mm + K * K;
-    for (uint j = 0; j < K; j++) {
-        rvs_real d = mm[j * K + j];
-        for (uint m = 0; m < j; m++)
-            d -= cf[j * K + m] * cf[j * K + m];
-        uint pj = j * K - j * (j - 1) / 2; /* packed index of (j, j) */
-        rvs_real thr = psd_tol * (acc[2 * pj] + acc[2 * pj + 1]);
-        /* y_j itself in the span to rounding: row and column j of GN exactly zero; else a
-         * pivot at the rounding level (y_j's projection a combination of earlier ones'):
-         * column j zero, the row keeps its coupling to the earlier directions */
-        int keep = d > thr;
-        rvs_real ljj = keep ? sqrt(d) : (rvs_real)0;
-        if (!(mm[j * K + j] > thr))
-            for (uint m = 0; m < j; m++)
-                cf[j * K + m] = 0;
-        for (uint i2 = 0; i2 < K; i2++) {
-            if (i2 < j) {
-                cf[i2 * K + j] = 0;
-            } else if (i2 == j) {
-                cf[j * K + j] = ljj;
-            } else {
-                rvs_real t = mm[i2 * K + j];
-                for (uint m = 0; m < j; m++)
-                    t -= cf[i2 * K + m] * cf[j * K + m];
-                cf[i2 * K + j] = keep ? t / ljj : (rvs_real)0;
+    uint npk = K * (K + 1) / 2, nacc = npk + np * K;
+    int s = spectrum[e];
+    int valid = s >= 0 && (uint)s < S;
+    size_t so = valid ? (size_t)s * n : 0;
+    int mode = mode_in[e];
+    int solved = valid && (mode == MODE_CHOLESKY || mode == MODE_EIGEN);
+    double a[RVS_CHISQ_MAX_NPOLY];
+    for (uint j = 0; j < np; j++)
+        a[j] = coef[e * 2 * np + j];
+    deriv_ginv(fac + e * FAC_STRIDE(np), solved, mode, np, tile, ginv, 0, 1);
+    double sf = scale_free ? scale_free_factor(gh, gl, e, np) : 0.0;
+
+    double8 csum = (double8)(0), ccomp = (double8)(0);
+    double8 gsum[RVS_CHISQ_MAX_TANGENTS], gcomp[RVS_CHISQ_MAX_TANGENTS];
+    double8 sums[RVS_CHISQ_BLOCKS_MAX_ACC];
+    for (uint k = 0; k < K; k++)
+        gsum[k] = gcomp[k] = (double8)(0);
+    for (uint p = 0; p < nacc; p++)
+        sums[p] = (double8)(0);
+    for (uint i0 = 0; i0 < n; i0 += RVS_CHISQ_BLOCK) {
+        double8 t = load_block(models + e * n, i0, n), c;
+        double8 r = residual_block(i0, n, np, t, so, dh, sh, ph, a, &c);
+        ksum8_add(&csum, &ccomp, r * r);
+        double8 sv = load_block(sh + so, i0, n), tt = t * sv;
+        /* h = q^T G^-1 q and |q|^2 */
+        double8 q[RVS_CHISQ_MAX_NPOLY], h = (double8)(0), lev = (double8)(0);
+        for (uint j = 0; j < np; j++)
+            q[j] = load_block(ph + (size_t)j * n, i0, n);
+        for (uint j = 0; j < np; j++) {
+            double8 row = (double8)(0);
+            for (uint l = 0; l < np; l++)
+                row += ginv[j * np + l] * q[l];
+            h += q[j] * row;
+            lev += q[j] * q[j];
+        }
+        double8 z = 2 * (tt * (h - sf * lev) - r * c);
+        double8 y[RVS_CHISQ_MAX_TANGENTS];
+        for (uint k = 0; k < K; k++) {
+            double8 tk = load_block(tangents + ((size_t)trow0 + (size_t)k * E + e) * n, i0, n) * sv;
+            ksum8_add(&gsum[k], &gcomp[k], tk * z);
+            y[k] = tk * c;
+        }
+        if (want_gn) {
+            uint p = 0;
+            for (uint k = 0; k < K; k++) /* Y^T Y packed as pair_of reads it */
+                for (uint l = k; l < K; l++)
+                    sums[p++] += y[k] * y[l];
+            for (uint j = 0; j < np; j++) { /* U = S^T Y: w_j = tt q_j */
+                double8 w = tt * q[j];
+                for (uint k = 0; k < K; k++)
+                    sums[p++] += w * y[k];
             }
         }
     }
-    for (uint k = 0; k < K; k++)
-        for (uint l = 0; l < K; l++) {
-            rvs_real t = 0;
-            uint top = k < l ? k : l;
-            for (uint m = 0; m <= top; m++)
-                t += cf[k * K + m] * cf[l * K + m];
-            gn[(e * K + k) * K + l] = ok ? 2 * t : (rvs_real)NAN;
-        }
+    double hi, lo, rs, rc;
+    lanes_total(csum, ccomp, &rs, &rc);
+    chisq_total(rs, rc, logdet, logsig, e, s, valid, mode, &hi, &lo);
+    for (uint k = 0; k < K; k++) {
+        double gs, gc;
+        lanes_total(gsum[k], gcomp[k], &gs, &gc);
+        gout[k] = gs + gc;
+    }
+    for (uint p = 0; p < nacc; p++) {
+        double as, ac;
+        lanes_total(sums[p], (double8)(0), &as, &ac);
+        acc[2 * p] = as;
+        acc[2 * p + 1] = ac;
+    }
+    deriv_finish(acc, ginv, tile, gout, np, K, want_gn, psd_tol, solved, hi, lo, e, chisq, grad,
+                 gn, 0, 1);
+#endif
 }

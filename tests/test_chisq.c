@@ -1,5 +1,7 @@
 /* test_chisq.c: rvs_chisq_eval against the long-double reference of rvspecfit's get_chisq0
- * (tests/routines/chisq.c), in fp64 and forced fp32, plus the host basis against closed forms.
+ * (tests/routines/chisq.c), in fp64 (both residual passes: the work-group one of GPUs and the
+ * per-request vector blocks of CPU devices) and forced fp32, plus the host basis against closed
+ * forms.
  * Tolerances (tests/tolerances.h): chi^2 RVS_TOL_FP64_REL relative (fp64) or
  * RVS_TOL_CHISQ_FP32_ABS absolute (fp32, values ~1e3..1e4); best-fit model and coefficients
  * (in model space, |S da| / | |S| |a| |: rounding a alone moves S a by about eps there, while
@@ -216,6 +218,12 @@ int main(void)
 {
     check_basis();
     struct rvs_context *ctx = test_context(0); /* with the self-test, which has a chi^2 row */
+    run_all(ctx);
+    check_scale_free(ctx);
+    /* and with the other residual pass: the CPU devices' per-request vector blocks (fp64) or
+     * the work-group kernel GPUs use */
+    ctx->vector_blocks = !ctx->vector_blocks;
+    printf("kernels: %s\n", ctx->vector_blocks ? "vector blocks" : "work-groups");
     run_all(ctx);
     check_scale_free(ctx);
     int had_fp64 = ctx->use_fp64;

@@ -1,5 +1,6 @@
 /* test_chisq_deriv.c: rvs_chisq_eval_deriv (chi^2, its gradient along K tangents and the
- * Gauss-Newton matrix) in fp64 and forced fp32, against
+ * Gauss-Newton matrix) in fp64 and forced fp32, with both kernels in fp64 (the work-group one
+ * of GPUs and the per-request vector blocks of CPU devices), against
  *   - rvs_chisq_eval's chi^2 on the same requests,
  *   - a plain-C long-double reference of the gradient and of 2 (Y^T Y - U^T G^-1 U),
  *   - (fp64) a central finite difference of rvs_chisq_eval along T + h T_k, Richardson
@@ -965,6 +966,13 @@ int main(void)
 {
     struct rvs_context *ctx = test_context(1);
     int had_fp64 = ctx->use_fp64;
+    run_all(ctx);
+    if (had_fp64)
+        check_hessian(ctx);
+    /* and with the other kernels: the CPU devices' per-request vector blocks (fp64) or the
+     * work-group kernels GPUs use */
+    ctx->vector_blocks = !ctx->vector_blocks;
+    printf("kernels: %s\n", ctx->vector_blocks ? "vector blocks" : "work-groups");
     run_all(ctx);
     if (had_fp64)
         check_hessian(ctx);

@@ -37,6 +37,10 @@ struct rvs_chisq_arm {
     size_t cap, last_e;
     cl_mem x1, x2, gpart, gh, gl, v, fac, coef, logdet, mode;
     cl_kernel k_prepare, k_reduce, k_solve, k_residual, k_refine, k_deriv;
+    /* CPU devices in fp64 (the context's vector_blocks): the residual pass and the derivative
+     * kernel as one work-item per request in vector blocks of pixels (cl/chisq.cl) */
+    int blocks;
+    cl_kernel k_residual_blocks, k_deriv_blocks;
     size_t local; /* residual work-group size, a power of two */
     size_t deriv_kwg; /* the derivative kernel's largest work-group on this device */
 };
@@ -164,6 +168,8 @@ void rvs_chisq_arm_destroy(struct rvs_chisq_arm **arm)
     release_kernel(&a->k_residual);
     release_kernel(&a->k_refine);
     release_kernel(&a->k_deriv);
+    release_kernel(&a->k_residual_blocks);
+    release_kernel(&a->k_deriv_blocks);
     free(a);
     *arm = NULL;
 }
@@ -323,6 +329,12 @@ int rvs_chisq_arm_create(struct rvs_context *ctx, const double *lam, size_t n, s
     RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_residual", &arm->k_residual));
     RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_refine", &arm->k_refine));
     RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_deriv", &arm->k_deriv));
+    arm->blocks = ctx->vector_blocks && arm->fp64;
+    if (arm->blocks) {
+        RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_residual_blocks",
+                                   &arm->k_residual_blocks));
+        RVS_TRY(rvs_context_kernel(ctx, "chisq", "rvs_chisq_deriv_blocks", &arm->k_deriv_blocks));
+    }
     RVS_CL_TRY(clGetKernelWorkGroupInfo(arm->k_deriv, ctx->caps.device,
                                         CL_KERNEL_WORK_GROUP_SIZE, sizeof arm->deriv_kwg,
                                         &arm->deriv_kwg, NULL));
@@ -479,11 +491,55 @@ static int real_arg(const struct rvs_chisq_arm *arm, cl_kernel k, cl_uint index,
     return rvs_kernel_arg(k, index, sizeof f, &f);
 }
 
+/* One work-item per request, work-groups of one (the CPU kernels of cl/chisq.cl). */
+static int launch_per_request(struct rvs_context *ctx, cl_kernel k, size_t E)
+{
+    size_t global = E, local = 1;
+    return rvs_kernel_launch_nd(ctx, k, 1, &global, &local);
+}
+
+/* The residual pass's chi^2 and outputs by rvs_chisq_residual_blocks (arm->blocks). */
+static int residual_blocks(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
+                           cl_mem spectrum_index, size_t E, cl_mem chisq, cl_mem coeffs,
+                           cl_mem best_model)
+{
+    int status = RVS_OK;
+    cl_kernel k = arm->k_residual_blocks;
+    cl_uint n = (cl_uint)arm->n, np = (cl_uint)arm->np, e32 = (cl_uint)E, s32 = (cl_uint)arm->S;
+    cl_int want_coef = coeffs != NULL, want_model = best_model != NULL;
+    cl_mem none = NULL;
+    cl_uint a = 0;
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &models));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &spectrum_index));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->dh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->sh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->ph));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->coef));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->linvt));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logdet));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logsig));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->mode));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof n, &n));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof np, &np));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof e32, &e32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof s32, &s32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), chisq ? &chisq : &none));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), coeffs ? &coeffs : &none));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), best_model ? &best_model : &none));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_coef, &want_coef));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_model, &want_model));
+    RVS_TRY(launch_per_request(ctx, k, E));
+cleanup:
+    return status;
+}
+
 static int residual_pass(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
                          cl_mem spectrum_index, size_t E, int pass, cl_mem chisq, cl_mem coeffs,
                          cl_mem best_model)
 {
     int status = RVS_OK;
+    if (arm->blocks && pass == 1)
+        return residual_blocks(ctx, arm, models, spectrum_index, E, chisq, coeffs, best_model);
     cl_kernel k = arm->k_residual;
     cl_uint n = (cl_uint)arm->n, n_pad = (cl_uint)arm->n_pad, np = (cl_uint)arm->np;
     cl_uint e32 = (cl_uint)E, s32 = (cl_uint)arm->S;
@@ -670,6 +726,54 @@ static size_t deriv_local_elems(size_t L, size_t np, size_t K)
     return deriv_tile(L, np, K) + 2 * nacc + 2 * L + np * np;
 }
 
+/* Gauss-Newton sums rvs_chisq_deriv_blocks keeps in registers at most (RVS_CHISQ_BLOCKS_MAX_ACC
+ * of cl/chisq.cl); more go to rvs_chisq_deriv. */
+#define CHISQ_BLOCKS_MAX_ACC 128
+
+/* rvs_chisq_eval_deriv's last stage by rvs_chisq_deriv_blocks (arm->blocks): the solve stage
+ * first, then one work-item per request. */
+static int deriv_blocks(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
+                        cl_mem tangents, size_t tangent_row0, size_t K, cl_mem spectrum_index,
+                        size_t E, cl_mem chisq, cl_mem grad, cl_mem gn)
+{
+    int status = RVS_OK;
+    RVS_TRY(solve_stage(ctx, arm, models, spectrum_index, E));
+    cl_kernel k = arm->k_deriv_blocks;
+    cl_uint n32 = (cl_uint)arm->n, np32 = (cl_uint)arm->np, k32 = (cl_uint)K, e32 = (cl_uint)E;
+    cl_uint s32 = (cl_uint)arm->S, row0 = (cl_uint)tangent_row0;
+    cl_int scale_free = arm->scale_free, want_gn = gn != NULL;
+    cl_uint a = 0;
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &models));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &tangents));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &spectrum_index));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->dh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->sh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->ph));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->coef));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->gh));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->gh)); /* gl: unused in fp64 */
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->fac));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logdet));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logsig));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->mode));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof n32, &n32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof np32, &np32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof k32, &k32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof e32, &e32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof s32, &s32));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof row0, &row0));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof scale_free, &scale_free));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_gn, &want_gn));
+    /* the same pivot threshold as rvs_chisq_eval_deriv's */
+    RVS_TRY(real_arg(arm, k, a++, 4.0 * (double)(arm->np + K) * DBL_EPSILON));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &chisq));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &grad));
+    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), want_gn ? &gn : &grad)); /* unused if no GN */
+    RVS_TRY(launch_per_request(ctx, k, E));
+cleanup:
+    return status;
+}
+
 int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
                          cl_mem tangents, size_t tangent_row0, size_t K, cl_mem spectrum_index,
                          size_t E, cl_mem chisq, cl_mem grad, cl_mem gn)
@@ -692,6 +796,9 @@ int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_
     }
     RVS_TRY(rvs_buffer_check_size("chisq", tangents, (tangent_row0 + K * E) * arm->n * es,
                                   "tangents"));
+    if (arm->blocks && K * (K + 1) / 2 + np * K <= CHISQ_BLOCKS_MAX_ACC)
+        return deriv_blocks(ctx, arm, models, tangents, tangent_row0, K, spectrum_index, E,
+                            chisq, grad, gn);
     /* The residual pass's work-group size where the tile fits, so chi^2 is the same sum to
      * the bit; else halved until it fits (chi^2 then differs from rvs_chisq_eval's by
      * rounding only). A device's static local arrays (ah, al, gout: < 1 KiB) are left room. */
