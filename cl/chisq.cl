@@ -1041,23 +1041,27 @@ static inline double8 residual_block(uint i0, uint n, uint np, double8 t, size_t
 }
 #endif
 
-/* rvs_chisq_residual's pass 1 (chi^2 and the optional outputs) for CPU devices. Global size E,
- * work-group size 1. */
+/* rvs_chisq_residual's pass 1 (chi^2 and the optional outputs) for CPU devices, with its
+ * arguments (dl, sl, pl, n_pad, pass, r_out and the local buffers unused). Global size 1 x E,
+ * work-groups of 1. */
 __kernel void rvs_chisq_residual_blocks(__global const rvs_real *models,
                                         __global const int *spectrum,
-                                        __global const rvs_real *dh, __global const rvs_real *sh,
-                                        __global const rvs_real *ph, __global const rvs_real *coef,
+                                        __global const rvs_real *dh, __global const rvs_real *dl,
+                                        __global const rvs_real *sh, __global const rvs_real *sl,
+                                        __global const rvs_real *ph, __global const rvs_real *pl,
+                                        __global const rvs_real *coef,
                                         __global const rvs_real *linvt,
                                         __global const rvs_real *logdet,
                                         __global const rvs_real *logsig,
-                                        __global const int *mode_in, uint n, uint np, uint E,
-                                        uint S, __global rvs_real *chisq,
-                                        __global rvs_real *coef_out,
+                                        __global const int *mode_in, uint n, uint n_pad, uint np,
+                                        uint E, uint S, int pass, __global rvs_real *r_out,
+                                        __global rvs_real *chisq, __global rvs_real *coef_out,
                                         __global rvs_real *model_out, int want_coef,
-                                        int want_model)
+                                        int want_model, __local rvs_acc *lsum,
+                                        __local rvs_acc *lcomp)
 {
 #if RVS_HAVE_FP64
-    size_t e = get_global_id(0);
+    size_t e = get_global_id(1);
     if (e >= E)
         return;
     double a[RVS_CHISQ_MAX_NPOLY];
@@ -1089,29 +1093,30 @@ __kernel void rvs_chisq_residual_blocks(__global const rvs_real *models,
 #endif
 }
 
-/* rvs_chisq_deriv for CPU devices (same arguments but the local buffers). Global size E,
- * work-group size 1. */
+/* rvs_chisq_deriv for CPU devices, with its arguments (dl, sl, pl, lsum and lcomp unused; the
+ * local buffers sized for work-groups of 1). Global size 1 x E, work-groups of 1. */
 __kernel void rvs_chisq_deriv_blocks(__global const rvs_real *models,
                                      __global const rvs_real *tangents,
                                      __global const int *spectrum, __global const rvs_real *dh,
-                                     __global const rvs_real *sh, __global const rvs_real *ph,
-                                     __global const rvs_real *coef, __global const rvs_real *gh,
-                                     __global const rvs_real *gl, __global const rvs_real *fac,
+                                     __global const rvs_real *dl, __global const rvs_real *sh,
+                                     __global const rvs_real *sl, __global const rvs_real *ph,
+                                     __global const rvs_real *pl, __global const rvs_real *coef,
+                                     __global const rvs_real *gh, __global const rvs_real *gl,
+                                     __global const rvs_real *fac,
                                      __global const rvs_real *logdet,
                                      __global const rvs_real *logsig,
                                      __global const int *mode_in, uint n, uint np, uint K,
                                      uint E, uint S, uint trow0, int scale_free, int want_gn,
                                      rvs_real psd_tol, __global rvs_real *chisq,
-                                     __global rvs_real *grad, __global rvs_real *gn)
+                                     __global rvs_real *grad, __global rvs_real *gn,
+                                     __local rvs_real *tile, __local rvs_acc *acc,
+                                     __local rvs_acc *lsum, __local rvs_acc *lcomp,
+                                     __local rvs_real *ginv)
 {
 #if RVS_HAVE_FP64
-    /* the tile holds L^-1 (np^2), then W and M (np K + 2 K^2) */
-    __local double tile[RVS_CHISQ_MAX_NPOLY * RVS_CHISQ_MAX_NPOLY];
-    __local double ginv[RVS_CHISQ_MAX_NPOLY * RVS_CHISQ_MAX_NPOLY];
-    __local double acc[2 * RVS_CHISQ_BLOCKS_MAX_ACC];
     __local double gout[RVS_CHISQ_MAX_TANGENTS];
-    size_t e = get_global_id(0);
-    if (e >= E) /* work-group size 1 */
+    size_t e = get_global_id(1);
+    if (e >= E) /* work-groups of 1 */
         return;
     uint npk = K * (K + 1) / 2, nacc = npk + np * K;
     int s = spectrum[e];

@@ -491,56 +491,16 @@ static int real_arg(const struct rvs_chisq_arm *arm, cl_kernel k, cl_uint index,
     return rvs_kernel_arg(k, index, sizeof f, &f);
 }
 
-/* One work-item per request, work-groups of one (the CPU kernels of cl/chisq.cl). */
-static int launch_per_request(struct rvs_context *ctx, cl_kernel k, size_t E)
-{
-    size_t global = E, local = 1;
-    return rvs_kernel_launch_nd(ctx, k, 1, &global, &local);
-}
-
-/* The residual pass's chi^2 and outputs by rvs_chisq_residual_blocks (arm->blocks). */
-static int residual_blocks(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
-                           cl_mem spectrum_index, size_t E, cl_mem chisq, cl_mem coeffs,
-                           cl_mem best_model)
-{
-    int status = RVS_OK;
-    cl_kernel k = arm->k_residual_blocks;
-    cl_uint n = (cl_uint)arm->n, np = (cl_uint)arm->np, e32 = (cl_uint)E, s32 = (cl_uint)arm->S;
-    cl_int want_coef = coeffs != NULL, want_model = best_model != NULL;
-    cl_mem none = NULL;
-    cl_uint a = 0;
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &models));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &spectrum_index));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->dh));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->sh));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->ph));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->coef));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->linvt));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logdet));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logsig));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->mode));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof n, &n));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof np, &np));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof e32, &e32));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof s32, &s32));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), chisq ? &chisq : &none));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), coeffs ? &coeffs : &none));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), best_model ? &best_model : &none));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_coef, &want_coef));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_model, &want_model));
-    RVS_TRY(launch_per_request(ctx, k, E));
-cleanup:
-    return status;
-}
-
 static int residual_pass(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
                          cl_mem spectrum_index, size_t E, int pass, cl_mem chisq, cl_mem coeffs,
                          cl_mem best_model)
 {
     int status = RVS_OK;
-    if (arm->blocks && pass == 1)
-        return residual_blocks(ctx, arm, models, spectrum_index, E, chisq, coeffs, best_model);
-    cl_kernel k = arm->k_residual;
+    /* CPU devices in fp64: one work-item per request in vector blocks (pass 1 only: pass 0 is
+     * fp32's refinement); the same arguments */
+    int blocks = arm->blocks && pass == 1;
+    cl_kernel k = blocks ? arm->k_residual_blocks : arm->k_residual;
+    size_t L = blocks ? 1 : arm->local;
     cl_uint n = (cl_uint)arm->n, n_pad = (cl_uint)arm->n_pad, np = (cl_uint)arm->np;
     cl_uint e32 = (cl_uint)E, s32 = (cl_uint)arm->S;
     cl_int want_coef = coeffs != NULL, want_model = best_model != NULL;
@@ -571,9 +531,9 @@ static int residual_pass(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), best_model ? &best_model : &none));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_coef, &want_coef));
     RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_model, &want_model));
-    RVS_TRY(rvs_kernel_arg(k, a++, arm->local * arm->es, NULL));
-    RVS_TRY(rvs_kernel_arg(k, a++, arm->local * arm->es, NULL));
-    RVS_TRY(rvs_kernel_launch_2d(ctx, k, arm->local, E, arm->local, 1));
+    RVS_TRY(rvs_kernel_arg(k, a++, L * arm->es, NULL));
+    RVS_TRY(rvs_kernel_arg(k, a++, L * arm->es, NULL));
+    RVS_TRY(rvs_kernel_launch_2d(ctx, k, L, E, L, 1));
 cleanup:
     return status;
 }
@@ -730,50 +690,6 @@ static size_t deriv_local_elems(size_t L, size_t np, size_t K)
  * of cl/chisq.cl); more go to rvs_chisq_deriv. */
 #define CHISQ_BLOCKS_MAX_ACC 128
 
-/* rvs_chisq_eval_deriv's last stage by rvs_chisq_deriv_blocks (arm->blocks): the solve stage
- * first, then one work-item per request. */
-static int deriv_blocks(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
-                        cl_mem tangents, size_t tangent_row0, size_t K, cl_mem spectrum_index,
-                        size_t E, cl_mem chisq, cl_mem grad, cl_mem gn)
-{
-    int status = RVS_OK;
-    RVS_TRY(solve_stage(ctx, arm, models, spectrum_index, E));
-    cl_kernel k = arm->k_deriv_blocks;
-    cl_uint n32 = (cl_uint)arm->n, np32 = (cl_uint)arm->np, k32 = (cl_uint)K, e32 = (cl_uint)E;
-    cl_uint s32 = (cl_uint)arm->S, row0 = (cl_uint)tangent_row0;
-    cl_int scale_free = arm->scale_free, want_gn = gn != NULL;
-    cl_uint a = 0;
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &models));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &tangents));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &spectrum_index));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->dh));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->sh));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->ph));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->coef));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->gh));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->gh)); /* gl: unused in fp64 */
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->fac));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logdet));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->logsig));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &arm->mode));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof n32, &n32));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof np32, &np32));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof k32, &k32));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof e32, &e32));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof s32, &s32));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof row0, &row0));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof scale_free, &scale_free));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof want_gn, &want_gn));
-    /* the same pivot threshold as rvs_chisq_eval_deriv's */
-    RVS_TRY(real_arg(arm, k, a++, 4.0 * (double)(arm->np + K) * DBL_EPSILON));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &chisq));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), &grad));
-    RVS_TRY(rvs_kernel_arg(k, a++, sizeof(cl_mem), want_gn ? &gn : &grad)); /* unused if no GN */
-    RVS_TRY(launch_per_request(ctx, k, E));
-cleanup:
-    return status;
-}
-
 int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_mem models,
                          cl_mem tangents, size_t tangent_row0, size_t K, cl_mem spectrum_index,
                          size_t E, cl_mem chisq, cl_mem grad, cl_mem gn)
@@ -796,13 +712,13 @@ int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_
     }
     RVS_TRY(rvs_buffer_check_size("chisq", tangents, (tangent_row0 + K * E) * arm->n * es,
                                   "tangents"));
-    if (arm->blocks && K * (K + 1) / 2 + np * K <= CHISQ_BLOCKS_MAX_ACC)
-        return deriv_blocks(ctx, arm, models, tangents, tangent_row0, K, spectrum_index, E,
-                            chisq, grad, gn);
+    /* CPU devices in fp64: one work-item per request in vector blocks (work-groups of 1), the
+     * same arguments, where its vector registers hold the Gauss-Newton sums */
+    int blocks = arm->blocks && K * (K + 1) / 2 + np * K <= CHISQ_BLOCKS_MAX_ACC;
     /* The residual pass's work-group size where the tile fits, so chi^2 is the same sum to
      * the bit; else halved until it fits (chi^2 then differs from rvs_chisq_eval's by
      * rounding only). A device's static local arrays (ah, al, gout: < 1 KiB) are left room. */
-    size_t L = arm->local, lmem = (size_t)ctx->caps.local_mem_size;
+    size_t L = blocks ? 1 : arm->local, lmem = (size_t)ctx->caps.local_mem_size;
     while (L > 1 && (L > arm->deriv_kwg || deriv_local_elems(L, np, K) * es + 1024 > lmem))
         L /= 2;
     if (deriv_local_elems(L, np, K) * es + 1024 > lmem) {
@@ -814,7 +730,7 @@ int rvs_chisq_eval_deriv(struct rvs_context *ctx, struct rvs_chisq_arm *arm, cl_
     }
     RVS_TRY(solve_stage(ctx, arm, models, spectrum_index, E));
 
-    cl_kernel k = arm->k_deriv;
+    cl_kernel k = blocks ? arm->k_deriv_blocks : arm->k_deriv;
     cl_uint n32 = (cl_uint)arm->n, np32 = (cl_uint)np, k32 = (cl_uint)K, e32 = (cl_uint)E;
     cl_uint s32 = (cl_uint)arm->S, row0 = (cl_uint)tangent_row0;
     cl_int scale_free = arm->scale_free, want_gn = gn != NULL;
