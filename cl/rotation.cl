@@ -8,6 +8,32 @@
  * weights start in `weights`, and its half-width), and row lists (which templates a launch
  * covers). Templates are rows of npix rvs_real values. */
 
+/* Pixel i of the 'same'-mode convolution of row x with the weights w[-km..km] (zeros outside
+ * [0, npix)): plain in fp64; in fp32 compensated with Knuth's branch-free TwoSum rather than
+ * rvs_ksum's compare, which vectorises on CPU devices (the fp32 direct path ~2x faster on PoCL),
+ * same accuracy for these sums. */
+static inline rvs_real direct_pixel(__global const rvs_real *w, __global const rvs_real *x, int i,
+                                    int km, int npix)
+{
+    int lo = max(-km, -i), hi = min(km, npix - 1 - i);
+#if RVS_HAVE_FP64
+    rvs_acc acc = 0;
+    for (int d = lo; d <= hi; d++)
+        acc += (rvs_acc)w[d] * (rvs_acc)x[i + d];
+    return (rvs_real)acc;
+#else
+    float sum = 0, comp = 0;
+    for (int d = lo; d <= hi; d++) {
+        float y = w[d] * x[i + d];
+        float t = sum + y;
+        float z = t - sum;
+        comp += (sum - (t - z)) + (y - z);
+        sum = t;
+    }
+    return sum + comp;
+#endif
+}
+
 /* Direct convolution: out[t][i] = sum_{d=-km..km} w[km+d] * in[src][i+d] with zeros outside
  * [0, npix), src = meta[in_row + t] (the input row of template t: the engine's gather of
  * emulator rows folded in). Work-item (i, r) computes pixel i of template rows[r]. In fp32 the
@@ -27,33 +53,15 @@ __kernel void rvs_rotation_direct(__global const rvs_real *in, __global rvs_real
     int s = meta[tmpl_slot + t];
     int km = meta[slot_km + s];
     __global const rvs_real *w = weights + meta[slot_woff + s] + km;
-    __global const rvs_real *x = in + (size_t)meta[in_row + t] * (size_t)npix + i;
-    int lo = max(-km, -i), hi = min(km, npix - 1 - i);
-#if RVS_HAVE_FP64
-    rvs_acc acc = 0;
-    for (int d = lo; d <= hi; d++)
-        acc += (rvs_acc)w[d] * (rvs_acc)x[d];
-    out[(size_t)t * (size_t)npix + i] = (rvs_real)acc;
-#else
-    /* Knuth's branch-free TwoSum rather than rvs_ksum's compare: it vectorises on CPU devices,
-     * which made the fp32 direct path ~2x faster on PoCL; same accuracy for these sums. */
-    float sum = 0, comp = 0;
-    for (int d = lo; d <= hi; d++) {
-        float y = w[d] * x[d];
-        float t = sum + y;
-        float z = t - sum;
-        comp += (sum - (t - z)) + (y - z);
-        sum = t;
-    }
-    out[(size_t)t * (size_t)npix + i] = sum + comp;
-#endif
+    __global const rvs_real *x = in + (size_t)meta[in_row + t] * (size_t)npix;
+    out[(size_t)t * (size_t)npix + i] = direct_pixel(w, x, i, km, npix);
 }
 
 /* rvs_rotation_direct for CPU devices (context's vector_blocks): one work-item computes
  * RVS_ROT_BLOCK consecutive pixels of one row with vector types, acc += w[d] * x[i+d .. i+d+B)
  * for each weight, because PoCL vectorises only innermost loops and rvs_rotation_direct's is the
  * weights of one pixel. The weights are summed in the same order (d = lo .. hi); a block whose
- * taps would leave [0, npix) takes the scalar loop of rvs_rotation_direct. Global size:
+ * taps would leave [0, npix) takes rvs_rotation_direct's direct_pixel. Global size:
  * (ceil(npix / B), nrows). */
 #define RVS_ROT_BLOCK 8
 __kernel void rvs_rotation_direct_blocks(__global const rvs_real *in, __global rvs_real *out,
@@ -91,25 +99,8 @@ __kernel void rvs_rotation_direct_blocks(__global const rvs_real *in, __global r
 #endif
         return;
     }
-    for (int i = i0; i < npix && i < i0 + RVS_ROT_BLOCK; i++) {
-        int lo = max(-km, -i), hi = min(km, npix - 1 - i);
-#if RVS_HAVE_FP64
-        rvs_acc acc = 0;
-        for (int d = lo; d <= hi; d++)
-            acc += (rvs_acc)w[d] * (rvs_acc)x[i + d];
-        o[i] = (rvs_real)acc;
-#else
-        float sum = 0, comp = 0;
-        for (int d = lo; d <= hi; d++) {
-            float y = w[d] * x[i + d];
-            float tt = sum + y;
-            float z = tt - sum;
-            comp += (sum - (tt - z)) + (y - z);
-            sum = tt;
-        }
-        o[i] = sum + comp;
-#endif
-    }
+    for (int i = i0; i < npix && i < i0 + RVS_ROT_BLOCK; i++)
+        o[i] = direct_pixel(w, x, i, km, npix);
 }
 
 /* Copies template rows[r] (input row meta[in_row + rows[r]]) into row r of the FFT work buffer
