@@ -544,18 +544,19 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
             RVS_TRY(rvs_fit_gauss_newton(f, wall, n * K, K, 60));
             keep_best(wall, n, K, 1, wk);
         } else {
-        /* the stencils, successive halving: all K starts walk RVS_FIT_SCREEN_ITER iterations,
-         * the best two per target RVS_FIT_SCREEN_ITER more (a start that lost an iteration to a
-         * rejected step, typically the hot one of a hot/cool metal-poor pair, catches up here),
-         * then the best one goes on to convergence */
-        RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60,
-                               K > 1 ? RVS_FIT_STENCIL_DIAG : RVS_FIT_STENCIL_FULL));
-        if (K > 2) {
-            keep_best(wall, n, K, 2, wk2);
-            RVS_TRY(rvs_fit_newton(f, wk2, 2 * n, RVS_FIT_SCREEN_ITER, RVS_FIT_STENCIL_DIAG));
-            keep_best(wk2, n, 2, 1, wk);
-        } else
-            keep_best(wall, n, K, 1, wk);
+            /* the stencils, successive halving: all K starts walk RVS_FIT_SCREEN_ITER
+             * iterations, the best two per target RVS_FIT_SCREEN_ITER more (a start that lost an
+             * iteration to a rejected step, typically the hot one of a hot/cool metal-poor pair,
+             * catches up here), then the best one goes on to convergence */
+            RVS_TRY(rvs_fit_newton(f, wall, n * K, K > 1 ? RVS_FIT_SCREEN_ITER : 60,
+                                   K > 1 ? RVS_FIT_STENCIL_DIAG : RVS_FIT_STENCIL_FULL));
+            if (K > 2) {
+                keep_best(wall, n, K, 2, wk2);
+                RVS_TRY(rvs_fit_newton(f, wk2, 2 * n, RVS_FIT_SCREEN_ITER,
+                                       RVS_FIT_STENCIL_DIAG));
+                keep_best(wk2, n, 2, 1, wk);
+            } else
+                keep_best(wall, n, K, 1, wk);
         }
         RVS_TRY(rvs_fit_newton(f, wk, n, 60, RVS_FIT_STENCIL_FULL));
         RVS_TRY(polish_vsini(f, wk, n));

@@ -2,7 +2,7 @@
  * (Levenberg-Marquardt) iteration on rvspecfit's objective (vel_fit.chisq_func: -2 log L with
  * velocity bounds, vsini clipping and penalty, outside-grid penalty) in
  * x = (v, vsini, teff, logg, feh, alpha), ONE engine call per iteration for every active walker
- * of the batch. Two walkers share the step, damping and hull handling: rvs_fit_gauss_newton (the
+ * of the batch. Two drivers share the step, damping and hull handling: rvs_fit_gauss_newton (the
  * default, --optimizer exact: the exact gradient and Gauss-Newton Hessian of each point, see
  * rvs_engine_derivs; it is described where it is defined) and rvs_fit_newton, whose gradient and
  * Hessian come from a central-difference stencil (--optimizer stencil), described below.
