@@ -5,8 +5,9 @@
 # stencils' (median difference below 0.05; no target worse by more than 2: the two optimizers
 # may stop in different shallow optima of a barely constrained star, as for 1.2 % of the
 # realistic 500-target mock by more than 1, benchmarks/RESULTS.md), the velocities are near the
-# truth, every error is finite, positive and no wider than the prior range (PARAM_PRIOR says
-# which are that range's), and the optimizer makes far fewer model
+# truth, every error is finite, positive and no wider than a flat distribution over the
+# training box can make it (PARAM_PRIOR marks where the data alone are wider than the box's
+# prior), and the optimizer makes far fewer model
 # evaluations (counted by --profile, not timed), some of them saved by stopping the starts that
 # cannot win. ~10 s per fit on PoCL's two cores.
 . "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
@@ -49,18 +50,18 @@ dv = np.array([abs(r["VRAD"] - t[r["TARGETID"]]) for r in e])
 assert (dv < np.maximum(5 * e["VRAD_ERR"], 10)).sum() >= 8, dv
 for c in ("VRAD_ERR", "TEFF_ERR", "LOGG_ERR", "FEH_ERR", "ALPHAFE_ERR"):
     assert np.isfinite(e[c]).all() and (e[c] > 0).all(), (c, e[c])
-# issue 24: no error wider than a flat prior over the training range; PARAM_PRIOR names those
-# that are that prior (range / sqrt 12); the hot metal-poor star of row 1 has no [alpha/Fe] to see
+# issue 24: no error wider than the RMS distance of a flat distribution over the training box
+# from its end (range / sqrt 3, +10 % for the sampler of the cut Gaussian); PARAM_PRIOR marks
+# the errors whose data-only value was wider than range / sqrt 12 of the box: the hot metal-poor
+# star of row 1 has no [alpha/Fe] to see
 lo, hi = np.full(4, np.inf), np.full(4, -np.inf)
 for arm in "brz":
     p = fits.getdata(sys.argv[4] + "/rvsfit_desi_" + arm + ".fits", "PARAMS")
     lo, hi = np.minimum(lo, p["TRAINMIN"][:4]), np.maximum(hi, p["TRAINMAX"][:4])
-sig = (hi - lo) / np.sqrt(12)
+wide = 1.1 * (hi - lo) / np.sqrt(3)
 for tab in (s, e):
     for k, c in enumerate(("TEFF_ERR", "LOGG_ERR", "FEH_ERR", "ALPHAFE_ERR")):
-        capped = (tab["PARAM_PRIOR"] >> k & 1) == 1
-        assert (tab[c] <= sig[k] * (1 + 1e-12)).all(), (c, tab[c], sig[k])
-        assert (capped == np.isclose(tab[c], sig[k], rtol=1e-12, atol=0)).all(), (c, tab[c], capped)
+        assert (tab[c] <= wide[k]).all(), (c, tab[c], wide[k])
 print("PARAM_PRIOR:", e["PARAM_PRIOR"])
 assert (e["PARAM_PRIOR"] & 8).any(), "no ALPHAFE error from the prior range in the example"
 print("ok")

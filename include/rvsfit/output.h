@@ -30,9 +30,11 @@ enum rvs_warn_bit {
 };
 
 /* PARAM_PRIOR bits (rvsfit-cl's column): the data do not constrain the parameter. Its error from
- * the Hessian exceeds the standard deviation of a flat prior over the library's training range
- * (or the Hessian gave none), so *_ERR is that standard deviation, range / sqrt(12). The fit is
- * not a failure: [alpha/Fe] of a hot star is simply not in its spectrum. */
+ * the Hessian alone exceeds the standard deviation of a flat prior over the library's training
+ * range, range / sqrt(12) (or the Hessian gave none), so *_ERR is set by that prior: the
+ * Gaussian of the Hessian cut to the training box (src/fit/box_errors.c), or range / sqrt(12)
+ * where the Hessian gave no covariance. The fit is not a failure: [alpha/Fe] of a hot star is
+ * simply not in its spectrum. */
 enum rvs_prior_bit {
     RVS_PRIOR_TEFF = 1,
     RVS_PRIOR_LOGG = 2,
@@ -53,7 +55,7 @@ struct rvs_output_row {
     double chisq_tot, chisq_c_tot;
     long long npix_tot;
     long long npix_clip; /* pixels left out as outliers (--clip-sigma), not in npix_tot */
-    long long param_prior; /* RVS_PRIOR_* bits: *_ERR is the prior range's, not the data's */
+    long long param_prior; /* RVS_PRIOR_* bits: *_ERR is set by the prior range, not the data */
     double chisq[RVS_DESI_NARMS], chisq_c[RVS_DESI_NARMS]; /* NaN for an arm not fitted for this row */
     double vrad_ccf;                             /* km/s */
     long long rvs_warn;                          /* RVS_WARN_* bits; SUCCESS = (rvs_warn == 0) */

@@ -528,9 +528,9 @@ static int build_rvtab_columns(fitsfile *in, const struct rvs_output_request *re
         c->offset = offsetof(struct rvs_output_row, vrad_ccf);
     }
     add_col(cols, ncols, "RVS_WARN", "K", "", "RVSpecFit warning flag", COL_WARN);
-    /* not in rvspecfit's table: which *_ERR are the prior range's (enum rvs_prior_bit) */
+    /* not in rvspecfit's table: which *_ERR the prior range sets (enum rvs_prior_bit) */
     add_col(cols, ncols, "PARAM_PRIOR", "K", "",
-            "Error from the prior range: 1 TEFF, 2 LOGG, 4 FEH, 8 ALPHAFE", COL_PRIOR);
+            "Error set by the prior range: 1 TEFF, 2 LOGG, 4 FEH, 8 ALPHAFE", COL_PRIOR);
     for (size_t i = 0; i < sizeof(copied_columns) / sizeof(copied_columns[0]); i++) {
         int colnum = 0, type = 0;
         long repeat = 0, width = 0;

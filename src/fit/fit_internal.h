@@ -43,6 +43,7 @@ struct rvs_fitter {
     /* standard deviation of a flat prior over the libraries' training range of teff, logg, feh,
      * alpha: the error of a parameter the data do not constrain (PARAM_PRIOR) */
     double prior_sigma[4];
+    double prior_lo[4], prior_hi[4]; /* that range: the box of the errors' prior */
     float *res_f[RVS_DESI_NARMS];     /* the batch's resolution matrices in float */
     /* current batch */
     double *badchi;                      /* per target: 10 x its pixels */
@@ -73,10 +74,11 @@ int rvs_fit_objective(struct rvs_fitter *f, const struct rvs_fit_point *p, size_
  * one engine call (rvs_engine_derivs): chi^2's exact gradient and its Gauss-Newton matrix, the
  * outside penalty's by finite differences on the host, the vsini clipping penalty's exactly.
  * Points with the bad values (bounds, not covering the data, a non-finite arm) get NaN
- * gradients. */
+ * gradients. With `penalty_curvature` 0 the outside penalty's curvature stays out of H (the
+ * errors: the box is their prior, src/fit/box_errors.c, not a 10 x npix-stiff wall). */
 int rvs_fit_objective_derivs(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n,
                              double *out, double (*g)[RVS_FIT_NDIM],
-                             double (*H)[RVS_FIT_NDIM][RVS_FIT_NDIM]);
+                             double (*H)[RVS_FIT_NDIM][RVS_FIT_NDIM], int penalty_curvature);
 
 /* The optimizer's full stencil (src/fit/optimize.c): 28 points, of which 21 distinct
  * (theta, vsini) templates: the two velocity steps and the five (velocity, other) cross points
@@ -114,10 +116,19 @@ int rvs_fit_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw, si
 int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
                          size_t group, size_t maxiter);
 /* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's
- * point (one engine call), or with exact derivatives from the Gauss-Newton Hessian there;
- * bad[i] as vel_fit's bad_hessian. Updates the walkers' g, H. */
+ * point (one engine call), or with exact derivatives from the Gauss-Newton Hessian there, and
+ * their 4 x 4 covariance (NaN where bad); bad[i] as vel_fit's bad_hessian. Updates the walkers'
+ * g, H. */
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                         double (*err)[4], int *bad);
+                         double (*err)[4], double (*cov)[4][4], int *bad);
+
+/* The errors of (teff, logg, feh, alpha) under a flat prior over the box [lo, hi] (src/fit/
+ * box_errors.c): the root mean square distance from `mode` of the Gaussian N(mode, cov) cut to
+ * the box, by rejection sampling seeded from mode and cov (a target's errors depend on its fit
+ * only). Returns 1 with err set, 0 when cov is not positive definite or the Gaussian barely
+ * meets the box (err untouched). */
+int rvs_fit_box_errors(const double mode[4], const double cov[4][4], const double lo[4],
+                       const double hi[4], double err[4]);
 
 /* Outlier clipping (src/fit/clip.c) after the optimizer: marks pixels whose residual at the
  * walkers' optimum exceeds cfg.clip_sigma robust sigmas (and their neighbours), re-uploads the

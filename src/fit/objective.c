@@ -192,7 +192,7 @@ static double outside_derivs(const struct rvs_fitter *f, size_t k, const double 
 
 int rvs_fit_objective_derivs(struct rvs_fitter *f, const struct rvs_fit_point *p, size_t n,
                              double *out, double (*g)[RVS_FIT_NDIM],
-                             double (*H)[RVS_FIT_NDIM][RVS_FIT_NDIM])
+                             double (*H)[RVS_FIT_NDIM][RVS_FIT_NDIM], int penalty_curvature)
 {
     enum { ND = RVS_FIT_NDIM };
     int status = RVS_OK;
@@ -272,7 +272,7 @@ int rvs_fit_objective_derivs(struct rvs_fitter *f, const struct rvs_fit_point *p
             acc += outside * badchi + c;
             for (int a = 0; a < 4; a++) {
                 g[i][2 + a] += badchi * g4[a];
-                for (int b = 0; b < 4; b++)
+                for (int b = 0; b < 4 && penalty_curvature; b++)
                     H[i][2 + a][2 + b] += badchi * h4[a][b];
             }
         }

@@ -740,7 +740,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
         who[na++] = i;
     }
     if (na > 0) {
-        RVS_TRY(rvs_fit_objective_derivs(f, pts, na, fv, gv, Hv));
+        RVS_TRY(rvs_fit_objective_derivs(f, pts, na, fv, gv, Hv, 1));
         f->newton_calls++;
         for (size_t q = 0; q < na; q++) {
             struct rvs_fit_walker *s = &w[who[q]];
@@ -779,7 +779,7 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
         }
         if (na == 0)
             break;
-        RVS_TRY(rvs_fit_objective_derivs(f, pts, na, fv, gv, Hv));
+        RVS_TRY(rvs_fit_objective_derivs(f, pts, na, fv, gv, Hv, 1));
         f->newton_calls++;
         for (size_t q = 0; q < na; q++) {
             size_t i = who[q];
@@ -814,8 +814,9 @@ cleanup:
 
 /* vel_fit._uncertainties_from_hessian on the n x n matrix hm (Hessian of -log L): errors from
  * the diagonal of the inverse; where that is negative the inverse of the diagonal; BAD when the
- * inversion fails, an inverse diagonal is negative or an error is not finite. */
-static int uncertainties(int n, const double hm[ND][ND], double *err)
+ * inversion fails, an inverse diagonal is negative or an error is not finite. The covariance of
+ * the last four (teff, logg, feh, alpha) goes to cov4, all NaN when BAD. */
+static int uncertainties(int n, const double hm[ND][ND], double *err, double cov4[4][4])
 {
     double L[ND][ND], inv[ND][ND], dinv[ND];
     int bad = 0;
@@ -872,6 +873,9 @@ static int uncertainties(int n, const double hm[ND][ND], double *err)
         if (!isfinite(err[i]))
             bad = 1;
     }
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++)
+            cov4[a][b] = bad ? NAN : inv[n - 4 + a][n - 4 + b];
     return bad;
 }
 
@@ -890,9 +894,13 @@ static int uncertainties(int n, const double hm[ND][ND], double *err)
  * constrained parameters ([alpha/Fe] of hot metal-poor stars) gave errors far too small or a
  * failed inversion. Realistic 500-target mock, S/N >= 10 (PoCL): ALPHAFE pull width 1.28 with
  * 78 % within 3 sigma from the stencil, 0.97 with 96 % from GN; FEH 1.09 -> 1.04; SUCCESS 96.0
- * -> 98.0 %. vsini is held when the walker sits at its bound (vsini = 0). */
+ * -> 98.0 %. vsini is held when the walker sits at its bound (vsini = 0). The outside
+ * penalty's curvature is left out: at an optimum on the training box's edge it made the error
+ * across the edge ~0 and, through the correlations, the others too small ([Fe/H] pull width
+ * 1.4-1.6 where [alpha/Fe] sat on its bound; realistic 1000-target mocks); the box enters as the
+ * errors' prior instead (rvs_fit_box_errors). */
 static int errors_from_gn(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                          double (*err)[4], int *bad)
+                          double (*err)[4], double (*cov)[4][4], int *bad)
 {
     int status = RVS_OK;
     struct rvs_fit_point *pts = rvs_malloc((nw + 1) * sizeof *pts);
@@ -905,13 +913,16 @@ static int errors_from_gn(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t
     }
     for (size_t i = 0; i < nw; i++)
         to_point(w[i].x, w[i].s, &pts[i]);
-    RVS_TRY(rvs_fit_objective_derivs(f, pts, nw, fv, gv, Hv));
+    RVS_TRY(rvs_fit_objective_derivs(f, pts, nw, fv, gv, Hv, 0));
     for (size_t i = 0; i < nw; i++) {
         double hm[ND][ND], e[ND];
         int idx[ND], n = 0;
         if (!finite_derivs(gv[i], Hv[i])) {
-            for (int k = 0; k < 4; k++)
+            for (int k = 0; k < 4; k++) {
                 err[i][k] = NAN;
+                for (int j = 0; j < 4; j++)
+                    cov[i][k][j] = NAN;
+            }
             bad[i] = 1;
             continue;
         }
@@ -925,7 +936,7 @@ static int errors_from_gn(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t
         for (int a = 0; a < n; a++)
             for (int b2 = 0; b2 < n; b2++)
                 hm[a][b2] = 0.5 * Hv[i][idx[a]][idx[b2]];
-        bad[i] = uncertainties(n, hm, e);
+        bad[i] = uncertainties(n, hm, e, cov[i]);
         for (int k = 0; k < 4; k++)
             err[i][k] = e[n - 4 + k];
     }
@@ -938,10 +949,10 @@ cleanup:
 }
 
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                         double (*err)[4], int *bad)
+                         double (*err)[4], double (*cov)[4][4], int *bad)
 {
     if (f->cfg.exact_derivatives)
-        return errors_from_gn(f, w, nw, err, bad);
+        return errors_from_gn(f, w, nw, err, cov, bad);
     int status = RVS_OK;
     struct rvs_fit_point *pts = rvs_malloc((NSTENCIL_ERR * nw + 1) * sizeof *pts);
     double *fv = rvs_malloc((NSTENCIL_ERR * nw + 1) * sizeof *fv);
@@ -978,8 +989,11 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             int idx[ND], n = 0;
             if (!stencil_derivs(fv + q * NSTENCIL_ERR, h[i], STENCIL_ERR, NULL, g, H)) {
                 if (attempt == 0) {
-                    for (int k = 0; k < 4; k++)
+                    for (int k = 0; k < 4; k++) {
                         err[i][k] = NAN;
+                        for (int j = 0; j < 4; j++)
+                            cov[i][k][j] = NAN;
+                    }
                     bad[i] = 1;
                 }
                 todo[nbad++] = i;
@@ -1000,12 +1014,14 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             for (int a = 0; a < n; a++)
                 for (int b2 = 0; b2 < n; b2++)
                     hm[a][b2] = 0.5 * H[idx[a]][idx[b2]]; /* -log L = 0.5 (-2 log L) */
-            int b = uncertainties(n, hm, e);
+            double c4[4][4];
+            int b = uncertainties(n, hm, e, c4);
             /* a later try replaces an earlier one only when it succeeds */
             if (attempt == 0 || !b) {
                 bad[i] = b;
                 for (int k = 0; k < 4; k++)
                     err[i][k] = e[n - 4 + k];
+                memcpy(cov[i], c4, sizeof c4);
             }
             if (b)
                 todo[nbad++] = i;
