@@ -1,5 +1,6 @@
 /* test_box_errors.c: the errors of theta under the flat prior over the training box
- * (src/fit/box_errors.c) against plain-C references:
+ * (src/fit/box_errors.c, and the weighting of the likelihood scans of src/fit/profile_errors.c)
+ * against plain-C references:
  *  - a Gaussian well inside the box keeps its errors exactly;
  *  - a parameter at a bound with the box wide on the other side: the root mean square distance
  *    of a half-Gaussian from its mode is sigma (quadrature reference);
@@ -12,8 +13,12 @@
  *  - the same input twice gives the same errors; a covariance that is not positive definite,
  *    a Gaussian far outside the box and one ~10^4 times wider than it (too few draws land in
  *    it) are refused (return 0, errors untouched).
- * Tolerance 6 % on each error: the sampler's noise is <= 1.6 % (2048 accepted draws at least),
- * the quadrature's < 0.1 %. */
+ *  - the scan's RMS distance (rvs_fit_scan_rms) on its 16-point grid: a quadratic -2 log L over
+ *    +-5 sigma gives sigma (0.1 %); a likelihood flat over [-4, -1.5] and steep above (a hot
+ *    metal-poor star's [Fe/H]) the flat distribution's distance from the optimum (10 %: 8 grid
+ *    points on the flat part); bad values (1e30, NaN) weigh nothing; nothing left: NaN.
+ * Tolerance 6 % on each error of the sampler: its noise is <= 1.6 % (2048 accepted draws at
+ * least), the quadrature's < 0.1 %. */
 #include <config.h>
 
 #include <math.h>
@@ -152,6 +157,36 @@ int main(void)
         printf("%-48s %s\n", "not pos. definite / far outside / too wide: refused",
                ok ? "ok" : "FAIL");
         failures += !ok;
+    }
+    /* the scan's weighting */
+    {
+        enum { G = 16 };
+        double t[G], v[G];
+        const double m = 0.3, sg = 0.2;
+        for (int j = 0; j < G; j++) {
+            t[j] = m - 5 * sg + (j + 0.5) * 10 * sg / G;
+            v[j] = 100 + (t[j] - m) * (t[j] - m) / (sg * sg);
+        }
+        expect_close("scan: quadratic -2 log L", rvs_fit_scan_rms(t, v, G, m, 100), sg, 1e-3);
+        v[3] = 1e30;
+        v[12] = NAN;
+        double e = rvs_fit_scan_rms(t, v, G, m, 100);
+        expect_close("scan: bad points weigh nothing", e, sg, 0.05);
+        const double a = -4, b = 1, top = -1.5, mode = -2.9;
+        for (int j = 0; j < G; j++) {
+            t[j] = a + (j + 0.5) * (b - a) / G;
+            double over = t[j] > top ? (t[j] - top) / 0.05 : 0;
+            v[j] = 50 + over * over;
+        }
+        double c = 0.5 * (a + top), w = top - a;
+        expect_close("scan: flat, then steep", rvs_fit_scan_rms(t, v, G, mode, 50),
+                     sqrt(w * w / 12 + (c - mode) * (c - mode)), 0.1);
+        for (int j = 0; j < G; j++)
+            v[j] = 1e30;
+        int none = isnan(rvs_fit_scan_rms(t, v, G, mode, 50)) &&
+                   isnan(rvs_fit_scan_rms(t, t, G, mode, NAN));
+        printf("%-48s %s\n", "scan: nothing weighs / no reference: NaN", none ? "ok" : "FAIL");
+        failures += !none;
     }
     printf("%d failure(s)\n", failures);
     return failures ? 1 : 0;

@@ -39,7 +39,7 @@ engine_posterior_s engine_hessian_s engine_models_s engine_calls evaluations com
 gemm_calls fft_transforms fills copies batches batch_min batch_max batch_commands_min batch_commands_max
 commands_per_call_min commands_per_call_max bytes_to_device bytes_from_device bytes_mapped
 mem_peak mem_peak_total fft_work gemm_work_max rss_max_kib e2e_s e2e_spectra_per_s
-eval_ccf eval_optimizer eval_posterior eval_hessian eval_models"
+eval_ccf eval_optimizer eval_posterior eval_hessian eval_models profile_scans"
 for k in $keys; do
     [ -n "$(value "$k" "$scratch/err")" ] || fail "profile-data has no $k"
 done
@@ -68,6 +68,9 @@ sed -n 's/^  \(per batch: .*\)/all in one:     \1/p' all.err
 [ "$(value batch_max one.err)" = 1 ] || fail "batch size 1: largest batch $(value batch_max one.err)"
 [ "$(value batches all.err)" = 1 ] || fail "batch size $n: $(value batches all.err) batches"
 [ "$(value batch_min all.err)" = "$n" ] || fail "batch size $n: batch of $(value batch_min all.err)"
+# which errors come from a likelihood scan depends on each target's own fit, not its batch
+[ "$(value profile_scans one.err)" = "$(value profile_scans all.err)" ] ||
+    fail "likelihood scans: $(value profile_scans one.err) one per batch, $(value profile_scans all.err) in one"
 for f in one.err all.err; do
     c=$(value commands $f) l=$(value kernel_launches $f) g=$(value gemm_calls $f)
     t=$(value fft_transforms $f) fl=$(value fills $f) cp=$(value copies $f)

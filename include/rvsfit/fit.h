@@ -82,6 +82,9 @@ struct rvs_fit_profile {
     unsigned long long engine_calls, evaluations;
     /* model evaluations per stage (their sum is `evaluations`) */
     unsigned long long eval_ccf, eval_optimizer, eval_posterior, eval_hessian, eval_models;
+    /* parameters whose errors came from a likelihood scan (issue 24; part of the Hessian
+     * stage's evaluations) */
+    unsigned long long profile_scans;
 };
 void rvs_fitter_profile(const struct rvs_fitter *fitter, struct rvs_fit_profile *profile);
 

@@ -30,25 +30,18 @@
 #include <string.h>
 
 #include "fit/fit_internal.h"
+#include "base/random.h"
 
 #define RVS_BOX_INSIDE_SIGMA 4.0
 #define RVS_BOX_DRAWS 4096      /* first round */
 #define RVS_BOX_MAX_DRAWS 65536 /* when the box accepts few draws */
 #define RVS_BOX_MIN_ACCEPT 2048 /* accepted draws: ~1.6 % noise on an error */
 
-/* splitmix64 (Steele, Lea & Flood 2014): a full-period 64-bit generator, enough for 2^16 draws */
-static uint64_t box_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* uniform in (0, 1): 53 random bits, never 0 (the logarithm of Box-Muller) */
+/* uniform in (0, 1) from splitmix64 (enough for 2^16 draws): 53 random bits, never 0 (the
+ * logarithm of Box-Muller) */
 static double box_uniform(uint64_t *state)
 {
-    return ((double)(box_next(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return rvs_unit53(rvs_splitmix64(state)) + 0x1.0p-54;
 }
 
 /* Lower Cholesky factor of the 4 x 4 covariance; 0 when it is not positive definite. */
@@ -80,7 +73,7 @@ static uint64_t box_seed(const double mode[4], const double cov[4][4])
         uint64_t bits;
         memcpy(&bits, &v, sizeof bits);
         state ^= bits;
-        h ^= box_next(&state);
+        h ^= rvs_splitmix64(&state);
     }
     return h;
 }

@@ -364,48 +364,6 @@ static void nan_row(struct rvs_output_row *r)
     r->rvs_warn = RVS_WARN_BAD_SPECTRUM;
 }
 
-/* Issue 24: the errors of theta under the flat prior over the training range (the box where
- * rvsfit-cl-mock draws its stars and outside which the fit is penalised): the Gauss-Newton
- * Gaussian cut to the box (rvs_fit_box_errors). Where the data alone give a parameter an error
- * wider than the prior's standard deviation, range / sqrt(12), or none, a PARAM_PRIOR bit says
- * so. Without a usable covariance (BAD_HESSIAN) an error wider than the prior's, or missing, is
- * the prior's. Realistic 1000-target mocks (seeds 24, 25; S/N 5-50, PoCL): 19-23 % of the
- * ALPHAFE errors (hot stars) and 6 % of FEH's were wider than the prior, up to 7 dex; their
- * pulls were compressed by the bounded fit (ALPHAFE pull width 0.67 at S/N 5-7). Returns the
- * RVS_PRIOR_* bits set. */
-static long long errors_in_prior_box(const struct rvs_fitter *f, const double th[4],
-                                     const double cov[4][4], double err[4])
-{
-    long long bits = 0;
-    for (int k = 0; k < 4; k++)
-        if (!(err[k] <= f->prior_sigma[k]))
-            bits |= 1LL << k;
-    if (!rvs_fit_box_errors(th, cov, f->prior_lo, f->prior_hi, err))
-        for (int k = 0; k < 4; k++)
-            if (!(err[k] <= f->prior_sigma[k]))
-                err[k] = f->prior_sigma[k];
-    return bits;
-}
-
-/* errors_in_prior_box over a batch's n fitted targets, on the host's cores (0.2-0.5 ms per
- * target whose Gaussian meets the box's edge: a quarter to half of them at S/N < 20) */
-struct box_job {
-    const struct rvs_fitter *f;
-    const struct rvs_fit_point *best;
-    const size_t *list;
-    double (*cov)[4][4];
-    double (*err)[4];
-    long long *bits;
-    size_t n;
-};
-
-static void box_share(void *arg, size_t k, size_t nshares)
-{
-    struct box_job *j = arg;
-    for (size_t i = k * j->n / nshares; i < (k + 1) * j->n / nshares; i++)
-        j->bits[i] = errors_in_prior_box(j->f, j->best[j->list[i]].th, j->cov[i], j->err[i]);
-}
-
 static int edge(double v, double lo, double hi, double thr)
 {
     return v < lo + thr || v > hi - thr;
@@ -426,8 +384,9 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     const size_t K = 1 + nalt;
     struct rvs_fit_scan *sr = NULL, *post = NULL;
     double (*perr)[4] = NULL;
-    double (*pcov)[4][4] = NULL;
+    double (*pcov)[RVS_FIT_NDIM][RVS_FIT_NDIM] = NULL;
     long long *pbits = NULL;
+    struct rvs_fit_point *popt = NULL;
     int *badh = NULL;
     struct rvs_engine_request *mreq = NULL;
     double *mchi = NULL, *marm = NULL, *mod[RVS_DESI_NARMS] = {0}, *cmod[RVS_DESI_NARMS] = {0};
@@ -531,9 +490,10 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
     perr = rvs_calloc(n + 1, sizeof *perr);
     pcov = rvs_calloc(n + 1, sizeof *pcov);
     pbits = rvs_calloc(n + 1, sizeof *pbits);
+    popt = rvs_calloc(n + 1, sizeof *popt);
     badh = rvs_calloc(n + 1, sizeof *badh);
     if (!start || !best || !vstart || !wk || !wall || !wk2 || !alt || !sigv || !sr || !post ||
-        !perr || !pcov || !pbits || !badh) {
+        !perr || !pcov || !pbits || !popt || !badh) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
@@ -611,8 +571,9 @@ int rvs_fitter_fit(struct rvs_fitter *f, const struct rvs_prepared *b,
         /* 3. Hessian errors (at the optimizer's velocity, as vel_fit.process) */
         mark = stage_begin(f);
         RVS_TRY(rvs_fit_param_errors(f, wk, n, perr, pcov, badh));
-        struct box_job job = {f, best, list, pcov, perr, pbits, n};
-        rvs_parallel_run(rvs_parallel_threads(n, 64, 0), box_share, &job);
+        for (size_t i = 0; i < n; i++)
+            popt[i] = best[list[i]];
+        RVS_TRY(rvs_fit_prior_errors(f, popt, n, pcov, perr, pbits));
         stage_end(f, mark, &f->prof.hessian, &f->prof.engine_hessian, &f->prof.eval_hessian);
 
         /* 4. velocity posterior at the optimum's theta, vsini; its first grid from the
@@ -767,6 +728,7 @@ cleanup:
     free(perr);
     free(pcov);
     free(pbits);
+    free(popt);
     free(badh);
     free(mreq);
     free(mchi);

@@ -117,10 +117,23 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
                          size_t group, size_t maxiter);
 /* Marginal errors of (teff, logg, feh, alpha) from a final Hessian stencil at each walker's
  * point (one engine call), or with exact derivatives from the Gauss-Newton Hessian there, and
- * their 4 x 4 covariance (NaN where bad); bad[i] as vel_fit's bad_hessian. Updates the walkers'
- * g, H. */
+ * the covariance of x (a held vsini: zero row and column; all NaN where bad); bad[i] as
+ * vel_fit's bad_hessian. Updates the walkers' g, H. */
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                         double (*err)[4], double (*cov)[4][4], int *bad);
+                         double (*err)[4], double (*cov)[RVS_FIT_NDIM][RVS_FIT_NDIM], int *bad);
+
+/* The errors of (teff, logg, feh, alpha) of the batch's n optima pt (one engine call, src/fit/
+ * profile_errors.c) under the flat prior over the training box: err holds the Hessian's on
+ * entry (cov its covariance of x), the box's on return; bits[i] the RVS_PRIOR_* bits (the
+ * Hessian's error wider than the prior's). */
+int rvs_fit_prior_errors(struct rvs_fitter *f, const struct rvs_fit_point *pt, size_t n,
+                         double (*cov)[RVS_FIT_NDIM][RVS_FIT_NDIM], double (*err)[4],
+                         long long *bits);
+
+/* The root mean square distance from `mode` of a scan's grid values t[0..n) under the weights
+ * exp(-(val - ref) / 2) (val: -2 log L; bad values from 1e29 up and non-finite ones weigh
+ * nothing); NaN when nothing weighs or ref is not finite. */
+double rvs_fit_scan_rms(const double *t, const double *val, size_t n, double mode, double ref);
 
 /* The errors of (teff, logg, feh, alpha) under a flat prior over the box [lo, hi] (src/fit/
  * box_errors.c): the root mean square distance from `mode` of the Gaussian N(mode, cov) cut to

@@ -814,9 +814,9 @@ cleanup:
 
 /* vel_fit._uncertainties_from_hessian on the n x n matrix hm (Hessian of -log L): errors from
  * the diagonal of the inverse; where that is negative the inverse of the diagonal; BAD when the
- * inversion fails, an inverse diagonal is negative or an error is not finite. The covariance of
- * the last four (teff, logg, feh, alpha) goes to cov4, all NaN when BAD. */
-static int uncertainties(int n, const double hm[ND][ND], double *err, double cov4[4][4])
+ * inversion fails, an inverse diagonal is negative or an error is not finite. The inverse goes
+ * to cov (n x n, all NaN when BAD). */
+static int uncertainties(int n, const double hm[ND][ND], double *err, double cov[ND][ND])
 {
     double L[ND][ND], inv[ND][ND], dinv[ND];
     int bad = 0;
@@ -873,9 +873,9 @@ static int uncertainties(int n, const double hm[ND][ND], double *err, double cov
         if (!isfinite(err[i]))
             bad = 1;
     }
-    for (int a = 0; a < 4; a++)
-        for (int b = 0; b < 4; b++)
-            cov4[a][b] = bad ? NAN : inv[n - 4 + a][n - 4 + b];
+    for (int a = 0; a < n; a++)
+        for (int b = 0; b < n; b++)
+            cov[a][b] = bad ? NAN : inv[a][b];
     return bad;
 }
 
@@ -886,6 +886,23 @@ static int uncertainties(int n, const double hm[ND][ND], double *err, double cov
  * matters for the error. A target stays BAD_HESSIAN only when every try fails. */
 #define ERR_WIDEN 3.0
 #define ERR_TRIES 3
+
+/* The n x n covariance over the free parameters idx to the full x order: a held vsini gets a
+ * zero row and column (it does not move). */
+static void scatter_cov(int n, const int idx[ND], const double c[ND][ND], double out[ND][ND])
+{
+    memset(out, 0, ND * ND * sizeof(double));
+    for (int a = 0; a < n; a++)
+        for (int b = 0; b < n; b++)
+            out[idx[a]][idx[b]] = c[a][b];
+}
+
+static void nan_cov(double out[ND][ND])
+{
+    for (int a = 0; a < ND; a++)
+        for (int b = 0; b < ND; b++)
+            out[a][b] = NAN;
+}
 
 /* The errors of the exact walkers: the Gauss-Newton Hessian at the optimum (one evaluation with
  * its tangents), with vel_fit._uncertainties_from_hessian's fall-backs. It is the Fisher
@@ -900,7 +917,7 @@ static int uncertainties(int n, const double hm[ND][ND], double *err, double cov
  * 1.4-1.6 where [alpha/Fe] sat on its bound; realistic 1000-target mocks); the box enters as the
  * errors' prior instead (rvs_fit_box_errors). */
 static int errors_from_gn(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                          double (*err)[4], double (*cov)[4][4], int *bad)
+                          double (*err)[4], double (*cov)[ND][ND], int *bad)
 {
     int status = RVS_OK;
     struct rvs_fit_point *pts = rvs_malloc((nw + 1) * sizeof *pts);
@@ -918,11 +935,9 @@ static int errors_from_gn(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t
         double hm[ND][ND], e[ND];
         int idx[ND], n = 0;
         if (!finite_derivs(gv[i], Hv[i])) {
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 4; k++)
                 err[i][k] = NAN;
-                for (int j = 0; j < 4; j++)
-                    cov[i][k][j] = NAN;
-            }
+            nan_cov(cov[i]);
             bad[i] = 1;
             continue;
         }
@@ -936,7 +951,9 @@ static int errors_from_gn(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t
         for (int a = 0; a < n; a++)
             for (int b2 = 0; b2 < n; b2++)
                 hm[a][b2] = 0.5 * Hv[i][idx[a]][idx[b2]];
-        bad[i] = uncertainties(n, hm, e, cov[i]);
+        double c[ND][ND];
+        bad[i] = uncertainties(n, hm, e, c);
+        scatter_cov(n, idx, c, cov[i]);
         for (int k = 0; k < 4; k++)
             err[i][k] = e[n - 4 + k];
     }
@@ -949,7 +966,7 @@ cleanup:
 }
 
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
-                         double (*err)[4], double (*cov)[4][4], int *bad)
+                         double (*err)[4], double (*cov)[ND][ND], int *bad)
 {
     if (f->cfg.exact_derivatives)
         return errors_from_gn(f, w, nw, err, cov, bad);
@@ -989,11 +1006,9 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             int idx[ND], n = 0;
             if (!stencil_derivs(fv + q * NSTENCIL_ERR, h[i], STENCIL_ERR, NULL, g, H)) {
                 if (attempt == 0) {
-                    for (int k = 0; k < 4; k++) {
+                    for (int k = 0; k < 4; k++)
                         err[i][k] = NAN;
-                        for (int j = 0; j < 4; j++)
-                            cov[i][k][j] = NAN;
-                    }
+                    nan_cov(cov[i]);
                     bad[i] = 1;
                 }
                 todo[nbad++] = i;
@@ -1014,14 +1029,14 @@ int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
             for (int a = 0; a < n; a++)
                 for (int b2 = 0; b2 < n; b2++)
                     hm[a][b2] = 0.5 * H[idx[a]][idx[b2]]; /* -log L = 0.5 (-2 log L) */
-            double c4[4][4];
-            int b = uncertainties(n, hm, e, c4);
+            double c[ND][ND];
+            int b = uncertainties(n, hm, e, c);
             /* a later try replaces an earlier one only when it succeeds */
             if (attempt == 0 || !b) {
                 bad[i] = b;
                 for (int k = 0; k < 4; k++)
                     err[i][k] = e[n - 4 + k];
-                memcpy(cov[i], c4, sizeof c4);
+                scatter_cov(n, idx, c, cov[i]);
             }
             if (b)
                 todo[nbad++] = i;

@@ -23,6 +23,7 @@
 #include <fitsio.h>
 
 #include "base/internal.h"
+#include "base/random.h"
 #include "mock/mock.h"
 #include "base/files.h"
 
@@ -80,38 +81,17 @@ struct rng {
     uint64_t s[4];
 };
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 /* The stream of (seed, target, purpose). */
 static void rng_init(struct rng *r, uint64_t seed, uint64_t target, uint64_t purpose)
 {
     uint64_t x = seed ^ (target * 0xd1342543de82ef95ULL) ^ (purpose * 0xaf251af3b0f025b5ULL);
     for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&x);
+        r->s[i] = rvs_splitmix64(&x);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(struct rng *r)
-{
-    uint64_t *s = r->s, result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
+static uint64_t rng_next(struct rng *r) { return rvs_xoshiro_next(r->s); }
 /* Uniform in [0, 1). */
-static double rng_uniform(struct rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
+static double rng_uniform(struct rng *r) { return rvs_unit53(rng_next(r)); }
 static double rng_range(struct rng *r, double lo, double hi)
 {
     return lo + (hi - lo) * rng_uniform(r);

@@ -298,6 +298,7 @@ static void add_profile(struct rvs_fit_profile *sum, const struct rvs_fit_profil
     sum->eval_posterior += p->eval_posterior;
     sum->eval_hessian += p->eval_hessian;
     sum->eval_models += p->eval_models;
+    sum->profile_scans += p->profile_scans;
 }
 
 static void drop_fitter(struct rvs_run *run)
@@ -1003,7 +1004,7 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
                  "bytes_to_device=%llu bytes_from_device=%llu bytes_mapped=%llu "
                  "buffers_created=%llu buffers_released=%llu mem_peak=%zu mem_peak_total=%zu "
                  "fft_work=%zu gemm_work_max=%zu eval_ccf=%llu eval_optimizer=%llu "
-                 "eval_posterior=%llu eval_hessian=%llu eval_models=%llu\n",
+                 "eval_posterior=%llu eval_hessian=%llu eval_models=%llu profile_scans=%llu\n",
             run->files, run->failed, run->targets, run->spectra_fitted, t->wall, t->open,
             t->select, t->read, t->prepare, t->write, t->fitter_create, t->fit, t->wait, p->ccf,
             p->optimizer, p->posterior, p->hessian, p->models, p->engine, p->upload,
@@ -1015,7 +1016,7 @@ static void print_device_work(const struct rvs_run *run, const struct rvs_fit_pr
             c.writes, c.reads, c.maps, c.bytes_to_device, c.bytes_from_device, c.bytes_mapped,
             c.buffers_created, c.buffers_released, c.mem_peak, c.mem_peak_total, c.fft_work,
             c.gemm_work_max, p->eval_ccf, p->eval_optimizer, p->eval_posterior, p->eval_hessian,
-            p->eval_models);
+            p->eval_models, p->profile_scans);
 }
 
 void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
@@ -1066,6 +1067,9 @@ void rvs_run_print_profile(const struct rvs_run *run, FILE *out)
                      "engine\n",
                 stages[k].name, stages[k].seconds, (double)stages[k].evaluations * per,
                 stages[k].engine);
+    fprintf(out, "           errors from a likelihood scan: %llu parameter(s), %.1f per 100 "
+                 "spectra\n",
+            p.profile_scans, 100.0 * (double)p.profile_scans * per);
     fprintf(out, "           engine calls %llu, model evaluations %llu, %.3f s in the engine "
                  "(%.1f %% of the fit)\n",
             p.engine_calls, p.evaluations, p.engine, t->fit > 0 ? 100 * p.engine / t->fit : 0.0);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "base/internal.h"
+#include "base/random.h"
 #include "rvsfit/mkgrid.h"
 
 const struct rvs_mkgrid_arm rvs_mkgrid_desi_arms[RVS_MKGRID_NARMS] = {
@@ -83,18 +84,7 @@ cleanup:
 
 /* ---------------------------------------------------------------- designs */
 
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double uniform01(uint64_t *state)
-{
-    return (double)(splitmix64(state) >> 11) * (1.0 / 9007199254740992.0);
-}
+static double uniform01(uint64_t *state) { return rvs_unit53(rvs_splitmix64(state)); }
 
 static int axis_values(const char *name, const struct rvs_mkgrid_range *r, double **vals,
                        size_t *n)

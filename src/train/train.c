@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "base/internal.h"
+#include "base/random.h"
 #include "rvsfit/train.h"
 #include "train/train_internal.h"
 
@@ -56,31 +57,9 @@ void rvs_train_config_init(struct rvs_train_config *c)
 }
 
 /* xoshiro256** (Blackman & Vigna), seeded through splitmix64: reproducible everywhere. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static void rng_seed(uint64_t st[4], uint64_t seed)
-{
-    for (int i = 0; i < 4; i++)
-        st[i] = splitmix(&seed);
-}
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-static uint64_t rng_next(uint64_t s[4])
-{
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
-static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+static void rng_seed(uint64_t st[4], uint64_t seed) { rvs_xoshiro_seed(st, seed); }
+static uint64_t rng_next(uint64_t s[4]) { return rvs_xoshiro_next(s); }
+static double rng_uniform(uint64_t s[4]) { return rvs_unit53(rng_next(s)); }
 /* uniform integer in [0, n), without modulo bias */
 static size_t rng_below(uint64_t s[4], size_t n)
 {
