@@ -44,26 +44,6 @@ static double box_uniform(uint64_t *state)
     return rvs_unit53(rvs_splitmix64(state)) + 0x1.0p-54;
 }
 
-/* Lower Cholesky factor of the 4 x 4 covariance; 0 when it is not positive definite. */
-static int box_cholesky(const double c[4][4], double l[4][4])
-{
-    memset(l, 0, 16 * sizeof(double));
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j <= i; j++) {
-            double s = c[i][j];
-            for (int k = 0; k < j; k++)
-                s -= l[i][k] * l[j][k];
-            if (i == j) {
-                if (!(s > 0) || !isfinite(s))
-                    return 0;
-                l[i][i] = sqrt(s);
-            } else {
-                l[i][j] = s / l[j][j];
-            }
-        }
-    return 1;
-}
-
 /* The seed: the bit patterns of mode and cov, folded through the generator's mixer */
 static uint64_t box_seed(const double mode[4], const double cov[4][4])
 {
@@ -81,8 +61,12 @@ static uint64_t box_seed(const double mode[4], const double cov[4][4])
 int rvs_fit_box_errors(const double mode[4], const double cov[4][4], const double lo[4],
                        const double hi[4], double err[4])
 {
-    double l[4][4];
-    if (!box_cholesky(cov, l))
+    /* the covariance's lower Cholesky factor (in the fitter's 6 x 6 layout) */
+    double c6[RVS_FIT_NDIM][RVS_FIT_NDIM] = {{0}}, l[RVS_FIT_NDIM][RVS_FIT_NDIM] = {{0}};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++)
+            c6[a][b] = cov[a][b];
+    if (rvs_fit_cholesky(4, c6, l) != 0)
         return 0;
     int inside = 1;
     for (int k = 0; k < 4; k++) {

@@ -122,6 +122,11 @@ int rvs_fit_gauss_newton(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t 
 int rvs_fit_param_errors(struct rvs_fitter *f, struct rvs_fit_walker *w, size_t nw,
                          double (*err)[4], double (*cov)[RVS_FIT_NDIM][RVS_FIT_NDIM], int *bad);
 
+/* Cholesky factorisation of the leading n x n block of the symmetric matrix a into the lower
+ * triangle of l (src/fit/optimize.c); 0 on success, -1 when a is not positive definite. */
+int rvs_fit_cholesky(int n, const double a[RVS_FIT_NDIM][RVS_FIT_NDIM],
+                     double l[RVS_FIT_NDIM][RVS_FIT_NDIM]);
+
 /* The errors of (teff, logg, feh, alpha) of the batch's n optima pt (one engine call, src/fit/
  * profile_errors.c) under the flat prior over the training box: err holds the Hessian's on
  * entry (cov its covariance of x), the box's on return; bits[i] the RVS_PRIOR_* bits (the

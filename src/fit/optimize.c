@@ -199,8 +199,7 @@ static int stencil_derivs(const double *fv, const double *h, enum stencil_kind k
     return 1;
 }
 
-/* Cholesky factorisation of the n x n matrix a (row-major, stride ND) into l; 0 on success. */
-static int cholesky(int n, const double a[ND][ND], double l[ND][ND])
+int rvs_fit_cholesky(int n, const double a[ND][ND], double l[ND][ND])
 {
     for (int i = 0; i < n; i++)
         for (int j = 0; j <= i; j++) {
@@ -248,13 +247,13 @@ static double newton_step(const struct rvs_fit_walker *w, double *lambda, double
         for (int l = 0; l < ND; l++)
             Hs[k][l] = w->H[k][l] * w->hx[k] * w->hx[l];
     }
-    *pd = cholesky(ND, Hs, L) == 0;
+    *pd = rvs_fit_cholesky(ND, Hs, L) == 0;
     double lam = *lambda;
     for (int tries = 0; tries < 40; tries++) {
         memcpy(A, Hs, sizeof A);
         for (int k = 0; k < ND; k++)
             A[k][k] += lam;
-        if (cholesky(ND, A, L) == 0)
+        if (rvs_fit_cholesky(ND, A, L) == 0)
             break;
         lam = lam < 1e-3 ? 1e-3 : lam * 4;
     }
@@ -290,7 +289,7 @@ static double newton_decrement(const struct rvs_fit_walker *w)
         for (int l = 0; l < ND; l++)
             Hs[k][l] = w->H[k][l] * w->hx[k] * w->hx[l];
     }
-    if (cholesky(ND, Hs, L) != 0)
+    if (rvs_fit_cholesky(ND, Hs, L) != 0)
         return HUGE_VAL;
     cholesky_solve(ND, L, gs, du);
     double d = 0;
@@ -857,7 +856,7 @@ static int uncertainties(int n, const double hm[ND][ND], double *err, double cov
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++)
             inv[i][j] = singular ? (i == j ? dinv[i] : 0) : m[i][j + n];
-    bad = singular || cholesky(n, hm, L) != 0;
+    bad = singular || rvs_fit_cholesky(n, hm, L) != 0;
     for (int i = 0; i < n; i++) {
         double d = inv[i][i];
         if (d < 0) {
