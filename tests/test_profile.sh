@@ -68,9 +68,6 @@ sed -n 's/^  \(per batch: .*\)/all in one:     \1/p' all.err
 [ "$(value batch_max one.err)" = 1 ] || fail "batch size 1: largest batch $(value batch_max one.err)"
 [ "$(value batches all.err)" = 1 ] || fail "batch size $n: $(value batches all.err) batches"
 [ "$(value batch_min all.err)" = "$n" ] || fail "batch size $n: batch of $(value batch_min all.err)"
-# which errors come from a likelihood scan depends on each target's own fit, not its batch
-[ "$(value profile_scans one.err)" = "$(value profile_scans all.err)" ] ||
-    fail "likelihood scans: $(value profile_scans one.err) one per batch, $(value profile_scans all.err) in one"
 for f in one.err all.err; do
     c=$(value commands $f) l=$(value kernel_launches $f) g=$(value gemm_calls $f)
     t=$(value fft_transforms $f) fl=$(value fills $f) cp=$(value copies $f)

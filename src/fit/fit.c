@@ -136,7 +136,6 @@ int rvs_fitter_create(struct rvs_context *ctx, const struct rvs_fit_config *conf
             lo = fmin(lo, q->train_min);
             hi = fmax(hi, q->train_max);
         }
-        f->prior_sigma[p] = (hi - lo) / sqrt(12.0);
         f->prior_lo[p] = lo;
         f->prior_hi[p] = hi;
     }

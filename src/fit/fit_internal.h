@@ -40,10 +40,9 @@ struct rvs_fitter {
     size_t nwave[RVS_DESI_NARMS], ndiag[RVS_DESI_NARMS];
     double *data_wave[RVS_DESI_NARMS];
     double vcov_lo, vcov_hi;          /* velocities where every template covers its data */
-    /* standard deviation of a flat prior over the libraries' training range of teff, logg, feh,
-     * alpha: the error of a parameter the data do not constrain (PARAM_PRIOR) */
-    double prior_sigma[4];
-    double prior_lo[4], prior_hi[4]; /* that range: the box of the errors' prior */
+    /* the libraries' training range of teff, logg, feh, alpha (the widest of the arms'): the
+     * box of the errors' flat prior (src/fit/profile_errors.c, PARAM_PRIOR) */
+    double prior_lo[4], prior_hi[4];
     float *res_f[RVS_DESI_NARMS];     /* the batch's resolution matrices in float */
     /* current batch */
     double *badchi;                      /* per target: 10 x its pixels */

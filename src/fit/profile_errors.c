@@ -44,6 +44,12 @@ struct box_job {
     size_t n;
 };
 
+/* The standard deviation of the flat prior over the box along parameter k: range / sqrt(12). */
+static double prior_sigma(const struct rvs_fitter *f, int k)
+{
+    return (f->prior_hi[k] - f->prior_lo[k]) / sqrt(12.0);
+}
+
 static void box_share(void *arg, size_t k, size_t nshares)
 {
     struct box_job *j = arg;
@@ -52,7 +58,7 @@ static void box_share(void *arg, size_t k, size_t nshares)
         double c4[4][4];
         long long bits = 0;
         for (int a = 0; a < 4; a++) {
-            if (!(j->err[i][a] <= f->prior_sigma[a]))
+            if (!(j->err[i][a] <= prior_sigma(f, a)))
                 bits |= 1LL << a;
             for (int b = 0; b < 4; b++)
                 c4[a][b] = j->cov[i][2 + a][2 + b];
@@ -60,8 +66,8 @@ static void box_share(void *arg, size_t k, size_t nshares)
         /* without a usable covariance an error wider than the prior's, or none, is the prior's */
         if (!rvs_fit_box_errors(j->pt[i].th, c4, f->prior_lo, f->prior_hi, j->err[i]))
             for (int a = 0; a < 4; a++)
-                if (!(j->err[i][a] <= f->prior_sigma[a]))
-                    j->err[i][a] = f->prior_sigma[a];
+                if (!(j->err[i][a] <= prior_sigma(f, a)))
+                    j->err[i][a] = prior_sigma(f, a);
         j->bits[i] = bits;
     }
 }
@@ -111,20 +117,27 @@ double rvs_fit_scan_rms(const double *t, const double *val, size_t n, double mod
     return sw > 0 && isfinite(ref) ? sqrt(sd / sw) : NAN;
 }
 
+/* One scan: target i's parameter k; its grid's objective values start at val[at], its optimum's
+ * at val[ref] (one per target, shared by its scans). */
+struct scan {
+    size_t i, at, ref;
+    int k;
+};
+
 int rvs_fit_prior_errors(struct rvs_fitter *f, const struct rvs_fit_point *pt, size_t n,
                          double (*cov)[RVS_FIT_NDIM][RVS_FIT_NDIM], double (*err)[4],
                          long long *bits)
 {
     int status = RVS_OK;
+    struct scan *sc = NULL;
     struct rvs_fit_point *q = NULL;
-    double *val = NULL;
-    size_t *who = NULL;
+    double *val = NULL, *grid = NULL;
     if (n == 0)
         return RVS_OK;
     struct box_job job = {f, pt, cov, err, bits, n};
     rvs_parallel_run(rvs_parallel_threads(n, 64, 0), box_share, &job);
 
-    /* the scans: per target its optimum, then RVS_PROFILE_POINTS per scanned parameter */
+    /* the scans: per target with any, its optimum, then RVS_PROFILE_POINTS per parameter */
     size_t nscan = 0, npts = 0;
     for (size_t i = 0; i < n; i++) {
         int any = 0;
@@ -138,55 +151,51 @@ int rvs_fit_prior_errors(struct rvs_fitter *f, const struct rvs_fit_point *pt, s
     if (nscan == 0)
         return RVS_OK;
     npts += nscan * RVS_PROFILE_POINTS;
+    sc = rvs_malloc(nscan * sizeof *sc);
     q = rvs_malloc(npts * sizeof *q);
     val = rvs_malloc(npts * sizeof *val);
-    who = rvs_malloc(npts * sizeof *who);
-    if (!q || !val || !who) {
+    grid = rvs_malloc(npts * sizeof *grid); /* the scanned parameter's value at each point */
+    if (!sc || !q || !val || !grid) {
         status = RVS_ERR_NOMEM;
         goto cleanup;
     }
-    size_t m = 0;
+    size_t m = 0, ns = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t first = m;
+        size_t ref = m;
         for (int k = 0; k < 4; k++) {
             if (!wants_scan(f, &pt[i], cov[i], k))
                 continue;
-            if (m == first)
+            if (m == ref) {
+                grid[m] = NAN; /* not a grid point */
                 q[m++] = pt[i]; /* the optimum, evaluated as the scan is */
-            for (int j = 0; j < RVS_PROFILE_POINTS; j++)
-                scan_point(f, &pt[i], cov[i], k, j, &q[m++]);
+            }
+            sc[ns++] = (struct scan){i, m, ref, k};
+            for (int j = 0; j < RVS_PROFILE_POINTS; j++, m++)
+                grid[m] = scan_point(f, &pt[i], cov[i], k, j, &q[m]);
         }
-        for (size_t r = first; r < m; r++)
-            who[r] = i;
     }
     RVS_TRY(rvs_fit_objective(f, q, npts, RVS_FIT_OPTIMIZER, val, NULL));
-    for (size_t r = 0; r < npts;) {
-        size_t i = who[r], r0 = r;
-        double best = val[r0];
-        while (r < npts && who[r] == i) {
-            if (isfinite(val[r]) && val[r] < best && val[r] < RVS_PROFILE_BAD)
-                best = val[r];
-            r++;
-        }
-        size_t at = r0 + 1;
-        for (int k = 0; k < 4; k++) {
-            if (!wants_scan(f, &pt[i], cov[i], k))
-                continue;
-            double t[RVS_PROFILE_POINTS];
-            for (int j = 0; j < RVS_PROFILE_POINTS; j++) {
-                struct rvs_fit_point tmp;
-                t[j] = scan_point(f, &pt[i], cov[i], k, j, &tmp);
-            }
-            double e = rvs_fit_scan_rms(t, val + at, RVS_PROFILE_POINTS, pt[i].th[k], best);
-            at += RVS_PROFILE_POINTS;
+    /* per target (its scans are consecutive and share ref): -2 log L's minimum over its
+     * points, the optimum or lower where a scan found it, then each scan's error */
+    for (size_t g0 = 0, g1; g0 < nscan; g0 = g1) {
+        for (g1 = g0 + 1; g1 < nscan && sc[g1].ref == sc[g0].ref; g1++)
+            ;
+        double best = val[sc[g0].ref];
+        for (size_t u = sc[g0].ref; u < sc[g1 - 1].at + RVS_PROFILE_POINTS; u++)
+            if (val[u] < best && val[u] < RVS_PROFILE_BAD)
+                best = val[u];
+        for (size_t r = g0; r < g1; r++) {
+            double e = rvs_fit_scan_rms(grid + sc[r].at, val + sc[r].at, RVS_PROFILE_POINTS,
+                                        pt[sc[r].i].th[sc[r].k], best);
             if (isfinite(e))
-                err[i][k] = e;
+                err[sc[r].i][sc[r].k] = e;
         }
     }
     f->prof.profile_scans += nscan;
 cleanup:
+    free(sc);
     free(q);
     free(val);
-    free(who);
+    free(grid);
     return status;
 }
